@@ -1,0 +1,1 @@
+"""SEM privacy pipelines: the privacy policy of the mutuelle SEM as Dagster + DuckDB jobs."""

@@ -1,0 +1,118 @@
+"""Dagster resources: the warehouse, the analytics file, the three source systems and the compliance stores.
+
+Every field is optional: an unset field falls back to the environment variable, then to the default
+under the project root (pipelines.settings), so `dagster dev` works with no variable set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import sqlalchemy as sa
+from pydantic import PrivateAttr
+
+from pipelines import settings
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The pipeline's DuckDB warehouse (raw copies, ledger, restricted archive). Not for analysts."""
+
+    path: str | None = None
+
+    @property
+    def resolved_path(self) -> Path:
+        return Path(self.path) if self.path else settings.warehouse_path()
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        path = self.resolved_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        con = duckdb.connect(str(path), read_only=read_only)
+        try:
+            yield con
+        finally:
+            con.close()
+
+
+class AnalyticsFileResource(dg.ConfigurableResource):
+    """Where the analysts' pseudonymised DuckDB file is published (atomically swapped in)."""
+
+    path: str | None = None
+
+    @property
+    def resolved_path(self) -> Path:
+        return Path(self.path) if self.path else settings.analytics_path()
+
+
+class SqlSourceResource(dg.ConfigurableResource):
+    """A SQL source system (member system or prospecting platform) by SQLAlchemy URL.
+
+    `system` is "members" or "prospects"; `url` defaults to SEM_MEMBERS_URL / SEM_PROSPECTS_URL, then to
+    the SQLite file under data/sources/.
+    """
+
+    system: str
+    url: str | None = None
+    _engine: sa.Engine | None = PrivateAttr(default=None)
+
+    @property
+    def resolved_url(self) -> str:
+        if self.url:
+            return self.url
+        return settings.members_url() if self.system == "members" else settings.prospects_url()
+
+    def engine(self) -> sa.Engine:
+        if self._engine is None:
+            self._engine = sa.create_engine(self.resolved_url)
+        return self._engine
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+class NavigationSourceResource(dg.ConfigurableResource):
+    """The navigation logs: a folder of day-partitioned Parquet events and the cookie-consent log."""
+
+    path: str | None = None
+
+    @property
+    def resolved_path(self) -> Path:
+        return Path(self.path) if self.path else settings.navigation_dir()
+
+    @property
+    def events_dir(self) -> Path:
+        return self.resolved_path / "events"
+
+    @property
+    def consents_dir(self) -> Path:
+        return self.resolved_path / "consents"
+
+
+class ComplianceStoreResource(dg.ConfigurableResource):
+    """Folders for the DPO: audit log, recipients' outbox, access-request exports and reports."""
+
+    data_dir: str | None = None
+
+    def _under(self, default: Path, name: str) -> Path:
+        return Path(self.data_dir) / name if self.data_dir else default
+
+    @property
+    def audit_log_path(self) -> Path:
+        return self._under(settings.audit_log_path(), "audit/audit.jsonl")
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self._under(settings.outbox_dir(), "outbox")
+
+    @property
+    def exports_dir(self) -> Path:
+        return self._under(settings.exports_dir(), "exports")
+
+    @property
+    def reports_dir(self) -> Path:
+        return self._under(settings.reports_dir(), "reports")

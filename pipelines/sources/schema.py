@@ -1,0 +1,229 @@
+"""Schemas of the three source systems: the contract between the generator, ingestion and push-back.
+
+The member and prospecting systems are legacy applications that store dates and timestamps as ISO-8601
+text (``YYYY-MM-DD`` / ``YYYY-MM-DD HH:MM:SS``); ingestion parses them and quarantines what does not parse.
+The same SQLAlchemy metadata creates the tables on SQLite (embedded default) and PostgreSQL.
+Navigation is append-only Parquet: ``events/day=YYYY-MM-DD/*.parquet`` and ``consents/*.parquet``.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import sqlalchemy as sa
+
+# Columns every writable source table carries so push-back can flag a restriction at the source.
+RESTRICTION_COLUMNS = ("restricted_at", "restriction_decision_id")
+
+member_metadata = sa.MetaData()
+
+establishments = sa.Table(
+    "establishments", member_metadata,
+    sa.Column("establishment_id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),  # university | school
+    sa.Column("street", sa.Text),
+    sa.Column("postal_code", sa.Text),
+    sa.Column("city", sa.Text),
+)
+
+members = sa.Table(
+    "members", member_metadata,
+    sa.Column("member_id", sa.Integer, primary_key=True),
+    sa.Column("civility", sa.Text),  # M. | Mme
+    sa.Column("first_name", sa.Text),
+    sa.Column("last_name", sa.Text),
+    sa.Column("email", sa.Text),
+    sa.Column("phone", sa.Text),
+    sa.Column("street", sa.Text),
+    sa.Column("postal_code", sa.Text),
+    sa.Column("city", sa.Text),
+    sa.Column("birth_date", sa.Text),  # ISO date, legacy text
+    sa.Column("establishment_id", sa.Integer),
+    sa.Column("activity", sa.Text),  # student | salaried | self_employed | none
+    sa.Column("iban", sa.Text),
+    sa.Column("marketing_consent", sa.Boolean),
+    sa.Column("created_at", sa.Text),
+    sa.Column("updated_at", sa.Text),
+    sa.Column("restricted_at", sa.Text),
+    sa.Column("restriction_decision_id", sa.Text),
+)
+
+contracts = sa.Table(
+    "contracts", member_metadata,
+    sa.Column("contract_id", sa.Integer, primary_key=True),
+    sa.Column("member_id", sa.Integer),
+    sa.Column("product", sa.Text),
+    sa.Column("start_date", sa.Text),
+    sa.Column("end_date", sa.Text),  # null while the membership runs
+    sa.Column("status", sa.Text),  # active | terminated | radiated
+    sa.Column("termination_reason", sa.Text),
+)
+
+id_documents = sa.Table(
+    "id_documents", member_metadata,
+    sa.Column("document_id", sa.Integer, primary_key=True),
+    sa.Column("member_id", sa.Integer),
+    sa.Column("doc_type", sa.Text),  # cni | passport | titre_sejour
+    sa.Column("doc_number", sa.Text),
+    sa.Column("received_at", sa.Text),
+    sa.Column("reason", sa.Text),  # membership | rights_request
+)
+
+reimbursements = sa.Table(
+    "reimbursements", member_metadata,
+    sa.Column("reimbursement_id", sa.Integer, primary_key=True),
+    sa.Column("member_id", sa.Integer),
+    sa.Column("care_date", sa.Text),
+    sa.Column("act_code", sa.Text),
+    sa.Column("act_label", sa.Text),
+    sa.Column("amount_eur", sa.Float),
+    sa.Column("reimbursed_eur", sa.Float),
+    sa.Column("professional_name", sa.Text),
+    sa.Column("professional_country", sa.Text),  # FR | MC
+    sa.Column("paid_at", sa.Text),
+)
+
+contributions = sa.Table(
+    "contributions", member_metadata,
+    sa.Column("contribution_id", sa.Integer, primary_key=True),
+    sa.Column("member_id", sa.Integer),
+    sa.Column("due_date", sa.Text),
+    sa.Column("amount_eur", sa.Float),
+    sa.Column("paid_at", sa.Text),  # null = unpaid
+)
+
+debt_recoveries = sa.Table(
+    "debt_recoveries", member_metadata,
+    sa.Column("recovery_id", sa.Integer, primary_key=True),
+    sa.Column("member_id", sa.Integer),
+    sa.Column("contribution_id", sa.Integer),
+    sa.Column("opened_at", sa.Text),
+    sa.Column("closed_at", sa.Text),
+    sa.Column("sued", sa.Boolean),
+)
+
+accounting_entries = sa.Table(
+    "accounting_entries", member_metadata,
+    sa.Column("entry_id", sa.Integer, primary_key=True),
+    sa.Column("member_id", sa.Integer),
+    sa.Column("entry_date", sa.Text),
+    sa.Column("fiscal_year", sa.Integer),
+    sa.Column("account", sa.Text),
+    sa.Column("label", sa.Text),
+    sa.Column("amount_eur", sa.Float),
+)
+
+interactions = sa.Table(
+    "interactions", member_metadata,
+    sa.Column("interaction_id", sa.Integer, primary_key=True),
+    sa.Column("member_id", sa.Integer),
+    sa.Column("kind", sa.Text),  # request | complaint | correspondence | documentation_request | comment
+    sa.Column("channel", sa.Text),  # mail | email | phone | web
+    sa.Column("handled_by", sa.Text),  # sem | morocco_complaints_provider
+    sa.Column("subject", sa.Text),
+    sa.Column("body", sa.Text),
+    sa.Column("created_at", sa.Text),
+    sa.Column("closed_at", sa.Text),
+)
+
+survey_answers = sa.Table(
+    "survey_answers", member_metadata,
+    sa.Column("answer_id", sa.Integer, primary_key=True),
+    sa.Column("member_id", sa.Integer),
+    sa.Column("survey", sa.Text),
+    sa.Column("answered_at", sa.Text),
+    sa.Column("score", sa.Integer),  # 0..10
+    sa.Column("comment", sa.Text),
+)
+
+litigation_cases = sa.Table(
+    "litigation_cases", member_metadata,
+    sa.Column("case_id", sa.Integer, primary_key=True),
+    sa.Column("member_id", sa.Integer),
+    sa.Column("opened_at", sa.Text),
+    sa.Column("status", sa.Text),  # open | closed
+    sa.Column("final_decision_at", sa.Text),
+    sa.Column("subject", sa.Text),
+)
+
+rights_requests = sa.Table(
+    "rights_requests", member_metadata,
+    sa.Column("request_id", sa.Integer, primary_key=True),
+    sa.Column("member_id", sa.Integer),
+    sa.Column("email", sa.Text),
+    # access | rectification | erasure | restriction | objection | objection_prospecting | lift_restriction
+    sa.Column("request_type", sa.Text),
+    sa.Column("received_at", sa.Text),
+    sa.Column("identity_verified_at", sa.Text),
+    sa.Column("details", sa.Text),  # JSON
+    sa.Column("status", sa.Text),  # received | verified | decided | executed | confirmed | answered | refused
+)
+
+prospect_metadata = sa.MetaData()
+
+prospects = sa.Table(
+    "prospects", prospect_metadata,
+    sa.Column("prospect_id", sa.Integer, primary_key=True),
+    sa.Column("first_name", sa.Text),
+    sa.Column("last_name", sa.Text),
+    sa.Column("email", sa.Text),
+    sa.Column("phone", sa.Text),
+    sa.Column("school", sa.Text),
+    sa.Column("lead_source", sa.Text),  # salon | website | partner_school | referral
+    sa.Column("collected_at", sa.Text),
+    sa.Column("last_inbound_contact_at", sa.Text),  # last contact initiated BY the prospect
+    sa.Column("marketing_consent", sa.Boolean),
+    sa.Column("restricted_at", sa.Text),
+    sa.Column("restriction_decision_id", sa.Text),
+)
+
+campaigns = sa.Table(
+    "campaigns", prospect_metadata,
+    sa.Column("campaign_id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.Text),
+    sa.Column("kind", sa.Text),  # loyalty | prospecting | survey | product_test
+    sa.Column("channel", sa.Text),
+    sa.Column("launched_at", sa.Text),
+)
+
+campaign_selections = sa.Table(
+    "campaign_selections", prospect_metadata,
+    sa.Column("selection_id", sa.Integer, primary_key=True),
+    sa.Column("campaign_id", sa.Integer),
+    sa.Column("prospect_id", sa.Integer),  # one of prospect_id / member_id is set
+    sa.Column("member_id", sa.Integer),
+    sa.Column("selected_at", sa.Text),
+)
+
+suppression_list = sa.Table(
+    "suppression_list", prospect_metadata,
+    sa.Column("suppression_id", sa.Integer, primary_key=True),
+    sa.Column("contact_hash", sa.Text, nullable=False),  # SHA-256 hex of the normalised e-mail or phone
+    sa.Column("channel", sa.Text),  # email | phone
+    sa.Column("objected_at", sa.Text),
+    sa.Column("source_request_id", sa.Text),
+)
+
+NAVIGATION_EVENT_SCHEMA = pa.schema([
+    ("event_id", pa.string()),
+    ("visitor_id", pa.string()),
+    ("member_id", pa.int64()),  # null unless logged in
+    ("ts", pa.timestamp("us")),
+    ("url", pa.string()),
+    ("referrer", pa.string()),
+    ("ip_address", pa.string()),
+    ("user_agent", pa.string()),
+    ("city", pa.string()),
+    ("latitude", pa.float64()),
+    ("longitude", pa.float64()),
+])
+
+COOKIE_CONSENT_SCHEMA = pa.schema([
+    ("consent_id", pa.string()),
+    ("visitor_id", pa.string()),
+    ("consented_at", pa.timestamp("us")),
+    ("analytics", pa.bool_()),
+    ("advertising", pa.bool_()),
+])
+
+SQL_SYSTEMS: dict[str, sa.MetaData] = {"members": member_metadata, "prospects": prospect_metadata}
