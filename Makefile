@@ -1,0 +1,39 @@
+# Two commands from a fresh machine: `make demo` and `make test`. Only python3 (with venv/pip) is assumed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MEMBERS ?= 10000
+SEED ?= 42
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+
+.PHONY: setup demo test lint dev bench clean
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+	@mkdir -p $(DAGSTER_HOME)
+	@test -f $(DAGSTER_HOME)/dagster.yaml || cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+demo: setup
+	$(BIN)/python -m pipelines.demo run --members $(MEMBERS) --seed $(SEED)
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+
+dev: setup
+	$(BIN)/dagster dev -m pipelines.definitions
+
+bench: setup
+	$(BIN)/python -m pipelines.bench $(BENCH_ARGS)
+
+clean:
+	rm -rf data .dagster_home
