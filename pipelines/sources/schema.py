@@ -14,6 +14,10 @@ import sqlalchemy as sa
 # Columns every writable source table carries so push-back can flag a restriction at the source.
 RESTRICTION_COLUMNS = ("restricted_at", "restriction_decision_id")
 
+# A column whose value ingestion requires (besides primary keys). Not a NOT NULL constraint: the legacy
+# systems do hold such rows, and ingestion must quarantine them rather than fail.
+REQUIRED = {"required": True}
+
 member_metadata = sa.MetaData()
 
 establishments = sa.Table(
@@ -51,7 +55,7 @@ members = sa.Table(
 contracts = sa.Table(
     "contracts", member_metadata,
     sa.Column("contract_id", sa.Integer, primary_key=True),
-    sa.Column("member_id", sa.Integer),
+    sa.Column("member_id", sa.Integer, info=REQUIRED),
     sa.Column("product", sa.Text),
     sa.Column("start_date", sa.Text),
     sa.Column("end_date", sa.Text),  # null while the membership runs
@@ -62,7 +66,7 @@ contracts = sa.Table(
 id_documents = sa.Table(
     "id_documents", member_metadata,
     sa.Column("document_id", sa.Integer, primary_key=True),
-    sa.Column("member_id", sa.Integer),
+    sa.Column("member_id", sa.Integer, info=REQUIRED),
     sa.Column("doc_type", sa.Text),  # cni | passport | titre_sejour
     sa.Column("doc_number", sa.Text),
     sa.Column("received_at", sa.Text),
@@ -72,7 +76,7 @@ id_documents = sa.Table(
 reimbursements = sa.Table(
     "reimbursements", member_metadata,
     sa.Column("reimbursement_id", sa.Integer, primary_key=True),
-    sa.Column("member_id", sa.Integer),
+    sa.Column("member_id", sa.Integer, info=REQUIRED),
     sa.Column("care_date", sa.Text),
     sa.Column("act_code", sa.Text),
     sa.Column("act_label", sa.Text),
@@ -86,7 +90,7 @@ reimbursements = sa.Table(
 contributions = sa.Table(
     "contributions", member_metadata,
     sa.Column("contribution_id", sa.Integer, primary_key=True),
-    sa.Column("member_id", sa.Integer),
+    sa.Column("member_id", sa.Integer, info=REQUIRED),
     sa.Column("due_date", sa.Text),
     sa.Column("amount_eur", sa.Float),
     sa.Column("paid_at", sa.Text),  # null = unpaid
@@ -95,7 +99,7 @@ contributions = sa.Table(
 debt_recoveries = sa.Table(
     "debt_recoveries", member_metadata,
     sa.Column("recovery_id", sa.Integer, primary_key=True),
-    sa.Column("member_id", sa.Integer),
+    sa.Column("member_id", sa.Integer, info=REQUIRED),
     sa.Column("contribution_id", sa.Integer),
     sa.Column("opened_at", sa.Text),
     sa.Column("closed_at", sa.Text),
@@ -116,7 +120,7 @@ accounting_entries = sa.Table(
 interactions = sa.Table(
     "interactions", member_metadata,
     sa.Column("interaction_id", sa.Integer, primary_key=True),
-    sa.Column("member_id", sa.Integer),
+    sa.Column("member_id", sa.Integer, info=REQUIRED),
     sa.Column("kind", sa.Text),  # request | complaint | correspondence | documentation_request | comment
     sa.Column("channel", sa.Text),  # mail | email | phone | web
     sa.Column("handled_by", sa.Text),  # sem | morocco_complaints_provider
@@ -129,7 +133,7 @@ interactions = sa.Table(
 survey_answers = sa.Table(
     "survey_answers", member_metadata,
     sa.Column("answer_id", sa.Integer, primary_key=True),
-    sa.Column("member_id", sa.Integer),
+    sa.Column("member_id", sa.Integer, info=REQUIRED),
     sa.Column("survey", sa.Text),
     sa.Column("answered_at", sa.Text),
     sa.Column("score", sa.Integer),  # 0..10
@@ -139,7 +143,7 @@ survey_answers = sa.Table(
 litigation_cases = sa.Table(
     "litigation_cases", member_metadata,
     sa.Column("case_id", sa.Integer, primary_key=True),
-    sa.Column("member_id", sa.Integer),
+    sa.Column("member_id", sa.Integer, info=REQUIRED),
     sa.Column("opened_at", sa.Text),
     sa.Column("status", sa.Text),  # open | closed
     sa.Column("final_decision_at", sa.Text),
@@ -189,7 +193,7 @@ campaigns = sa.Table(
 campaign_selections = sa.Table(
     "campaign_selections", prospect_metadata,
     sa.Column("selection_id", sa.Integer, primary_key=True),
-    sa.Column("campaign_id", sa.Integer),
+    sa.Column("campaign_id", sa.Integer, info=REQUIRED),
     sa.Column("prospect_id", sa.Integer),  # one of prospect_id / member_id is set
     sa.Column("member_id", sa.Integer),
     sa.Column("selected_at", sa.Text),
@@ -225,5 +229,8 @@ COOKIE_CONSENT_SCHEMA = pa.schema([
     ("analytics", pa.bool_()),
     ("advertising", pa.bool_()),
 ])
+
+# Parquet columns ingestion requires (the event log has no primary key constraint of its own).
+NAVIGATION_REQUIRED = ("event_id", "visitor_id", "ts")
 
 SQL_SYSTEMS: dict[str, sa.MetaData] = {"members": member_metadata, "prospects": prospect_metadata}
