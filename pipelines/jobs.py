@@ -1,0 +1,23 @@
+"""Jobs: the nightly run of everything, the rights run, and the policy-change preview."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+nightly_job = dg.define_asset_job(
+    name="nightly_job",
+    selection=dg.AssetSelection.all(),
+    description="Everything, in dependency order: ingest, identity, retention, rights, pseudonymised "
+    "analytics, compliance outputs. Scheduled every night (Europe/Paris).",
+    tags={"sem/warehouse-writer": "true"},
+)
+
+rights_job = dg.define_asset_job(
+    name="rights_job",
+    selection=dg.AssetSelection.groups("rights").upstream() | dg.AssetSelection.groups("rights").downstream(),
+    description="Rights of the person: ingest the requests and everything they touch, decide, push back, "
+    "confirm, re-publish the analytics file. Started by the rights-request sensor.",
+    tags={"sem/warehouse-writer": "true"},
+)
+
+ALL_JOBS = [nightly_job, rights_job]
