@@ -1,0 +1,1 @@
+"""Policies as code: typed models and loader for `policies/*.yaml`, the processing register and the preview."""
