@@ -1,0 +1,53 @@
+"""The short summary `make demo` prints: what is in the warehouse and the analytics file, and where to look."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from pipelines import settings
+
+
+def _table_counts(path: Path) -> list[tuple[str, int]]:
+    if not path.exists():
+        return []
+    with duckdb.connect(str(path), read_only=True) as con:
+        tables = con.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables "
+            "WHERE table_type = 'BASE TABLE' ORDER BY table_schema, table_name"
+        ).fetchall()
+        return [
+            (f"{schema}.{name}", con.execute(f'SELECT count(*) FROM "{schema}"."{name}"').fetchone()[0])
+            for schema, name in tables
+        ]
+
+
+def _print_counts(title: str, path: Path) -> None:
+    counts = _table_counts(path)
+    print(f"\n{title} — {path}")
+    if not counts:
+        print("  (not produced)")
+    by_schema: dict[str, list[str]] = {}
+    for name, rows in counts:
+        schema, table = name.split(".", 1)
+        by_schema.setdefault(schema, []).append(f"{table} {rows:,}")
+    for schema, items in by_schema.items():
+        print(f"  {schema:<10} " + ", ".join(items))
+
+
+def print_summary() -> None:
+    _print_counts("Warehouse (pipeline and authorised roles only)", settings.warehouse_path())
+    _print_counts("Analytics file (what analysts query)", settings.analytics_path())
+    print("\nCompliance outputs:")
+    for folder in (settings.reports_dir(), settings.outbox_dir(), settings.exports_dir()):
+        files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+        print(f"  {folder}: {len(files)} file(s)" + "".join(f"\n    {p.relative_to(folder)}" for p in files[:8]))
+    audit = settings.audit_log_path()
+    if audit.exists():
+        entries = sum(1 for _ in audit.open())
+        print(f"  audit log {audit}: {entries} chained entries (verify: .venv/bin/python -m pipelines.audit verify)")
+    print(
+        "\nNext: `make dev` opens the Dagster UI at http://127.0.0.1:3000 (assets, checks, runs, schedules, sensors);"
+        f"\nanalysts open {settings.analytics_path()} with duckdb (read-only)."
+    )
