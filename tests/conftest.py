@@ -4,6 +4,10 @@ Fixtures:
 - `pg_cluster` (session): a running PgCluster (tests/pg_cluster.py).
 - `pg_url` (function): SQLAlchemy URL (postgresql+psycopg) of a fresh, empty database.
 - `make_pg_url` (function): a callable returning the URL of another fresh database on each call.
+- `generated_sources` (session): the demo generator's output at small scale (TEST_MEMBERS, TEST_AS_OF).
+- `sandbox` (function): a private copy of those sources + fresh warehouse/analytics paths, with
+  `.resources()` for `dg.materialize` / `execute_in_process`; `pg_sandbox`: the same with the SQL
+  systems copied into a real PostgreSQL.
 
 Without PostgreSQL binaries these tests are skipped locally, but fail in CI (CI=true or
 SEM_REQUIRE_POSTGRES=1): PostgreSQL-backed tests are mandatory there.
@@ -11,8 +15,12 @@ SEM_REQUIRE_POSTGRES=1): PostgreSQL-backed tests are mandatory there.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import shutil
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +53,85 @@ def make_pg_url(pg_cluster: PgCluster) -> Callable[[], str]:
 @pytest.fixture
 def pg_url(make_pg_url: Callable[[], str]) -> str:
     return make_pg_url()
+
+
+# --- Generated sources and an isolated project sandbox -------------------------------------------------
+
+TEST_AS_OF = dt.date(2026, 11, 1)
+TEST_MEMBERS = 400
+TEST_KEY_HEX = "5e" * 32  # test-only master key; production keys come from the environment or a 0600 file
+
+
+@pytest.fixture(scope="session")
+def generated_sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The three source systems, generated once per test worker (read-only: copy before changing)."""
+    from pipelines.demo.generate import generate
+
+    out = tmp_path_factory.mktemp("generated") / "sources"
+    generate(out, members=TEST_MEMBERS, seed=7, as_of=TEST_AS_OF)
+    return out
+
+
+@dataclass
+class Sandbox:
+    """A private copy of the sources and fresh warehouse/analytics/compliance paths for one test."""
+
+    root: Path
+    members_url: str
+    prospects_url: str
+
+    @property
+    def sources(self) -> Path:
+        return self.root / "sources"
+
+    @property
+    def warehouse(self) -> Path:
+        return self.root / "warehouse.duckdb"
+
+    @property
+    def analytics(self) -> Path:
+        return self.root / "analytics.duckdb"
+
+    def resources(self) -> dict[str, object]:
+        from pipelines.definitions import default_resources
+        from pipelines.resources import (
+            AnalyticsFileResource,
+            ComplianceStoreResource,
+            NavigationSourceResource,
+            SqlSourceResource,
+            WarehouseResource,
+        )
+
+        return {
+            **default_resources(),
+            "warehouse": WarehouseResource(path=str(self.warehouse)),
+            "analytics": AnalyticsFileResource(path=str(self.analytics)),
+            "member_source": SqlSourceResource(system="members", url=self.members_url),
+            "prospect_source": SqlSourceResource(system="prospects", url=self.prospects_url),
+            "navigation": NavigationSourceResource(path=str(self.sources / "navigation")),
+            "compliance": ComplianceStoreResource(data_dir=str(self.root)),
+        }
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path, generated_sources: Path, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
+    shutil.copytree(generated_sources, tmp_path / "sources")
+    monkeypatch.setenv("SEM_PSEUDONYMISATION_KEY", TEST_KEY_HEX)
+    return Sandbox(
+        root=tmp_path,
+        members_url=f"sqlite:///{tmp_path / 'sources' / 'members.db'}",
+        prospects_url=f"sqlite:///{tmp_path / 'sources' / 'prospects.db'}",
+    )
+
+
+@pytest.fixture
+def pg_sandbox(sandbox: Sandbox, make_pg_url: Callable[[], str]) -> Sandbox:
+    """The same sources, with the member system and prospecting platform in a real PostgreSQL."""
+    from pipelines.sources.copy import copy_sql_system
+
+    from pipelines.sources.schema import member_metadata, prospect_metadata
+
+    members_url, prospects_url = make_pg_url(), make_pg_url()
+    copy_sql_system(sandbox.members_url, members_url, member_metadata)
+    copy_sql_system(sandbox.prospects_url, prospects_url, prospect_metadata)
+    return Sandbox(root=sandbox.root, members_url=members_url, prospects_url=prospects_url)
