@@ -1,7 +1,7 @@
 """Shared fixtures: a throw-away PostgreSQL cluster per test worker, and fresh databases in it.
 
 Fixtures:
-- `pg_cluster` (session): a running PgCluster (tests/pg_cluster.py).
+- `pg_cluster` (session): a running PgCluster (pipelines/sources/throwaway_pg.py).
 - `pg_url` (function): SQLAlchemy URL (postgresql+psycopg) of a fresh, empty database.
 - `make_pg_url` (function): a callable returning the URL of another fresh database on each call.
 - `generated_sources` (session): the demo generator's output at small scale (TEST_MEMBERS, TEST_AS_OF).
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pg_cluster import PgCluster, find_pg_bin, start_cluster
+from pipelines.sources.throwaway_pg import PgCluster, find_pg_bin, start_cluster
 
 
 def _postgres_required() -> bool:
