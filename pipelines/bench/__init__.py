@@ -1,0 +1,1 @@
+"""Benchmarks: the project's figures beside the naive approach (`make bench`)."""

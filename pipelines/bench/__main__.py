@@ -1,0 +1,91 @@
+"""`make bench`: the project's performance figures, each beside the naive approach, in the same run.
+
+Sections: generator (1,000,000 members by default), ingest + identity of those sources, tokenisation
+(DuckDB-vectorised HMAC vs a Python hmac loop over pandas rows), push-back (set-based vs one statement per
+row, against a throw-away PostgreSQL). Prints figures; asserts nothing (tests never time anything).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+
+
+def bench_generator_and_ingest(members: int, workdir: Path) -> dict:
+    from pipelines.demo.generate import generate
+
+    from pipelines.identity import resolve_identities
+    from pipelines.ingest import ingest_parquet, ingest_sql_table, navigation_columns
+    from pipelines.resources import SqlSourceResource
+    from pipelines.sources.schema import NAVIGATION_EVENT_SCHEMA, NAVIGATION_REQUIRED, SQL_SYSTEMS
+
+    sources = workdir / "sources"
+    started = time.perf_counter()
+    counts = generate(sources, members=members, seed=1, as_of=dt.date.today())
+    generated = time.perf_counter() - started
+
+    started = time.perf_counter()
+    with duckdb.connect(str(workdir / "warehouse.duckdb")) as con:
+        for system, metadata in SQL_SYSTEMS.items():
+            url = f"sqlite:///{sources / (system + '.db')}"
+            engine = SqlSourceResource(system=system, url=url).engine()
+            for table in metadata.sorted_tables:
+                ingest_sql_table(con, engine, system, table)
+        ingest_parquet(
+            con, sources / "navigation" / "events", table="navigation_events",
+            columns=navigation_columns(NAVIGATION_EVENT_SCHEMA), required=list(NAVIGATION_REQUIRED),
+        )
+        ingested = time.perf_counter() - started
+        started = time.perf_counter()
+        identity = resolve_identities(con)
+        resolved = time.perf_counter() - started
+    return {
+        "members": members,
+        "source_rows": sum(counts.values()),
+        "generate_seconds": round(generated, 1),
+        "ingest_seconds": round(ingested, 1),
+        "identity_seconds": round(resolved, 1),
+        "persons": identity["persons"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.bench", description=__doc__)
+    parser.add_argument("--members", type=lambda s: int(s.replace("_", "")), default=1_000_000)
+    parser.add_argument("--tokens", type=lambda s: int(s.replace("_", "")), default=1_000_000)
+    parser.add_argument("--erase", type=lambda s: int(s.replace("_", "")), default=10_000)
+    parser.add_argument("--only", choices=["generator", "tokens", "pushback"], action="append")
+    args = parser.parse_args(argv)
+    sections = set(args.only or ["generator", "tokens", "pushback"])
+    report: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="sem-bench-") as tmp:
+        if "generator" in sections:
+            report["generator_ingest_identity"] = bench_generator_and_ingest(args.members, Path(tmp))
+            print(json.dumps({"generator_ingest_identity": report["generator_ingest_identity"]}, indent=2))
+    if "tokens" in sections:
+        from pipelines.bench.tokens import bench_tokens
+
+        report["tokens"] = bench_tokens(args.tokens)
+        print(json.dumps({"tokens": report["tokens"]}, indent=2))
+    if "pushback" in sections:
+        from pipelines.bench.pushback import bench_pushback
+
+        from pipelines.sources.throwaway_pg import start_cluster
+
+        cluster = start_cluster()
+        try:
+            report["pushback"] = bench_pushback(cluster.create_database(), n_people=args.erase)
+        finally:
+            cluster.stop()
+        print(json.dumps({"pushback": report["pushback"]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
