@@ -1,0 +1,1 @@
+"""Data-quality checks with Great Expectations 1.x: suites (plain functions), runner, masking, DuckDB readers."""

@@ -1,0 +1,133 @@
+"""Run a Great Expectations 1.x suite on a pandas frame and summarise it without raw values.
+
+GX runs in an ephemeral, in-memory context with usage statistics and progress bars off; a fresh context per
+validation keeps runs independent (creating one costs a few milliseconds). The summary carries counts and
+masked examples only (pipelines.quality.masking), so it can go into Dagster metadata and logs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+# GX reads the variable at import time; set before the import so no usage statistic ever leaves the machine.
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+import great_expectations as gx
+import pandas as pd
+from great_expectations.data_context.types.base import (
+    DataContextConfig,
+    InMemoryStoreBackendDefaults,
+    ProgressBarsConfig,
+)
+
+from pipelines.quality.masking import mask_value
+
+MAX_EXAMPLES = 3
+
+
+@dataclass(frozen=True)
+class ExpectationOutcome:
+    """One expectation's result: what was expected, how many values broke it, masked examples."""
+
+    label: str
+    success: bool
+    element_count: int
+    unexpected_count: int
+    examples: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class SuiteOutcome:
+    """A suite's result over one frame."""
+
+    suite: str
+    row_count: int
+    outcomes: list[ExpectationOutcome]
+
+    @property
+    def success(self) -> bool:
+        return all(o.success for o in self.outcomes)
+
+    @property
+    def failed(self) -> list[ExpectationOutcome]:
+        return [o for o in self.outcomes if not o.success]
+
+    def metadata(self) -> dict[str, Any]:
+        """Plain JSON-able summary for Dagster check metadata (counts and masked examples only)."""
+        return {
+            "suite": self.suite,
+            "rows_checked": self.row_count,
+            "expectations": len(self.outcomes),
+            "failed_expectations": len(self.failed),
+            "failures": [
+                {
+                    "expectation": o.label,
+                    "unexpected_count": o.unexpected_count,
+                    "examples": o.examples,
+                    **({"error": o.error} if o.error else {}),
+                }
+                for o in self.failed
+            ],
+        }
+
+
+def ephemeral_context() -> Any:
+    """An in-memory GX context: nothing written to disk, no usage statistics, no progress bars."""
+    config = DataContextConfig(
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False),
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+    )
+    return gx.get_context(mode="ephemeral", project_config=config)
+
+
+def _label(config: Any) -> str:
+    return str((config.meta or {}).get("label") or config.type)
+
+
+def _examples(frame: pd.DataFrame, config: Any, details: dict[str, Any]) -> list[str]:
+    """Masked unexpected values, or, when the expectation names a `show` column of structural names (table.column,
+    never personal data), that column's value on the unexpected rows."""
+    show = (config.meta or {}).get("show")
+    if show:
+        rows = details.get("partial_unexpected_index_list") or []
+        return [str(frame[show].iloc[i]) for i in rows[:MAX_EXAMPLES]]
+    return [mask_value(v) for v in details.get("partial_unexpected_list", [])[:MAX_EXAMPLES]]
+
+
+def run_suite(frame: pd.DataFrame, suite: gx.ExpectationSuite) -> SuiteOutcome:
+    """Validate `frame` against `suite`; an expectation that raises counts as failed, with its message."""
+    context = ephemeral_context()
+    batch = (
+        context.data_sources.add_pandas("frame")
+        .add_dataframe_asset(suite.name)
+        .add_batch_definition_whole_dataframe("whole")
+        .get_batch(batch_parameters={"dataframe": frame})
+    )
+    result = batch.validate(
+        suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": MAX_EXAMPLES}
+    )
+    outcomes = []
+    for item in result.results:
+        details = item.result or {}
+        error = None
+        if item.exception_info and item.exception_info.get("raised_exception"):
+            error = str(item.exception_info.get("exception_message"))
+        else:
+            # Bundled metric failures are reported per metric id; keep only the message.
+            nested = [v for v in (item.exception_info or {}).values() if isinstance(v, dict)]
+            error = next((str(v.get("exception_message")) for v in nested if v.get("raised_exception")), None)
+        outcomes.append(
+            ExpectationOutcome(
+                label=_label(item.expectation_config),
+                success=bool(item.success) and error is None,
+                element_count=int(details.get("element_count", len(frame))),
+                unexpected_count=int(details.get("unexpected_count", 0) or 0),
+                examples=_examples(frame, item.expectation_config, details),
+                error=error,
+            )
+        )
+    return SuiteOutcome(suite=suite.name, row_count=len(frame), outcomes=outcomes)
