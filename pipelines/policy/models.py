@@ -1,0 +1,252 @@
+"""Typed models of the policy files (purposes, datasets, recipients) and the cross-file `Policy`.
+
+The models only describe and check shapes; cross-file rules (a purpose referenced but not defined, a column
+that is not in the source schema, an unknown data category) are checked in `pipelines.policy.load`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import graphlib
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Annotated, Literal
+
+import pydantic
+
+_DURATION = re.compile(r"^P(?!$)(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)D)?$")
+SLUG = r"^[a-z][a-z0-9_]*$"
+SubjectType = Literal["member", "prospect", "visitor"]
+System = Literal["members", "prospects", "navigation"]
+
+
+def _check_duration(value: str) -> str:
+    if not isinstance(value, str) or not _DURATION.match(value):
+        raise ValueError(f"{value!r} is not an ISO-8601 duration in years/months/days such as P3Y, P25M or P0D")
+    return value
+
+
+IsoDuration = Annotated[str, pydantic.AfterValidator(_check_duration)]
+
+
+def duration_parts(value: str) -> tuple[int, int, int]:
+    """(years, months, days) of an ISO-8601 duration such as P2Y6M."""
+    match = _DURATION.match(value)
+    if match is None:
+        raise ValueError(f"{value!r} is not an ISO-8601 duration")
+    years, months, days = (int(g or 0) for g in match.groups())
+    return years, months, days
+
+
+def sql_interval(value: str) -> str:
+    """A DuckDB INTERVAL literal for an ISO-8601 duration (calendar arithmetic: P1Y from 29 Feb is 28 Feb)."""
+    years, months, days = duration_parts(value)
+    return f"INTERVAL '{years} years {months} months {days} days'"
+
+
+class _Strict(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+class _Versioned(_Strict):
+    version: int = pydantic.Field(ge=1)
+    effective_date: dt.date
+
+
+# ---------------------------------------------------------------- purposes.yaml
+
+
+class LegalBasis(_Strict):
+    article_6: str = pydantic.Field(pattern=r"^6\(1\)\([a-f]\)$")
+    article_9: str | None = pydantic.Field(default=None, pattern=r"^9\(2\)\([a-j]\)$")
+    detail: str
+
+
+class RetentionRule(_Strict):
+    """How long a purpose keeps a record: active period from the clock event, then archive, then end action."""
+
+    active: IsoDuration
+    clock: str = pydantic.Field(pattern=SLUG)
+    archive: IsoDuration
+    end_action: Literal["delete", "anonymise"]
+    legal_source: str
+    why: str | None = None
+
+    def describe(self) -> str:
+        return f"active {self.active} from {self.clock}, archive {self.archive}, then {self.end_action}"
+
+
+class Purpose(_Strict):
+    key: str = pydantic.Field(pattern=SLUG)
+    name: str
+    legal_basis: LegalBasis
+    data_categories: list[str] = pydantic.Field(min_length=1)
+    retention: RetentionRule
+    # A dataset whose own clock differs (e.g. the suppression list inside prospecting).
+    dataset_rules: dict[str, RetentionRule] = {}
+
+
+class PurposesFile(_Versioned):
+    purposes: list[Purpose] = pydantic.Field(min_length=1)
+
+
+# ---------------------------------------------------------------- datasets.yaml
+
+
+class Column(_Strict):
+    name: str
+    category: str
+    # direct: names, contacts, birth date, IP, documents; key: an id that points at the person;
+    # quasi: combinable attributes (postal code, city, timestamps, free text). All three go at anonymisation.
+    identifying: Literal["direct", "key", "quasi", "none"] = "none"
+    purposes: list[str] = []
+
+    @pydantic.model_validator(mode="after")
+    def _mapped(self) -> Column:
+        if not self.purposes and not self.category.startswith("system"):
+            raise ValueError(f"column {self.name!r} serves no purpose (only system.* columns may)")
+        return self
+
+
+class Subject(_Strict):
+    column: str
+    type: SubjectType
+
+
+class Dataset(_Strict):
+    name: str
+    system: System
+    description: str
+    primary_key: str
+    # Ordered: the first non-null column names the row's subject (campaign selections: prospect or member).
+    subjects: list[Subject] = []
+    references: dict[str, str] = {}  # column -> table.column, as in Fides datasets
+
+    columns: list[Column] = pydantic.Field(min_length=1)
+
+    @pydantic.field_validator("references")
+    @classmethod
+    def _ref_shape(cls, value: dict[str, str]) -> dict[str, str]:
+        for column, target in value.items():
+            if target.count(".") != 1:
+                raise ValueError(f"reference {column} -> {target!r} must be written table.column")
+        return value
+
+    @cached_property
+    def purposes(self) -> list[str]:
+        return sorted({p for c in self.columns for p in c.purposes})
+
+    def column(self, name: str) -> Column | None:
+        return next((c for c in self.columns if c.name == name), None)
+
+    @property
+    def anonymised_columns(self) -> list[str]:
+        return [c.name for c in self.columns if c.identifying != "none"]
+
+
+class Clock(_Strict):
+    """The event that starts a retention clock, declared so the ledger SQL can be generated from it."""
+
+    description: str
+    table: str
+    columns: list[str] = pydantic.Field(min_length=1)  # several: the latest of them (greatest)
+    per: Literal["subject", "record"]
+    aggregate: Literal["max", "min"] = "max"  # per subject: over the subject's rows
+    open_when_null: bool = False  # a null value means the event has not happened yet (e.g. contract running)
+    transform: Literal["year_end"] | None = None  # fiscal_year 2024 -> 2024-12-31
+
+
+class DatasetsFile(_Versioned):
+    clocks: dict[str, Clock]
+    datasets: list[Dataset] = pydantic.Field(min_length=1)
+
+
+# ---------------------------------------------------------------- recipients.yaml
+
+
+class Transfer(_Strict):
+    country: str = pydantic.Field(pattern=r"^[A-Z]{2}$")
+    adequacy_decision: bool
+    mechanism: str
+    safeguards: list[str] = pydantic.Field(min_length=1)
+
+
+class Disclosure(_Strict):
+    purpose: str
+    dataset: str
+    columns: list[str] = pydantic.Field(min_length=1)
+    condition: str | None = None
+
+
+class Recipient(_Strict):
+    key: str = pydantic.Field(pattern=SLUG)
+    name: str
+    kind: Literal["internal_service", "processor", "authorised_body", "health_professional", "authority"]
+    country: str = pydantic.Field(pattern=r"^[A-Z]{2}$")
+    contract: str | None = None
+    transfer: Transfer | None = None
+    notified_of: list[Literal["rectification", "erasure", "restriction"]] = []  # art. 19
+    receives: list[Disclosure] = []
+
+
+class RecipientsFile(_Versioned):
+    recipients: list[Recipient] = pydantic.Field(min_length=1)
+
+
+# ---------------------------------------------------------------- the whole policy
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The three policy files, cross-checked. Built by `pipelines.policy.load_policy`."""
+
+    purposes_file: PurposesFile
+    datasets_file: DatasetsFile
+    recipients_file: RecipientsFile
+
+    @property
+    def purposes(self) -> list[Purpose]:
+        return self.purposes_file.purposes
+
+    @property
+    def datasets(self) -> list[Dataset]:
+        return self.datasets_file.datasets
+
+    @property
+    def clocks(self) -> dict[str, Clock]:
+        return self.datasets_file.clocks
+
+    @property
+    def recipients(self) -> list[Recipient]:
+        return self.recipients_file.recipients
+
+    @property
+    def effective_date(self) -> dt.date:
+        return max(f.effective_date for f in (self.purposes_file, self.datasets_file, self.recipients_file))
+
+    @property
+    def version_label(self) -> str:
+        return (f"purposes v{self.purposes_file.version}, datasets v{self.datasets_file.version}, "
+                f"recipients v{self.recipients_file.version}")
+
+    def purpose(self, key: str) -> Purpose:
+        return next(p for p in self.purposes if p.key == key)
+
+    def dataset(self, name: str) -> Dataset:
+        return next(d for d in self.datasets if d.name == name)
+
+    def rule_for(self, purpose: str, dataset: str) -> RetentionRule:
+        p = self.purpose(purpose)
+        return p.dataset_rules.get(dataset, p.retention)
+
+    def deletion_order(self, system: str) -> list[str]:
+        """Tables of `system`, children before parents, from the declared `references`."""
+        tables = {d.name for d in self.datasets if d.system == system}
+        waits_for: dict[str, set[str]] = {t: set() for t in tables}
+        for d in self.datasets:
+            for target in d.references.values():
+                parent = target.split(".")[0]
+                if d.name in tables and parent in tables and parent != d.name:
+                    waits_for[parent].add(d.name)  # a parent is deleted once its children are
+        return list(graphlib.TopologicalSorter(waits_for).static_order())
