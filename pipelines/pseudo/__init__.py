@@ -1,0 +1,1 @@
+"""Pseudonymisation: keys (HKDF), tokens (HMAC in DuckDB SQL), generalisation, k-anonymity, publication."""

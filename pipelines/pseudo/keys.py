@@ -1,0 +1,130 @@
+"""Master pseudonymisation key and per-domain keys (SPEC §6), plus the Dagster resource that serves them.
+
+The master key comes from `SEM_PSEUDONYMISATION_KEY` (hex) or from the key file
+(`SEM_PSEUDONYMISATION_KEY_FILE`, default `.secrets/pseudonymisation.key`), which must not be readable by
+group or others. Domain keys are derived, never stored:
+    domain key = HKDF-SHA256(master, salt = empty, info = "sem-privacy/<domain>/v<version>", length 32).
+Error messages name where the key was looked for, never the key itself.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from pathlib import Path
+
+import dagster as dg
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from pipelines import settings
+
+KEY_ENV = "SEM_PSEUDONYMISATION_KEY"
+VERSION_ENV = "SEM_PSEUDONYMISATION_KEY_VERSION"
+# 128 bits is the floor for an HMAC key; the demo key is 256 bits.
+MIN_KEY_BYTES = 16
+DEMO_KEY_BYTES = 32
+
+
+class PseudonymisationKeyError(RuntimeError):
+    """The master key is missing, malformed or too exposed: nothing may be pseudonymised or published."""
+
+
+def parse_hex_key(text: str, origin: str) -> bytes:
+    """Decode a hex master key; `origin` says where it came from for the error message."""
+    try:
+        key = bytes.fromhex(text.strip())
+    except ValueError:
+        raise PseudonymisationKeyError(f"{origin}: the pseudonymisation key is not valid hex") from None
+    if len(key) < MIN_KEY_BYTES:
+        raise PseudonymisationKeyError(
+            f"{origin}: the pseudonymisation key is {len(key)} bytes, at least {MIN_KEY_BYTES} are required"
+        )
+    return key
+
+
+def read_key_file(path: Path) -> bytes:
+    """Read a hex key file, refusing one that group or others may read or write (must be 0600 or 0400)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise PseudonymisationKeyError(
+            f"no pseudonymisation key: {KEY_ENV} is not set and the key file {path} does not exist "
+            "(`make demo` creates a local one)"
+        ) from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise PseudonymisationKeyError(
+            f"{path}: the key file has rights {stat.S_IMODE(mode):04o}; it must be readable by its owner "
+            f"only (chmod 600 {path})"
+        )
+    return parse_hex_key(path.read_text(encoding="ascii", errors="replace"), str(path))
+
+
+def load_master_key(key_file: Path | None = None) -> bytes:
+    """The master key: the environment variable wins, then the key file."""
+    from_env = os.environ.get(KEY_ENV)
+    if from_env:
+        return parse_hex_key(from_env, KEY_ENV)
+    return read_key_file(key_file or settings.key_file())
+
+
+def ensure_demo_key(path: Path | None = None) -> Path:
+    """Create a random 256-bit key file with rights 0600 unless a valid one is already there."""
+    path = path or settings.key_file()
+    if path.exists():
+        read_key_file(path)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # O_EXCL + mode at creation: the key is never readable by others, not even for an instant.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(secrets.token_hex(DEMO_KEY_BYTES) + "\n")
+    return path
+
+
+def domain_info(domain: str, version: int) -> bytes:
+    return f"sem-privacy/{domain}/v{version}".encode()
+
+
+def derive_domain_key(master: bytes, domain: str, version: int) -> bytes:
+    """HKDF-SHA256 with an empty salt and info "sem-privacy/<domain>/v<version>", 32 bytes."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=domain_info(domain, version)).derive(master)
+
+
+def key_version_from_env(default: int = 1) -> int:
+    raw = os.environ.get(VERSION_ENV)
+    if not raw:
+        return default
+    try:
+        version = int(raw)
+    except ValueError:
+        raise PseudonymisationKeyError(f"{VERSION_ENV}={raw!r} is not an integer") from None
+    if version < 1:
+        raise PseudonymisationKeyError(f"{VERSION_ENV} must be at least 1")
+    return version
+
+
+class PseudonymisationKeyResource(dg.ConfigurableResource):
+    """Serves per-domain token keys. Its config holds a path and a version, never key material.
+
+    `key_file` defaults to SEM_PSEUDONYMISATION_KEY_FILE, then `.secrets/pseudonymisation.key`;
+    `version` defaults to SEM_PSEUDONYMISATION_KEY_VERSION, then 1. Raising the version rotates every
+    domain key (and so every token) without a new master key.
+    """
+
+    key_file: str | None = None
+    version: int | None = None
+
+    @property
+    def key_version(self) -> int:
+        if self.version is not None:
+            if self.version < 1:
+                raise PseudonymisationKeyError("the key version must be at least 1")
+            return self.version
+        return key_version_from_env()
+
+    def domain_keys(self, domains: list[str]) -> dict[str, bytes]:
+        """Derive the keys of `domains` at the configured version (the master key is read once)."""
+        master = load_master_key(Path(self.key_file) if self.key_file else None)
+        return {domain: derive_domain_key(master, domain, self.key_version) for domain in domains}

@@ -1,0 +1,85 @@
+"""Keyed tokens, computed in DuckDB SQL: token = lowercase hex HMAC-SHA256(domain key, normalised value).
+
+HMAC(K, m) = SHA256((K' ⊕ opad) || SHA256((K' ⊕ ipad) || m)) with K' the key (hashed first when longer
+than the 64-byte block) padded with zeros (RFC 2104). The two padded key blocks are computed here and
+bound as query parameters, so key material is never part of a SQL text, a table or a log line.
+Tokens are computed once per distinct value and joined back. DuckDB's sha256 already returns lowercase hex.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+
+from pipelines.normalise import email_sql, phone_sql
+
+BLOCK_SIZE = 64
+
+# How each kind of source value is normalised before hashing (documented in pipelines/normalise.py).
+NORMALISERS = {
+    "email": email_sql,
+    "phone": phone_sql,
+    "id": lambda col: f"nullif(trim(CAST({col} AS VARCHAR)), '')",
+}
+
+
+def hmac_pads(key: bytes) -> tuple[bytes, bytes]:
+    """(K' ⊕ ipad, K' ⊕ opad), each one 64-byte block."""
+    if len(key) > BLOCK_SIZE:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(BLOCK_SIZE, b"\0")
+    return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
+
+
+def key_params(key: bytes, prefix: str = "k") -> dict[str, bytes]:
+    ipad, opad = hmac_pads(key)
+    return {f"{prefix}_ipad": ipad, f"{prefix}_opad": opad}
+
+
+def hmac_sql(blob_expr: str, prefix: str = "k") -> str:
+    """SQL for the hex HMAC of a BLOB expression under the key bound by `key_params(key, prefix)`."""
+    inner = f"unhex(sha256(${prefix}_ipad || {blob_expr}))"
+    return f"sha256(${prefix}_opad || {inner})"
+
+
+def normalise_sql(kind: str, column: str) -> str:
+    """SQL normalising `column` as an e-mail, a phone or an id before it is tokenised."""
+    return NORMALISERS[kind](column)
+
+
+def tokenise_table(con: duckdb.DuckDBPyConnection, target: str, values_sql: str, key: bytes) -> int:
+    """Create temp table `target(value, token)` for the distinct non-null values of `values_sql`.
+
+    `values_sql` is a query with one column named `value`, already normalised (`normalise_sql`).
+    Returns the number of distinct values tokenised.
+    """
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE {target} AS
+        SELECT value, {hmac_sql('encode(value)')} AS token
+        FROM (SELECT DISTINCT value FROM ({values_sql}) WHERE value IS NOT NULL)
+        """,
+        key_params(key),
+    )
+    return con.execute(f"SELECT count(*) FROM {target}").fetchall()[0][0]
+
+
+def tokenise_series(values: pd.Series, kind: str, key: bytes) -> pd.Series:
+    """Tokens of a pandas Series, row for row (null where the value normalises to null)."""
+    con = duckdb.connect()
+    try:
+        con.register("src", pa.table({"value": pa.array(values, type=pa.string())}))
+        con.execute(
+            f"CREATE TEMP TABLE _norm AS SELECT row_number() OVER () AS rn, {normalise_sql(kind, 'value')} "
+            "AS value FROM src"
+        )
+        tokenise_table(con, "_tokens", "SELECT value FROM _norm", key)
+        result = con.sql(
+            "SELECT t.token FROM _norm n LEFT JOIN _tokens t USING (value) ORDER BY n.rn"
+        ).to_arrow_table()
+    finally:
+        con.close()
+    return result.column("token").to_pandas(types_mapper=pd.ArrowDtype).set_axis(values.index)
