@@ -1,0 +1,212 @@
+"""Push-back: apply privacy decisions to the source systems set-based, transactionally, idempotently.
+
+API
+---
+    apply_decisions(targets: pa.Table, *, members: sa.Engine | None = None, prospects: sa.Engine | None = None,
+                    navigation_dir: Path | None = None, outbox_dir: Path | None = None,
+                    audit: AuditLog | None = None, tokenise: Callable[[str], str] | None = None,
+                    notice_rules: Sequence[NoticeRule] = DEFAULT_NOTICE_RULES,
+                    table_order: Mapping[str, Sequence[str]] | None = None,
+                    now: datetime | None = None) -> PushbackReport
+
+`targets` follows TARGET_SCHEMA (build one with `make_targets`), one row per (decision, source row key):
+    decision_id  stable id chosen by the caller (e.g. "rights:42:erase"); the unit recorded as applied
+    system       members | prospects | navigation
+    table_name   a table of pipelines.sources.schema (navigation: navigation_events | cookie_consents)
+    key_column   the column selecting the rows (member_id, prospect_id, visitor_id, contact_hash, ...)
+    key_value    its value as text
+    action       erase | anonymise | restrict | lift_restriction | rectify | suppress
+    payload      JSON: anonymise -> array of the columns to null, ["email", "phone"];
+                 rectify -> object of new values, {"email": "x@y.fr"};
+                 suppress (suppression_list.contact_hash) -> {"channel": "email", "objected_at": "...",
+                 "source_request_id": "42"}; null otherwise.
+
+Per SQL source (SQLite or PostgreSQL): one transaction; targets bulk-loaded into
+`privacy_decision_staging` (COPY on PostgreSQL); decisions already in `privacy_applied_decisions` are
+skipped; one set-based statement per (table, action, column set), children before parents
+(`table_order[system]`, e.g. from the policy's declared references, else inferred from key names);
+the applied decision ids recorded with their row counts. Navigation Parquet: affected files rewritten
+atomically, then the manifest. Then every source is re-read and each decision reported confirmed or
+failed. Art. 19 notices go to `<outbox_dir>/notices.jsonl` (see pipelines.pushback.notices).
+
+Fault injection for the crash test: with SEM_PUSHBACK_PAUSE_AT=<checkpoint> (staged, after:<table>,
+before_commit, navigation_file) the process touches SEM_PUSHBACK_PAUSE_MARKER and sleeps there, inside the
+open transaction, until it is killed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import sqlalchemy as sa
+
+from pipelines.audit import AuditLog, audit_token_key, subject_token
+from pipelines.pushback.navigation import apply_to_navigation, unconfirmed_navigation
+from pipelines.pushback.notices import DEFAULT_NOTICE_RULES, write_notices
+from pipelines.pushback.sql import NoticeRule, apply_to_source, unconfirmed
+from pipelines.pushback.targets import TARGET_SCHEMA, dependency_order, make_targets, validate_targets
+from pipelines.sources.schema import COOKIE_CONSENT_SCHEMA, NAVIGATION_EVENT_SCHEMA, SQL_SYSTEMS
+
+__all__ = [
+    "DEFAULT_NOTICE_RULES",
+    "TARGET_SCHEMA",
+    "NoticeRule",
+    "PushbackReport",
+    "apply_decisions",
+    "make_targets",
+]
+
+PAUSE_ENV = "SEM_PUSHBACK_PAUSE_AT"
+PAUSE_MARKER_ENV = "SEM_PUSHBACK_PAUSE_MARKER"
+NAVIGATION_SCHEMAS = {"navigation_events": NAVIGATION_EVENT_SCHEMA, "cookie_consents": COOKIE_CONSENT_SCHEMA}
+
+
+@dataclass
+class PushbackReport:
+    batch_id: str
+    applied: dict[str, list[str]] = field(default_factory=dict)  # system -> decisions applied by this run
+    rows_affected: dict[str, int] = field(default_factory=dict)  # system -> rows changed by this run
+    confirmed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # decision_id -> reason
+    skipped: list[str] = field(default_factory=list)  # already applied by an earlier run, nothing redone
+    notices: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def decisions(self) -> pa.Table:
+        """One row per decision: decision_id, status (confirmed | failed), reason."""
+        ids = self.confirmed + sorted(self.failed)
+        return pa.table({
+            "decision_id": pa.array(ids, pa.string()),
+            "status": pa.array(["confirmed"] * len(self.confirmed) + ["failed"] * len(self.failed), pa.string()),
+            "reason": pa.array([None] * len(self.confirmed) + [self.failed[d] for d in sorted(self.failed)],
+                               pa.string()),
+        })
+
+
+def _checkpoint(name: str) -> None:
+    if os.environ.get(PAUSE_ENV) == name:
+        marker = os.environ.get(PAUSE_MARKER_ENV)
+        if marker:
+            Path(marker).touch()
+        while True:  # wait to be killed: the crash test needs the process to die at exactly this point
+            time.sleep(60)
+
+
+def _prepare(targets: pa.Table) -> pa.Table:
+    """Validated targets plus `columns_key`, the sorted columns an anonymise/rectify payload names."""
+    con = duckdb.connect()
+    try:
+        con.register("t", validate_targets(targets))
+        prepared = con.sql("""
+            SELECT *, CASE action
+                WHEN 'anonymise' THEN array_to_string(list_sort(CAST(CAST(payload AS JSON) AS VARCHAR[])), ',')
+                WHEN 'rectify' THEN array_to_string(list_sort(json_keys(CAST(payload AS JSON))), ',')
+                ELSE '' END AS columns_key
+            FROM t
+        """).to_arrow_table()
+    finally:
+        con.close()
+    for combo in prepared.group_by(["system", "table_name", "action", "columns_key"]).aggregate([]).to_pylist():
+        _check_columns(**combo)
+    return prepared
+
+
+def _check_columns(system: str, table_name: str, action: str, columns_key: str) -> None:
+    if action not in ("anonymise", "rectify"):
+        return
+    names = set(NAVIGATION_SCHEMAS[table_name].names) if system == "navigation" \
+        else set(SQL_SYSTEMS[system].tables[table_name].c.keys())
+    unknown = [c for c in columns_key.split(",") if c not in names]
+    if not columns_key or unknown:
+        raise ValueError(f"decision targets: {action} on {system}.{table_name} names no or unknown columns "
+                         f"{unknown}")
+
+
+def _of_system(targets: pa.Table, system: str) -> pa.Table:
+    return targets.filter(pc.equal(targets["system"], system)).drop_columns(["system"])
+
+
+def apply_decisions(
+    targets: pa.Table,
+    *,
+    members: sa.Engine | None = None,
+    prospects: sa.Engine | None = None,
+    navigation_dir: Path | None = None,
+    outbox_dir: Path | None = None,
+    audit: AuditLog | None = None,
+    tokenise: Callable[[str], str] | None = None,
+    notice_rules: Sequence[NoticeRule] = DEFAULT_NOTICE_RULES,
+    table_order: Mapping[str, Sequence[str]] | None = None,
+    now: dt.datetime | None = None,
+) -> PushbackReport:
+    """Apply the decisions of `targets` to the sources, then re-read and confirm them (see module doc)."""
+    prepared = _prepare(targets)
+    now_text = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d %H:%M:%S")
+    report = PushbackReport(batch_id=uuid.uuid4().hex)
+    engines = {"members": members, "prospects": prospects}
+    systems = sorted(set(pc.unique(prepared["system"]).to_pylist()))
+    key_cache: dict[str, bytes] = {}
+
+    def token(value: str) -> str:
+        if tokenise is not None:
+            return tokenise(value)
+        if "key" not in key_cache:
+            key_cache["key"] = audit_token_key()
+        return subject_token(value, key_cache["key"])
+
+    def persist_notices(found: list[dict[str, str]]) -> None:
+        if found and outbox_dir is None:
+            raise ValueError("art. 19 notices are owed but no outbox_dir was given")
+        if found:
+            report.notices += write_notices(outbox_dir, found, token)
+
+    unconfirmed_by: dict[str, set[str]] = {}
+    for system in systems:
+        part = _of_system(prepared, system)
+        if system == "navigation":
+            if navigation_dir is None:
+                raise ValueError("decision targets name the navigation logs but no navigation_dir was given")
+            nav = apply_to_navigation(navigation_dir, part, now=now_text, checkpoint=_checkpoint)
+            report.applied[system], report.rows_affected[system] = nav.newly_applied, nav.rows_affected
+            unconfirmed_by[system] = unconfirmed_navigation(navigation_dir, part)
+            continue
+        engine = engines[system]
+        if engine is None:
+            raise ValueError(f"decision targets name the {system} system but no engine was given for it")
+        metadata = SQL_SYSTEMS[system]
+        order = dependency_order(metadata, (table_order or {}).get(system))
+        outcome = apply_to_source(engine, metadata, system, part, batch_id=report.batch_id, now=now_text,
+                                  order=order, notice_rules=notice_rules, before_commit=persist_notices,
+                                  checkpoint=_checkpoint)
+        report.applied[system], report.rows_affected[system] = outcome.newly_applied, outcome.rows_affected
+        unconfirmed_by[system] = unconfirmed(engine, metadata, part, uuid.uuid4().hex)
+
+    all_ids = pc.unique(prepared["decision_id"]).to_pylist()
+    newly = {d for ids in report.applied.values() for d in ids}
+    for decision_id in all_ids:
+        bad = [s for s, ids in unconfirmed_by.items() if decision_id in ids]
+        if bad:
+            report.failed[decision_id] = f"effect not found on re-reading {', '.join(bad)}"
+        else:
+            report.confirmed.append(decision_id)
+    report.skipped = [d for d in all_ids if d not in newly]
+    if audit is not None:
+        audit.extend([
+            {"action": "pushback.confirmed" if d not in report.failed else "pushback.failed",
+             "decision_id": d, "reason": report.failed.get(d),
+             "details": {"batch_id": report.batch_id, "newly_applied": d in newly}}
+            for d in all_ids
+        ])
+    return report

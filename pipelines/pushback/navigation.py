@@ -1,0 +1,160 @@
+"""Push-back to the append-only navigation logs (day-partitioned Parquet events, cookie-consent log).
+
+Each affected file is rewritten whole to a temporary name in the same folder, fsynced, then swapped in
+with os.replace, so a reader or a crash never sees a half-written file. The decisions applied are recorded
+afterwards in a manifest (`_privacy_applied_decisions.json`, also written atomically). A crash between a
+file swap and the manifest leaves decisions unrecorded: the re-run re-filters, which is a no-op on the
+files already rewritten (erase and anonymise are idempotent), so the end state is the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+MANIFEST_NAME = "_privacy_applied_decisions.json"
+TABLE_DIRS = {"navigation_events": "events", "cookie_consents": "consents"}
+
+
+@dataclass
+class NavigationOutcome:
+    newly_applied: list[str] = field(default_factory=list)
+    rows_affected: int = 0
+    files_rewritten: int = 0
+
+
+def _files(navigation_dir: Path, table_name: str) -> list[Path]:
+    return sorted((navigation_dir / TABLE_DIRS[table_name]).rglob("*.parquet"))
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Make the fully written `tmp` durable, then atomically replace `path` with it."""
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_manifest(navigation_dir: Path) -> dict[str, dict[str, object]]:
+    path = navigation_dir / MANIFEST_NAME
+    return json.loads(path.read_text())["decisions"] if path.exists() else {}
+
+
+def _write_manifest(navigation_dir: Path, decisions: dict[str, dict[str, object]]) -> None:
+    path = navigation_dir / MANIFEST_NAME
+    _temporary(path).write_text(json.dumps({"decisions": decisions}, sort_keys=True, indent=1))
+    _swap_in(_temporary(path), path)
+
+
+def _rewrite(path: Path, key_column: str, keys: pa.Array, action: str, columns: list[str]) -> None:
+    table = pq.read_table(path)
+    hit = pc.is_in(pc.cast(table[key_column], pa.string()), value_set=keys)
+    hit = pc.fill_null(hit, False)
+    if action == "erase":
+        table = table.filter(pc.invert(hit))
+    else:
+        for name in columns:
+            index = table.schema.get_field_index(name)
+            column = table[name]
+            table = table.set_column(index, table.schema.field(index),
+                                     pc.if_else(hit, pa.scalar(None, column.type), column))
+    pq.write_table(table, _temporary(path))
+    _swap_in(_temporary(path), path)
+
+
+def _matches(con: duckdb.DuckDBPyConnection, files: list[Path], key_column: str,
+             extra_where: str = "") -> duckdb.DuckDBPyRelation:
+    """Rows of `files` whose key is among the registered `group_targets`, with their file name."""
+    paths = [str(f) for f in files]
+    return con.sql(
+        f"SELECT t.decision_id, e.filename FROM read_parquet({paths}, filename = true, hive_partitioning = false) e"
+        f" JOIN group_targets t ON CAST(e.{key_column} AS VARCHAR) = t.key_value {extra_where}"
+    )
+
+
+def _groups(targets: pa.Table) -> list[dict[str, str]]:
+    return targets.group_by(["table_name", "key_column", "action", "columns_key"]).aggregate([]).to_pylist()
+
+
+def _group_targets(targets: pa.Table, group: dict[str, str]) -> pa.Table:
+    mask = pc.and_(pc.and_(pc.equal(targets["table_name"], group["table_name"]),
+                           pc.equal(targets["key_column"], group["key_column"])),
+                   pc.and_(pc.equal(targets["action"], group["action"]),
+                           pc.equal(targets["columns_key"], group["columns_key"])))
+    return targets.filter(mask)
+
+
+def apply_to_navigation(navigation_dir: Path, targets: pa.Table, *, now: str,
+                        checkpoint: Callable[[str], None]) -> NavigationOutcome:
+    """Apply the navigation targets (prepared: columns_key added) not yet in the manifest."""
+    manifest = read_manifest(navigation_dir)
+    pending = targets.filter(pc.invert(pc.is_in(targets["decision_id"], value_set=pa.array(list(manifest),
+                                                                                          pa.string()))))
+    outcome = NavigationOutcome()
+    if pending.num_rows == 0:
+        return outcome
+    per_decision: dict[str, dict[str, object]] = {}
+    con = duckdb.connect()
+    try:
+        for group in _groups(pending):
+            files = _files(navigation_dir, group["table_name"])
+            if not files:
+                continue
+            con.register("group_targets", _group_targets(pending, group))
+            counts = _matches(con, files, group["key_column"]).aggregate(
+                "decision_id, count(*) AS n, list(DISTINCT filename) AS files").fetchall()
+            keys = pa.array(pc.unique(_group_targets(pending, group)["key_value"]).to_pylist(), pa.string())
+            for path in sorted({f for _, _, fs in counts for f in fs}):
+                _rewrite(Path(path), group["key_column"], keys, group["action"], group["columns_key"].split(","))
+                outcome.files_rewritten += 1
+                checkpoint("navigation_file")
+            for decision_id, n, _ in counts:
+                entry = per_decision.setdefault(decision_id, {"rows_affected": 0, "tables": set()})
+                entry["rows_affected"] += n
+                entry["tables"].add(group["table_name"])
+    finally:
+        con.close()
+    for decision_id in pc.unique(pending["decision_id"]).to_pylist():
+        entry = per_decision.get(decision_id, {"rows_affected": 0, "tables": set()})
+        manifest[decision_id] = {"applied_at": now, "rows_affected": entry["rows_affected"],
+                                 "table_name": ",".join(sorted(entry["tables"]))}
+        outcome.rows_affected += entry["rows_affected"]
+        outcome.newly_applied.append(decision_id)
+    _write_manifest(navigation_dir, manifest)
+    return outcome
+
+
+def unconfirmed_navigation(navigation_dir: Path, targets: pa.Table) -> set[str]:
+    """Re-read the logs: the decision ids whose rows are still there (erase) or still carry a value in a
+    column they had to null (anonymise), plus those missing from the manifest."""
+    failed = set(pc.unique(targets["decision_id"]).to_pylist()) - set(read_manifest(navigation_dir))
+    con = duckdb.connect()
+    try:
+        for group in _groups(targets):
+            files = _files(navigation_dir, group["table_name"])
+            if not files:
+                continue
+            con.register("group_targets", _group_targets(targets, group))
+            where = ""
+            if group["action"] == "anonymise":
+                where = "WHERE " + " OR ".join(f"e.{c} IS NOT NULL" for c in group["columns_key"].split(","))
+            failed |= {r[0] for r in _matches(con, files, group["key_column"], where).fetchall()}
+    finally:
+        con.close()
+    return failed

@@ -1,0 +1,73 @@
+"""Art. 19 notices to recipients (processors, the Morocco complaints provider, Monaco professionals).
+
+Notices land in `<outbox>/notices.jsonl`, one JSON line each: notice_id, recipient, decision_id, action,
+subject_token (keyed token, never a direct identifier), created_at. The notice_id is derived from
+(recipient, decision, subject), and lines already in the outbox are not written again, so a run that
+dies after writing its notices but before committing re-sends nothing twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pipelines.pushback.sql import NoticeRule
+
+OUTBOX_FILE = "notices.jsonl"
+
+# Recipients the member system reveals from its own data. They mirror the recipients declared in
+# policies/ (recipients and transfers); callers holding the loaded policy pass their own rules instead.
+DEFAULT_NOTICE_RULES: tuple[NoticeRule, ...] = (
+    NoticeRule("morocco_complaints_provider", "members", "member_id", "interactions", "handled_by",
+               "morocco_complaints_provider"),
+    NoticeRule("monaco_health_professionals", "members", "member_id", "reimbursements", "professional_country",
+               "MC"),
+)
+
+KEY_KIND = {"member_id": "member", "prospect_id": "prospect", "visitor_id": "visitor"}
+
+
+def notice_id(recipient: str, decision_id: str, subject_token: str) -> str:
+    return hashlib.sha256(f"{recipient}|{decision_id}|{subject_token}".encode()).hexdigest()[:32]
+
+
+def write_notices(outbox_dir: Path, found: Sequence[dict[str, str]], tokenise: Callable[[str], str]) -> int:
+    """Append the notices not yet in the outbox (fsynced); return how many were new."""
+    if not found:
+        return 0
+    outbox_dir.mkdir(parents=True, exist_ok=True)
+    created_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    path = outbox_dir / OUTBOX_FILE
+    with open(path, "a+", encoding="utf-8") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        seen = {json.loads(line)["notice_id"] for line in fh if line.strip()}
+        lines = []
+        for item in found:
+            token = tokenise(f"{KEY_KIND.get(item['key_column'], item['key_column'])}:{item['key_value']}")
+            nid = notice_id(item["recipient"], item["decision_id"], token)
+            if nid in seen:
+                continue
+            seen.add(nid)
+            lines.append(json.dumps({
+                "notice_id": nid, "recipient": item["recipient"], "decision_id": item["decision_id"],
+                "action": item["action"], "subject_token": token, "article": "GDPR art. 19",
+                "created_at": created_at,
+            }, sort_keys=True) + "\n")
+        fh.seek(0, os.SEEK_END)
+        fh.writelines(lines)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return len(lines)
+
+
+def read_notices(outbox_dir: Path) -> list[dict[str, str]]:
+    path = outbox_dir / OUTBOX_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,322 @@
+"""Push-back to a SQL source (SQLite or PostgreSQL, same SQLAlchemy Core code).
+
+Inside ONE transaction per source: bulk-load the targets into a staging table (COPY on PostgreSQL with
+psycopg 3, executemany elsewhere), drop the targets of decisions the source already recorded, then one
+set-based statement per (table, action, column set), children before parents, and record the applied
+decision ids in `privacy_applied_decisions`. A process killed anywhere in between leaves the source as it
+was (the database rolls the transaction back), so a re-run resumes from scratch without double-applying.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import sqlalchemy as sa
+
+from pipelines.pushback.targets import ACTIONS
+
+APPLIED_TABLE = "privacy_applied_decisions"
+STAGING_TABLE = "privacy_decision_staging"
+EFFECTS_TABLE = "privacy_decision_effects"
+
+bookkeeping = sa.MetaData()
+
+applied = sa.Table(
+    APPLIED_TABLE, bookkeeping,
+    sa.Column("decision_id", sa.String(200), primary_key=True),
+    sa.Column("applied_at", sa.Text, nullable=False),  # ISO text, like the legacy sources' timestamps
+    sa.Column("table_name", sa.Text),  # comma-separated tables the decision touched
+    sa.Column("rows_affected", sa.Integer, nullable=False),
+)
+
+staging = sa.Table(
+    STAGING_TABLE, bookkeeping,
+    sa.Column("batch_id", sa.String(64), nullable=False),
+    sa.Column("decision_id", sa.String(200), nullable=False),
+    sa.Column("table_name", sa.String(100), nullable=False),
+    sa.Column("key_column", sa.String(100), nullable=False),
+    sa.Column("key_value", sa.Text, nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    # SQLite stores JSON as text; declaring it JSON elsewhere lets payload["col"] compile per dialect.
+    sa.Column("payload", sa.JSON().with_variant(sa.Text, "sqlite")),
+    sa.Column("columns_key", sa.Text, nullable=False),  # sorted columns an anonymise/rectify touches
+    sa.Index("ix_privacy_decision_staging", "batch_id", "table_name", "action", "key_value"),
+)
+
+effects = sa.Table(
+    EFFECTS_TABLE, bookkeeping,
+    sa.Column("batch_id", sa.String(64), nullable=False),
+    sa.Column("decision_id", sa.String(200), nullable=False),
+    sa.Column("table_name", sa.String(100), nullable=False),
+    sa.Column("rows_affected", sa.Integer, nullable=False),
+)
+
+STAGING_COLUMNS = [c.name for c in staging.c]
+NOTIFIABLE_ACTIONS = ("rectify", "erase", "anonymise", "restrict", "lift_restriction")
+
+
+@dataclass(frozen=True)
+class Group:
+    """Targets one set-based statement handles."""
+
+    table_name: str
+    key_column: str
+    action: str
+    columns_key: str
+
+    @property
+    def columns(self) -> list[str]:
+        return self.columns_key.split(",") if self.columns_key else []
+
+
+@dataclass(frozen=True)
+class NoticeRule:
+    """A recipient owed an art. 19 notice for a subject's decisions: every decision on `key_column` of
+    `system`, or only when the subject has a row in `table_name` where `column` = `value`."""
+
+    recipient: str
+    system: str
+    key_column: str
+    table_name: str | None = None
+    column: str | None = None
+    value: str | None = None
+
+
+@dataclass
+class SqlOutcome:
+    newly_applied: list[str] = field(default_factory=list)
+    rows_affected: int = 0
+    notices: list[dict[str, str]] = field(default_factory=list)
+
+
+def ensure_bookkeeping(engine: sa.Engine) -> None:
+    bookkeeping.create_all(engine, checkfirst=True)
+
+
+def groups_of(targets: pa.Table, order: Sequence[str]) -> list[Group]:
+    """Statement groups, children before parents and, within a table, in ACTIONS order."""
+    combos = targets.group_by(["table_name", "key_column", "action", "columns_key"]).aggregate([]).to_pylist()
+    position = {name: i for i, name in enumerate(order)}
+    groups = [Group(**c) for c in combos]
+    return sorted(groups, key=lambda g: (position.get(g.table_name, len(position)), ACTIONS.index(g.action),
+                                         g.key_column, g.columns_key))
+
+
+def load_staging(con: sa.Connection, targets: pa.Table, batch_id: str) -> None:
+    rows = targets.append_column("batch_id", pa.array([batch_id] * targets.num_rows, pa.string()))
+    rows = rows.select(STAGING_COLUMNS)
+    dbapi = con.connection.dbapi_connection
+    if con.dialect.name == "postgresql" and con.dialect.driver == "psycopg":
+        buffer = io.BytesIO()
+        pacsv.write_csv(rows, buffer, pacsv.WriteOptions(include_header=False))
+        with dbapi.cursor() as cur, cur.copy(
+            f"COPY {STAGING_TABLE} ({', '.join(STAGING_COLUMNS)}) FROM STDIN WITH (FORMAT csv)"
+        ) as copy:
+            copy.write(buffer.getvalue())
+    else:
+        con.execute(staging.insert(), rows.to_pylist())
+
+
+def _in_group(batch_id: str, group: Group) -> sa.ColumnElement[bool]:
+    return sa.and_(
+        staging.c.batch_id == batch_id,
+        staging.c.table_name == group.table_name,
+        staging.c.key_column == group.key_column,
+        staging.c.action == group.action,
+        staging.c.columns_key == group.columns_key,
+    )
+
+
+def _key_match(table: sa.Table, key_column: str) -> sa.ColumnElement[bool]:
+    column = table.c[key_column]
+    return column == sa.cast(staging.c.key_value, column.type)
+
+
+def _payload_value(table: sa.Table, column: str) -> sa.ColumnElement:
+    return sa.cast(staging.c.payload[column].as_string(), table.c[column].type)
+
+
+def _staged_keys(table: sa.Table, batch_id: str, group: Group) -> sa.Select:
+    column = table.c[group.key_column]
+    return sa.select(sa.cast(staging.c.key_value, column.type)).where(_in_group(batch_id, group))
+
+
+def _suppressed(table: sa.Table) -> sa.Exists:
+    return sa.exists().where(table.c.contact_hash == staging.c.key_value)
+
+
+def _count_effects(con: sa.Connection, table: sa.Table, batch_id: str, group: Group) -> None:
+    if group.action == "suppress":
+        matched = sa.case((~_suppressed(table), 1), else_=0)
+        source = staging
+    else:
+        matched = sa.case((table.c[group.key_column].is_not(None), 1), else_=0)
+        source = staging.outerjoin(table, _key_match(table, group.key_column))
+    counted = (
+        sa.select(staging.c.decision_id, sa.literal(group.table_name), sa.func.sum(matched), sa.literal(batch_id))
+        .select_from(source).where(_in_group(batch_id, group)).group_by(staging.c.decision_id)
+    )
+    con.execute(sa.insert(effects).from_select(["decision_id", "table_name", "rows_affected", "batch_id"],
+                                               counted))
+
+
+def _statement(table: sa.Table, batch_id: str, group: Group, now: str) -> sa.Executable:
+    in_group = _in_group(batch_id, group)
+    key = table.c[group.key_column]
+    if group.action == "erase":
+        return sa.delete(table).where(key.in_(_staged_keys(table, batch_id, group)))
+    if group.action == "anonymise":
+        return sa.update(table).where(key.in_(_staged_keys(table, batch_id, group))).values(
+            {c: None for c in group.columns})
+    if group.action == "lift_restriction":
+        return sa.update(table).where(key.in_(_staged_keys(table, batch_id, group))).values(
+            restricted_at=None, restriction_decision_id=None)
+    if group.action == "restrict":
+        return sa.update(table).where(_key_match(table, group.key_column), in_group).values(
+            restricted_at=now, restriction_decision_id=staging.c.decision_id)
+    if group.action == "rectify":
+        return sa.update(table).where(_key_match(table, group.key_column), in_group).values(
+            {c: _payload_value(table, c) for c in group.columns})
+    # suppress: one suppression row per new contact hash, whatever the number of decisions naming it
+    new_hashes = (
+        sa.select(
+            staging.c.key_value,
+            sa.func.min(staging.c.payload["channel"].as_string()),
+            sa.func.coalesce(sa.func.min(staging.c.payload["objected_at"].as_string()), now),
+            sa.func.min(staging.c.payload["source_request_id"].as_string()),
+        )
+        .where(in_group, ~_suppressed(table))
+        .group_by(staging.c.key_value)
+    )
+    return sa.insert(table).from_select(["contact_hash", "channel", "objected_at", "source_request_id"],
+                                        new_hashes)
+
+
+def _collect_notices(con: sa.Connection, metadata: sa.MetaData, system: str, batch_id: str,
+                     rules: Sequence[NoticeRule]) -> list[dict[str, str]]:
+    found: list[dict[str, str]] = []
+    for rule in rules:
+        if rule.system != system:
+            continue
+        query = sa.select(staging.c.decision_id, staging.c.action, staging.c.key_value).distinct().where(
+            staging.c.batch_id == batch_id,
+            staging.c.key_column == rule.key_column,
+            staging.c.action.in_(NOTIFIABLE_ACTIONS),
+        )
+        if rule.table_name is not None:
+            holder = metadata.tables[rule.table_name]
+            query = query.where(sa.exists().where(
+                _key_match(holder, rule.key_column), holder.c[rule.column] == rule.value))
+        found += [
+            {"recipient": rule.recipient, "decision_id": r.decision_id, "action": r.action,
+             "key_column": rule.key_column, "key_value": r.key_value}
+            for r in con.execute(query)
+        ]
+    return found
+
+
+def apply_to_source(
+    engine: sa.Engine,
+    metadata: sa.MetaData,
+    system: str,
+    targets: pa.Table,
+    *,
+    batch_id: str,
+    now: str,
+    order: Sequence[str],
+    notice_rules: Sequence[NoticeRule],
+    before_commit: Callable[[list[dict[str, str]]], None],
+    checkpoint: Callable[[str], None],
+) -> SqlOutcome:
+    """Apply one system's targets (prepared: columns_key added) in one transaction; see module doc.
+
+    `before_commit` receives the art. 19 notices found for the newly applied decisions and must persist
+    them durably (the outbox de-duplicates), so a crash after it only leads to a harmless re-send."""
+    ensure_bookkeeping(engine)
+    outcome = SqlOutcome()
+    with engine.begin() as con:
+        load_staging(con, targets, batch_id)
+        checkpoint("staged")
+        con.execute(sa.delete(staging).where(
+            staging.c.batch_id == batch_id, staging.c.decision_id.in_(sa.select(applied.c.decision_id))))
+        pending = con.execute(
+            sa.select(staging.c.decision_id, staging.c.table_name, staging.c.key_column, staging.c.action,
+                      staging.c.columns_key).distinct().where(staging.c.batch_id == batch_id)
+        ).all()
+        if pending:
+            still = pa.Table.from_pylist([r._asdict() for r in pending])
+            outcome.notices = _collect_notices(con, metadata, system, batch_id, notice_rules)
+            for group in groups_of(still, order):
+                table = metadata.tables[group.table_name]
+                _count_effects(con, table, batch_id, group)
+                con.execute(_statement(table, batch_id, group, now))
+                checkpoint(f"after:{group.table_name}")
+            per_table = (
+                sa.select(effects.c.decision_id, effects.c.table_name,
+                          sa.func.sum(effects.c.rows_affected).label("n"))
+                .where(effects.c.batch_id == batch_id)
+                .group_by(effects.c.decision_id, effects.c.table_name).subquery()
+            )
+            con.execute(sa.insert(applied).from_select(
+                ["decision_id", "applied_at", "table_name", "rows_affected"],
+                sa.select(per_table.c.decision_id, sa.literal(now),
+                          sa.func.aggregate_strings(per_table.c.table_name, ","), sa.func.sum(per_table.c.n))
+                .group_by(per_table.c.decision_id),
+            ))
+            outcome.newly_applied = sorted({r.decision_id for r in pending})
+            outcome.rows_affected = int(con.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(effects.c.rows_affected), 0))
+                .where(effects.c.batch_id == batch_id)).scalar_one())
+        con.execute(sa.delete(effects).where(effects.c.batch_id == batch_id))
+        con.execute(sa.delete(staging).where(staging.c.batch_id == batch_id))
+        before_commit(outcome.notices)
+        checkpoint("before_commit")
+    return outcome
+
+
+def _violations(table: sa.Table, batch_id: str, group: Group) -> sa.Select:
+    """Decision ids of the group whose effect is not visible in the source."""
+    in_group = _in_group(batch_id, group)
+    if group.action == "suppress":
+        return sa.select(staging.c.decision_id).where(in_group, ~_suppressed(table))
+    joined = sa.select(staging.c.decision_id).select_from(
+        staging.join(table, _key_match(table, group.key_column))).where(in_group)
+    if group.action == "erase":
+        return joined
+    if group.action == "anonymise":
+        return joined.where(sa.or_(*(table.c[c].is_not(None) for c in group.columns)))
+    if group.action == "restrict":
+        return joined.where(table.c.restricted_at.is_(None))
+    if group.action == "lift_restriction":
+        return joined.where(table.c.restricted_at.is_not(None))
+    return joined.where(sa.or_(*(table.c[c].is_distinct_from(_payload_value(table, c))
+                                 for c in group.columns)))
+
+
+def unconfirmed(engine: sa.Engine, metadata: sa.MetaData, targets: pa.Table, batch_id: str) -> set[str]:
+    """Re-read the source: the decision ids (of `targets`) whose effect is not there. Read-only: the
+    staged copy of the targets is rolled back."""
+    if targets.num_rows == 0:
+        return set()
+    ensure_bookkeeping(engine)
+    failed: set[str] = set()
+    with engine.connect() as con:
+        trans = con.begin()
+        try:
+            load_staging(con, targets, batch_id)
+            for group in groups_of(targets, []):
+                table = metadata.tables[group.table_name]
+                failed |= {r[0] for r in con.execute(_violations(table, batch_id, group))}
+            never_applied = set(pc.unique(targets["decision_id"]).to_pylist()) - {
+                r[0] for r in con.execute(sa.select(applied.c.decision_id).where(
+                    applied.c.decision_id.in_(sa.select(staging.c.decision_id).where(
+                        staging.c.batch_id == batch_id))))
+            }
+        finally:
+            trans.rollback()
+    return failed | never_applied

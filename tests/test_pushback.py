@@ -1,0 +1,296 @@
+"""Push-back to SQLite and PostgreSQL sources and to the navigation Parquet logs: end state, idempotence,
+re-read confirmation, art. 19 outbox, and a real SIGKILL in the middle of a batch."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+
+from pipelines.bench.pushback import erasure_targets, seed_members, seed_prospects
+from pipelines.pushback import apply_decisions, make_targets
+from pipelines.pushback.navigation import MANIFEST_NAME
+from pipelines.pushback.notices import read_notices
+from pipelines.sources.schema import NAVIGATION_EVENT_SCHEMA, member_metadata, prospect_metadata
+
+NOW = dt.datetime(2026, 11, 1, 12, 0, 0)
+PEOPLE = 40
+
+
+def plain_token(value: str) -> str:
+    return "t-" + value
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def make_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], str]:
+    """A factory of fresh, empty database URLs on the parametrised backend."""
+    if request.param == "postgres":
+        make_pg_url = request.getfixturevalue("make_pg_url")
+        return lambda name: make_pg_url()
+    return lambda name: f"sqlite:///{tmp_path / name}.db"
+
+
+@pytest.fixture
+def sources(make_url: Callable[[str], str]) -> tuple[sa.Engine, sa.Engine]:
+    members, prospects = sa.create_engine(make_url("members")), sa.create_engine(make_url("prospects"))
+    seed_members(members, PEOPLE)
+    seed_prospects(prospects, PEOPLE)
+    yield members, prospects
+    members.dispose()
+    prospects.dispose()
+
+
+def dump(engine: sa.Engine, metadata: sa.MetaData) -> dict[str, list[tuple]]:
+    """Every row of every table (schema tables and push-back bookkeeping), in primary-key order."""
+    reflected = sa.MetaData()
+    reflected.reflect(engine)
+    with engine.connect() as con:
+        return {
+            name: [tuple(r) for r in con.execute(sa.select(t).order_by(*t.primary_key.columns or t.c))]
+            for name, t in reflected.tables.items()
+            if name in metadata.tables or name == "privacy_applied_decisions"
+        }
+
+
+def count(engine: sa.Engine, sql: str) -> int:
+    with engine.connect() as con:
+        return con.execute(sa.text(sql)).scalar_one()
+
+
+def test_erasure_removes_the_people_everywhere_and_nobody_else(sources, tmp_path):
+    members, _ = sources
+    before = count(members, "SELECT count(*) FROM contracts")
+    report = apply_decisions(erasure_targets([3, 7, 10]), members=members, outbox_dir=tmp_path,
+                             tokenise=plain_token, now=NOW)
+    assert report.ok and sorted(report.confirmed) == ["erase:10", "erase:3", "erase:7"]
+    for table in ("members", "contracts", "reimbursements", "interactions", "accounting_entries"):
+        assert count(members, f"SELECT count(*) FROM {table} WHERE member_id IN (3, 7, 10)") == 0
+    assert count(members, "SELECT count(*) FROM contracts") == before - 3 * 3
+    assert count(members, "SELECT count(*) FROM members") == PEOPLE - 3
+    assert count(members, "SELECT sum(rows_affected) FROM privacy_applied_decisions") == report.rows_affected[
+        "members"] == 3 * (1 + 8 * 3)
+
+
+def test_second_run_changes_nothing_and_applies_nothing_twice(sources, tmp_path):
+    members, prospects = sources
+    targets = pa.concat_tables([erasure_targets([1, 2]), make_targets([
+        {"decision_id": "restrict:5", "system": "members", "table_name": "members", "key_column": "member_id",
+         "key_value": "5", "action": "restrict"},
+        {"decision_id": "suppress:9", "system": "prospects", "table_name": "suppression_list",
+         "key_column": "contact_hash", "key_value": "ab" * 32, "action": "suppress",
+         "payload": {"channel": "email", "source_request_id": "9"}},
+    ])])
+    first = apply_decisions(targets, members=members, prospects=prospects, outbox_dir=tmp_path,
+                            tokenise=plain_token, now=NOW)
+    state = (dump(members, member_metadata), dump(prospects, prospect_metadata))
+    second = apply_decisions(targets, members=members, prospects=prospects, outbox_dir=tmp_path,
+                             tokenise=plain_token, now=NOW + dt.timedelta(days=1))
+    assert first.skipped == [] and sorted(second.skipped) == sorted(first.confirmed)
+    assert second.applied == {"members": [], "prospects": []} and second.ok
+    assert (dump(members, member_metadata), dump(prospects, prospect_metadata)) == state
+    assert count(prospects, "SELECT count(*) FROM suppression_list") == 1
+
+
+def test_restrict_lift_anonymise_rectify_and_suppress_end_states(sources, tmp_path):
+    members, prospects = sources
+
+    def target(decision: str, key: str, action: str, payload: object = None, **kw: str) -> dict[str, object]:
+        return {"decision_id": decision, "system": kw.get("system", "members"),
+                "table_name": kw.get("table", "members"), "key_column": kw.get("column", "member_id"),
+                "key_value": key, "action": action, "payload": payload}
+
+    apply_decisions(make_targets([
+        target("r4", "4", "restrict"), target("r6", "6", "restrict"),
+        target("a8", "8", "anonymise", ["email", "phone"]),
+        target("c9", "9", "rectify", {"email": "corrected@example.org", "establishment_id": 3}),
+        target("s11", "cd" * 32, "suppress", {"channel": "phone", "objected_at": "2026-10-30 09:00:00"},
+               system="prospects", table="suppression_list", column="contact_hash"),
+        target("s11", "11", "erase", system="prospects", table="campaign_selections", column="prospect_id"),
+    ]), members=members, prospects=prospects, outbox_dir=tmp_path, tokenise=plain_token, now=NOW)
+    lifted = apply_decisions(make_targets([target("l6", "6", "lift_restriction")]), members=members,
+                             outbox_dir=tmp_path, tokenise=plain_token, now=NOW)
+    assert lifted.confirmed == ["l6"]
+    with members.connect() as con:
+        rows = {r.member_id: r for r in con.execute(sa.text(
+            "SELECT member_id, email, phone, first_name, establishment_id, restricted_at, restriction_decision_id"
+            " FROM members WHERE member_id IN (4, 6, 8, 9)"))}
+    assert (rows[4].restricted_at, rows[4].restriction_decision_id) == ("2026-11-01 12:00:00", "r4")
+    assert (rows[6].restricted_at, rows[6].restriction_decision_id) == (None, None)
+    assert (rows[8].email, rows[8].phone, rows[8].first_name) == (None, None, "Prenom8")
+    assert (rows[9].email, rows[9].establishment_id) == ("corrected@example.org", 3)
+    with prospects.connect() as con:
+        assert con.execute(sa.text("SELECT contact_hash, channel, objected_at FROM suppression_list")).all() == [
+            ("cd" * 32, "phone", "2026-10-30 09:00:00")]
+        assert con.execute(sa.text("SELECT count(*) FROM campaign_selections WHERE prospect_id = 11")).scalar() == 0
+
+
+def test_confirmation_reports_a_decision_whose_effect_is_not_in_the_source(sources, tmp_path):
+    members, _ = sources
+    apply_decisions(erasure_targets([12]), members=members, outbox_dir=tmp_path, tokenise=plain_token)
+    with members.begin() as con:  # e.g. a legacy import brings the person back
+        con.execute(sa.text("INSERT INTO members (member_id, email) VALUES (12, 'back@example.org')"))
+    report = apply_decisions(erasure_targets([12]), members=members, outbox_dir=tmp_path, tokenise=plain_token)
+    assert report.skipped == ["erase:12"]
+    assert list(report.failed) == ["erase:12"] and "members" in report.failed["erase:12"]
+
+
+def test_recipients_get_one_art19_notice_without_identifiers(sources, tmp_path):
+    members, _ = sources
+    # seed: interactions of members 7, 14, ... are handled in Morocco; reimbursements of 10, 20, ... in Monaco
+    for _ in range(2):
+        apply_decisions(erasure_targets([7, 10, 11]), members=members, outbox_dir=tmp_path,
+                        tokenise=plain_token)
+    notices = read_notices(tmp_path)
+    assert sorted((n["recipient"], n["decision_id"]) for n in notices) == [
+        ("monaco_health_professionals", "erase:10"), ("morocco_complaints_provider", "erase:7")]
+    assert all(n["subject_token"].startswith("t-member:") for n in notices)
+    assert "@" not in (tmp_path / "notices.jsonl").read_text()
+
+
+def test_unknown_action_or_column_is_refused_before_touching_the_source(sources, tmp_path):
+    members, _ = sources
+    state = dump(members, member_metadata)
+    bad = [{"decision_id": "x", "system": "members", "table_name": "members", "key_column": "member_id",
+            "key_value": "1", "action": "anonymise", "payload": ["no_such_column"]}]
+    with pytest.raises(ValueError, match="no_such_column"):
+        apply_decisions(make_targets(bad), members=members, outbox_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown action"):
+        apply_decisions(make_targets([{**bad[0], "action": "shred"}]), members=members, outbox_dir=tmp_path)
+    assert dump(members, member_metadata) == state
+
+
+# --- navigation logs ----------------------------------------------------------------------------------
+
+def write_navigation(root: Path, days: int = 3, per_day: int = 20) -> None:
+    for day in range(days):
+        folder = root / "events" / f"day=2026-10-0{day + 1}"
+        folder.mkdir(parents=True)
+        n = per_day
+        table = pa.table({
+            "event_id": [f"e{day}-{i}" for i in range(n)],
+            "visitor_id": [f"v{i % 5}" for i in range(n)],
+            "member_id": pa.array([i % 5 if i % 5 else None for i in range(n)], pa.int64()),
+            "ts": pa.array([dt.datetime(2026, 10, day + 1, 10, i) for i in range(n)], pa.timestamp("us")),
+            "url": ["/"] * n, "referrer": [None] * n, "ip_address": [f"10.0.0.{i}" for i in range(n)],
+            "user_agent": ["ua"] * n, "city": ["Paris"] * n, "latitude": [48.8] * n, "longitude": [2.3] * n,
+        }, schema=NAVIGATION_EVENT_SCHEMA)
+        pq.write_table(table, folder / "part-0.parquet")
+
+
+def read_events(root: Path) -> pa.Table:
+    return pa.concat_tables(pq.read_table(f) for f in sorted((root / "events").rglob("*.parquet")))
+
+
+def navigation_targets() -> pa.Table:
+    return make_targets([
+        {"decision_id": "nav-erase", "system": "navigation", "table_name": "navigation_events",
+         "key_column": "visitor_id", "key_value": "v1", "action": "erase"},
+        {"decision_id": "nav-anon", "system": "navigation", "table_name": "navigation_events",
+         "key_column": "member_id", "key_value": "2", "action": "anonymise",
+         "payload": ["ip_address", "city", "latitude", "longitude"]},
+    ])
+
+
+def test_navigation_files_are_rewritten_and_recorded_once(tmp_path):
+    root = tmp_path / "navigation"
+    write_navigation(root)
+    report = apply_decisions(navigation_targets(), navigation_dir=root)
+    events = read_events(root).to_pylist()
+    assert report.ok and report.rows_affected["navigation"] == 3 * 4 + 3 * 4
+    assert not [e for e in events if e["visitor_id"] == "v1"]
+    assert {(e["ip_address"], e["city"]) for e in events if e["member_id"] == 2} == {(None, None)}
+    assert {e["city"] for e in events if e["member_id"] != 2} == {"Paris"}
+    assert set(json.loads((root / MANIFEST_NAME).read_text())["decisions"]) == {"nav-erase", "nav-anon"}
+    assert read_events(root).schema == NAVIGATION_EVENT_SCHEMA
+    assert not list(root.rglob("*.tmp"))
+    mtimes = {f: f.stat().st_mtime_ns for f in root.rglob("*.parquet")}
+    again = apply_decisions(navigation_targets(), navigation_dir=root)
+    assert again.applied == {"navigation": []} and again.ok
+    assert {f: f.stat().st_mtime_ns for f in root.rglob("*.parquet")} == mtimes
+
+
+# --- crash test: a real SIGKILL inside the transaction, then a re-run ---------------------------------
+
+CRASH_BATCH = 300
+RUNNER = """
+import datetime as dt, sys
+from pathlib import Path
+import pyarrow as pa
+import sqlalchemy as sa
+from pipelines.bench.pushback import erasure_targets
+from pipelines.pushback import apply_decisions, make_targets
+members_url, nav_dir, outbox = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+n = int(sys.argv[4])
+restrict = make_targets([{"decision_id": f"restrict:{m}", "system": "members", "table_name": "members",
+                          "key_column": "member_id", "key_value": str(m), "action": "restrict"}
+                         for m in range(n + 1, n + 21)])
+nav = make_targets([{"decision_id": f"erase:{m}", "system": "navigation", "table_name": "navigation_events",
+                     "key_column": "member_id", "key_value": str(m), "action": "erase"} for m in (1, 3)])
+targets = pa.concat_tables([erasure_targets(range(1, n + 1)), restrict, nav])
+report = apply_decisions(targets, members=sa.create_engine(members_url), navigation_dir=nav_dir,
+                         outbox_dir=outbox, tokenise=lambda v: "t-" + v, now=dt.datetime(2026, 11, 1, 12))
+assert report.ok, report.failed
+print(len(report.confirmed))
+"""
+
+
+def run_pushback(members_url: str, root: Path, pause_at: str | None = None) -> subprocess.Popen:
+    env = {**os.environ, "SEM_PUSHBACK_PAUSE_MARKER": str(root / "paused")}
+    env.pop("SEM_PUSHBACK_PAUSE_AT", None)
+    if pause_at:
+        env["SEM_PUSHBACK_PAUSE_AT"] = pause_at
+    return subprocess.Popen(
+        [sys.executable, "-c", RUNNER, members_url, str(root / "navigation"), str(root / "outbox"),
+         str(CRASH_BATCH)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen) -> None:
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+
+
+def kill_when_paused(process: subprocess.Popen, marker: Path) -> None:
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, "the push-back never reached its pause point"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    marker.unlink()
+
+
+@pytest.mark.parametrize("pause_at", ["after:contracts", "before_commit", "navigation_file"])
+def test_killed_run_resumes_to_the_same_end_state(make_url, tmp_path, pause_at):
+    state = {}
+    for label, kill in (("reference", False), ("crashed", True)):
+        root = tmp_path / label
+        write_navigation(root / "navigation", days=3, per_day=20)
+        url = make_url(f"members_{label}")
+        engine = sa.create_engine(url)
+        seed_members(engine, CRASH_BATCH + 40)
+        if kill:
+            process = run_pushback(url, root, pause_at)
+            kill_when_paused(process, root / "paused")
+            if pause_at != "navigation_file":  # the kill landed inside the open transaction: nothing applied
+                assert count(engine, "SELECT count(*) FROM members") == CRASH_BATCH + 40
+        finish(run_pushback(url, root))
+        state[label] = (dump(engine, member_metadata), read_events(root / "navigation").to_pylist(),
+                        sorted(n["notice_id"] for n in read_notices(root / "outbox")))
+        engine.dispose()
+    assert state["crashed"] == state["reference"]
+    applied = state["crashed"][0]["privacy_applied_decisions"]
+    assert len(applied) == CRASH_BATCH + 20
+    assert all(rows == 25 for decision, _, _, rows in applied if decision.startswith("erase:"))
