@@ -93,6 +93,11 @@ class _Checker:
                               f"column {column!r} is not declared in dataset {clock.table!r}")
             if clock.per == "subject" and not ds.subjects:
                 self.fail(DATASETS_FILE, ("clocks", name, "per"), f"dataset {clock.table!r} declares no subject")
+        for i, hold in enumerate(self.d.legal_holds):
+            ds = self.tables.get(hold.table)
+            if ds is None or not ds.subjects or ds.column(hold.column) is None:
+                self.fail(DATASETS_FILE, ("legal_holds", i),
+                          f"{hold.table}.{hold.column} is not a declared column of a dataset with a subject")
 
     def _datasets(self) -> None:
         schema = source_columns()

@@ -157,8 +157,18 @@ class Clock(_Strict):
     transform: Literal["year_end"] | None = None  # fiscal_year 2024 -> 2024-12-31
 
 
+class LegalHold(_Strict):
+    """Rows of `table` whose `column` equals `equals` put their subject on legal hold (erasure suspended)."""
+
+    description: str
+    table: str
+    column: str
+    equals: str
+
+
 class DatasetsFile(_Versioned):
     clocks: dict[str, Clock]
+    legal_holds: list[LegalHold] = []
     datasets: list[Dataset] = pydantic.Field(min_length=1)
 
 

@@ -1,0 +1,138 @@
+"""Apply the retention ledger: in the warehouse (archive / erase / anonymise) and, through push-back, in the sources.
+
+Warehouse: archived records move from `raw.<table>` to the restricted `archive.<table>`; erased records are
+deleted from both; anonymised records lose, where they are, every column the policy marks identifying (direct,
+key or quasi). Each step is keyed on primary keys and skips what is already done, so re-applying the same
+ledger (ingest re-copies the sources into raw.* every night) converges to the same state.
+
+Sources: the same decisions as push-back targets (archived and erased rows leave the source system; anonymised
+rows are anonymised there), with one deterministic decision id per (as_of, dataset, action), so a re-run with
+the same as_of is recognised as already applied.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import sqlalchemy as sa
+
+from pipelines.audit import AuditLog
+from pipelines.policy.models import Policy
+from pipelines.pushback import apply_decisions
+from pipelines.retention.ledger import q, table_exists
+
+# ledger status -> (warehouse step, source action)
+STEPS = {"archived": ("archive", "erase"), "to_erase": ("erase", "erase"), "to_anonymise": ("anonymise", "anonymise")}
+
+
+@dataclass
+class WarehouseOutcome:
+    rows: dict[str, dict[str, int]] = field(default_factory=dict)  # dataset -> step -> rows changed
+
+    def total(self, step: str) -> int:
+        return sum(steps.get(step, 0) for steps in self.rows.values())
+
+
+def _keys(dataset: str, status: str, location: str | None = None) -> str:
+    where = f" AND location = '{location}'" if location else ""
+    return (f"SELECT record_key FROM retention.record_status WHERE dataset = '{dataset}' "
+            f"AND status = '{status}'{where}")
+
+
+def apply_in_warehouse(con: duckdb.DuckDBPyConnection, policy: Policy) -> WarehouseOutcome:
+    """Carry out retention.record_status in the warehouse, in one transaction."""
+    outcome = WarehouseOutcome()
+    con.execute("CREATE SCHEMA IF NOT EXISTS archive")
+    pending = {d for (d,) in con.execute(
+        "SELECT DISTINCT dataset FROM retention.record_status WHERE status IN ('archived', 'to_erase', 'to_anonymise')"
+    ).fetchall()}
+    con.execute("BEGIN")
+    try:
+        for ds in policy.datasets:
+            if ds.name not in pending or not table_exists(con, "raw", ds.name):
+                continue
+            raw, arc, pk = f"raw.{q(ds.name)}", f"archive.{q(ds.name)}", f"CAST({q(ds.primary_key)} AS VARCHAR)"
+            con.execute(f"CREATE TABLE IF NOT EXISTS {arc} AS SELECT * FROM {raw} WHERE false")
+            rows = outcome.rows.setdefault(ds.name, {})
+            rows["archive"] = con.execute(
+                f"INSERT INTO {arc} BY NAME SELECT * FROM {raw} WHERE {pk} IN ({_keys(ds.name, 'archived', 'raw')}) "
+                f"AND {pk} NOT IN (SELECT {pk} FROM {arc})").fetchone()[0]
+            con.execute(f"DELETE FROM {raw} WHERE {pk} IN ({_keys(ds.name, 'archived', 'raw')})")
+            rows["erase"] = sum(
+                con.execute(f"DELETE FROM {table} WHERE {pk} IN ({_keys(ds.name, 'to_erase')})").fetchone()[0]
+                for table in (raw, arc))
+            columns = [c for c in ds.anonymised_columns]
+            if columns:
+                assignments = ", ".join(f"{q(c)} = NULL" for c in columns)
+                rows["anonymise"] = sum(
+                    con.execute(f"UPDATE {table} SET {assignments} WHERE {pk} IN ({_keys(ds.name, 'to_anonymise')})"
+                                ).fetchone()[0]
+                    for table in (raw, arc))
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    return outcome
+
+
+def decision_targets(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date) -> pa.Table:
+    """Push-back targets (pipelines.pushback.TARGET_SCHEMA) for the records still in the active base.
+
+    Rows already in the archive are not in the sources any more (they left when archived), so they need no
+    source decision; anonymised rows carry the policy's identifying columns as the payload.
+    """
+    parts = []
+    for ds in policy.datasets:
+        payload = json.dumps(sorted(ds.anonymised_columns))
+        for status, (_, action) in STEPS.items():
+            decision = f"retention:{as_of.isoformat()}:{ds.name}:{status}"
+            parts.append(f"""
+                SELECT '{decision}' AS decision_id, '{ds.system}' AS system, '{ds.name}' AS table_name,
+                       '{ds.primary_key}' AS key_column, record_key AS key_value, '{action}' AS action,
+                       {"'" + payload + "'" if action == 'anonymise' else 'NULL'} AS payload
+                FROM retention.record_status
+                WHERE dataset = '{ds.name}' AND status = '{status}' AND location = 'raw'""")
+    return con.sql(" UNION ALL ".join(parts) + " ORDER BY decision_id, key_value").to_arrow_table()
+
+
+def table_order(policy: Policy) -> dict[str, list[str]]:
+    """Deletion order per SQL source, children before parents, for push-back."""
+    return {system: policy.deletion_order(system) for system in {d.system for d in policy.datasets}}
+
+
+@dataclass
+class RetentionOutcome:
+    warehouse: WarehouseOutcome
+    source_rows: int  # source rows targeted by push-back this run
+    decisions_confirmed: int
+    decisions_failed: dict[str, str]
+
+
+def apply_retention(
+    con: duckdb.DuckDBPyConnection,
+    policy: Policy,
+    as_of: dt.date,
+    *,
+    members: sa.Engine | None,
+    prospects: sa.Engine | None,
+    navigation_dir: Path | None,
+    outbox_dir: Path | None,
+    audit: AuditLog | None = None,
+) -> RetentionOutcome:
+    """Push the ledger's decisions to the sources, then carry them out in the warehouse.
+
+    Sources first: a record only leaves the warehouse's active base once its source is confirmed, and the
+    next ingest then re-copies an already-converged source.
+    """
+    targets = decision_targets(con, policy, as_of)
+    confirmed, failed = 0, {}
+    if targets.num_rows:
+        report = apply_decisions(targets, members=members, prospects=prospects, navigation_dir=navigation_dir,
+                                 outbox_dir=outbox_dir, audit=audit, table_order=table_order(policy))
+        confirmed, failed = len(report.confirmed), dict(report.failed)
+    return RetentionOutcome(apply_in_warehouse(con, policy), targets.num_rows, confirmed, failed)

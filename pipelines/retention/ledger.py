@@ -1,0 +1,254 @@
+"""The retention ledger, generated as SQL from the policy and computed over the whole population in DuckDB.
+
+For every dataset record and each purpose it serves, the purpose's clock (declared in datasets.yaml) gives
+clock start, active-until and archive-until; the record's status combines its purposes: active while one is
+active, archived while one still has archive time, then anonymised if an ended purpose says so, else erased.
+Open legal holds suspend anything but "active"; restricted subjects (art. 18) are only stored.
+
+The active base is `raw.<table>`, the restricted archive `archive.<table>`; a record is read from both (the
+raw copy wins) so archived records keep ageing until their archive period ends.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import duckdb
+
+from pipelines.policy.models import Clock, Dataset, Policy, RetentionRule, sql_interval
+from pipelines.sources.schema import RESTRICTION_COLUMNS
+
+STATUSES = ("active", "archived", "to_erase", "to_anonymise", "legal_hold", "restricted")
+RESTRICTED_AT = RESTRICTION_COLUMNS[0]
+
+
+def q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    return bool(con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+        [schema, table]).fetchone()[0])
+
+
+def source_sql(con: duckdb.DuckDBPyConnection, ds: Dataset) -> str | None:
+    """Every record of a dataset, active base first, then what only the archive still holds."""
+    parts = []
+    if table_exists(con, "raw", ds.name):
+        parts.append(f"SELECT *, 'raw' AS _location FROM raw.{q(ds.name)}")
+    if table_exists(con, "archive", ds.name):
+        not_in_raw = (f" WHERE {q(ds.primary_key)} NOT IN (SELECT {q(ds.primary_key)} FROM raw.{q(ds.name)})"
+                      if parts else "")
+        parts.append(f"SELECT *, 'archive' AS _location FROM archive.{q(ds.name)}{not_in_raw}")
+    return " UNION ALL BY NAME ".join(parts) if parts else None
+
+
+def _subject_exprs(ds: Dataset, alias: str = "") -> tuple[str, str]:
+    a = f"{alias}." if alias else ""
+    whens_type = " ".join(f"WHEN {a}{q(s.column)} IS NOT NULL THEN {lit(s.type)}" for s in ds.subjects)
+    whens_id = " ".join(f"WHEN {a}{q(s.column)} IS NOT NULL THEN CAST({a}{q(s.column)} AS VARCHAR)"
+                        for s in ds.subjects)
+    return f"CASE {whens_type} END", f"CASE {whens_id} END"
+
+
+def _clock_value(clock: Clock) -> str:
+    if clock.transform == "year_end":
+        values = [f"CAST(make_date(CAST({q(c)} AS INTEGER), 12, 31) AS TIMESTAMP)" for c in clock.columns]
+    else:
+        values = [f"CAST({q(c)} AS TIMESTAMP)" for c in clock.columns]
+    return values[0] if len(values) == 1 else f"greatest({', '.join(values)})"
+
+
+def _clock_sql(policy: Policy, name: str, sources: dict[str, str]) -> str:
+    """(clock_key, clock, is_open): per subject id, or per primary key of the clock table."""
+    clock = policy.clocks[name]
+    ds = policy.dataset(clock.table)
+    value = _clock_value(clock)
+    open_expr = f"({value}) IS NULL" if clock.open_when_null else "false"
+    if clock.per == "record":
+        return (f"SELECT CAST({q(ds.primary_key)} AS VARCHAR) AS clock_key, {value} AS clock, "
+                f"{open_expr} AS is_open FROM ({sources[ds.name]})")
+    subject_type, subject_id = _subject_exprs(ds)
+    return (f"SELECT {subject_type} AS clock_subject_type, {subject_id} AS clock_key, "
+            f"CASE WHEN bool_or({open_expr}) THEN NULL ELSE {clock.aggregate}({value}) END AS clock, "
+            f"bool_or({open_expr}) AS is_open FROM ({sources[ds.name]}) GROUP BY ALL")
+
+
+def _purpose_sql(policy: Policy, ds: Dataset, purpose: str, rule: RetentionRule, as_of: str) -> str:
+    clock = policy.clocks[rule.clock]
+    clock_ds = policy.dataset(clock.table)
+    if clock.per == "subject":
+        clock_types = sorted({s.type for s in clock_ds.subjects})
+        join = (f"LEFT JOIN _clock_{rule.clock} k ON k.clock_key = r.subject_id "
+                f"AND k.clock_subject_type = r.subject_type")
+        where = f"WHERE r.subject_type IN ({', '.join(lit(t) for t in clock_types)})"
+    else:
+        target = f"{clock.table}.{clock_ds.primary_key}"
+        ref = next((c for c, t in ds.references.items() if t == target), None)
+        key = "r.record_key" if clock.table == ds.name else f"r.{q('_ref_' + str(ref))}"
+        join, where = f"LEFT JOIN _clock_{rule.clock} k ON k.clock_key = {key}", ""
+    active_until = f"k.clock + {sql_interval(rule.active)}"
+    archive_until = f"k.clock + {sql_interval(rule.active)} + {sql_interval(rule.archive)}"
+    ended = "to_anonymise" if rule.end_action == "anonymise" else "to_erase"
+    as_of_ts = f"TIMESTAMP {lit(as_of)}"
+    return f"""
+        SELECT r.dataset, r.record_key, r.subject_type, r.subject_id, r._location AS location,
+               {lit(purpose)} AS purpose, k.clock AS clock_start,
+               {active_until} AS active_until, {archive_until} AS archive_until,
+               CASE WHEN k.clock IS NULL THEN 'active'
+                    WHEN {as_of_ts} < {active_until} THEN 'active'
+                    WHEN {as_of_ts} < {archive_until} THEN 'archived'
+                    ELSE {lit(ended)} END AS purpose_status,
+               CASE WHEN k.is_open THEN {lit(rule.clock + ' not reached yet')}
+                    WHEN k.clock IS NULL THEN {lit('no ' + rule.clock + ' event recorded')}
+                    WHEN {as_of_ts} < {active_until} THEN 'active until ' || strftime({active_until}, '%Y-%m-%d')
+                    WHEN {as_of_ts} < {archive_until}
+                         THEN 'archive until ' || strftime({archive_until}, '%Y-%m-%d')
+                    ELSE {lit(rule.end_action + ' since ')} || strftime({archive_until}, '%Y-%m-%d') END
+                 || {lit(f' ({rule.describe()})')} AS purpose_reason
+        FROM _records_{ds.name} r {join} {where}"""
+
+
+def _records_sql(ds: Dataset, source: str) -> str:
+    subject_type, subject_id = _subject_exprs(ds, "s")
+    refs = "".join(f", CAST(s.{q(c)} AS VARCHAR) AS {q('_ref_' + c)}" for c in ds.references)
+    return (f"SELECT {lit(ds.name)} AS dataset, CAST(s.{q(ds.primary_key)} AS VARCHAR) AS record_key, "
+            f"{subject_type} AS subject_type, {subject_id} AS subject_id, s._location{refs} "
+            f"FROM ({source}) s WHERE {subject_id} IS NOT NULL")
+
+
+def _flags_sql(policy: Policy, sources: dict[str, str]) -> tuple[str, str]:
+    """(restricted subjects, subjects on legal hold) as SQL relations of (subject_type, subject_id)."""
+    restricted, held = [], []
+    for ds in policy.datasets:
+        if ds.name not in sources or not ds.subjects:
+            continue
+        subject_type, subject_id = _subject_exprs(ds)
+        if ds.column(RESTRICTED_AT) is not None:
+            restricted.append(f"SELECT {subject_type} AS subject_type, {subject_id} AS subject_id "
+                              f"FROM ({sources[ds.name]}) WHERE {q(RESTRICTED_AT)} IS NOT NULL")
+        for hold in policy.datasets_file.legal_holds:
+            if hold.table == ds.name:
+                held.append(f"SELECT {subject_type} AS subject_type, {subject_id} AS subject_id "
+                            f"FROM ({sources[ds.name]}) WHERE CAST({q(hold.column)} AS VARCHAR) = {lit(hold.equals)}")
+    empty = "SELECT NULL::VARCHAR AS subject_type, NULL::VARCHAR AS subject_id WHERE false"
+    return " UNION ".join(restricted) or empty, " UNION ".join(held) or empty
+
+
+def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, prefix: str = "_ret") -> None:
+    """Create temp tables `{prefix}_purposes` (record × purpose) and `{prefix}_records` (record status).
+
+    Temp tables only: safe on a read-only connection, so the policy preview can run it twice side by side.
+    """
+    as_of_text = as_of.isoformat()
+    sources = {ds.name: sql for ds in policy.datasets if (sql := source_sql(con, ds)) is not None}
+    ctes = {f"_clock_{name}": _clock_sql(policy, name, sources)
+            for name, clock in policy.clocks.items() if clock.table in sources}
+    selects = []
+    for ds in policy.datasets:
+        if not ds.subjects or ds.name not in sources:
+            continue
+        ctes[f"_records_{ds.name}"] = _records_sql(ds, sources[ds.name])
+        for purpose in ds.purposes:
+            rule = policy.rule_for(purpose, ds.name)
+            if policy.clocks[rule.clock].table in sources:
+                selects.append(_purpose_sql(policy, ds, purpose, rule, as_of_text))
+    with_clause = ",\n".join(f"{name} AS ({sql})" for name, sql in ctes.items())
+    body = " UNION ALL ".join(selects) if selects else (
+        "SELECT NULL::VARCHAR dataset, NULL::VARCHAR record_key, NULL::VARCHAR subject_type, NULL::VARCHAR "
+        "subject_id, NULL::VARCHAR location, NULL::VARCHAR purpose, NULL::TIMESTAMP clock_start, NULL::TIMESTAMP "
+        "active_until, NULL::TIMESTAMP archive_until, NULL::VARCHAR purpose_status, NULL::VARCHAR purpose_reason "
+        "WHERE false")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {prefix}_purposes AS WITH {with_clause} {body}"
+                if ctes else f"CREATE OR REPLACE TEMP TABLE {prefix}_purposes AS {body}")
+    restricted, held = _flags_sql(policy, sources)
+    systems = " ".join(f"WHEN {lit(ds.name)} THEN {lit(ds.system)}" for ds in policy.datasets)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {prefix}_records AS
+        WITH combined AS (
+            SELECT dataset, record_key, subject_type, subject_id, location,
+                   CASE WHEN bool_or(purpose_status = 'active') THEN 'active'
+                        WHEN bool_or(purpose_status = 'archived') THEN 'archived'
+                        WHEN bool_or(purpose_status = 'to_anonymise') THEN 'to_anonymise'
+                        ELSE 'to_erase' END AS outcome,
+                   list(purpose ORDER BY purpose) FILTER (purpose_status = 'active') AS active_purposes,
+                   list(purpose ORDER BY purpose) FILTER (purpose_status = 'archived') AS archive_purposes
+            FROM {prefix}_purposes GROUP BY ALL
+        ),
+        restricted AS ({restricted}), held AS ({held})
+        SELECT c.*, CASE c.dataset {systems} END AS system,
+               CASE WHEN r.subject_id IS NOT NULL THEN 'restricted'
+                    WHEN h.subject_id IS NOT NULL AND c.outcome <> 'active' THEN 'legal_hold'
+                    ELSE c.outcome END AS status
+        FROM combined c
+        LEFT JOIN (SELECT DISTINCT * FROM restricted) r USING (subject_type, subject_id)
+        LEFT JOIN (SELECT DISTINCT * FROM held) h USING (subject_type, subject_id)
+    """)
+
+
+LEDGER_DDL = """
+CREATE SCHEMA IF NOT EXISTS retention;
+CREATE TABLE IF NOT EXISTS retention.ledger (
+    as_of DATE, subject_type VARCHAR, subject_id VARCHAR, purpose VARCHAR, dataset VARCHAR,
+    clock_start TIMESTAMP, active_until TIMESTAMP, archive_until TIMESTAMP, status VARCHAR, reason VARCHAR,
+    records BIGINT);
+CREATE TABLE IF NOT EXISTS retention.record_status (
+    as_of DATE, dataset VARCHAR, system VARCHAR, record_key VARCHAR, subject_type VARCHAR, subject_id VARCHAR,
+    location VARCHAR, status VARCHAR, reason VARCHAR);
+"""
+
+
+STATUS_REASON = """CASE rec.status
+        WHEN 'restricted' THEN 'subject restricted (GDPR art. 18): storage only, retention suspended'
+        WHEN 'legal_hold' THEN 'open litigation: legal hold suspends ' || rec.outcome
+        WHEN 'active' THEN 'kept in the active base by ' || array_to_string(rec.active_purposes, ', ')
+        WHEN 'archived' THEN 'restricted archive for ' || array_to_string(rec.archive_purposes, ', ')
+        WHEN 'to_anonymise' THEN 'every purpose ended; one requires anonymisation'
+        ELSE 'every purpose ended' END"""
+
+
+def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date) -> None:
+    """(Re)write retention.ledger (subject × purpose × dataset) and retention.record_status for `as_of`.
+
+    A dataset whose clock runs per record (navigation events, contributions) can put one subject's records in
+    several statuses: the ledger then has one row per status, with the record count.
+    """
+    compute(con, policy, as_of)
+    con.execute(LEDGER_DDL)
+    con.execute("BEGIN")
+    try:
+        con.execute("DELETE FROM retention.ledger")
+        con.execute("DELETE FROM retention.record_status")
+        con.execute(f"""
+            INSERT INTO retention.record_status
+            SELECT ?, dataset, system, record_key, subject_type, subject_id, location, status,
+                   {STATUS_REASON} FROM _ret_records rec
+        """, [as_of])
+        con.execute(f"""
+            INSERT INTO retention.ledger
+            SELECT ?, p.subject_type, p.subject_id, p.purpose, p.dataset, min(p.clock_start),
+                   min(p.active_until), max(p.archive_until), rec.status,
+                   arg_min(p.purpose_reason || '; record ' || rec.status || ': ' || {STATUS_REASON},
+                           p.clock_start),
+                   count(*)
+            FROM _ret_purposes p JOIN _ret_records rec USING (dataset, record_key)
+            GROUP BY p.subject_type, p.subject_id, p.purpose, p.dataset, rec.status
+        """, [as_of])
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+
+
+def counts_by_purpose(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, int]]:
+    """purpose -> status -> records, from the last ledger."""
+    out: dict[str, dict[str, int]] = {}
+    for purpose, status, n in con.execute(
+            "SELECT purpose, status, sum(records)::BIGINT FROM retention.ledger GROUP BY ALL ORDER BY ALL").fetchall():
+        out.setdefault(purpose, {})[status] = n
+    return out

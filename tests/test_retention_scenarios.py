@@ -1,0 +1,229 @@
+"""Retention scenarios on a tiny hand-built world (real SQLite sources, Parquet logs, real ingest), fixed as_of.
+
+Each subject is built so one rule decides its fate: a member gone for 3 years, a member in open litigation, a
+restricted member, prospects 3 years ± 1 day after their last own contact, old and recent navigation events,
+a survey answer past its purpose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+
+from pipelines.ingest import ingest_parquet, ingest_sql_table, navigation_columns
+from pipelines.policy.load import load_policy
+from pipelines.policy.models import Policy
+from pipelines.retention.apply import apply_retention
+from pipelines.retention.ledger import build_ledger
+from pipelines.settings import PROJECT_ROOT
+from pipelines.sources.schema import (
+    COOKIE_CONSENT_SCHEMA,
+    NAVIGATION_EVENT_SCHEMA,
+    NAVIGATION_REQUIRED,
+    SQL_SYSTEMS,
+)
+
+AS_OF = dt.date(2026, 11, 1)
+ENDED, LITIGANT, ACTIVE, RESTRICTED = 1, 2, 3, 4
+OLD_PROSPECT, YOUNG_PROSPECT = 10, 11
+
+
+class World:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.engines = {s: sa.create_engine(f"sqlite:///{root / (s + '.db')}") for s in SQL_SYSTEMS}
+        self.navigation = root / "navigation"
+        self.warehouse = root / "warehouse.duckdb"
+        for system, metadata in SQL_SYSTEMS.items():
+            metadata.create_all(self.engines[system])
+
+    def insert(self, system: str, table: str, *rows: dict[str, object]) -> None:
+        with self.engines[system].begin() as con:
+            con.execute(SQL_SYSTEMS[system].tables[table].insert(), list(rows))
+
+    def source_keys(self, system: str, table: str, column: str) -> list[object]:
+        with self.engines[system].connect() as con:
+            return sorted(r[0] for r in con.execute(sa.text(f"SELECT {column} FROM {table}")))
+
+    def ingest(self) -> None:
+        with duckdb.connect(str(self.warehouse)) as con:
+            for system, metadata in SQL_SYSTEMS.items():
+                for table in metadata.sorted_tables:
+                    # A cursor per table: with duckdb 2.0, ingest_sql_table's final unregister fails after its
+                    # fetchone() (reported to the ingest owner); closing the cursor drops the registration.
+                    cursor = con.cursor()
+                    with contextlib.suppress(duckdb.ResourceInUseException):
+                        ingest_sql_table(cursor, self.engines[system], system, table)
+                    cursor.close()
+            ingest_parquet(con, self.navigation / "events", table="navigation_events",
+                           columns=navigation_columns(NAVIGATION_EVENT_SCHEMA), required=list(NAVIGATION_REQUIRED))
+            ingest_parquet(con, self.navigation / "consents", table="cookie_consents",
+                           columns=navigation_columns(COOKIE_CONSENT_SCHEMA),
+                           required=["consent_id", "visitor_id", "consented_at"])
+
+    def nightly(self, policy: Policy) -> None:
+        """What the nightly job does for retention: ingest, ledger, apply (sources then warehouse)."""
+        self.ingest()
+        with duckdb.connect(str(self.warehouse)) as con:
+            build_ledger(con, policy, AS_OF)
+            outcome = apply_retention(con, policy, AS_OF, members=self.engines["members"],
+                                      prospects=self.engines["prospects"], navigation_dir=self.navigation,
+                                      outbox_dir=self.root / "outbox")
+        assert not outcome.decisions_failed
+
+    def query(self, sql: str) -> list[tuple]:
+        with duckdb.connect(str(self.warehouse), read_only=True) as con:
+            return con.execute(sql).fetchall()
+
+
+def _member(member_id: int, **extra: object) -> dict[str, object]:
+    return {"member_id": member_id, "first_name": f"Prenom{member_id}", "last_name": f"Nom{member_id}",
+            "email": f"m{member_id}@example.org", "phone": "0600000000", "birth_date": "2003-04-05",
+            "created_at": "2019-09-01 10:00:00", **extra}
+
+
+def _ended_member_rows(world: World, member_id: int, end_date: str) -> None:
+    year = int(end_date[:4])
+    world.insert("members", "members", _member(member_id))
+    world.insert("members", "contracts", {"contract_id": member_id, "member_id": member_id, "product": "essentiel",
+                                          "start_date": "2019-09-01", "end_date": end_date, "status": "terminated"})
+    world.insert("members", "contributions", {"contribution_id": member_id, "member_id": member_id,
+                                              "due_date": f"{year}-01-05", "amount_eur": 20.0,
+                                              "paid_at": f"{year}-01-05 09:00:00"})
+    world.insert("members", "accounting_entries", {"entry_id": member_id, "member_id": member_id,
+                                                   "entry_date": f"{year}-01-05", "fiscal_year": year,
+                                                   "account": "706", "label": "cotisation", "amount_eur": 20.0})
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
+    monkeypatch.setenv("SEM_PSEUDONYMISATION_KEY", "5e" * 32)
+    w = World(tmp_path)
+    _ended_member_rows(w, ENDED, "2023-10-01")
+    w.insert("members", "survey_answers", {"answer_id": 1, "member_id": ENDED, "survey": "satisfaction-2023",
+                                           "answered_at": "2023-05-01 12:00:00", "score": 9, "comment": "merci"})
+    w.insert("members", "interactions", {"interaction_id": 1, "member_id": ENDED, "kind": "complaint",
+                                         "channel": "email", "handled_by": "morocco_complaints_provider",
+                                         "subject": "retard", "body": "texte", "created_at": "2023-05-01 10:00:00",
+                                         "closed_at": "2023-06-01 10:00:00"})
+    _ended_member_rows(w, LITIGANT, "2019-06-30")
+    w.insert("members", "litigation_cases", {"case_id": 1, "member_id": LITIGANT, "opened_at": "2019-07-01 09:00:00",
+                                             "status": "open", "subject": "impayés"})
+    _ended_member_rows(w, RESTRICTED, "2019-06-30")
+    with w.engines["members"].begin() as con:
+        con.execute(sa.text("UPDATE members SET restricted_at = '2026-10-01 09:00:00' WHERE member_id = 4"))
+    w.insert("members", "members", _member(ACTIVE))
+    w.insert("members", "contracts", {"contract_id": ACTIVE, "member_id": ACTIVE, "product": "essentiel",
+                                      "start_date": "2025-09-01", "status": "active"})
+    w.insert("members", "survey_answers", {"answer_id": 2, "member_id": ACTIVE, "survey": "satisfaction-2026",
+                                           "answered_at": "2026-05-01 12:00:00", "score": 7, "comment": "bien"})
+    for prospect_id, last in ((OLD_PROSPECT, "2023-10-31 08:00:00"), (YOUNG_PROSPECT, "2023-11-02 08:00:00")):
+        w.insert("prospects", "prospects", {"prospect_id": prospect_id, "first_name": "P", "last_name": "Q",
+                                            "email": f"p{prospect_id}@example.org",
+                                            "collected_at": "2021-03-01 10:00:00",
+                                            "last_inbound_contact_at": last, "marketing_consent": True})
+    events = pa.Table.from_pylist([
+        {"event_id": "old", "visitor_id": "v1", "ts": dt.datetime(2024, 9, 1, 10), "url": "/",
+         "ip_address": "10.0.0.1"},
+        {"event_id": "new", "visitor_id": "v1", "ts": dt.datetime(2026, 10, 1, 10), "url": "/",
+         "ip_address": "10.0.0.1"},
+    ], schema=NAVIGATION_EVENT_SCHEMA)
+    for day in ("2024-09-01", "2026-10-01"):
+        folder = w.navigation / "events" / f"day={day}"
+        folder.mkdir(parents=True)
+        pq.write_table(events.filter(pa.compute.equal(pa.compute.strftime(events["ts"], "%Y-%m-%d"), day)),
+                       folder / "part-0.parquet")
+    (w.navigation / "consents").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([
+        {"consent_id": "c-old", "visitor_id": "v1", "consented_at": dt.datetime(2025, 1, 1), "analytics": True,
+         "advertising": False},
+        {"consent_id": "c-new", "visitor_id": "v1", "consented_at": dt.datetime(2026, 6, 1), "analytics": True,
+         "advertising": False},
+    ], schema=COOKIE_CONSENT_SCHEMA), w.navigation / "consents" / "part-0.parquet")
+    return w
+
+
+@pytest.fixture(scope="module")
+def policy() -> Policy:
+    return load_policy(PROJECT_ROOT / "policies")
+
+
+def test_member_ended_three_years_ago_leaves_active_base_accounting_only_in_archive(world: World, policy: Policy):
+    world.nightly(policy)
+    assert ENDED not in world.source_keys("members", "members", "member_id")
+    assert ENDED not in world.source_keys("members", "contracts", "member_id")
+    assert ENDED not in world.source_keys("members", "accounting_entries", "member_id")
+    assert world.query(f"SELECT count(*) FROM raw.members WHERE member_id = {ENDED}") == [(0,)]
+    assert world.query(f"SELECT count(*) FROM raw.accounting_entries WHERE member_id = {ENDED}") == [(0,)]
+    assert world.query(f"SELECT count(*) FROM archive.accounting_entries WHERE member_id = {ENDED}") == [(1,)]
+    assert world.query(f"SELECT count(*) FROM archive.members WHERE member_id = {ENDED}") == [(0,)]
+
+
+def test_open_litigation_and_restriction_keep_everything(world: World, policy: Policy):
+    world.nightly(policy)
+    for member in (LITIGANT, RESTRICTED):
+        assert member in world.source_keys("members", "members", "member_id")
+        assert member in world.source_keys("members", "accounting_entries", "member_id")
+        assert world.query(f"SELECT count(*) FROM raw.contracts WHERE member_id = {member}") == [(1,)]
+    statuses = dict(world.query("SELECT subject_id, list_distinct(list(status)) FROM retention.ledger "
+                                "WHERE subject_type = 'member' AND subject_id IN ('2', '4') "
+                                "AND dataset <> 'litigation_cases' GROUP BY 1"))
+    assert statuses == {"2": ["legal_hold"], "4": ["restricted"]}
+
+
+def test_prospect_erased_one_day_after_three_years_kept_one_day_before(world: World, policy: Policy):
+    world.nightly(policy)
+    assert world.source_keys("prospects", "prospects", "prospect_id") == [YOUNG_PROSPECT]
+    assert world.query("SELECT prospect_id FROM raw.prospects") == [(YOUNG_PROSPECT,)]
+
+
+def test_navigation_events_past_25_months_are_gone_from_parquet(world: World, policy: Policy):
+    world.nightly(policy)
+    remaining = duckdb.sql(f"SELECT event_id FROM read_parquet('{world.navigation}/events/**/*.parquet')").fetchall()
+    assert remaining == [("new",)]
+    consents = duckdb.sql(f"SELECT consent_id FROM read_parquet('{world.navigation}/consents/*.parquet')").fetchall()
+    assert consents == [("c-new",)]
+
+
+def test_survey_answer_is_anonymised_not_deleted_and_still_counted(world: World, policy: Policy):
+    world.nightly(policy)
+    rows = world.query("SELECT answer_id, member_id, comment, answered_at, score FROM raw.survey_answers ORDER BY 1")
+    assert rows[0] == (1, None, None, None, 9)
+    assert rows[1][1] == ACTIVE
+    with world.engines["members"].connect() as con:
+        assert con.execute(sa.text("SELECT member_id, comment, score FROM survey_answers WHERE answer_id = 1")
+                           ).fetchall() == [(None, None, 9)]
+    assert world.query("SELECT avg(score) FROM raw.survey_answers") == [(8.0,)]
+
+
+def _state(world: World) -> dict[str, object]:
+    with duckdb.connect(str(world.warehouse), read_only=True) as con:
+        tables = con.execute("SELECT table_schema, table_name FROM information_schema.tables "
+                             "WHERE table_schema IN ('raw', 'archive') AND table_name NOT IN "
+                             "('ingested_files', 'quarantine') ORDER BY ALL").fetchall()
+        state = {f"{s}.{t}": sorted(map(str, con.execute(f'SELECT * EXCLUDE (source_file) FROM {s}."{t}"'
+                                                          if t in ('navigation_events', 'cookie_consents')
+                                                          else f'SELECT * FROM {s}."{t}"').fetchall()))
+                 for s, t in tables}
+    for system, metadata in SQL_SYSTEMS.items():
+        with world.engines[system].connect() as con:
+            for table in metadata.sorted_tables:
+                state[f"{system}.{table.name}"] = sorted(map(str, con.execute(table.select()).fetchall()))
+    state["parquet"] = sorted(p.name + str(pq.read_table(p).num_rows) for p in world.navigation.rglob("*.parquet"))
+    return state
+
+
+@pytest.mark.xfail(strict=True, reason="schema.py marks survey_answers.member_id REQUIRED, so ingest quarantines "
+                   "the anonymised answer on the next run; asked the foundation owner to drop that flag")
+def test_second_run_with_same_as_of_changes_nothing(world: World, policy: Policy):
+    world.nightly(policy)
+    first = _state(world)
+    world.nightly(policy)
+    assert _state(world) == first
