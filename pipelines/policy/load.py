@@ -38,14 +38,15 @@ def source_columns() -> dict[tuple[str, str], list[str]]:
 
 
 class _Checker:
-    def __init__(self, folder: Path, purposes: PurposesFile, datasets: DatasetsFile, recipients: RecipientsFile):
-        self.folder = folder
+    def __init__(self, paths: dict[str, Path], purposes: PurposesFile, datasets: DatasetsFile,
+                 recipients: RecipientsFile):
+        self.paths = paths
         self.p, self.d, self.r = purposes, datasets, recipients
         self.purpose_keys = {p.key for p in purposes.purposes}
         self.tables = {ds.name: ds for ds in datasets.datasets}
 
     def fail(self, file: str, loc: tuple[int | str, ...], problem: str) -> None:
-        path = self.folder / file
+        path = self.paths[file]
         raise PolicyError(path, format_key_path(loc), problem, line=locate(path, loc))
 
     def check(self) -> None:
@@ -182,11 +183,20 @@ EU_EEA = frozenset({
 })
 
 
-def load_policy(folder: Path) -> Policy:
-    """Load and cross-check the three policy files of `folder`; raise PolicyError on the first problem."""
+def load_policy(folder: Path, fallback: Path | None = None) -> Policy:
+    """Load and cross-check the three policy files of `folder`; raise PolicyError on the first problem.
+
+    With `fallback` (a proposal folder that only holds the files it changes), a file missing from `folder`
+    is read from `fallback`.
+    """
     folder = Path(folder)
-    purposes = load_policy_file(folder / PURPOSES_FILE, PurposesFile)
-    datasets = load_policy_file(folder / DATASETS_FILE, DatasetsFile)
-    recipients = load_policy_file(folder / RECIPIENTS_FILE, RecipientsFile)
-    _Checker(folder, purposes, datasets, recipients).check()
+
+    def path(name: str) -> Path:
+        return folder / name if fallback is None or (folder / name).exists() else Path(fallback) / name
+
+    paths = {name: path(name) for name in (PURPOSES_FILE, DATASETS_FILE, RECIPIENTS_FILE)}
+    purposes = load_policy_file(paths[PURPOSES_FILE], PurposesFile)
+    datasets = load_policy_file(paths[DATASETS_FILE], DatasetsFile)
+    recipients = load_policy_file(paths[RECIPIENTS_FILE], RecipientsFile)
+    _Checker(paths, purposes, datasets, recipients).check()
     return Policy(purposes, datasets, recipients)

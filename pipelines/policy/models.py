@@ -87,7 +87,16 @@ class Purpose(_Strict):
     dataset_rules: dict[str, RetentionRule] = {}
 
 
+class Controller(_Strict):
+    name: str
+    identifier: str
+    address: str
+    rights_contact: str
+    security_measures: list[str] = pydantic.Field(min_length=1)
+
+
 class PurposesFile(_Versioned):
+    controller: Controller
     purposes: list[Purpose] = pydantic.Field(min_length=1)
 
 

@@ -212,6 +212,14 @@ STATUS_REASON = """CASE rec.status
         ELSE 'every purpose ended' END"""
 
 
+# A ledger row tells where the purpose itself stands (so "active" always means "before active_until"); a
+# restriction or legal hold overrides it. What happens to the record (several purposes combined) is in the
+# reason and in retention.record_status.
+PURPOSE_STATUS = """CASE WHEN rec.status = 'restricted' THEN 'restricted'
+    WHEN rec.status = 'legal_hold' AND p.purpose_status <> 'active' THEN 'legal_hold'
+    ELSE p.purpose_status END"""
+
+
 def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date) -> None:
     """(Re)write retention.ledger (subject × purpose × dataset) and retention.record_status for `as_of`.
 
@@ -232,12 +240,12 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date)
         con.execute(f"""
             INSERT INTO retention.ledger
             SELECT ?, p.subject_type, p.subject_id, p.purpose, p.dataset, min(p.clock_start),
-                   min(p.active_until), max(p.archive_until), rec.status,
+                   min(p.active_until), max(p.archive_until), {PURPOSE_STATUS} AS status,
                    arg_min(p.purpose_reason || '; record ' || rec.status || ': ' || {STATUS_REASON},
                            p.clock_start),
                    count(*)
             FROM _ret_purposes p JOIN _ret_records rec USING (dataset, record_key)
-            GROUP BY p.subject_type, p.subject_id, p.purpose, p.dataset, rec.status
+            GROUP BY p.subject_type, p.subject_id, p.purpose, p.dataset, {PURPOSE_STATUS}
         """, [as_of])
         con.execute("COMMIT")
     except Exception:
