@@ -126,8 +126,8 @@ def apply_retention(
 ) -> RetentionOutcome:
     """Push the ledger's decisions to the sources, then carry them out in the warehouse.
 
-    Sources first: a record only leaves the warehouse's active base once its source is confirmed, and the
-    next ingest then re-copies an already-converged source.
+    A source decision that is not confirmed is not recorded as applied there: the next run re-ingests those
+    rows, targets them again and retries; the warehouse side is deterministic and simply re-applied.
     """
     targets = decision_targets(con, policy, as_of)
     confirmed, failed = 0, {}
@@ -136,3 +136,22 @@ def apply_retention(
                                  outbox_dir=outbox_dir, audit=audit, table_order=table_order(policy))
         confirmed, failed = len(report.confirmed), dict(report.failed)
     return RetentionOutcome(apply_in_warehouse(con, policy), targets.num_rows, confirmed, failed)
+
+
+def residue(con: duckdb.DuckDBPyConnection, policy: Policy) -> dict[str, int]:
+    """Records the last ledger sent out of the active base (archived, erased) or to anonymisation that raw.*
+    still holds as they were: dataset -> count. Empty means retention was fully applied."""
+    left: dict[str, int] = {}
+    for ds in policy.datasets:
+        if not table_exists(con, "raw", ds.name):
+            continue
+        pk = f"CAST({q(ds.primary_key)} AS VARCHAR)"
+        identifying = " OR ".join(f"{q(c)} IS NOT NULL" for c in ds.anonymised_columns) or "false"
+        n = con.execute(f"""
+            SELECT count(*) FROM raw.{q(ds.name)} WHERE {pk} IN (
+                SELECT record_key FROM retention.record_status WHERE dataset = '{ds.name}'
+                AND status IN ('archived', 'to_erase'))
+            OR ({pk} IN ({_keys(ds.name, 'to_anonymise')}) AND ({identifying}))""").fetchone()[0]
+        if n:
+            left[ds.name] = n
+    return left

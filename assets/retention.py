@@ -1,0 +1,145 @@
+"""Stage "retention": the per-purpose ledger for an `as_of` date, and its application in warehouse and sources."""
+
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+
+from pipelines.audit import AuditLog
+from pipelines.policy.load import source_columns
+from pipelines.policy.resource import PoliciesResource
+from pipelines.resources import (
+    ComplianceStoreResource,
+    NavigationSourceResource,
+    SqlSourceResource,
+    WarehouseResource,
+)
+from pipelines.retention.apply import apply_retention, residue
+from pipelines.retention.ledger import build_ledger, counts_by_purpose
+
+OWNER = "team:data-engineering"
+PARIS = ZoneInfo("Europe/Paris")
+AS_OF_TAG = "sem/as_of"
+LEDGER_KEY = dg.AssetKey(["retention", "ledger"])
+APPLIED_KEY = dg.AssetKey(["retention", "applied"])
+RAW_KEYS = [dg.AssetKey(["raw", table]) for (_, table) in source_columns()]
+# ledger status -> what the UI shows for the run
+SHOWN = {"active": "active", "archived": "archived", "to_erase": "erased", "to_anonymise": "anonymised",
+         "legal_hold": "on_hold", "restricted": "on_hold"}
+
+
+class RetentionConfig(dg.Config):
+    """The day retention is evaluated for (ISO date); empty = the run's `sem/as_of` tag, else today (Paris)."""
+
+    as_of: str | None = None
+
+
+def as_of_date(value: str | None, tags: dict[str, str]) -> dt.date:
+    value = value or tags.get(AS_OF_TAG)
+    return dt.date.fromisoformat(value) if value else dt.datetime.now(PARIS).date()
+
+
+def _purpose_table(counts: dict[str, dict[str, int]]) -> str:
+    columns = ["active", "archived", "erased", "anonymised", "on_hold"]
+    lines = ["| purpose | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for purpose, by_status in sorted(counts.items()):
+        shown = dict.fromkeys(columns, 0)
+        for status, n in by_status.items():
+            shown[SHOWN[status]] += n
+        lines.append(f"| {purpose} | " + " | ".join(str(shown[c]) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+@dg.asset(
+    key=LEDGER_KEY,
+    group_name="retention",
+    deps=RAW_KEYS,
+    description="Retention ledger: one row per subject × purpose × dataset (clock start, active until, archive "
+    "until, status active/archived/to_erase/to_anonymise/legal_hold/restricted, reason), computed in SQL "
+    "generated from policies/ for the run's as_of; retention.record_status holds the per-record outcome.",
+    kinds={"duckdb", "sql"},
+    owners=[OWNER],
+    tags={"stage": "retention"},
+    pool="warehouse",
+)
+def retention_ledger(
+    context: dg.AssetExecutionContext, config: RetentionConfig, warehouse: WarehouseResource,
+    policies: PoliciesResource,
+) -> dg.MaterializeResult:
+    as_of = as_of_date(config.as_of, context.run.tags)
+    policy = policies.load()
+    with warehouse.connect() as con:
+        build_ledger(con, policy, as_of)
+        counts = counts_by_purpose(con)
+        rows = con.execute("SELECT count(*) FROM retention.ledger").fetchall()[0][0]
+        records = dict(con.execute("SELECT status, count(*) FROM retention.record_status GROUP BY 1").fetchall())
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": dg.MetadataValue.int(rows),
+        "as_of": dg.MetadataValue.text(as_of.isoformat()),
+        "policy_version": dg.MetadataValue.text(policy.version_label),
+        "records_by_status": dg.MetadataValue.json(records),
+        "by_purpose": dg.MetadataValue.md(_purpose_table(counts)),
+    })
+
+
+@dg.asset(
+    key=APPLIED_KEY,
+    group_name="retention",
+    deps=[LEDGER_KEY],
+    description="Applies the ledger: archived records move to the restricted `archive` schema and leave the "
+    "sources, erased records are deleted, anonymised ones lose every identifying column, in the warehouse and "
+    "(through push-back, set-based, idempotent, confirmed by re-reading) in the member system, the prospecting "
+    "platform and the navigation logs.",
+    kinds={"duckdb", "sql", "parquet"},
+    owners=[OWNER],
+    tags={"stage": "retention"},
+    pool="warehouse",
+)
+def retention_applied(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, policies: PoliciesResource,
+    member_source: SqlSourceResource, prospect_source: SqlSourceResource, navigation: NavigationSourceResource,
+    compliance: ComplianceStoreResource,
+) -> dg.MaterializeResult:
+    policy = policies.load()
+    audit = AuditLog(compliance.audit_log_path)
+    with warehouse.connect() as con:
+        as_of = con.execute("SELECT max(as_of) FROM retention.record_status").fetchall()[0][0]
+        if as_of is None:
+            raise dg.Failure("retention.record_status is empty: materialise retention/ledger first")
+        outcome = apply_retention(
+            con, policy, as_of, members=member_source.engine(), prospects=prospect_source.engine(),
+            navigation_dir=navigation.resolved_path, outbox_dir=compliance.outbox_dir, audit=audit)
+        counts = counts_by_purpose(con)
+    summary = {step: outcome.warehouse.total(step) for step in ("archive", "erase", "anonymise")}
+    audit.append("retention.applied", details={"as_of": as_of.isoformat(), "policy": policy.version_label,
+                                                "warehouse_rows": summary, "source_rows": outcome.source_rows})
+    if outcome.decisions_failed:
+        context.log.error(f"{len(outcome.decisions_failed)} push-back decision(s) not confirmed: "
+                          f"{sorted(outcome.decisions_failed)}")
+    return dg.MaterializeResult(metadata={
+        "as_of": dg.MetadataValue.text(as_of.isoformat()),
+        "archived_rows": dg.MetadataValue.int(summary["archive"]),
+        "erased_rows": dg.MetadataValue.int(summary["erase"]),
+        "anonymised_rows": dg.MetadataValue.int(summary["anonymise"]),
+        "source_rows_targeted": dg.MetadataValue.int(outcome.source_rows),
+        "decisions_confirmed": dg.MetadataValue.int(outcome.decisions_confirmed),
+        "decisions_failed": dg.MetadataValue.int(len(outcome.decisions_failed)),
+        "by_dataset": dg.MetadataValue.json(outcome.warehouse.rows),
+        "by_purpose": dg.MetadataValue.md(_purpose_table(counts)),
+    })
+
+
+@dg.asset_check(
+    asset=APPLIED_KEY,
+    name="nothing_past_retention_in_active_base",
+    blocking=True,
+    description="No record the ledger sent to the archive, to erasure or to anonymisation is still in raw.* as it "
+    "was (blocking: downstream analytics would publish it).",
+)
+def nothing_past_retention(warehouse: WarehouseResource, policies: PoliciesResource) -> dg.AssetCheckResult:
+    policy = policies.load()
+    with warehouse.connect(read_only=True) as con:
+        left = residue(con, policy)
+    return dg.AssetCheckResult(passed=not left, metadata={"records_left": dg.MetadataValue.json(left)})

@@ -1,0 +1,126 @@
+"""The shipped policy loads; each kind of bad policy file is refused at load naming file, key and problem."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.policy.load import load_policy, source_columns
+from pipelines.policy.loader import PolicyError
+from pipelines.policy.register import render_register
+from pipelines.settings import PROJECT_ROOT
+
+POLICIES = PROJECT_ROOT / "policies"
+
+
+def _policy_copy(tmp_path: Path, file: str, change: Callable[[dict], None]) -> Path:
+    folder = tmp_path / "policies"
+    shutil.copytree(POLICIES, folder)
+    data = yaml.safe_load((folder / file).read_text())
+    change(data)
+    (folder / file).write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False))
+    return folder
+
+
+def _dataset(data: dict, name: str) -> dict:
+    return next(d for d in data["datasets"] if d["name"] == name)
+
+
+def _refused(folder: Path) -> PolicyError:
+    with pytest.raises(PolicyError) as err:
+        load_policy(folder)
+    return err.value
+
+
+def test_shipped_policy_has_the_thirteen_purposes_and_maps_every_source_table():
+    policy = load_policy(POLICIES)
+    assert len(policy.purposes) == 13
+    assert {(d.system, d.name) for d in policy.datasets} == set(source_columns())
+    assert all(p.retention.legal_source for p in policy.purposes)
+    # deletion order follows the declared references: children before their parent
+    order = policy.deletion_order("members")
+    assert order.index("debt_recoveries") < order.index("contributions") < order.index("members")
+    assert order.index("members") < order.index("establishments")
+
+
+def test_malformed_yaml_is_refused_with_file_and_line(tmp_path: Path):
+    folder = tmp_path / "policies"
+    shutil.copytree(POLICIES, folder)
+    (folder / "recipients.yaml").write_text("version: 1\nrecipients:\n  - key: a\n   name: [\n")
+    error = _refused(folder)
+    assert error.file.endswith("recipients.yaml") and error.line == 4 and "malformed YAML" in error.problem
+
+
+def test_unknown_data_category_is_refused(tmp_path: Path):
+    folder = _policy_copy(tmp_path, "datasets.yaml",
+                          lambda d: _dataset(d, "members")["columns"][4].update(category="user.contact.e_mail"))
+    error = _refused(folder)
+    assert error.file.endswith("datasets.yaml")
+    assert error.key == "datasets[1].columns[4].category"
+    assert "unknown data category 'user.contact.e_mail'" in error.problem
+
+
+def test_purpose_without_duration_is_refused(tmp_path: Path):
+    folder = _policy_copy(tmp_path, "purposes.yaml", lambda d: d["purposes"][11]["retention"].pop("active"))
+    error = _refused(folder)
+    assert error.file.endswith("purposes.yaml") and error.key == "purposes[11].retention.active"
+    assert "Field required" in error.problem and error.line is not None
+
+
+def test_duration_that_is_not_iso_8601_is_refused(tmp_path: Path):
+    folder = _policy_copy(tmp_path, "purposes.yaml", lambda d: d["purposes"][0]["retention"].update(archive="2 ans"))
+    error = _refused(folder)
+    assert error.key == "purposes[0].retention.archive" and "ISO-8601" in error.problem
+
+
+def test_source_column_mapped_to_nothing_is_refused(tmp_path: Path):
+    def drop_iban(data: dict) -> None:
+        members = _dataset(data, "members")
+        members["columns"] = [c for c in members["columns"] if c["name"] != "iban"]
+
+    error = _refused(_policy_copy(tmp_path, "datasets.yaml", drop_iban))
+    assert error.key == "datasets[1].columns" and "'iban'" in error.problem and "mapped to nothing" in error.problem
+
+
+def test_column_with_a_category_but_no_purpose_is_refused(tmp_path: Path):
+    folder = _policy_copy(tmp_path, "datasets.yaml", lambda d: _dataset(d, "members")["columns"][4].pop("purposes"))
+    error = _refused(folder)
+    assert error.key == "datasets[1].columns[4]" and "serves no purpose" in error.problem
+
+
+def test_column_not_in_the_source_schema_is_refused(tmp_path: Path):
+    folder = _policy_copy(tmp_path, "datasets.yaml", lambda d: _dataset(d, "prospects")["columns"].append(
+        {"name": "nickname", "category": "user.name", "identifying": "direct", "purposes": ["prospecting"]}))
+    error = _refused(folder)
+    assert error.key == "datasets[12].columns[12].name"
+    assert "'nickname' does not exist in prospects.prospects" in error.problem
+
+
+def test_purpose_referenced_but_not_defined_is_refused(tmp_path: Path):
+    folder = _policy_copy(tmp_path, "datasets.yaml",
+                          lambda d: _dataset(d, "members")["columns"][3]["purposes"].append("loyalty_programme"))
+    error = _refused(folder)
+    assert error.key == "datasets[1].columns[3].purposes[3]"
+    assert "'loyalty_programme' is not defined in purposes.yaml" in error.problem
+
+
+def test_recipient_outside_the_eu_without_safeguard_is_refused(tmp_path: Path):
+    def drop_transfer(data: dict) -> None:
+        next(r for r in data["recipients"] if r["key"] == "morocco_complaints_provider").pop("transfer")
+
+    error = _refused(_policy_copy(tmp_path, "recipients.yaml", drop_transfer))
+    assert error.file.endswith("recipients.yaml") and "MA" in error.problem and "safeguard" in error.problem
+
+
+def test_register_lists_purposes_transfers_and_erasure_limits():
+    policy = load_policy(POLICIES)
+    text = render_register(policy)
+    assert all(f"## {i}. {p.name}" in text for i, p in enumerate(policy.purposes, 1))
+    assert "2021/914, module 2" in text and "| MA | non |" in text
+    assert "49(1)(b)" in text and "| MC | non |" in text
+    assert "| prospecting | prospects | 3 an(s) après" in text
+    assert "| audience_analytics | cookie_consents | 13 mois après" in text
