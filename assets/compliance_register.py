@@ -1,7 +1,5 @@
 """Stage "compliance" (policy outputs): the art. 30 processing register and the policy-change preview."""
 
-from __future__ import annotations
-
 import datetime as dt
 import os
 from pathlib import Path

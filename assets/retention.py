@@ -1,7 +1,5 @@
 """Stage "retention": the per-purpose ledger for an `as_of` date, and its application in warehouse and sources."""
 
-from __future__ import annotations
-
 import datetime as dt
 from zoneinfo import ZoneInfo
 

@@ -11,15 +11,26 @@ import contextlib
 import datetime as dt
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
+from assets.compliance_register import policy_change_preview, processing_register
+from assets.retention import nothing_past_retention, retention_applied, retention_ledger
 from pipelines.ingest import ingest_parquet, ingest_sql_table, navigation_columns
 from pipelines.policy.load import load_policy
 from pipelines.policy.models import Policy
+from pipelines.policy.preview import preview
+from pipelines.policy.resource import PoliciesResource
+from pipelines.resources import (
+    ComplianceStoreResource,
+    NavigationSourceResource,
+    SqlSourceResource,
+    WarehouseResource,
+)
 from pipelines.retention.apply import apply_retention
 from pipelines.retention.ledger import build_ledger
 from pipelines.settings import PROJECT_ROOT
@@ -227,3 +238,50 @@ def test_second_run_with_same_as_of_changes_nothing(world: World, policy: Policy
     first = _state(world)
     world.nightly(policy)
     assert _state(world) == first
+
+
+def test_preview_counts_what_a_longer_prospect_period_would_keep_and_touches_nothing(
+        world: World, policy: Policy, tmp_path: Path):
+    world.ingest()
+    proposal = tmp_path / "proposed"
+    proposal.mkdir()
+    text = (PROJECT_ROOT / "policies" / "purposes.yaml").read_text()
+    (proposal / "purposes.yaml").write_text(text.replace("version: 1", "version: 2", 1).replace(
+        "active: P3Y\n      clock: prospect_last_contact", "active: P4Y\n      clock: prospect_last_contact"))
+    proposed = load_policy(proposal, fallback=PROJECT_ROOT / "policies")
+    before = world.query("SELECT count(*) FROM information_schema.tables")
+    with duckdb.connect(str(world.warehouse), read_only=True) as con:
+        table = preview(policy, proposed, con, AS_OF)
+    rows = [r for r in table.to_pylist() if r["dataset"] == "prospects"]
+    assert rows == [{"purpose": "prospecting", "dataset": "prospects", "status_now": "to_erase",
+                     "status_proposed": "active", "records": 1, "why": "active P3Y -> P4Y"}]
+    assert all(r["purpose"] == "prospecting" for r in table.to_pylist())
+    assert world.query("SELECT count(*) FROM information_schema.tables") == before
+    assert world.source_keys("prospects", "prospects", "prospect_id") == [OLD_PROSPECT, YOUNG_PROSPECT]
+
+
+def test_assets_materialise_with_ui_counts_and_reports(world: World, tmp_path: Path):
+    world.ingest()
+    resources = {
+        "warehouse": WarehouseResource(path=str(world.warehouse)),
+        "policies": PoliciesResource(),
+        "member_source": SqlSourceResource(system="members", url=f"sqlite:///{world.root / 'members.db'}"),
+        "prospect_source": SqlSourceResource(system="prospects", url=f"sqlite:///{world.root / 'prospects.db'}"),
+        "navigation": NavigationSourceResource(path=str(world.navigation)),
+        "compliance": ComplianceStoreResource(data_dir=str(tmp_path / "compliance")),
+    }
+    result = dg.materialize(
+        [retention_ledger, retention_applied, nothing_past_retention, processing_register, policy_change_preview],
+        resources=resources,
+        run_config={"ops": {"retention__ledger": {"config": {"as_of": AS_OF.isoformat()}},
+                            "compliance__policy_change_preview": {"config": {"as_of": AS_OF.isoformat()}}}},
+    )
+    assert result.success
+    applied = result.asset_materializations_for_node("retention__applied")[0].metadata
+    assert applied["erased_rows"].value > 0 and applied["anonymised_rows"].value == 1
+    assert "| prospecting | 1 | 0 | 1 | 0 | 0 |" in applied["by_purpose"].value
+    checks = result.get_asset_check_evaluations()
+    assert [c.passed for c in checks] == [True]
+    reports = tmp_path / "compliance" / "reports"
+    assert "Registre des activités de traitement" in (reports / "processing_register.md").read_text()
+    assert "No record would change status" in (reports / "policy_change_preview.md").read_text()
