@@ -27,7 +27,12 @@ AS_OF_TAG = "sem/as_of"
 PARIS = ZoneInfo("Europe/Paris")
 SOURCE_RESOURCE_KEYS = {"members": "member_source", "prospects": "prospect_source"}
 LEDGER_KEY = dg.AssetKey(["retention", "ledger"])
-ANALYTICS_CHECKED_KEY = dg.AssetKey(["analytics", "members_pseudo"])
+# The catalogue asset stands for the analytics file as a whole (assets/analytics.py): checking the file there
+# blocks everything downstream of the file.
+ANALYTICS_FILE_KEY = dg.AssetKey(["analytics", "catalogue"])
+# DuckDB lets one process write a file or many read it, not both: checks that read the warehouse queue in the
+# same pool as the assets that write it.
+WAREHOUSE_POOL = "warehouse"
 
 
 class AsOfConfig(dg.Config):
@@ -65,6 +70,7 @@ def _raw_check(spec: RawTableSpec) -> dg.AssetChecksDefinition:
         description=f"GX: keys of raw.{spec.table} unique and not null, required columns present, e-mails well "
         "formed, dates parsed (plausible year; not null wherever the source held text).",
         required_resource_keys={"warehouse", *([source_key] if source_key else [])},
+        pool=WAREHOUSE_POOL,
     )
     def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         warehouse: WarehouseResource = context.resources.warehouse
@@ -85,6 +91,7 @@ raw_table_checks = [_raw_check(spec) for spec in raw_table_specs()]
     asset=LEDGER_KEY,
     name="gx_nothing_active_past_retention",
     description="GX: no ledger row is still 'active' after its active_until (as of the run's date).",
+    pool=WAREHOUSE_POOL,
 )
 def ledger_check(
     context: dg.AssetCheckExecutionContext, config: AsOfConfig, warehouse: WarehouseResource
@@ -129,4 +136,4 @@ def analytics_checks(
     return [identifiers, tokens]
 
 
-analytics_file_checks = analytics_checks(ANALYTICS_CHECKED_KEY)
+analytics_file_checks = analytics_checks(ANALYTICS_FILE_KEY)

@@ -1,0 +1,91 @@
+"""Schedule and sensors evaluated the way the daemon does: nightly as-of date, policy-change preview, alerts."""
+
+import datetime as dt
+import json
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+import pytest
+from dagster._utils.schedules import cron_string_iterator
+
+from assets.quality_checks import AS_OF_TAG, LEDGER_KEY, ledger_check
+from pipelines.resources import ComplianceStoreResource, WarehouseResource
+from sensors.run_failure import ALERTS_FILE, run_failure_alert_sensor
+from sensors.schedules import NIGHTLY_JOB, nightly_schedule
+
+PARIS = ZoneInfo("Europe/Paris")
+
+
+def _repository() -> dg.RepositoryDefinition:
+    """A repository with the real schedule and a nightly job holding an op that takes `as_of` (the ledger check)."""
+    @dg.asset(key=LEDGER_KEY)
+    def ledger() -> None: ...
+
+    defs = dg.Definitions(
+        assets=[ledger],
+        asset_checks=[ledger_check],
+        jobs=[dg.define_asset_job(NIGHTLY_JOB, selection=dg.AssetSelection.all())],
+        schedules=[nightly_schedule],
+        resources={"warehouse": WarehouseResource()},
+    )
+    return defs.get_repository_def()
+
+
+@pytest.mark.parametrize(
+    ("scheduled", "expected"),
+    [
+        # Summer: 01:30 in Paris is 23:30 UTC the day before; the run is for the Paris day.
+        (dt.datetime(2026, 7, 15, 23, 30, tzinfo=dt.UTC), dt.date(2026, 7, 16)),
+        (dt.datetime(2026, 12, 1, 1, 30, tzinfo=PARIS), dt.date(2026, 12, 1)),
+    ],
+)
+def test_nightly_schedule_runs_the_nightly_job_as_of_the_paris_day(scheduled, expected):
+    context = dg.build_schedule_context(scheduled_execution_time=scheduled, repository_def=_repository())
+    [request] = nightly_schedule.evaluate_tick(context).run_requests
+    assert request.tags[AS_OF_TAG] == expected.isoformat()
+    assert request.run_key == f"nightly-{expected.isoformat()}"
+    assert request.run_config == {"ops": {ledger_check.node_def.name: {"config": {"as_of": expected.isoformat()}}}}
+    assert nightly_schedule.job_name == NIGHTLY_JOB
+    assert nightly_schedule.execution_timezone == "Europe/Paris"
+
+
+def test_nightly_schedule_fires_at_night_in_paris_across_daylight_saving_changes():
+    # The days the clocks change in 2026 (29 March, 25 October) included: one tick per day, always at 01:30.
+    for after in (dt.datetime(2026, 3, 27, tzinfo=PARIS), dt.datetime(2026, 10, 23, tzinfo=PARIS)):
+        times = cron_string_iterator(after.timestamp(), nightly_schedule.cron_schedule, "Europe/Paris")
+        days = [next(times) for _ in range(4)]
+        assert [(d.hour, d.minute) for d in days] == [(1, 30)] * 4
+        assert len({d.date() for d in days}) == 4
+
+
+def test_failed_run_writes_one_alert_without_data(tmp_path):
+    secret = "jeanne.martin@example.fr"
+
+    @dg.op
+    def leaky():
+        raise ValueError(f"cannot parse {secret}")
+
+    @dg.job
+    def failing_job():
+        leaky()
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = failing_job.execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
+    context = dg.build_run_status_sensor_context(
+        sensor_name=run_failure_alert_sensor.name,
+        dagster_event=failure,
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+    ).for_run_failure()
+    compliance = ComplianceStoreResource(data_dir=str(tmp_path))
+    run_failure_alert_sensor(context, compliance=compliance)
+
+    lines = (tmp_path / "reports" / ALERTS_FILE).read_text().splitlines()
+    [record] = [json.loads(line) for line in lines]
+    assert record["run_id"] == result.run_id
+    assert record["job"] == "failing_job"
+    assert record["failed_steps"] == ["leaky"]
+    assert "ValueError" in record["error_classes"]
+    assert secret not in lines[0]
