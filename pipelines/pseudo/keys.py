@@ -27,6 +27,13 @@ MIN_KEY_BYTES = 16
 DEMO_KEY_BYTES = 32
 
 
+class SecretKey(bytes):
+    """Key bytes whose repr never shows them (tracebacks and debuggers print arguments)."""
+
+    def __repr__(self) -> str:
+        return f"<secret key, {len(self)} bytes>"
+
+
 class PseudonymisationKeyError(RuntimeError):
     """The master key is missing, malformed or too exposed: nothing may be pseudonymised or published."""
 
@@ -41,7 +48,7 @@ def parse_hex_key(text: str, origin: str) -> bytes:
         raise PseudonymisationKeyError(
             f"{origin}: the pseudonymisation key is {len(key)} bytes, at least {MIN_KEY_BYTES} are required"
         )
-    return key
+    return SecretKey(key)
 
 
 def read_key_file(path: Path) -> bytes:
@@ -89,7 +96,8 @@ def domain_info(domain: str, version: int) -> bytes:
 
 def derive_domain_key(master: bytes, domain: str, version: int) -> bytes:
     """HKDF-SHA256 with an empty salt and info "sem-privacy/<domain>/v<version>", 32 bytes."""
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=domain_info(domain, version)).derive(master)
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=domain_info(domain, version))
+    return SecretKey(hkdf.derive(master))
 
 
 def key_version_from_env(default: int = 1) -> int:

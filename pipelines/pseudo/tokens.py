@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipelines.normalise import email_sql, phone_sql
+from pipelines.pseudo.keys import SecretKey
 
 BLOCK_SIZE = 64
 
@@ -23,6 +24,8 @@ NORMALISERS = {
     "email": email_sql,
     "phone": phone_sql,
     "id": lambda col: f"nullif(trim(CAST({col} AS VARCHAR)), '')",
+    # Values a table builder has already normalised (e.g. a contact that is an e-mail or a phone).
+    "as_is": lambda col: col,
 }
 
 
@@ -30,8 +33,8 @@ def hmac_pads(key: bytes) -> tuple[bytes, bytes]:
     """(K' ⊕ ipad, K' ⊕ opad), each one 64-byte block."""
     if len(key) > BLOCK_SIZE:
         key = hashlib.sha256(key).digest()
-    key = key.ljust(BLOCK_SIZE, b"\0")
-    return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
+    key = bytes(key).ljust(BLOCK_SIZE, b"\0")
+    return SecretKey(bytes(b ^ 0x36 for b in key)), SecretKey(bytes(b ^ 0x5C for b in key))
 
 
 def key_params(key: bytes, prefix: str = "k") -> dict[str, bytes]:

@@ -1,0 +1,128 @@
+"""Checks on an analytics file (a candidate before publication, or the published one), all set-based.
+
+- no direct identifier: every value of every column, as text, is semi-joined against every value (raw
+  and normalised) of the warehouse's direct-identifier columns listed in the policy; values shaped like
+  an e-mail address or an IPv4 address are refused too;
+- k-anonymity: each table's smallest class (row tables) or cell (aggregates) has at least k people;
+- catalogue: every published table and column is described in `catalogue`, and nothing else is there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from pipelines.normalise import phone_sql
+from pipelines.pseudo.kanon import achieved_k_sql
+from pipelines.pseudo.policy import PseudonymisationPolicy
+
+CATALOGUE = "catalogue"
+# Shapes that are identifiers whatever table they came from.
+IDENTIFIER_PATTERNS = {
+    "e-mail address": r"[^@\s]+@[^@\s]+\.[a-z]{2,}",
+    "IPv4 address": r"(^|[^0-9.])([0-9]{1,3}\.){3}[0-9]{1,3}($|[^0-9.])",
+}
+
+
+def sql_string(value: str | Path) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@contextmanager
+def attached(analytics: Path, warehouse: Path | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """In-memory connection with the analytics file as `pub` (and the warehouse as `wh`), read-only."""
+    con = duckdb.connect()
+    try:
+        con.execute(f"ATTACH {sql_string(analytics)} AS pub (READ_ONLY)")
+        if warehouse is not None:
+            con.execute(f"ATTACH {sql_string(warehouse)} AS wh (READ_ONLY)")
+        yield con
+    finally:
+        con.close()
+
+
+def published_columns(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
+    return con.execute(
+        "SELECT table_name, column_name FROM duckdb_columns() WHERE database_name = 'pub' "
+        "ORDER BY table_name, column_index"
+    ).fetchall()
+
+
+def identifier_leaks(con: duckdb.DuckDBPyConnection, policy: PseudonymisationPolicy) -> list[str]:
+    """Columns of `pub` holding a warehouse identifier value or an identifier-shaped value."""
+    sources = [
+        f"SELECT CAST({quote(column)} AS VARCHAR) AS v FROM wh.raw.{quote(table)}"
+        for table, columns in policy.direct_identifiers.items()
+        for column in columns
+    ]
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _identifiers AS
+        WITH src AS ({' UNION ALL '.join(sources)})
+        SELECT DISTINCT v FROM (
+            SELECT lower(trim(v)) AS v FROM src UNION ALL SELECT {phone_sql('v')} FROM src
+        ) WHERE v IS NOT NULL AND v <> ''
+        """
+    )
+    values = " UNION ALL ".join(
+        f"SELECT {sql_string(t)} AS table_name, {sql_string(c)} AS column_name, "
+        f"lower(trim(CAST({quote(c)} AS VARCHAR))) AS v FROM pub.main.{quote(t)}"
+        for t, c in published_columns(con)
+    )
+    shapes = " OR ".join(f"regexp_matches(v, {sql_string(p)})" for p in IDENTIFIER_PATTERNS.values())
+    rows = con.execute(
+        f"""
+        WITH published AS ({values})
+        SELECT table_name, column_name,
+               count(*) FILTER (WHERE v IN (SELECT v FROM _identifiers)) AS identifier_values,
+               count(*) FILTER (WHERE {shapes}) AS identifier_shaped
+        FROM published GROUP BY ALL HAVING identifier_values > 0 OR identifier_shaped > 0
+        ORDER BY ALL
+        """
+    ).fetchall()
+    return [
+        f"{t}.{c}: {hits} value(s) of a source identifier column, {shaped} shaped like an identifier"
+        for t, c, hits, shaped in rows
+    ]
+
+
+def k_anonymity_problems(con: duckdb.DuckDBPyConnection, policy: PseudonymisationPolicy) -> list[str]:
+    tables = {t for t, _ in published_columns(con)}
+    problems = []
+    for name, table in policy.tables.items():
+        if name not in tables:
+            problems.append(f"{name}: table missing from the analytics file")
+            continue
+        achieved = con.execute(achieved_k_sql(f"pub.main.{quote(name)}", table)).fetchall()[0][0]
+        if achieved is not None and achieved < policy.k_of(name):
+            problems.append(f"{name}: a class has {achieved} people, k = {policy.k_of(name)}")
+    return problems
+
+
+def catalogue_problems(con: duckdb.DuckDBPyConnection) -> list[str]:
+    published = {(t, c) for t, c in published_columns(con) if t != CATALOGUE}
+    if not any(t == CATALOGUE for t, _ in published_columns(con)):
+        return ["the catalogue table is missing"]
+    described = set(con.execute(f"SELECT table_name, column_name FROM pub.main.{CATALOGUE}").fetchall())
+    return [f"{t}.{c}: published but not in the catalogue" for t, c in sorted(published - described)] + [
+        f"{t}.{c}: in the catalogue but not published" for t, c in sorted(described - published)
+    ]
+
+
+def validate_analytics_file(
+    analytics: Path, warehouse: Path, policy: PseudonymisationPolicy
+) -> dict[str, list[str]]:
+    """Problems per check (empty lists = the file may be published)."""
+    with attached(analytics, warehouse) as con:
+        return {
+            "no_direct_identifiers": identifier_leaks(con, policy),
+            "k_anonymity": k_anonymity_problems(con, policy),
+            "catalogue_complete": catalogue_problems(con),
+        }

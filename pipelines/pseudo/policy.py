@@ -1,0 +1,121 @@
+"""The pseudonymisation policy (policies/pseudonymisation.yaml) as a validated pydantic model.
+
+Per analytics table: its kind (row-level or aggregate), token domain, k, the column whose distinct values
+count the people in a class (`subject`), and every published column with its role, source column,
+generalisation hierarchy (finest first) or aggregate. Per domain: which `rights.exclusions` reasons keep a
+person out. Also the direct-identifier columns of the warehouse that must never reach the analytics file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from pipelines import settings
+from pipelines.policy.loader import load_policy_file
+from pipelines.pseudo.generalise import parse_level
+
+Role = Literal["pseudonym", "quasi_identifier", "attribute", "measure"]
+ExclusionReason = Literal["restricted", "objection", "objection_prospecting", "erased"]
+Name = Field(pattern=r"^[a-z][a-z0-9_]*$")
+
+POLICY_FILE = "pseudonymisation.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnPolicy(_Strict):
+    name: str = Name
+    role: Role
+    description: str = Field(min_length=1)
+    source: str = Name
+    normalise: Literal["id", "email", "phone", "as_is"] | None = None
+    levels: tuple[str, ...] = ("keep",)
+    aggregate: Literal["count", "count_distinct", "sum", "avg"] | None = None
+
+    @field_validator("levels")
+    @classmethod
+    def _levels_parse(cls, levels: tuple[str, ...]) -> tuple[str, ...]:
+        if not levels:
+            raise ValueError("at least one level is needed (use [keep])")
+        for level in levels:
+            parse_level(level)
+        return levels
+
+    @model_validator(mode="after")
+    def _role_fits(self) -> ColumnPolicy:
+        if (self.role == "pseudonym") != (self.normalise is not None):
+            raise ValueError("a pseudonym needs `normalise` (id, email, phone, as_is); other roles take none")
+        if (self.role == "measure") != (self.aggregate is not None):
+            raise ValueError("a measure needs `aggregate` (count, count_distinct, sum, avg); other roles take none")
+        return self
+
+
+class TablePolicy(_Strict):
+    kind: Literal["rows", "aggregate"]
+    domain: str
+    description: str = Field(min_length=1)
+    k: int | None = Field(default=None, ge=2)
+    subject: str = Name
+    columns: tuple[ColumnPolicy, ...] = Field(min_length=1)
+    dropped: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TablePolicy:
+        names = [c.name for c in self.columns]
+        if len(set(names)) != len(names):
+            raise ValueError("column names must be unique")
+        by_name = {c.name: c for c in self.columns}
+        subject = by_name.get(self.subject)
+        if self.kind == "rows":
+            if subject is None or subject.role != "pseudonym":
+                raise ValueError("`subject` of a row-level table must name one of its pseudonym columns")
+            if any(c.role == "measure" for c in self.columns):
+                raise ValueError("a row-level table has no measures (aggregate tables do)")
+        else:
+            if subject is None or subject.aggregate != "count_distinct":
+                raise ValueError("`subject` of an aggregate table must name its count_distinct measure of people")
+            if any(c.role == "pseudonym" for c in self.columns):
+                raise ValueError("an aggregate table publishes no pseudonym")
+        if not any(c.role == "quasi_identifier" for c in self.columns):
+            raise ValueError("declare at least one quasi_identifier: k-anonymity is measured on them")
+        return self
+
+    def by_role(self, *roles: Role) -> list[ColumnPolicy]:
+        return [c for c in self.columns if c.role in roles]
+
+    def column(self, name: str) -> ColumnPolicy:
+        return next(c for c in self.columns if c.name == name)
+
+
+class DomainPolicy(_Strict):
+    description: str = Field(min_length=1)
+    excluded_reasons: tuple[ExclusionReason, ...]
+
+
+class PseudonymisationPolicy(_Strict):
+    version: int = Field(ge=1)
+    default_k: int = Field(default=5, ge=2)
+    max_suppression_ratio: float = Field(default=0.05, ge=0, le=1)
+    domains: dict[str, DomainPolicy]
+    direct_identifiers: dict[str, tuple[str, ...]]
+    tables: dict[str, TablePolicy]
+
+    @model_validator(mode="after")
+    def _domains_known(self) -> PseudonymisationPolicy:
+        for name, table in self.tables.items():
+            if table.domain not in self.domains:
+                raise ValueError(f"table {name}: domain {table.domain!r} is not declared under `domains`")
+        return self
+
+    def k_of(self, table: str) -> int:
+        return self.tables[table].k or self.default_k
+
+
+def load_pseudonymisation_policy(path: Path | None = None) -> PseudonymisationPolicy:
+    """Load and validate the policy (default: policies/pseudonymisation.yaml); PolicyError if it is wrong."""
+    return load_policy_file(path or settings.policies_dir() / POLICY_FILE, PseudonymisationPolicy)

@@ -1,0 +1,156 @@
+"""Build the analysts' DuckDB file from the warehouse and publish it atomically (SPEC §3, §6).
+
+The whole file is built under a temporary name in the target's directory, checked (pipelines/pseudo/
+checks.py) and only then renamed over the published file with os.replace: an analyst who has the old
+file open keeps reading the old, complete file and never blocks the run; a failed build or check leaves
+the published file untouched. Domain keys are only ever bound as query parameters (tokens.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from pipelines.pseudo.checks import CATALOGUE, quote, sql_string, validate_analytics_file
+from pipelines.pseudo.kanon import KAnonymityReport, anonymise
+from pipelines.pseudo.policy import PseudonymisationPolicy, TablePolicy
+from pipelines.pseudo.tables import BUILDERS, domain_exclusions_sql, exclusions_sql
+from pipelines.pseudo.tokens import normalise_sql, tokenise_table
+
+
+class PublicationRefused(RuntimeError):
+    """The candidate file failed a check: nothing was published."""
+
+    def __init__(self, problems: dict[str, list[str]]) -> None:
+        self.problems = problems
+        lines = [f"{check}: {problem}" for check, found in problems.items() for problem in found]
+        super().__init__("analytics file not published:\n" + "\n".join(lines))
+
+
+@dataclass(frozen=True)
+class TableReport:
+    rows: int
+    kanon: KAnonymityReport
+    key_version: int | None
+
+
+@dataclass
+class PublicationReport:
+    path: Path
+    key_version: int
+    as_of: dt.date
+    tables: dict[str, TableReport] = field(default_factory=dict)
+    excluded: dict[str, int] = field(default_factory=dict)  # records and contacts per exclusion reason
+
+
+def _table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    return con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = 'wh' AND schema_name = ? AND table_name = ?",
+        [schema, table],
+    ).fetchall()[0][0] > 0
+
+
+def _prepare(con: duckdb.DuckDBPyConnection, name: str, table: TablePolicy, key: bytes | None) -> str:
+    """Temp table of the table's base rows with its token columns joined on; returns its name."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _base_{name} AS {BUILDERS[name](table.domain)}")
+    prepared, joins, tokens = f"_prep_{name}", [], []
+    for i, column in enumerate(table.by_role("pseudonym")):
+        normalised = normalise_sql(column.normalise, quote(column.source))
+        tokenise_table(con, f"_tok_{name}_{i}", f"SELECT {normalised} AS value FROM _base_{name}", key)
+        on = normalise_sql(column.normalise, "b." + quote(column.source))
+        joins.append(f"JOIN _tok_{name}_{i} t{i} ON t{i}.value = {on}")
+        tokens.append(f"t{i}.token AS {quote(column.name)}")
+    select = ", ".join(["b.*", *tokens])
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {prepared} AS SELECT {select} FROM _base_{name} b {' '.join(joins)}")
+    return prepared
+
+
+def _write_catalogue(
+    con: duckdb.DuckDBPyConnection, policy: PseudonymisationPolicy, reports: dict[str, TableReport]
+) -> None:
+    rows = [
+        (
+            name, column.name, column.role, table.domain if column.role == "pseudonym" else None,
+            column.description, reports[name].key_version, policy.k_of(name), table.kind,
+            reports[name].kanon.levels.get(column.name, column.aggregate), table.description,
+        )
+        for name, table in policy.tables.items()
+        for column in table.columns
+    ]
+    con.execute(
+        f"""
+        CREATE TABLE cand.main.{CATALOGUE} (
+            table_name VARCHAR, column_name VARCHAR, role VARCHAR, token_domain VARCHAR, description VARCHAR,
+            key_version INTEGER, k INTEGER, table_kind VARCHAR, generalisation VARCHAR, table_description VARCHAR
+        )
+        """
+    )
+    con.executemany(f"INSERT INTO cand.main.{CATALOGUE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def build_candidate(
+    con: duckdb.DuckDBPyConnection,
+    policy: PseudonymisationPolicy,
+    domain_keys: dict[str, bytes],
+    key_version: int,
+    as_of: dt.date,
+) -> tuple[dict[str, TableReport], dict[str, int]]:
+    """Write every policy table and the catalogue into the attached `cand` database."""
+    unknown = sorted(set(policy.tables) - set(BUILDERS))
+    if unknown:
+        raise ValueError(f"no builder for analytics table(s) {unknown}; known: {sorted(BUILDERS)}")
+    con.execute(exclusions_sql(_table_exists(con, "rights", "exclusions")))
+    for domain, rules in policy.domains.items():
+        con.execute(domain_exclusions_sql(domain, rules.excluded_reasons))
+    excluded = dict(con.execute(
+        "SELECT reason, count(DISTINCT (node_type, node_value)) FROM _exclusions GROUP BY reason"
+    ).fetchall())
+    reports = {}
+    for name, table in policy.tables.items():
+        uses_key = bool(table.by_role("pseudonym"))
+        prepared = _prepare(con, name, table, domain_keys[table.domain] if uses_key else None)
+        kanon = anonymise(
+            con, prepared, f"cand.main.{quote(name)}", table, policy.k_of(name), policy.max_suppression_ratio,
+            {"as_of": as_of},
+        )
+        rows = con.execute(f"SELECT count(*) FROM cand.main.{quote(name)}").fetchall()[0][0]
+        reports[name] = TableReport(rows=rows, kanon=kanon, key_version=key_version if uses_key else None)
+    _write_catalogue(con, policy, reports)
+    return reports, excluded
+
+
+def publish_analytics(
+    warehouse: Path,
+    analytics: Path,
+    policy: PseudonymisationPolicy,
+    domain_keys: dict[str, bytes],
+    key_version: int,
+    as_of: dt.date,
+) -> PublicationReport:
+    """Build, check and atomically publish the analytics file; raise PublicationRefused on a failed check."""
+    analytics.parent.mkdir(parents=True, exist_ok=True)
+    candidate = analytics.with_name(f".{analytics.name}.{uuid.uuid4().hex}.building")
+    try:
+        con = duckdb.connect()
+        try:
+            con.execute(f"ATTACH {sql_string(warehouse)} AS wh (READ_ONLY)")
+            con.execute(f"ATTACH {sql_string(candidate)} AS cand")
+            con.execute("USE wh")
+            reports, excluded = build_candidate(con, policy, domain_keys, key_version, as_of)
+            con.execute("USE memory")
+            con.execute("DETACH cand")
+        finally:
+            con.close()
+        problems = validate_analytics_file(candidate, warehouse, policy)
+        if any(problems.values()):
+            raise PublicationRefused({check: found for check, found in problems.items() if found})
+        os.replace(candidate, analytics)
+    finally:
+        candidate.unlink(missing_ok=True)
+        candidate.with_name(candidate.name + ".wal").unlink(missing_ok=True)
+    return PublicationReport(path=analytics, key_version=key_version, as_of=as_of, tables=reports, excluded=excluded)
