@@ -294,3 +294,11 @@ def test_killed_run_resumes_to_the_same_end_state(make_url, tmp_path, pause_at):
     applied = state["crashed"][0]["privacy_applied_decisions"]
     assert len(applied) == CRASH_BATCH + 20
     assert all(rows == 25 for decision, _, _, rows in applied if decision.startswith("erase:"))
+
+
+@pytest.mark.postgres
+def test_benchmark_erases_the_same_people_both_ways(pg_url):
+    from pipelines.bench.pushback import bench_pushback
+
+    result = bench_pushback(pg_url, n_people=30)
+    assert (result["people_erased"], result["confirmed"], result["rows_deleted"]) == (30, 30, 30 * 25)

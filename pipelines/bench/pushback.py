@@ -11,13 +11,15 @@ member/prospect sources and the erasure targets of a set of people.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
-from pipelines.pushback import TARGET_SCHEMA
+from pipelines.pushback import TARGET_SCHEMA, apply_decisions
+from pipelines.pushback.sql import applied, bookkeeping, ensure_bookkeeping
 from pipelines.pushback.targets import dependency_order
 from pipelines.sources.schema import member_metadata, prospect_metadata
 
@@ -95,3 +97,52 @@ def erasure_targets(member_ids: Sequence[int], prefix: str = "erase") -> pa.Tabl
                   pa.nulls(len(keys), pa.string())], schema=TARGET_SCHEMA)
         for t in tables
     ])
+
+
+def _reset(engine: sa.Engine, n_people: int) -> None:
+    """Fresh member system with an index on every member_id, as a production system would have."""
+    bookkeeping.drop_all(engine)
+    member_metadata.drop_all(engine)
+    seed_members(engine, n_people)
+    with engine.begin() as con:
+        for table in member_metadata.sorted_tables:
+            if "member_id" in table.c and table.name != "members":
+                con.execute(sa.text(f"CREATE INDEX ix_{table.name}_member ON {table.name} (member_id)"))
+
+
+def _row_by_row(engine: sa.Engine, targets: pa.Table) -> None:
+    """The naive approach: one DELETE per target row, one INSERT per decision, in one transaction."""
+    ensure_bookkeeping(engine)
+    with engine.begin() as con:
+        for row in targets.to_pylist():
+            table = member_metadata.tables[row["table_name"]]
+            con.execute(sa.delete(table).where(table.c.member_id == int(row["key_value"])))
+        for decision_id in pc.unique(targets["decision_id"]).to_pylist():
+            con.execute(sa.insert(applied).values(decision_id=decision_id, applied_at="now", rows_affected=0))
+
+
+def bench_pushback(pg_url: str, n_people: int = 10_000) -> dict:
+    """Erase n_people (of 2 * n_people seeded) with the set-based push-back and with one statement per
+    row, same PostgreSQL, same data, same run; returns seconds and the speed-up."""
+    engine = sa.create_engine(pg_url)
+    targets = erasure_targets(range(1, n_people + 1), prefix="bench")
+    try:
+        _reset(engine, 2 * n_people)
+        started = time.perf_counter()
+        report = apply_decisions(targets, members=engine, notice_rules=())
+        set_based = time.perf_counter() - started
+        _reset(engine, 2 * n_people)
+        started = time.perf_counter()
+        _row_by_row(engine, targets)
+        row_by_row = time.perf_counter() - started
+    finally:
+        engine.dispose()
+    return {
+        "people_erased": n_people,
+        "target_rows": targets.num_rows,
+        "rows_deleted": report.rows_affected["members"],
+        "confirmed": len(report.confirmed),
+        "set_based_seconds": round(set_based, 2),
+        "row_by_row_seconds": round(row_by_row, 2),
+        "speedup": round(row_by_row / set_based, 1),
+    }

@@ -45,7 +45,6 @@ staging = sa.Table(
     # SQLite stores JSON as text; declaring it JSON elsewhere lets payload["col"] compile per dialect.
     sa.Column("payload", sa.JSON().with_variant(sa.Text, "sqlite")),
     sa.Column("columns_key", sa.Text, nullable=False),  # sorted columns an anonymise/rectify touches
-    sa.Index("ix_privacy_decision_staging", "batch_id", "table_name", "action", "key_value"),
 )
 
 effects = sa.Table(
@@ -118,6 +117,8 @@ def load_staging(con: sa.Connection, targets: pa.Table, batch_id: str) -> None:
             f"COPY {STAGING_TABLE} ({', '.join(STAGING_COLUMNS)}) FROM STDIN WITH (FORMAT csv)"
         ) as copy:
             copy.write(buffer.getvalue())
+        # Fresh statistics so the planner hashes the staged keys instead of guessing a tiny table.
+        con.execute(sa.text(f"ANALYZE {STAGING_TABLE}"))
     else:
         con.execute(staging.insert(), rows.to_pylist())
 
@@ -242,16 +243,15 @@ def apply_to_source(
     with engine.begin() as con:
         load_staging(con, targets, batch_id)
         checkpoint("staged")
+        already = set(con.execute(sa.select(applied.c.decision_id).where(applied.c.decision_id.in_(
+            sa.select(staging.c.decision_id).where(staging.c.batch_id == batch_id)))).scalars())
         con.execute(sa.delete(staging).where(
             staging.c.batch_id == batch_id, staging.c.decision_id.in_(sa.select(applied.c.decision_id))))
-        pending = con.execute(
-            sa.select(staging.c.decision_id, staging.c.table_name, staging.c.key_column, staging.c.action,
-                      staging.c.columns_key).distinct().where(staging.c.batch_id == batch_id)
-        ).all()
-        if pending:
-            still = pa.Table.from_pylist([r._asdict() for r in pending])
+        pending = targets.filter(pc.invert(pc.is_in(targets["decision_id"],
+                                                    value_set=pa.array(sorted(already), pa.string()))))
+        if pending.num_rows:
             outcome.notices = _collect_notices(con, metadata, system, batch_id, notice_rules)
-            for group in groups_of(still, order):
+            for group in groups_of(pending, order):
                 table = metadata.tables[group.table_name]
                 _count_effects(con, table, batch_id, group)
                 con.execute(_statement(table, batch_id, group, now))
@@ -268,7 +268,7 @@ def apply_to_source(
                           sa.func.aggregate_strings(per_table.c.table_name, ","), sa.func.sum(per_table.c.n))
                 .group_by(per_table.c.decision_id),
             ))
-            outcome.newly_applied = sorted({r.decision_id for r in pending})
+            outcome.newly_applied = sorted(pc.unique(pending["decision_id"]).to_pylist())
             outcome.rows_affected = int(con.execute(
                 sa.select(sa.func.coalesce(sa.func.sum(effects.c.rows_affected), 0))
                 .where(effects.c.batch_id == batch_id)).scalar_one())
