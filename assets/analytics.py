@@ -6,8 +6,6 @@ checks are exposed as blocking asset checks on the published file, so nothing do
 that would leak. Key material never enters config, metadata or logs: only the key version does.
 """
 
-from __future__ import annotations
-
 import datetime as dt
 import zoneinfo
 
