@@ -187,6 +187,10 @@ def test_open_litigation_and_restriction_keep_everything(world: World, policy: P
                                 "WHERE subject_type = 'member' AND subject_id IN ('2', '4') "
                                 "AND dataset <> 'litigation_cases' GROUP BY 1"))
     assert statuses == {"2": ["legal_hold"], "4": ["restricted"]}
+    reasons = world.query("SELECT reason FROM retention.ledger WHERE subject_id = '2' AND dataset = 'members' "
+                          "AND purpose = 'membership'")
+    assert reasons == [("delete since 2021-06-30 (active P0D from membership_end, archive P2Y, then delete); "
+                        "record legal_hold: open litigation: legal hold suspends to_erase",)]
 
 
 def test_prospect_erased_one_day_after_three_years_kept_one_day_before(world: World, policy: Policy):

@@ -66,7 +66,7 @@ def apply_in_warehouse(con: duckdb.DuckDBPyConnection, policy: Policy) -> Wareho
             rows["erase"] = sum(
                 con.execute(f"DELETE FROM {table} WHERE {pk} IN ({_keys(ds.name, 'to_erase')})").fetchone()[0]
                 for table in (raw, arc))
-            columns = [c for c in ds.anonymised_columns]
+            columns = ds.anonymised_columns
             if columns:
                 assignments = ", ".join(f"{q(c)} = NULL" for c in columns)
                 rows["anonymise"] = sum(

@@ -242,7 +242,7 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date)
             SELECT ?, p.subject_type, p.subject_id, p.purpose, p.dataset, min(p.clock_start),
                    min(p.active_until), max(p.archive_until), {PURPOSE_STATUS} AS status,
                    arg_min(p.purpose_reason || '; record ' || rec.status || ': ' || {STATUS_REASON},
-                           p.clock_start),
+                           coalesce(p.clock_start, 'infinity'::TIMESTAMP)),
                    count(*)
             FROM _ret_purposes p JOIN _ret_records rec USING (dataset, record_key)
             GROUP BY p.subject_type, p.subject_id, p.purpose, p.dataset, {PURPOSE_STATUS}
