@@ -94,3 +94,12 @@ def test_statistics_and_marketing_tokens_cannot_be_joined() -> None:
     assert set(stats) & set(marketing) == set()
     assert set(stats) & set(rotated) == set()
     assert marketing.iloc[3] == _reference_token(master, "marketing", normalise_email(values.iloc[3]))
+
+
+def test_benchmark_compares_identical_outputs_of_both_tokenisers() -> None:
+    from pipelines.bench.tokens import bench_tokens
+
+    result = bench_tokens(n=3_000, repeat=1)
+    assert result["emails"]["distinct_values"] == 2_700
+    assert result["visitor_ids"]["distinct_values"] == 300
+    assert result["speedup"] == min(result["emails"]["speedup"], result["visitor_ids"]["speedup"])
