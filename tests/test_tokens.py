@@ -9,6 +9,7 @@ import duckdb
 import pandas as pd
 import pytest
 
+from pipelines.bench.tokens import bench_tokens
 from pipelines.normalise import normalise_email, normalise_phone
 from pipelines.pseudo.keys import derive_domain_key
 from pipelines.pseudo.tokens import hmac_sql, key_params, normalise_sql, tokenise_series, tokenise_table
@@ -97,8 +98,6 @@ def test_statistics_and_marketing_tokens_cannot_be_joined() -> None:
 
 
 def test_benchmark_compares_identical_outputs_of_both_tokenisers() -> None:
-    from pipelines.bench.tokens import bench_tokens
-
     result = bench_tokens(n=3_000, repeat=1)
     assert result["emails"]["distinct_values"] == 2_700
     assert result["visitor_ids"]["distinct_values"] == 300
