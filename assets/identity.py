@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from pipelines.duck import scalar
 from pipelines.identity import resolve_identities
 from pipelines.resources import WarehouseResource
 
@@ -22,6 +23,6 @@ from pipelines.resources import WarehouseResource
 def person_links(warehouse: WarehouseResource) -> dg.MaterializeResult:
     with warehouse.connect() as con:
         stats = resolve_identities(con)
-        rows = con.execute("SELECT count(*) FROM identity.person_links").fetchone()[0]
+        rows = scalar(con, "SELECT count(*) FROM identity.person_links")
     metadata = {k: dg.MetadataValue.int(v) for k, v in stats.items()}
     return dg.MaterializeResult(metadata={"dagster/row_count": dg.MetadataValue.int(rows), **metadata})

@@ -15,13 +15,7 @@ import dagster as dg
 import assets as assets_package
 import sensors as sensors_package
 from pipelines.jobs import ALL_JOBS
-from pipelines.resources import (
-    AnalyticsFileResource,
-    ComplianceStoreResource,
-    NavigationSourceResource,
-    SqlSourceResource,
-    WarehouseResource,
-)
+from pipelines.resources import default_resources
 
 
 def _modules(package: ModuleType) -> list[ModuleType]:
@@ -34,18 +28,6 @@ def _modules(package: ModuleType) -> list[ModuleType]:
 
 def _instances(modules: list[ModuleType], kind: type) -> list:
     return [obj for module in modules for obj in vars(module).values() if isinstance(obj, kind)]
-
-
-def default_resources() -> dict[str, object]:
-    """Resources with every path/URL left unset: each resolves env var, then project default."""
-    return {
-        "warehouse": WarehouseResource(),
-        "analytics": AnalyticsFileResource(),
-        "member_source": SqlSourceResource(system="members"),
-        "prospect_source": SqlSourceResource(system="prospects"),
-        "navigation": NavigationSourceResource(),
-        "compliance": ComplianceStoreResource(),
-    }
 
 
 _asset_modules = _modules(assets_package)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import duckdb
 
+from pipelines.duck import scalar
 from pipelines.normalise import email_sql, phone_sql
 
 _EDGES_SQL = f"""
@@ -51,9 +52,7 @@ def resolve_identities(con: duckdb.DuckDBPyConnection, max_rounds: int = 50) -> 
     rounds = 0
     for rounds in range(1, max_rounds + 1):  # noqa: B007 - the count is reported
         con.execute(_PROPAGATE_SQL)
-        changed = con.execute(
-            "SELECT count(*) FROM _next n JOIN _labels l USING (node) WHERE n.label <> l.label"
-        ).fetchone()[0]
+        changed = scalar(con, "SELECT count(*) FROM _next n JOIN _labels l USING (node) WHERE n.label <> l.label")
         con.execute("CREATE OR REPLACE TEMP TABLE _labels AS SELECT * FROM _next")
         if changed == 0:
             break
@@ -82,7 +81,7 @@ def resolve_identities(con: duckdb.DuckDBPyConnection, max_rounds: int = 50) -> 
                     HAVING bool_or(node_type = 'member') AND bool_or(node_type = 'prospect')))
         FROM identity.person_links
         """
-    ).fetchone()
+    ).fetchall()[0]
     keys = (
         "persons", "persons_with_member_record", "prospect_records", "visitor_records", "prospects_linked_to_members"
     )

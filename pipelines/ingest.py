@@ -18,6 +18,8 @@ import duckdb
 import pyarrow as pa
 import sqlalchemy as sa
 
+from pipelines.duck import quote, scalar
+
 QUARANTINE_DDL = """
 CREATE SCHEMA IF NOT EXISTS raw;
 CREATE TABLE IF NOT EXISTS raw.quarantine (
@@ -49,10 +51,6 @@ def duckdb_type(column: sa.Column) -> str:
         if isinstance(column.type, sa_type):
             return duck
     return "VARCHAR"
-
-
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def read_sql_table(engine: sa.Engine, table: sa.Table, batch_size: int = 250_000) -> pa.Table:
@@ -130,10 +128,10 @@ def load_typed(
         raise
     finally:
         con.execute("DROP TABLE IF EXISTS _staged")
-    rows = con.execute(f"SELECT count(*) FROM {target}").fetchone()[0]
-    quarantined = con.execute(
-        "SELECT count(*) FROM raw.quarantine WHERE system = ? AND table_name = ?", [system, table]
-    ).fetchone()[0]
+    rows = scalar(con, f"SELECT count(*) FROM {target}")
+    quarantined = scalar(
+        con, "SELECT count(*) FROM raw.quarantine WHERE system = ? AND table_name = ?", [system, table]
+    )
     return IngestResult(table=table, rows=rows, quarantined=quarantined)
 
 
@@ -192,10 +190,14 @@ def ingest_parquet(
     )
     con.execute("DELETE FROM raw.ingested_files WHERE list_contains(?, path)", [stale])
     if changed:
-        con.executemany(
-            "INSERT INTO raw.ingested_files VALUES (?, ?, ?, NULL, now())",
-            [[p, stats[p].st_size, stats[p].st_mtime_ns] for p in changed],
-        )
+        manifest = pa.table({
+            "path": changed,
+            "size": [stats[p].st_size for p in changed],
+            "mtime_ns": [stats[p].st_mtime_ns for p in changed],
+        })
+        con.register("_manifest", manifest)
+        con.execute("INSERT INTO raw.ingested_files SELECT path, size, mtime_ns, NULL, now() FROM _manifest")
+        con.unregister("_manifest")
     return result
 
 

@@ -116,3 +116,20 @@ class ComplianceStoreResource(dg.ConfigurableResource):
     @property
     def reports_dir(self) -> Path:
         return self._under(settings.reports_dir(), "reports")
+
+
+def default_resources() -> dict[str, dg.ConfigurableResource]:
+    """Every resource with its paths/URLs unset: each resolves its env var, then the project default."""
+    from pipelines.policy.resource import PoliciesResource
+    from pipelines.pseudo.keys import PseudonymisationKeyResource
+
+    return {
+        "policies": PoliciesResource(),
+        "pseudonymisation_key": PseudonymisationKeyResource(),
+        "warehouse": WarehouseResource(),
+        "analytics": AnalyticsFileResource(),
+        "member_source": SqlSourceResource(system="members"),
+        "prospect_source": SqlSourceResource(system="prospects"),
+        "navigation": NavigationSourceResource(),
+        "compliance": ComplianceStoreResource(),
+    }

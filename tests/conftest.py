@@ -93,13 +93,13 @@ class Sandbox:
         return self.root / "analytics.duckdb"
 
     def resources(self) -> dict[str, object]:
-        from pipelines.definitions import default_resources
         from pipelines.resources import (
             AnalyticsFileResource,
             ComplianceStoreResource,
             NavigationSourceResource,
             SqlSourceResource,
             WarehouseResource,
+            default_resources,
         )
 
         return {
