@@ -27,6 +27,7 @@ TARGET_SCHEMA = pa.schema([
 ])
 
 ACTIONS = ("rectify", "lift_restriction", "restrict", "anonymise", "erase", "suppress")
+SUPPRESSION_TABLE = "suppression_list"
 NAVIGATION_TABLES = ("navigation_events", "cookie_consents")
 NAVIGATION_ACTIONS = ("erase", "anonymise")
 
@@ -78,7 +79,7 @@ def _check_combo(system: str, table_name: str, key_column: str, action: str) -> 
     if action in ("restrict", "lift_restriction") and not all(c in table.c for c in RESTRICTION_COLUMNS):
         raise ValueError(f"{where}: the table has no restriction columns {RESTRICTION_COLUMNS}; restrict the "
                          "subject's row in the table that carries them")
-    if action == "suppress" and (table_name, key_column) != ("suppression_list", "contact_hash"):
+    if action == "suppress" and (table_name, key_column) != (SUPPRESSION_TABLE, "contact_hash"):
         raise ValueError(f"{where}: suppress targets suppression_list.contact_hash")
 
 

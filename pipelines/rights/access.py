@@ -1,0 +1,114 @@
+"""Access requests (art. 15): one export bundle per request with everything held on the person.
+
+`<exports_dir>/<request_id>/` holds one CSV per table and location (`source.members.contracts.csv`,
+`warehouse.raw.contracts.csv`, `warehouse.archive.accounting_entries.csv`, ...) and `bundle.json` with the
+same rows plus, per table, the purposes (legal basis, retention, end action), the recipients and the
+transfers that apply, read from the policy. The folder is written under a temporary name and renamed, so
+a reader never sees half a bundle.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import sqlalchemy as sa
+
+from pipelines.duck import quote
+from pipelines.policy.models import Policy
+from pipelines.rights.intake import table_exists
+from pipelines.rights.scope import subject_tables
+from pipelines.sources.schema import SQL_SYSTEMS
+
+WAREHOUSE_SCHEMAS = ("raw", "archive")
+NAVIGATION_DIRS = {"navigation_events": "events", "cookie_consents": "consents"}
+
+
+def _source_rows(engines: dict[str, sa.Engine | None], navigation_dir: Path | None, system: str, table: str,
+                 key_column: str, keys: list[str]) -> pa.Table | None:
+    if system in SQL_SYSTEMS:
+        engine = engines.get(system)
+        if engine is None:
+            return None
+        source = SQL_SYSTEMS[system].tables[table]
+        with engine.connect() as con:
+            result = con.execute(sa.select(source).where(
+                sa.cast(source.c[key_column], sa.Text).in_(keys)))
+            return pa.Table.from_pylist([dict(r) for r in result.mappings()])
+    files = sorted((navigation_dir / NAVIGATION_DIRS[table]).rglob("*.parquet")) if navigation_dir else []
+    if not files:
+        return None
+    with duckdb.connect() as con:
+        return con.sql(
+            f"SELECT * FROM read_parquet($files, hive_partitioning = false) "
+            f"WHERE CAST({quote(key_column)} AS VARCHAR) IN (SELECT unnest($keys))",
+            params={"files": [str(f) for f in files], "keys": keys}).to_arrow_table()
+
+
+def _policy_notes(policy: Policy, table: str) -> dict[str, object]:
+    ds = policy.dataset(table)
+    purposes = []
+    for key in ds.purposes:
+        purpose, rule = policy.purpose(key), policy.rule_for(key, table)
+        purposes.append({"purpose": key, "name": purpose.name, "legal_basis": purpose.legal_basis.article_6,
+                         "active": rule.active, "clock": rule.clock, "archive": rule.archive,
+                         "end_action": rule.end_action, "legal_source": rule.legal_source})
+    recipients = [{"recipient": r.name, "kind": r.kind, "country": r.country,
+                   "transfer": r.transfer.mechanism if r.transfer else None,
+                   "columns": sorted({c for d in r.receives if d.dataset == table for c in d.columns})}
+                  for r in policy.recipients if any(d.dataset == table for d in r.receives)]
+    return {"description": ds.description, "purposes": purposes, "recipients": recipients}
+
+
+def write_access_bundle(con: duckdb.DuckDBPyConnection, policy: Policy, *, request_id: int,
+                        subject_token: str, nodes: list[tuple[str, str]], engines: dict[str, sa.Engine | None],
+                        navigation_dir: Path | None, exports_dir: Path) -> Path:
+    """Write the bundle of one request; `nodes` are the person's (node_type, node_value) identity links."""
+    by_type: dict[str, list[str]] = {}
+    for node_type, value in nodes:
+        by_type.setdefault(node_type, []).append(value)
+    final = exports_dir / str(request_id)
+    work = exports_dir / f".{request_id}.tmp"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    found: dict[str, list[pa.Table]] = {}
+    table_of: dict[str, str] = {}
+    for st in subject_tables(policy):
+        keys = by_type.get(st.node_type, [])
+        if not keys:
+            continue
+        located = {f"source.{st.system}.{st.table_name}": _source_rows(
+            engines, navigation_dir, st.system, st.table_name, st.key_column, keys)}
+        for schema in WAREHOUSE_SCHEMAS:
+            if table_exists(con, schema, st.table_name):
+                located[f"warehouse.{schema}.{st.table_name}"] = con.sql(
+                    f"SELECT * FROM {schema}.{quote(st.table_name)} WHERE CAST({quote(st.key_column)} AS VARCHAR) "
+                    "IN (SELECT unnest($keys))", params={"keys": keys}).to_arrow_table()
+        for location, rows in located.items():
+            if rows is not None and rows.num_rows:
+                found.setdefault(location, []).append(rows)
+                table_of[location] = st.table_name
+    tables: dict[str, dict[str, object]] = {}
+    for location, parts in found.items():
+        rows = pa.concat_tables(parts, promote_options="permissive")
+        pacsv.write_csv(rows, work / f"{location}.csv")
+        tables[location] = {"rows": rows.to_pylist(), **_policy_notes(policy, table_of[location])}
+    bundle = {
+        "request_id": request_id,
+        "subject_token": subject_token,
+        "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "controller": policy.purposes_file.controller.name,
+        "rights_contact": policy.purposes_file.controller.rights_contact,
+        "identity_links": [{"node_type": t, "node_value": v} for t, v in nodes],
+        "tables": tables,
+    }
+    (work / "bundle.json").write_text(json.dumps(bundle, indent=1, default=str, ensure_ascii=False))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(work, final)
+    return final

@@ -1,0 +1,75 @@
+"""What a right reaches, read from the policy: which tables hold a person's rows, which of them a legal
+obligation keeps on erasure, which serve only direct marketing, which carry a restriction flag.
+
+Nothing here names a purpose or a table: legal obligation = purposes whose legal basis is art. 6(1)(c)
+with an archive period; direct marketing = the purposes the `marketing_consent` columns serve; legal
+holds come from `legal_holds` in datasets.yaml.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from pipelines.policy.models import Policy, duration_parts
+from pipelines.pushback.targets import SUPPRESSION_TABLE
+from pipelines.sources.schema import RESTRICTION_COLUMNS, SQL_SYSTEMS
+
+LEGAL_OBLIGATION = "6(1)(c)"
+CONSENT_COLUMN = "marketing_consent"
+
+
+@dataclass(frozen=True)
+class SubjectTable:
+    system: str
+    table_name: str
+    key_column: str
+    node_type: str  # member | prospect | visitor (identity.person_links node_type)
+    primary_key: str
+    kept_reason: str | None  # why erasure archives these rows instead of deleting them
+    marketing_only: bool  # every purpose of the subject column is direct marketing
+    restrictable: bool  # carries restricted_at / restriction_decision_id at the source
+
+
+def marketing_purposes(policy: Policy) -> set[str]:
+    return {p for ds in policy.datasets for c in ds.columns if c.name == CONSENT_COLUMN for p in c.purposes}
+
+
+def _legal_obligations(policy: Policy) -> dict[str, str]:
+    """purpose -> its legal source, for purposes a legal obligation imposes and that keep an archive."""
+    return {p.key: p.retention.legal_source for p in policy.purposes
+            if p.legal_basis.article_6 == LEGAL_OBLIGATION and any(duration_parts(p.retention.archive))}
+
+
+def subject_tables(policy: Policy) -> list[SubjectTable]:
+    obligations = _legal_obligations(policy)
+    marketing = marketing_purposes(policy)
+    found = []
+    for ds in policy.datasets:
+        if ds.name == SUPPRESSION_TABLE:  # the suppression list must outlive erasure (art. 21(3), 3 years)
+            continue
+        for subject in ds.subjects:
+            purposes = set(ds.column(subject.column).purposes)
+            kept = sorted(purposes) if purposes and purposes <= set(obligations) else []
+            table = SQL_SYSTEMS[ds.system].tables[ds.name] if ds.system in SQL_SYSTEMS else None
+            found.append(SubjectTable(
+                system=ds.system, table_name=ds.name, key_column=subject.column, node_type=subject.type,
+                primary_key=ds.primary_key,
+                kept_reason="art. 17(3)(b) legal obligation: " + "; ".join(
+                    f"{p} ({obligations[p]})" for p in kept) if kept else None,
+                marketing_only=bool(purposes) and purposes <= marketing,
+                restrictable=table is not None and all(c in table.c for c in RESTRICTION_COLUMNS),
+            ))
+    return found
+
+
+def subject_tables_arrow(policy: Policy) -> pa.Table:
+    rows = [vars(s) for s in subject_tables(policy)]
+    return pa.Table.from_pylist(rows)
+
+
+def legal_hold_sql(policy: Policy, alias: str) -> list[tuple[str, str, str]]:
+    """(table, SQL condition over the table aliased `alias`, reason) per declared legal hold."""
+    return [(h.table, f"CAST({alias}.{h.column} AS VARCHAR) = '{h.equals}'",
+             f"art. 17(3)(e) legal claims: {h.description}") for h in policy.datasets_file.legal_holds]
