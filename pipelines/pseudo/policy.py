@@ -9,9 +9,9 @@ person out. Also the direct-identifier columns of the warehouse that must never 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from pipelines import settings
 from pipelines.policy.loader import load_policy_file
@@ -19,7 +19,8 @@ from pipelines.pseudo.generalise import parse_level
 
 Role = Literal["pseudonym", "quasi_identifier", "attribute", "measure"]
 ExclusionReason = Literal["restricted", "objection", "objection_prospecting", "erased"]
-Name = Field(pattern=r"^[a-z][a-z0-9_]*$")
+# Table and column names end up in SQL identifiers: plain lower-case names only.
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$")]
 
 POLICY_FILE = "pseudonymisation.yaml"
 
@@ -29,10 +30,10 @@ class _Strict(BaseModel):
 
 
 class ColumnPolicy(_Strict):
-    name: str = Name
+    name: Name
     role: Role
     description: str = Field(min_length=1)
-    source: str = Name
+    source: Name
     normalise: Literal["id", "email", "phone", "as_is"] | None = None
     levels: tuple[str, ...] = ("keep",)
     aggregate: Literal["count", "count_distinct", "sum", "avg"] | None = None
@@ -60,7 +61,7 @@ class TablePolicy(_Strict):
     domain: str
     description: str = Field(min_length=1)
     k: int | None = Field(default=None, ge=2)
-    subject: str = Name
+    subject: Name
     columns: tuple[ColumnPolicy, ...] = Field(min_length=1)
     dropped: tuple[str, ...] = ()
 
@@ -101,9 +102,9 @@ class PseudonymisationPolicy(_Strict):
     version: int = Field(ge=1)
     default_k: int = Field(default=5, ge=2)
     max_suppression_ratio: float = Field(default=0.05, ge=0, le=1)
-    domains: dict[str, DomainPolicy]
-    direct_identifiers: dict[str, tuple[str, ...]]
-    tables: dict[str, TablePolicy]
+    domains: dict[Name, DomainPolicy]
+    direct_identifiers: dict[Name, tuple[Name, ...]]
+    tables: dict[Name, TablePolicy]
 
     @model_validator(mode="after")
     def _domains_known(self) -> PseudonymisationPolicy:

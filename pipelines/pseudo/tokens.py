@@ -37,15 +37,15 @@ def hmac_pads(key: bytes) -> tuple[bytes, bytes]:
     return SecretKey(bytes(b ^ 0x36 for b in key)), SecretKey(bytes(b ^ 0x5C for b in key))
 
 
-def key_params(key: bytes, prefix: str = "k") -> dict[str, bytes]:
+def key_params(key: bytes) -> dict[str, bytes]:
+    """The query parameters `hmac_sql` refers to."""
     ipad, opad = hmac_pads(key)
-    return {f"{prefix}_ipad": ipad, f"{prefix}_opad": opad}
+    return {"k_ipad": ipad, "k_opad": opad}
 
 
-def hmac_sql(blob_expr: str, prefix: str = "k") -> str:
-    """SQL for the hex HMAC of a BLOB expression under the key bound by `key_params(key, prefix)`."""
-    inner = f"unhex(sha256(${prefix}_ipad || {blob_expr}))"
-    return f"sha256(${prefix}_opad || {inner})"
+def hmac_sql(blob_expr: str) -> str:
+    """SQL for the hex HMAC of a BLOB expression under the key bound by `key_params(key)`."""
+    return f"sha256($k_opad || unhex(sha256($k_ipad || {blob_expr})))"
 
 
 def normalise_sql(kind: str, column: str) -> str:
