@@ -79,19 +79,19 @@ def _clock_sql(policy: Policy, name: str, sources: dict[str, str]) -> str:
             f"bool_or({open_expr}) AS is_open FROM ({sources[ds.name]}) GROUP BY ALL")
 
 
-def _purpose_sql(policy: Policy, ds: Dataset, purpose: str, rule: RetentionRule, as_of: str) -> str:
+def _purpose_sql(policy: Policy, ds: Dataset, purpose: str, rule: RetentionRule, as_of: str, prefix: str) -> str:
     clock = policy.clocks[rule.clock]
     clock_ds = policy.dataset(clock.table)
     if clock.per == "subject":
         clock_types = sorted({s.type for s in clock_ds.subjects})
-        join = (f"LEFT JOIN _clock_{rule.clock} k ON k.clock_key = r.subject_id "
+        join = (f"LEFT JOIN {prefix}_clock_{rule.clock} k ON k.clock_key = r.subject_id "
                 f"AND k.clock_subject_type = r.subject_type")
         where = f"WHERE r.subject_type IN ({', '.join(lit(t) for t in clock_types)})"
     else:
         target = f"{clock.table}.{clock_ds.primary_key}"
         ref = next((c for c, t in ds.references.items() if t == target), None)
         key = "r.record_key" if clock.table == ds.name else f"r.{q('_ref_' + str(ref))}"
-        join, where = f"LEFT JOIN _clock_{rule.clock} k ON k.clock_key = {key}", ""
+        join, where = f"LEFT JOIN {prefix}_clock_{rule.clock} k ON k.clock_key = {key}", ""
     active_until = f"k.clock + {sql_interval(rule.active)}"
     archive_until = f"k.clock + {sql_interval(rule.active)} + {sql_interval(rule.archive)}"
     ended = "to_anonymise" if rule.end_action == "anonymise" else "to_erase"
@@ -111,7 +111,7 @@ def _purpose_sql(policy: Policy, ds: Dataset, purpose: str, rule: RetentionRule,
                          THEN 'archive until ' || strftime({archive_until}, '%Y-%m-%d')
                     ELSE {lit(rule.end_action + ' since ')} || strftime({archive_until}, '%Y-%m-%d') END
                  || {lit(f' ({rule.describe()})')} AS purpose_reason
-        FROM _records_{ds.name} r {join} {where}"""
+        FROM {prefix}_records_{ds.name} r {join} {where}"""
 
 
 def _records_sql(ds: Dataset, source: str) -> str:
@@ -147,25 +147,28 @@ def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pref
     """
     as_of_text = as_of.isoformat()
     sources = {ds.name: sql for ds in policy.datasets if (sql := source_sql(con, ds)) is not None}
-    ctes = {f"_clock_{name}": _clock_sql(policy, name, sources)
-            for name, clock in policy.clocks.items() if clock.table in sources}
+    # Clocks and record lists as temp tables: each is read by several purposes, computed once.
+    helpers = {f"{prefix}_clock_{name}": _clock_sql(policy, name, sources)
+               for name, clock in policy.clocks.items() if clock.table in sources}
     selects = []
     for ds in policy.datasets:
         if not ds.subjects or ds.name not in sources:
             continue
-        ctes[f"_records_{ds.name}"] = _records_sql(ds, sources[ds.name])
+        helpers[f"{prefix}_records_{ds.name}"] = _records_sql(ds, sources[ds.name])
         for purpose in ds.purposes:
             rule = policy.rule_for(purpose, ds.name)
             if policy.clocks[rule.clock].table in sources:
-                selects.append(_purpose_sql(policy, ds, purpose, rule, as_of_text))
-    with_clause = ",\n".join(f"{name} AS ({sql})" for name, sql in ctes.items())
+                selects.append(_purpose_sql(policy, ds, purpose, rule, as_of_text, prefix))
+    for name, sql in helpers.items():
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
     body = " UNION ALL ".join(selects) if selects else (
         "SELECT NULL::VARCHAR dataset, NULL::VARCHAR record_key, NULL::VARCHAR subject_type, NULL::VARCHAR "
         "subject_id, NULL::VARCHAR location, NULL::VARCHAR purpose, NULL::TIMESTAMP clock_start, NULL::TIMESTAMP "
         "active_until, NULL::TIMESTAMP archive_until, NULL::VARCHAR purpose_status, NULL::VARCHAR purpose_reason "
         "WHERE false")
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {prefix}_purposes AS WITH {with_clause} {body}"
-                if ctes else f"CREATE OR REPLACE TEMP TABLE {prefix}_purposes AS {body}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {prefix}_purposes AS {body}")
+    for name in helpers:
+        con.execute(f"DROP TABLE {name}")
     restricted, held = _flags_sql(policy, sources)
     systems = " ".join(f"WHEN {lit(ds.name)} THEN {lit(ds.system)}" for ds in policy.datasets)
     con.execute(f"""
