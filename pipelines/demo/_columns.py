@@ -17,10 +17,9 @@ _ALPHABETS = {
     "D": np.frombuffer(b"0123456789", np.uint8),
     "L": np.frombuffer(b"ABCDEFGHJKLMNPRSTUVWXYZ", np.uint8),
     "A": np.frombuffer(b"0123456789ABCDEFGHJKLMNPRSTUVWXYZ", np.uint8),
-    "X": np.frombuffer(b"0123456789abcdef", np.uint8),
-    "Y": np.frombuffer(b"89ab", np.uint8),  # the RFC 4122 variant nibble of a uuid
 }
-UUID_PATTERN = "XXXXXXXX-XXXX-4XXX-YXXX-XXXXXXXXXXXX"
+# Byte value -> its two hex characters, as one 16-bit word so a single gather formats a whole byte.
+_HEX_PAIRS = np.frombuffer("".join(f"{b:02x}" for b in range(256)).encode(), dtype=np.uint16)
 
 
 def weighted_choice(rng: np.random.Generator, weights: Sequence[float], n: int) -> np.ndarray:
@@ -64,12 +63,45 @@ def month_start(days: np.ndarray) -> np.ndarray:
 
 
 def random_codes(rng: np.random.Generator, n: int, pattern: str) -> pa.Array:
-    """Strings shaped like `pattern`: D digit, L letter, A alphanumeric, X hex, Y uuid variant, else literal."""
-    codes = np.empty((n, len(pattern)), dtype=np.uint8)
+    """Strings shaped like `pattern`: D digit, L letter, A alphanumeric, else a literal character."""
+    # Each position takes one byte of raw 64-bit draws (the slight modulo bias is irrelevant for fake codes).
+    # Built position-major (contiguous rows of n bytes), then transposed once into n strings.
+    words = rng.bit_generator.random_raw(((len(pattern) + 7) // 8, n))
+    codes = np.empty((len(pattern), n), dtype=np.uint8)
     for j, ch in enumerate(pattern):
         alphabet = _ALPHABETS.get(ch)
-        codes[:, j] = ord(ch) if alphabet is None else alphabet[rng.integers(0, len(alphabet), n)]
-    return pa.array(codes.view(f"S{len(pattern)}").ravel(), pa.binary()).cast(pa.string())
+        if alphabet is None:
+            codes[j] = ord(ch)
+        else:
+            byte = ((words[j // 8] >> np.uint64(8 * (j % 8))) & np.uint64(0xFF)).astype(np.uint8)
+            codes[j] = alphabet[byte % len(alphabet)]
+    return _fixed_width_strings(np.ascontiguousarray(codes.T))
+
+
+def _fixed_width_strings(chars: np.ndarray) -> pa.Array:
+    """An (n, width) matrix of ASCII bytes as n strings, sharing its memory (no per-string conversion)."""
+    n, width = chars.shape
+    offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(chars)))
+
+
+def random_uuids(rng: np.random.Generator, n: int) -> pa.Array:
+    """Version-4-shaped uuids (cookie and event ids), built as one (n, 36) byte matrix from raw draws."""
+    raw = rng.bit_generator.random_raw((n, 2)).view(np.uint8)
+    hex_digits = _HEX_PAIRS[raw.ravel()].view(np.uint8).reshape(n, 32)
+    out = np.full((n, 36), ord("-"), dtype=np.uint8)
+    for start, stop, offset in ((0, 8, 0), (9, 13, 1), (14, 18, 2), (19, 23, 3), (24, 36, 4)):
+        out[:, start:stop] = hex_digits[:, start - offset:stop - offset]
+    out[:, 14] = ord("4")
+    out[:, 19] = np.frombuffer(b"89ab", np.uint8)[raw[:, 9] & 3]  # the RFC 4122 variant
+    return _fixed_width_strings(out)
+
+
+def dictionary(values: Sequence[str | None], idx: np.ndarray) -> pa.DictionaryArray:
+    """Dictionary-encoded text: long repeated values (user agents, URLs) cost 4 bytes a row, not their length."""
+    present = [v for v in values if v is not None]
+    code = np.array([present.index(v) if v is not None else -1 for v in values], dtype=np.int32)[idx]
+    return pa.DictionaryArray.from_arrays(pa.array(code, mask=code < 0), pa.array(present, pa.string()))
 
 
 def pick(values: pa.Array | Sequence[object], idx: np.ndarray) -> pa.Array:

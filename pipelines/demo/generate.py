@@ -15,9 +15,11 @@ a few malformed rows that ingestion must quarantine.
 from __future__ import annotations
 
 import datetime as dt
+import multiprocessing
 import shutil
 import sqlite3
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -32,12 +34,12 @@ import sqlalchemy as sa
 from pipelines.demo import _vocabulary as vocab
 from pipelines.demo._columns import (
     SECONDS_PER_DAY,
-    UUID_PATTERN,
     at_office_hours,
     between,
     concat,
     cycle_values,
     date_text,
+    dictionary,
     format_phones,
     messy_emails,
     month_start,
@@ -45,6 +47,7 @@ from pipelines.demo._columns import (
     phone_numbers,
     pick,
     random_codes,
+    random_uuids,
     replace_where,
     timestamp_text,
     weighted_choice,
@@ -62,6 +65,8 @@ from pipelines.sources.schema import (
 _EPOCH = dt.date(1970, 1, 1)
 _YEAR = 365
 _INSERT_BATCH = 250_000
+# Below this size starting a second Python process costs more than it saves.
+_PARALLEL_FROM_MEMBERS = 50_000
 # Subscriber-number ranges (see phone_numbers) kept apart so only deliberate duplicates share a phone.
 _PROSPECT_PHONE_BASE = 10_000_000
 _REQUEST_PHONE_BASE = 90_000_000
@@ -567,7 +572,7 @@ def _suppression_list(rng: np.random.Generator, prospects: pa.Table, today: int)
 def _navigation(rng: np.random.Generator, members: int, today: int) -> tuple[pa.Table, pa.Table]:
     """Ten events per member over the last ~30 months, by cookie visitors (~30% of events logged in)."""
     visitors, events = max(50, 2 * members), 10 * members
-    visitor_id = random_codes(rng, visitors, UUID_PATTERN)
+    visitor_id = random_uuids(rng, visitors)
     visitor_member = pa.array(rng.integers(1, members + 1, visitors), mask=rng.random(visitors) >= 0.35)
     city = _city_columns(rng, visitors)
     octets = [pa.array(rng.integers(1, 255, visitors)).cast(pa.string()) for _ in range(3)]
@@ -585,19 +590,20 @@ def _navigation(rng: np.random.Generator, members: int, today: int) -> tuple[pa.
     paths, path_weights = zip(*vocab.URL_PATHS, strict=True)
     referrers, referrer_weights = zip(*vocab.REFERRERS, strict=True)
     no_visitor = null_mask(events, rng.choice(events, _malformed_count(events), replace=False))
-    event_table = pa.table({
-        "event_id": random_codes(rng, events, UUID_PATTERN),
-        "visitor_id": with_nulls(visitor_id.take(by), no_visitor),
-        "member_id": with_nulls(visitor_member.take(by), ~logged_in),
+    columns = {
+        "event_id": random_uuids(rng, events),
+        "visitor_id": visitor_id.take(pa.array(who, mask=no_visitor)),
+        "member_id": visitor_member.take(pa.array(who, mask=~logged_in)),
         "ts": pa.array(ts * 1_000_000 + rng.integers(0, 1_000_000, events), pa.timestamp("us")),
-        "url": concat(vocab.SITE, pick(paths, weighted_choice(rng, path_weights, events))),
-        "referrer": pick(referrers, weighted_choice(rng, referrer_weights, events)),
+        "url": dictionary([vocab.SITE + p for p in paths], weighted_choice(rng, path_weights, events)),
+        "referrer": dictionary(referrers, weighted_choice(rng, referrer_weights, events)),
         "ip_address": ip.take(by),
-        "user_agent": pick(vocab.USER_AGENTS, agent[who]),
-        "city": pick([c[0] for c in vocab.CITIES], city[who]),
+        "user_agent": dictionary(vocab.USER_AGENTS, agent[who]),
+        "city": dictionary([c[0] for c in vocab.CITIES], city[who]),
         "latitude": np.round(latitude[who], 5),
         "longitude": np.round(longitude[who], 5),
-    }, schema=NAVIGATION_EVENT_SCHEMA)
+    }
+    event_table = pa.table([columns[f.name] for f in NAVIGATION_EVENT_SCHEMA], names=NAVIGATION_EVENT_SCHEMA.names)
 
     # Consent banner answered just before the first visit: 75% accept analytics, 15% refuse, 10% never
     # answer; 5% change their mind later (the latest answer counts).
@@ -613,7 +619,7 @@ def _navigation(rng: np.random.Generator, members: int, today: int) -> tuple[pa.
     later_at = between(rng, first_seen[changed], np.full(len(changed), now - 1))
     rows = len(visitor)
     consents = pa.table({
-        "consent_id": random_codes(rng, rows, UUID_PATTERN),
+        "consent_id": random_uuids(rng, rows),
         "visitor_id": visitor_id.take(pa.array(visitor)),
         "consented_at": pa.array(np.concatenate([first_at, later_at]) * 1_000_000, pa.timestamp("us")),
         "analytics": analytics,
@@ -671,23 +677,34 @@ def _write_navigation(folder: Path, events: pa.Table, consents: pa.Table) -> Non
     for first, stop in zip(starts.tolist(), ends.tolist(), strict=True):
         partition = folder / "events" / f"day={_EPOCH + dt.timedelta(days=int(day[first]))}"
         partition.mkdir(parents=True)
-        pq.write_table(events.slice(first, stop - first), partition / "part-0.parquet")
+        # Text columns are dictionary-encoded in memory; without the stored Arrow schema the files read back
+        # as plain strings, exactly NAVIGATION_EVENT_SCHEMA.
+        pq.write_table(events.slice(first, stop - first), partition / "part-0.parquet", store_schema=False)
     (folder / "consents").mkdir(parents=True)
     pq.write_table(consents, folder / "consents" / "consents.parquet")
 
 
-def generate(out_dir: Path, members: int, seed: int, as_of: dt.date) -> dict[str, int]:
-    """Write the three source systems under out_dir (replacing earlier output); rows written per table."""
-    if members < 20:
-        raise ValueError("the generator needs at least 20 members to plant every edge case")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    streams = np.random.SeedSequence([seed, as_of.toordinal()]).spawn(len(_STREAMS))
-    rng = {name: np.random.default_rng(s) for name, s in zip(_STREAMS, streams, strict=True)}
-    words = vocab.sample_vocabulary(seed)
-    today = (as_of - _EPOCH).days
+@dataclass(frozen=True)
+class _Run:
+    """What one generation is determined by; picklable so the second process can rebuild the same state."""
 
-    member_table, m = _members(rng["members"], words, members, today)
+    out_dir: Path
+    members: int
+    seed: int
+    as_of: dt.date
+
+    def start(self) -> tuple[dict[str, np.random.Generator], vocab.Vocabulary, int, pa.Table, _Members]:
+        """Independent random streams per table, the vocabularies and the members every system refers to."""
+        streams = np.random.SeedSequence([self.seed, self.as_of.toordinal()]).spawn(len(_STREAMS))
+        rng = {name: np.random.default_rng(s) for name, s in zip(_STREAMS, streams, strict=True)}
+        words = vocab.sample_vocabulary(self.seed)
+        today = (self.as_of - _EPOCH).days
+        member_table, m = _members(rng["members"], words, self.members, today)
+        return rng, words, today, member_table, m
+
+
+def _member_system(run: _Run) -> dict[str, int]:
+    rng, words, today, member_table, m = run.start()
     contributions, recoveries = _contributions(rng["contributions"], m, today)
     litigation, under_legal_hold = _litigation_cases(rng["litigation_cases"], m, today)
     requests, request_members, request_received = _rights_requests(
@@ -707,9 +724,11 @@ def generate(out_dir: Path, members: int, seed: int, as_of: dt.date) -> dict[str
         "litigation_cases": litigation,
         "rights_requests": requests,
     }
-    counts = _write_sqlite(out_dir / "members.db", member_metadata, member_tables)
-    del member_tables
+    return _write_sqlite(run.out_dir / "members.db", member_metadata, member_tables)
 
+
+def _prospecting_and_navigation(run: _Run) -> dict[str, int]:
+    rng, words, today, _, m = run.start()
     prospects = _prospects(rng["prospects"], words, m, today)
     suppression, prospects = _suppression_list(rng["suppression_list"], prospects, today)
     campaigns = _campaigns(rng["campaigns"], today)
@@ -717,12 +736,34 @@ def generate(out_dir: Path, members: int, seed: int, as_of: dt.date) -> dict[str
         "prospects": prospects,
         "campaigns": campaigns,
         "campaign_selections": _campaign_selections(
-            rng["campaign_selections"], campaigns, members, prospects.num_rows
+            rng["campaign_selections"], campaigns, run.members, prospects.num_rows
         ),
         "suppression_list": suppression,
     }
-    counts |= _write_sqlite(out_dir / "prospects.db", prospect_metadata, prospect_tables)
-
-    events, consents = _navigation(rng["navigation"], members, today)
-    _write_navigation(out_dir / "navigation", events, consents)
+    counts = _write_sqlite(run.out_dir / "prospects.db", prospect_metadata, prospect_tables)
+    del prospect_tables, prospects
+    events, consents = _navigation(rng["navigation"], run.members, today)
+    _write_navigation(run.out_dir / "navigation", events, consents)
     return counts | {"navigation_events": events.num_rows, "cookie_consents": consents.num_rows}
+
+
+def generate(
+    out_dir: Path, members: int, seed: int, as_of: dt.date, *, parallel: bool | None = None
+) -> dict[str, int]:
+    """Write the three source systems under out_dir (replacing earlier output); rows written per table.
+
+    `parallel` (default: from 50,000 members) writes the prospecting platform and the navigation log in a
+    second, spawned process; callers' scripts then need the usual `if __name__ == "__main__"` guard.
+    """
+    if members < 20:
+        raise ValueError("the generator needs at least 20 members to plant every edge case")
+    run = _Run(Path(out_dir), members, seed, as_of)
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    if not (members >= _PARALLEL_FROM_MEMBERS if parallel is None else parallel):
+        return _member_system(run) | _prospecting_and_navigation(run)
+    # Loading SQLite is bound to one core: the member system loads here while the second process writes the
+    # other two systems. Both rebuild the members from the same seed, so the output is the same either way.
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        other = pool.submit(_prospecting_and_navigation, run)
+        counts = _member_system(run)
+        return counts | other.result()
