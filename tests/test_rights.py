@@ -102,6 +102,10 @@ def _copy_sql_sources(sqlite_dir: Path, urls: dict[str, str]) -> dict[str, sa.En
                 rows = [dict(r) for r in read.execute(sa.select(table)).mappings()]
                 if rows:
                     write.execute(table.insert(), rows)
+                pk = next(iter(table.primary_key.columns)).name
+                # explicit keys were inserted: move the serial on, as a live PostgreSQL source would have it
+                write.execute(sa.text(f"SELECT setval(pg_get_serial_sequence('{table.name}', '{pk}'), "
+                                      f"coalesce((SELECT max({pk}) FROM {table.name}), 0) + 1, false)"))
         source.dispose()
         engines[system] = target
     return engines
