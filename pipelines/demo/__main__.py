@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import dagster as dg
+
 from pipelines import settings
 from pipelines.demo.summary import print_summary
 
@@ -31,9 +33,8 @@ def _generate(out: Path, members: int, seed: int, as_of: dt.date) -> dict[str, i
     return counts
 
 
-def _run_nightly(as_of: dt.date) -> bool:
-    import dagster as dg
-
+def run_nightly(as_of: dt.date) -> dg.ExecuteInProcessResult:
+    """Run `nightly_job` in process on the current DagsterInstance (DAGSTER_HOME), as of `as_of`."""
     from pipelines.definitions import defs
 
     job = defs.resolve_job_def("nightly_job")
@@ -44,7 +45,7 @@ def _run_nightly(as_of: dt.date) -> bool:
             raise_on_error=False,
         )
     print(f"nightly_job run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}")
-    return result.success
+    return result
 
 
 def _as_of_run_config(job, as_of: dt.date) -> dict:
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     for folder in (*derived_folders, settings.audit_log_path().parent):
         shutil.rmtree(folder, ignore_errors=True)
     _generate(args.out, args.members, args.seed, args.as_of)
-    ok = _run_nightly(args.as_of)
+    ok = run_nightly(args.as_of).success
     print_summary()
     return 0 if ok else 1
 
