@@ -42,7 +42,7 @@ from pipelines.sources.schema import (
 )
 
 AS_OF = dt.date(2026, 11, 1)
-ENDED, LITIGANT, ACTIVE, RESTRICTED = 1, 2, 3, 4
+ENDED, LITIGANT, ACTIVE, RESTRICTED, LEFT_RECENTLY = 1, 2, 3, 4, 5
 OLD_PROSPECT, YOUNG_PROSPECT = 10, 11
 
 
@@ -124,6 +124,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
                                          "channel": "email", "handled_by": "morocco_complaints_provider",
                                          "subject": "retard", "body": "texte", "created_at": "2023-05-01 10:00:00",
                                          "closed_at": "2023-06-01 10:00:00"})
+    _ended_member_rows(w, LEFT_RECENTLY, "2024-05-01")
     _ended_member_rows(w, LITIGANT, "2019-06-30")
     w.insert("members", "litigation_cases", {"case_id": 1, "member_id": LITIGANT, "opened_at": "2019-07-01 09:00:00",
                                              "status": "open", "subject": "impayés"})
@@ -175,6 +176,21 @@ def test_member_ended_three_years_ago_leaves_active_base_accounting_only_in_arch
     assert world.query(f"SELECT count(*) FROM raw.accounting_entries WHERE member_id = {ENDED}") == [(0,)]
     assert world.query(f"SELECT count(*) FROM archive.accounting_entries WHERE member_id = {ENDED}") == [(1,)]
     assert world.query(f"SELECT count(*) FROM archive.members WHERE member_id = {ENDED}") == [(0,)]
+
+
+def test_contract_past_its_purpose_is_archived_while_it_times_the_member_still_kept(world: World, policy: Policy):
+    """Membership ended 2.5 years ago: the contract's own 2-year archive is over, but the member may still be
+    prospected (3 years) and that clock is the contract's end date: the contract leaves the source and the
+    active base for the archive, and the member's clock survives a second run."""
+    for _ in range(2):
+        world.nightly(policy)
+    assert LEFT_RECENTLY in world.source_keys("members", "members", "member_id")
+    assert LEFT_RECENTLY not in world.source_keys("members", "contracts", "member_id")
+    assert world.query(f"SELECT count(*) FROM archive.contracts WHERE member_id = {LEFT_RECENTLY}") == [(1,)]
+    ledger = world.query("SELECT clock_start::DATE, active_until::DATE, status FROM retention.ledger WHERE "
+                         f"subject_id = '{LEFT_RECENTLY}' AND dataset = 'members' "
+                         "AND purpose = 'communication_marketing'")
+    assert ledger == [(dt.date(2024, 5, 1), dt.date(2027, 5, 1), "active")]
 
 
 def test_open_litigation_and_restriction_keep_everything(world: World, policy: Policy):

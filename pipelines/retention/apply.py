@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from pipelines.audit import AuditLog
 from pipelines.policy.models import Policy
-from pipelines.pushback import apply_decisions
+from pipelines.pushback import TARGET_SCHEMA, apply_decisions
 from pipelines.retention.ledger import q, table_exists
 
 # ledger status -> (warehouse step, source action)
@@ -38,10 +38,13 @@ class WarehouseOutcome:
         return sum(steps.get(step, 0) for steps in self.rows.values())
 
 
-def _keys(dataset: str, status: str, location: str | None = None) -> str:
-    where = f" AND location = '{location}'" if location else ""
-    return (f"SELECT record_key FROM retention.record_status WHERE dataset = '{dataset}' "
-            f"AND status = '{status}'{where}")
+def _keys(dataset: str, status: str) -> str:
+    return f"SELECT record_key FROM retention.record_status WHERE dataset = '{dataset}' AND status = '{status}'"
+
+
+def _identified(columns: list[str]) -> str:
+    """SQL: the row still holds one of `columns` (so anonymising it would change something)."""
+    return "(" + (" OR ".join(f"{q(c)} IS NOT NULL" for c in columns) or "false") + ")"
 
 
 def apply_in_warehouse(con: duckdb.DuckDBPyConnection, policy: Policy) -> WarehouseOutcome:
@@ -60,18 +63,18 @@ def apply_in_warehouse(con: duckdb.DuckDBPyConnection, policy: Policy) -> Wareho
             con.execute(f"CREATE TABLE IF NOT EXISTS {arc} AS SELECT * FROM {raw} WHERE false")
             rows = outcome.rows.setdefault(ds.name, {})
             rows["archive"] = con.execute(
-                f"INSERT INTO {arc} BY NAME SELECT * FROM {raw} WHERE {pk} IN ({_keys(ds.name, 'archived', 'raw')}) "
-                f"AND {pk} NOT IN (SELECT {pk} FROM {arc})").fetchone()[0]
-            con.execute(f"DELETE FROM {raw} WHERE {pk} IN ({_keys(ds.name, 'archived', 'raw')})")
+                f"INSERT INTO {arc} BY NAME SELECT * FROM {raw} WHERE {pk} IN ({_keys(ds.name, 'archived')}) "
+                f"AND {pk} NOT IN (SELECT {pk} FROM {arc})").fetchall()[0][0]
+            con.execute(f"DELETE FROM {raw} WHERE {pk} IN ({_keys(ds.name, 'archived')})")
             rows["erase"] = sum(
-                con.execute(f"DELETE FROM {table} WHERE {pk} IN ({_keys(ds.name, 'to_erase')})").fetchone()[0]
+                con.execute(f"DELETE FROM {table} WHERE {pk} IN ({_keys(ds.name, 'to_erase')})").fetchall()[0][0]
                 for table in (raw, arc))
             columns = ds.anonymised_columns
             if columns:
                 assignments = ", ".join(f"{q(c)} = NULL" for c in columns)
                 rows["anonymise"] = sum(
-                    con.execute(f"UPDATE {table} SET {assignments} WHERE {pk} IN ({_keys(ds.name, 'to_anonymise')})"
-                                ).fetchone()[0]
+                    con.execute(f"UPDATE {table} SET {assignments} WHERE {pk} IN ({_keys(ds.name, 'to_anonymise')}) "
+                                f"AND {_identified(columns)}").fetchall()[0][0]
                     for table in (raw, arc))
         con.execute("COMMIT")
     except Exception:
@@ -81,22 +84,30 @@ def apply_in_warehouse(con: duckdb.DuckDBPyConnection, policy: Policy) -> Wareho
 
 
 def decision_targets(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date) -> pa.Table:
-    """Push-back targets (pipelines.pushback.TARGET_SCHEMA) for the records still in the active base.
+    """Push-back targets (pipelines.pushback.TARGET_SCHEMA) for the records this run found in the sources.
 
-    Rows already in the archive are not in the sources any more (they left when archived), so they need no
-    source decision; anonymised rows carry the policy's identifying columns as the payload.
+    Only what the last ingest copied into raw.* can still be in a source: rows already in the archive left it
+    when archived, rows already anonymised need nothing. Anonymise targets carry the policy's identifying
+    columns as the payload. Call before `apply_in_warehouse`, which empties raw.* of these rows.
     """
     parts = []
     for ds in policy.datasets:
+        if not table_exists(con, "raw", ds.name):
+            continue
         payload = json.dumps(sorted(ds.anonymised_columns))
+        in_raw = f"SELECT CAST({q(ds.primary_key)} AS VARCHAR) FROM raw.{q(ds.name)}"
         for status, (_, action) in STEPS.items():
+            still_there = in_raw + (f" WHERE {_identified(ds.anonymised_columns)}" if action == "anonymise" else "")
             decision = f"retention:{as_of.isoformat()}:{ds.name}:{status}"
             parts.append(f"""
                 SELECT '{decision}' AS decision_id, '{ds.system}' AS system, '{ds.name}' AS table_name,
                        '{ds.primary_key}' AS key_column, record_key AS key_value, '{action}' AS action,
                        {"'" + payload + "'" if action == 'anonymise' else 'NULL'} AS payload
                 FROM retention.record_status
-                WHERE dataset = '{ds.name}' AND status = '{status}' AND location = 'raw'""")
+                WHERE dataset = '{ds.name}' AND status = '{status}'
+                AND record_key IN ({still_there})""")
+    if not parts:
+        return pa.Table.from_pylist([], schema=TARGET_SCHEMA)
     return con.sql(" UNION ALL ".join(parts) + " ORDER BY decision_id, key_value").to_arrow_table()
 
 
@@ -146,12 +157,12 @@ def residue(con: duckdb.DuckDBPyConnection, policy: Policy) -> dict[str, int]:
         if not table_exists(con, "raw", ds.name):
             continue
         pk = f"CAST({q(ds.primary_key)} AS VARCHAR)"
-        identifying = " OR ".join(f"{q(c)} IS NOT NULL" for c in ds.anonymised_columns) or "false"
+        identifying = _identified(ds.anonymised_columns)
         n = con.execute(f"""
             SELECT count(*) FROM raw.{q(ds.name)} WHERE {pk} IN (
                 SELECT record_key FROM retention.record_status WHERE dataset = '{ds.name}'
                 AND status IN ('archived', 'to_erase'))
-            OR ({pk} IN ({_keys(ds.name, 'to_anonymise')}) AND ({identifying}))""").fetchone()[0]
+            OR ({pk} IN ({_keys(ds.name, 'to_anonymise')}) AND {identifying})""").fetchall()[0][0]
         if n:
             left[ds.name] = n
     return left

@@ -33,18 +33,18 @@ def lit(value: str) -> str:
 def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
     return bool(con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-        [schema, table]).fetchone()[0])
+        [schema, table]).fetchall()[0][0])
 
 
 def source_sql(con: duckdb.DuckDBPyConnection, ds: Dataset) -> str | None:
     """Every record of a dataset, active base first, then what only the archive still holds."""
     parts = []
     if table_exists(con, "raw", ds.name):
-        parts.append(f"SELECT *, 'raw' AS _location FROM raw.{q(ds.name)}")
+        parts.append(f"SELECT * FROM raw.{q(ds.name)}")
     if table_exists(con, "archive", ds.name):
         not_in_raw = (f" WHERE {q(ds.primary_key)} NOT IN (SELECT {q(ds.primary_key)} FROM raw.{q(ds.name)})"
                       if parts else "")
-        parts.append(f"SELECT *, 'archive' AS _location FROM archive.{q(ds.name)}{not_in_raw}")
+        parts.append(f"SELECT * FROM archive.{q(ds.name)}{not_in_raw}")
     return " UNION ALL BY NAME ".join(parts) if parts else None
 
 
@@ -84,6 +84,7 @@ def _purpose_sql(policy: Policy, ds: Dataset, purpose: str, rule: RetentionRule,
     clock_ds = policy.dataset(clock.table)
     if clock.per == "subject":
         clock_types = sorted({s.type for s in clock_ds.subjects})
+        key = "r.subject_id"
         join = (f"LEFT JOIN {prefix}_clock_{rule.clock} k ON k.clock_key = r.subject_id "
                 f"AND k.clock_subject_type = r.subject_type")
         where = f"WHERE r.subject_type IN ({', '.join(lit(t) for t in clock_types)})"
@@ -97,8 +98,9 @@ def _purpose_sql(policy: Policy, ds: Dataset, purpose: str, rule: RetentionRule,
     ended = "to_anonymise" if rule.end_action == "anonymise" else "to_erase"
     as_of_ts = f"TIMESTAMP {lit(as_of)}"
     return f"""
-        SELECT r.dataset, r.record_key, r.subject_type, r.subject_id, r._location AS location,
-               {lit(purpose)} AS purpose, k.clock AS clock_start,
+        SELECT r.dataset, r.record_key, r.subject_type, r.subject_id,
+               {lit(purpose)} AS purpose, {lit(rule.clock)} AS clock_name, {key} AS clock_key,
+               k.clock AS clock_start,
                {active_until} AS active_until, {archive_until} AS archive_until,
                CASE WHEN k.clock IS NULL THEN 'active'
                     WHEN {as_of_ts} < {active_until} THEN 'active'
@@ -118,7 +120,7 @@ def _records_sql(ds: Dataset, source: str) -> str:
     subject_type, subject_id = _subject_exprs(ds, "s")
     refs = "".join(f", CAST(s.{q(c)} AS VARCHAR) AS {q('_ref_' + c)}" for c in ds.references)
     return (f"SELECT {lit(ds.name)} AS dataset, CAST(s.{q(ds.primary_key)} AS VARCHAR) AS record_key, "
-            f"{subject_type} AS subject_type, {subject_id} AS subject_id, s._location{refs} "
+            f"{subject_type} AS subject_type, {subject_id} AS subject_id{refs} "
             f"FROM ({source}) s WHERE {subject_id} IS NOT NULL")
 
 
@@ -163,18 +165,22 @@ def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pref
         con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
     body = " UNION ALL ".join(selects) if selects else (
         "SELECT NULL::VARCHAR dataset, NULL::VARCHAR record_key, NULL::VARCHAR subject_type, NULL::VARCHAR "
-        "subject_id, NULL::VARCHAR location, NULL::VARCHAR purpose, NULL::TIMESTAMP clock_start, NULL::TIMESTAMP "
+        "subject_id, NULL::VARCHAR purpose, NULL::VARCHAR clock_name, NULL::VARCHAR "
+        "clock_key, NULL::TIMESTAMP clock_start, NULL::TIMESTAMP "
         "active_until, NULL::TIMESTAMP archive_until, NULL::VARCHAR purpose_status, NULL::VARCHAR purpose_reason "
         "WHERE false")
     con.execute(f"CREATE OR REPLACE TEMP TABLE {prefix}_purposes AS {body}")
-    for name in helpers:
-        con.execute(f"DROP TABLE {name}")
     restricted, held = _flags_sql(policy, sources)
+    clock_records = " UNION ALL ".join(
+        f"SELECT {lit(name)} AS clock_name, dataset, record_key, "
+        f"{'subject_id' if clock.per == 'subject' else 'record_key'} AS clock_key FROM {prefix}_records_{clock.table}"
+        for name, clock in policy.clocks.items() if f"{prefix}_records_{clock.table}" in helpers
+    ) or "SELECT NULL::VARCHAR clock_name, NULL::VARCHAR dataset, NULL::VARCHAR record_key, NULL::VARCHAR clock_key"
     systems = " ".join(f"WHEN {lit(ds.name)} THEN {lit(ds.system)}" for ds in policy.datasets)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {prefix}_records AS
         WITH combined AS (
-            SELECT dataset, record_key, subject_type, subject_id, location,
+            SELECT dataset, record_key, subject_type, subject_id,
                    CASE WHEN bool_or(purpose_status = 'active') THEN 'active'
                         WHEN bool_or(purpose_status = 'archived') THEN 'archived'
                         WHEN bool_or(purpose_status = 'to_anonymise') THEN 'to_anonymise'
@@ -183,34 +189,45 @@ def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pref
                    list(purpose ORDER BY purpose) FILTER (purpose_status = 'archived') AS archive_purposes
             FROM {prefix}_purposes GROUP BY ALL
         ),
-        restricted AS ({restricted}), held AS ({held})
-        SELECT c.*, CASE c.dataset {systems} END AS system,
-               CASE WHEN r.subject_id IS NOT NULL THEN 'restricted'
-                    WHEN h.subject_id IS NOT NULL AND c.outcome <> 'active' THEN 'legal_hold'
-                    ELSE c.outcome END AS status
-        FROM combined c
-        LEFT JOIN (SELECT DISTINCT * FROM restricted) r USING (subject_type, subject_id)
-        LEFT JOIN (SELECT DISTINCT * FROM held) h USING (subject_type, subject_id)
+        restricted AS ({restricted}), held AS ({held}),
+        flagged AS (
+            SELECT c.*, r.subject_id IS NOT NULL AS is_restricted, h.subject_id IS NOT NULL AS is_held
+            FROM combined c
+            LEFT JOIN (SELECT DISTINCT * FROM restricted) r USING (subject_type, subject_id)
+            LEFT JOIN (SELECT DISTINCT * FROM held) h USING (subject_type, subject_id)
+        ),
+        -- A record that stays needs the event its clock is computed from: the records carrying that event
+        -- (e.g. the contracts giving a member's end of membership) are kept, at least in the archive, as
+        -- long as something timed by them is kept; otherwise erasing them would restart no clock at all.
+        needed AS (
+            SELECT DISTINCT p.clock_name, p.clock_key
+            FROM {prefix}_purposes p JOIN flagged f USING (dataset, record_key)
+            WHERE f.outcome IN ('active', 'archived') OR f.is_restricted OR f.is_held
+        ),
+        clock_of AS (
+            SELECT cr.dataset, cr.record_key, string_agg(DISTINCT cr.clock_name, ', ') AS kept_for_clock
+            FROM ({clock_records}) cr JOIN needed n USING (clock_name, clock_key) GROUP BY ALL
+        )
+        SELECT f.*, CASE f.dataset {systems} END AS system, k.kept_for_clock,
+               CASE WHEN f.is_restricted THEN 'restricted'
+                    WHEN f.is_held AND f.outcome <> 'active' THEN 'legal_hold'
+                    WHEN k.kept_for_clock IS NOT NULL AND f.outcome IN ('to_erase', 'to_anonymise') THEN 'archived'
+                    ELSE f.outcome END AS status
+        FROM flagged f LEFT JOIN clock_of k USING (dataset, record_key)
     """)
+    for name in helpers:
+        con.execute(f"DROP TABLE {name}")
 
 
-LEDGER_DDL = """
-CREATE SCHEMA IF NOT EXISTS retention;
-CREATE TABLE IF NOT EXISTS retention.ledger (
-    as_of DATE, subject_type VARCHAR, subject_id VARCHAR, purpose VARCHAR, dataset VARCHAR,
-    clock_start TIMESTAMP, active_until TIMESTAMP, archive_until TIMESTAMP, status VARCHAR, reason VARCHAR,
-    records BIGINT);
-CREATE TABLE IF NOT EXISTS retention.record_status (
-    as_of DATE, dataset VARCHAR, system VARCHAR, record_key VARCHAR, subject_type VARCHAR, subject_id VARCHAR,
-    location VARCHAR, status VARCHAR, reason VARCHAR);
-"""
 
 
 STATUS_REASON = """CASE rec.status
         WHEN 'restricted' THEN 'subject restricted (GDPR art. 18): storage only, retention suspended'
         WHEN 'legal_hold' THEN 'open litigation: legal hold suspends ' || rec.outcome
         WHEN 'active' THEN 'kept in the active base by ' || array_to_string(rec.active_purposes, ', ')
-        WHEN 'archived' THEN 'restricted archive for ' || array_to_string(rec.archive_purposes, ', ')
+        WHEN 'archived' THEN CASE WHEN rec.outcome = 'archived'
+            THEN 'restricted archive for ' || array_to_string(rec.archive_purposes, ', ')
+            ELSE 'restricted archive: carries the ' || rec.kept_for_clock || ' event of records still held' END
         WHEN 'to_anonymise' THEN 'every purpose ended; one requires anonymisation'
         ELSE 'every purpose ended' END"""
 
@@ -230,30 +247,52 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date)
     several statuses: the ledger then has one row per status, with the record count.
     """
     compute(con, policy, as_of)
-    con.execute(LEDGER_DDL)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ret_new_status AS
+        SELECT ?::DATE AS as_of, dataset, system, record_key, subject_type, subject_id, status,
+               {STATUS_REASON} AS reason FROM _ret_records rec
+    """, [as_of])
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ret_new_ledger AS
+        SELECT ?::DATE AS as_of, p.subject_type, p.subject_id, p.purpose, p.dataset, min(p.clock_start) AS clock_start,
+               min(p.active_until) AS active_until, max(p.archive_until) AS archive_until,
+               {PURPOSE_STATUS} AS status,
+               arg_min(p.purpose_reason || '; record ' || rec.status || ': ' || {STATUS_REASON},
+                       coalesce(p.clock_start, 'infinity'::TIMESTAMP)) AS reason,
+               count(*) AS records
+        FROM _ret_purposes p JOIN _ret_records rec USING (dataset, record_key)
+        GROUP BY p.subject_type, p.subject_id, p.purpose, p.dataset, {PURPOSE_STATUS}
+    """, [as_of])
+    _ensure_tables(con)
     con.execute("BEGIN")
     try:
-        con.execute("DELETE FROM retention.ledger")
-        con.execute("DELETE FROM retention.record_status")
-        con.execute(f"""
-            INSERT INTO retention.record_status
-            SELECT ?, dataset, system, record_key, subject_type, subject_id, location, status,
-                   {STATUS_REASON} FROM _ret_records rec
-        """, [as_of])
-        con.execute(f"""
-            INSERT INTO retention.ledger
-            SELECT ?, p.subject_type, p.subject_id, p.purpose, p.dataset, min(p.clock_start),
-                   min(p.active_until), max(p.archive_until), {PURPOSE_STATUS} AS status,
-                   arg_min(p.purpose_reason || '; record ' || rec.status || ': ' || {STATUS_REASON},
-                           coalesce(p.clock_start, 'infinity'::TIMESTAMP)),
-                   count(*)
-            FROM _ret_purposes p JOIN _ret_records rec USING (dataset, record_key)
-            GROUP BY p.subject_type, p.subject_id, p.purpose, p.dataset, {PURPOSE_STATUS}
-        """, [as_of])
+        # Re-running the same as_of: what an earlier run already erased or anonymised is no longer found, but
+        # it is still this date's decision, so it stays in the ledger and the second run changes nothing.
+        con.execute("""
+            DELETE FROM retention.record_status WHERE as_of <> ? OR status NOT IN ('to_erase', 'to_anonymise')
+            OR (dataset, record_key) IN (SELECT (dataset, record_key) FROM _ret_new_status)""", [as_of])
+        con.execute("""
+            DELETE FROM retention.ledger WHERE as_of <> ? OR status NOT IN ('to_erase', 'to_anonymise')
+            OR (subject_type, subject_id, purpose, dataset, status) IN (
+                SELECT (subject_type, subject_id, purpose, dataset, status) FROM _ret_new_ledger)""", [as_of])
+        con.execute("INSERT INTO retention.record_status BY NAME SELECT * FROM _ret_new_status")
+        con.execute("INSERT INTO retention.ledger BY NAME SELECT * FROM _ret_new_ledger")
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
         raise
+
+
+def _ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the ledger tables, replacing a copy left by an older layout (it is recomputed every run)."""
+    con.execute("CREATE SCHEMA IF NOT EXISTS retention")
+    for table, source in (("ledger", "_ret_new_ledger"), ("record_status", "_ret_new_status")):
+        wanted = [row[0] for row in con.execute(f"DESCRIBE {source}").fetchall()]
+        found = [c for (c,) in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'retention' AND table_name = ? "
+            "ORDER BY ordinal_position", [table]).fetchall()]
+        if found != wanted:
+            con.execute(f"CREATE OR REPLACE TABLE retention.{table} AS SELECT * FROM {source} WHERE false")
 
 
 def counts_by_purpose(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, int]]:
