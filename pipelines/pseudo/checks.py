@@ -1,8 +1,8 @@
 """Checks on an analytics file (a candidate before publication, or the published one), all set-based.
 
-- no direct identifier: every value of every column, as text, is semi-joined against every value (raw
-  and normalised) of the warehouse's direct-identifier columns listed in the policy; values shaped like
-  an e-mail address or an IPv4 address are refused too;
+- no direct identifier: every value of every column, as text, is semi-joined against every value of the
+  warehouse's direct-identifier columns listed in the policy (trimmed, lower-case) and every normalised
+  e-mail and E.164 phone of the identity graph; values shaped like an e-mail or IPv4 address are refused;
 - k-anonymity: each table's smallest class (row tables) or cell (aggregates) has at least k people;
 - catalogue: every published table and column is described in `catalogue`, and nothing else is there.
 """
@@ -15,7 +15,6 @@ from pathlib import Path
 
 import duckdb
 
-from pipelines.normalise import phone_sql
 from pipelines.pseudo.kanon import achieved_k_sql
 from pipelines.pseudo.policy import PseudonymisationPolicy
 
@@ -65,9 +64,10 @@ def identifier_leaks(con: duckdb.DuckDBPyConnection, policy: PseudonymisationPol
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _identifiers AS
-        WITH src AS ({' UNION ALL '.join(sources)})
         SELECT DISTINCT v FROM (
-            SELECT lower(trim(v)) AS v FROM src UNION ALL SELECT {phone_sql('v')} FROM src
+            SELECT lower(trim(v)) AS v FROM ({' UNION ALL '.join(sources)})
+            UNION ALL
+            SELECT node_value FROM wh.identity.person_links WHERE node_type IN ('email', 'phone')
         ) WHERE v IS NOT NULL AND v <> ''
         """
     )

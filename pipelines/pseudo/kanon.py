@@ -100,15 +100,17 @@ def choose_levels(
 def anonymised_sql(base: str, table: TablePolicy, levels: dict[str, int], k: int) -> str:
     """SELECT producing the published table: generalised, and without the classes under k."""
     select = ", ".join(f"{column_sql(c, levels[c.name])} AS {_q(c.name)}" for c in table.columns)
-    keys = [column_sql(c, levels[c.name]) for c in class_columns(table)]
     if table.kind == "aggregate":
+        keys = ", ".join(column_sql(c, levels[c.name]) for c in class_columns(table))
         return (
-            f"SELECT {select} FROM {base} GROUP BY {', '.join(keys)} "
+            f"SELECT {select} FROM {base} GROUP BY {keys} "
             f"HAVING count(DISTINCT {subject_sql(table)}) >= {k} ORDER BY ALL"
         )
+    # Generalise once, then count people per class over the generalised columns.
+    keys = ", ".join(_q(c.name) for c in class_columns(table))
     return (
-        f"SELECT {select} FROM {base} "
-        f"QUALIFY count(DISTINCT {subject_sql(table)}) OVER (PARTITION BY {', '.join(keys)}) >= {k}"
+        f"WITH generalised AS (SELECT {select} FROM {base}) SELECT * FROM generalised "
+        f"QUALIFY count(DISTINCT {_q(table.subject)}) OVER (PARTITION BY {keys}) >= {k}"
     )
 
 
