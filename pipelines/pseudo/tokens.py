@@ -3,7 +3,7 @@
 HMAC(K, m) = SHA256((K' ⊕ opad) || SHA256((K' ⊕ ipad) || m)) with K' the key (hashed first when longer
 than the 64-byte block) padded with zeros (RFC 2104). The two padded key blocks are computed here and
 bound as query parameters, so key material is never part of a SQL text, a table or a log line.
-Tokens are computed once per distinct value and joined back. DuckDB's sha256 already returns lowercase hex.
+Tokens are computed once per distinct value and mapped back to the rows. DuckDB's sha256 already returns lowercase hex.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import hashlib
 import duckdb
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.normalise import email_sql, phone_sql
 from pipelines.pseudo.keys import SecretKey
@@ -71,18 +72,20 @@ def tokenise_table(con: duckdb.DuckDBPyConnection, target: str, values_sql: str,
 
 
 def tokenise_series(values: pd.Series, kind: str, key: bytes) -> pd.Series:
-    """Tokens of a pandas Series, row for row (null where the value normalises to null)."""
+    """Tokens of a pandas Series, row for row (null where the value normalises to null).
+
+    Arrow's dictionary encoding gives the distinct values and, for each row, the index of its value;
+    DuckDB hashes the distinct values (a plain projection keeps their order) and Arrow maps them back.
+    """
     con = duckdb.connect()
     try:
-        con.register("src", pa.table({"value": pa.array(values, type=pa.string())}))
-        con.execute(
-            f"CREATE TEMP TABLE _norm AS SELECT row_number() OVER () AS rn, {normalise_sql(kind, 'value')} "
-            "AS value FROM src"
-        )
-        tokenise_table(con, "_tokens", "SELECT value FROM _norm", key)
-        result = con.sql(
-            "SELECT t.token FROM _norm n LEFT JOIN _tokens t USING (value) ORDER BY n.rn"
-        ).to_arrow_table()
+        con.register("source", pa.table({"value": pa.array(values, type=pa.string())}))
+        normalised = con.sql(f"SELECT {normalise_sql(kind, 'value')} AS value FROM source").to_arrow_table()
+        encoded = pc.dictionary_encode(normalised.column("value").combine_chunks())
+        con.register("uniques", pa.table({"value": encoded.dictionary}))
+        tokens = con.sql(
+            f"SELECT {hmac_sql('encode(value)')} AS token FROM uniques", params=key_params(key)
+        ).to_arrow_table().column("token").combine_chunks()
     finally:
         con.close()
-    return result.column("token").to_pandas(types_mapper=pd.ArrowDtype).set_axis(values.index)
+    return pd.Series(pc.take(tokens, encoded.indices), index=values.index, dtype=pd.ArrowDtype(pa.string()))
