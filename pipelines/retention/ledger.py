@@ -178,7 +178,7 @@ def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pref
     ) or "SELECT NULL::VARCHAR clock_name, NULL::VARCHAR dataset, NULL::VARCHAR record_key, NULL::VARCHAR clock_key"
     systems = " ".join(f"WHEN {lit(ds.name)} THEN {lit(ds.system)}" for ds in policy.datasets)
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE {prefix}_records AS
+        CREATE OR REPLACE TEMP TABLE {prefix}_flagged AS
         WITH combined AS (
             SELECT dataset, record_key, subject_type, subject_id,
                    CASE WHEN bool_or(purpose_status = 'active') THEN 'active'
@@ -189,23 +189,23 @@ def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pref
                    list(purpose ORDER BY purpose) FILTER (purpose_status = 'archived') AS archive_purposes
             FROM {prefix}_purposes GROUP BY ALL
         ),
-        restricted AS ({restricted}), held AS ({held}),
-        flagged AS (
-            SELECT c.*, r.subject_id IS NOT NULL AS is_restricted, h.subject_id IS NOT NULL AS is_held
-            FROM combined c
-            LEFT JOIN (SELECT DISTINCT * FROM restricted) r USING (subject_type, subject_id)
-            LEFT JOIN (SELECT DISTINCT * FROM held) h USING (subject_type, subject_id)
-        ),
-        -- A record that stays needs the event its clock is computed from: the records carrying that event
-        -- (e.g. the contracts giving a member's end of membership) are kept, at least in the archive, as
-        -- long as something timed by them is kept; otherwise erasing them would restart no clock at all.
+        restricted AS ({restricted}), held AS ({held})
+        SELECT c.*, r.subject_id IS NOT NULL AS is_restricted, h.subject_id IS NOT NULL AS is_held
+        FROM combined c
+        LEFT JOIN (SELECT DISTINCT * FROM restricted) r USING (subject_type, subject_id)
+        LEFT JOIN (SELECT DISTINCT * FROM held) h USING (subject_type, subject_id)
+    """)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {prefix}_records AS
+        WITH
         needed AS (
             SELECT DISTINCT p.clock_name, p.clock_key
-            FROM {prefix}_purposes p JOIN flagged f USING (dataset, record_key)
+            FROM {prefix}_purposes p JOIN {prefix}_flagged f USING (dataset, record_key)
             WHERE f.outcome IN ('active', 'archived') OR f.is_restricted OR f.is_held
         ),
         clock_of AS (
-            SELECT cr.dataset, cr.record_key, string_agg(DISTINCT cr.clock_name, ', ') AS kept_for_clock
+            SELECT cr.dataset, cr.record_key,
+                   string_agg(DISTINCT cr.clock_name, ', ' ORDER BY cr.clock_name) AS kept_for_clock
             FROM ({clock_records}) cr JOIN needed n USING (clock_name, clock_key) GROUP BY ALL
         )
         SELECT f.*, CASE f.dataset {systems} END AS system, k.kept_for_clock,
@@ -213,12 +213,11 @@ def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pref
                     WHEN f.is_held AND f.outcome <> 'active' THEN 'legal_hold'
                     WHEN k.kept_for_clock IS NOT NULL AND f.outcome IN ('to_erase', 'to_anonymise') THEN 'archived'
                     ELSE f.outcome END AS status
-        FROM flagged f LEFT JOIN clock_of k USING (dataset, record_key)
+        FROM {prefix}_flagged f LEFT JOIN clock_of k USING (dataset, record_key)
     """)
+    con.execute(f"DROP TABLE {prefix}_flagged")
     for name in helpers:
         con.execute(f"DROP TABLE {name}")
-
-
 
 
 STATUS_REASON = """CASE rec.status
