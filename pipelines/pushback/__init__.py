@@ -5,7 +5,7 @@ API
     apply_decisions(targets: pa.Table, *, members: sa.Engine | None = None, prospects: sa.Engine | None = None,
                     navigation_dir: Path | None = None, outbox_dir: Path | None = None,
                     audit: AuditLog | None = None, tokenise: Callable[[str], str] | None = None,
-                    notice_rules: Sequence[NoticeRule] = DEFAULT_NOTICE_RULES,
+                    notice_rules: Sequence[NoticeRule] | None = None,
                     table_order: Mapping[str, Sequence[str]] | None = None,
                     now: datetime | None = None) -> PushbackReport
 
@@ -27,7 +27,8 @@ skipped; one set-based statement per (table, action, column set), children befor
 (`table_order[system]`, e.g. from the policy's declared references, else inferred from key names);
 the applied decision ids recorded with their row counts. Navigation Parquet: affected files rewritten
 atomically, then the manifest. Then every source is re-read and each decision reported confirmed or
-failed. Art. 19 notices go to `<outbox_dir>/notices.jsonl` (see pipelines.pushback.notices).
+failed. Art. 19 notices go to `<outbox_dir>/notices.jsonl` (see pipelines.pushback.notices); the rules
+default to those of the policy's recipients (policies/recipients.yaml).
 
 Fault injection for the crash test: with SEM_PUSHBACK_PAUSE_AT=<checkpoint> (staged, after:<table>,
 before_commit, navigation_file) the process touches SEM_PUSHBACK_PAUSE_MARKER and sleeps there, inside the
@@ -49,15 +50,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
+from pipelines import settings
 from pipelines.audit import AuditLog, audit_token_key, subject_token
 from pipelines.pushback.navigation import apply_to_navigation, unconfirmed_navigation
-from pipelines.pushback.notices import DEFAULT_NOTICE_RULES, write_notices
+from pipelines.pushback.notices import notice_rules as policy_notice_rules
+from pipelines.pushback.notices import write_notices
 from pipelines.pushback.sql import NoticeRule, apply_to_source, unconfirmed
 from pipelines.pushback.targets import TARGET_SCHEMA, dependency_order, make_targets, validate_targets
 from pipelines.sources.schema import COOKIE_CONSENT_SCHEMA, NAVIGATION_EVENT_SCHEMA, SQL_SYSTEMS
 
 __all__ = [
-    "DEFAULT_NOTICE_RULES",
     "TARGET_SCHEMA",
     "NoticeRule",
     "PushbackReport",
@@ -147,12 +149,16 @@ def apply_decisions(
     outbox_dir: Path | None = None,
     audit: AuditLog | None = None,
     tokenise: Callable[[str], str] | None = None,
-    notice_rules: Sequence[NoticeRule] = DEFAULT_NOTICE_RULES,
+    notice_rules: Sequence[NoticeRule] | None = None,
     table_order: Mapping[str, Sequence[str]] | None = None,
     now: dt.datetime | None = None,
 ) -> PushbackReport:
     """Apply the decisions of `targets` to the sources, then re-read and confirm them (see module doc)."""
     prepared = _prepare(targets)
+    if notice_rules is None:
+        from pipelines.policy.load import load_policy  # only here: the policy loader imports fideslang (slow)
+
+        notice_rules = policy_notice_rules(load_policy(settings.policies_dir()))
     now_text = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d %H:%M:%S")
     report = PushbackReport(batch_id=uuid.uuid4().hex)
     engines = {"members": members, "prospects": prospects}

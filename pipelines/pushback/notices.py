@@ -13,21 +13,40 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pipelines.policy.models import Policy
 from pipelines.pushback.sql import NoticeRule
 
 OUTBOX_FILE = "notices.jsonl"
 
-# Recipients the member system reveals from its own data. They mirror the recipients declared in
-# policies/ (recipients and transfers); callers holding the loaded policy pass their own rules instead.
-DEFAULT_NOTICE_RULES: tuple[NoticeRule, ...] = (
-    NoticeRule("morocco_complaints_provider", "members", "member_id", "interactions", "handled_by",
-               "morocco_complaints_provider"),
-    NoticeRule("monaco_health_professionals", "members", "member_id", "reimbursements", "professional_country",
-               "MC"),
-)
+# Art. 19 names rectification, erasure and restriction; lifting a restriction is told to the same recipients.
+NOTICE_ACTIONS = {"rectification": ("rectify",), "erasure": ("erase", "anonymise"),
+                  "restriction": ("restrict", "lift_restriction")}
+_CONDITION = re.compile(r"^\s*(\w+)\s*=\s*'([^']*)'\s*$")
+
+
+def notice_rules(policy: Policy) -> tuple[NoticeRule, ...]:
+    """Who is owed which notices, from policies/recipients.yaml: a recipient is notified about a subject
+    whose rows of a dataset it receives. A recipient whose disclosures carry conditions (e.g. only the
+    complaints it handles) receives data on the subjects meeting them only, so only those conditions count."""
+    rules = []
+    for recipient in policy.recipients:
+        actions = tuple(a for kind in recipient.notified_of for a in NOTICE_ACTIONS[kind])
+        conditioned = [d for d in recipient.receives if d.condition]
+        for disclosure in conditioned or recipient.receives:
+            dataset = policy.dataset(disclosure.dataset)
+            match = _CONDITION.match(disclosure.condition or "")
+            if disclosure.condition and match is None:
+                raise ValueError(f"recipient {recipient.key}: condition {disclosure.condition!r} is not "
+                                 "\"column = 'value'\"")
+            column, value = match.groups() if match else (None, None)
+            rules += [NoticeRule(recipient.key, dataset.system, subject.column, dataset.name, actions, column, value)
+                      for subject in dataset.subjects if actions and dataset.system != "navigation"]
+    return tuple(rules)
+
 
 KEY_KIND = {"member_id": "member", "prospect_id": "prospect", "visitor_id": "visitor"}
 

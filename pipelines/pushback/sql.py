@@ -56,7 +56,6 @@ effects = sa.Table(
 )
 
 STAGING_COLUMNS = [c.name for c in staging.c]
-NOTIFIABLE_ACTIONS = ("rectify", "erase", "anonymise", "restrict", "lift_restriction")
 
 
 @dataclass(frozen=True)
@@ -75,13 +74,14 @@ class Group:
 
 @dataclass(frozen=True)
 class NoticeRule:
-    """A recipient owed an art. 19 notice for a subject's decisions: every decision on `key_column` of
-    `system`, or only when the subject has a row in `table_name` where `column` = `value`."""
+    """A recipient owed an art. 19 notice for `actions` on a subject (targets keyed by `key_column` in
+    `system`): when the subject has a row in `table_name` (disclosed to it), where `column` = `value` if set."""
 
     recipient: str
     system: str
     key_column: str
-    table_name: str | None = None
+    table_name: str
+    actions: tuple[str, ...]
     column: str | None = None
     value: str | None = None
 
@@ -207,12 +207,13 @@ def _collect_notices(con: sa.Connection, metadata: sa.MetaData, system: str, bat
         query = sa.select(staging.c.decision_id, staging.c.action, staging.c.key_value).distinct().where(
             staging.c.batch_id == batch_id,
             staging.c.key_column == rule.key_column,
-            staging.c.action.in_(NOTIFIABLE_ACTIONS),
+            staging.c.action.in_(rule.actions),
         )
-        if rule.table_name is not None:
-            holder = metadata.tables[rule.table_name]
-            query = query.where(sa.exists().where(
-                _key_match(holder, rule.key_column), holder.c[rule.column] == rule.value))
+        holder = metadata.tables[rule.table_name]
+        disclosed = [_key_match(holder, rule.key_column)]
+        if rule.column is not None:
+            disclosed.append(holder.c[rule.column] == rule.value)
+        query = query.where(sa.exists().where(*disclosed))
         found += [
             {"recipient": rule.recipient, "decision_id": r.decision_id, "action": r.action,
              "key_column": rule.key_column, "key_value": r.key_value}

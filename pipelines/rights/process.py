@@ -37,6 +37,7 @@ from pipelines.audit import AuditLog, subject_token
 from pipelines.duck import quote
 from pipelines.policy.models import Policy
 from pipelines.pushback import TARGET_SCHEMA, apply_decisions, make_targets
+from pipelines.pushback.notices import notice_rules
 from pipelines.pushback.targets import SUPPRESSION_TABLE
 from pipelines.retention.apply import table_order
 from pipelines.rights.access import write_access_bundle
@@ -259,7 +260,8 @@ def process_rights(
     if targets.num_rows:
         report = apply_decisions(
             targets, members=members, prospects=prospects, navigation_dir=navigation_dir, outbox_dir=outbox_dir,
-            audit=audit, tokenise=lambda value: subject_token(value, token_key), table_order=table_order(policy))
+            audit=audit, tokenise=lambda value: subject_token(value, token_key), notice_rules=notice_rules(policy),
+            table_order=table_order(policy))
         failed = report.failed
     run_sql(con, "BEGIN")
     _erase_in_warehouse(con, tables, {h for h, _, _ in legal_hold_sql(policy, "h")})
