@@ -251,8 +251,6 @@ def _state(world: World) -> dict[str, object]:
     return state
 
 
-@pytest.mark.xfail(strict=True, reason="schema.py marks survey_answers.member_id REQUIRED, so ingest quarantines "
-                   "the anonymised answer on the next run; asked the foundation owner to drop that flag")
 def test_second_run_with_same_as_of_changes_nothing(world: World, policy: Policy):
     world.nightly(policy)
     first = _state(world)

@@ -133,7 +133,7 @@ interactions = sa.Table(
 survey_answers = sa.Table(
     "survey_answers", member_metadata,
     sa.Column("answer_id", sa.Integer, primary_key=True),
-    sa.Column("member_id", sa.Integer, info=REQUIRED),
+    sa.Column("member_id", sa.Integer),  # null once the answer is anonymised (it still counts in statistics)
     sa.Column("survey", sa.Text),
     sa.Column("answered_at", sa.Text),
     sa.Column("score", sa.Integer),  # 0..10
