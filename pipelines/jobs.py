@@ -20,4 +20,11 @@ rights_job = dg.define_asset_job(
     tags={"sem/warehouse-writer": "true"},
 )
 
-ALL_JOBS = [nightly_job, rights_job]
+policy_preview_job = dg.define_asset_job(
+    name="policy_preview_job",
+    selection=dg.AssetSelection.assets(dg.AssetKey(["compliance", "policy_change_preview"])),
+    description="What a proposed policy version would archive or erase, per purpose and dataset — read-only. "
+    "Started by the policy-change sensor when a file under policies/ changes.",
+)
+
+ALL_JOBS = [nightly_job, rights_job, policy_preview_job]

@@ -19,7 +19,6 @@ import duckdb
 
 def bench_generator_and_ingest(members: int, workdir: Path) -> dict:
     from pipelines.demo.generate import generate
-
     from pipelines.identity import resolve_identities
     from pipelines.ingest import ingest_parquet, ingest_sql_table, navigation_columns
     from pipelines.resources import SqlSourceResource
@@ -75,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"tokens": report["tokens"]}, indent=2))
     if "pushback" in sections:
         from pipelines.bench.pushback import bench_pushback
-
         from pipelines.sources.throwaway_pg import start_cluster
 
         cluster = start_cluster()
