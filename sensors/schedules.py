@@ -12,19 +12,24 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 
 from assets.quality_checks import AS_OF_TAG
+from sensors.policy_change import PREVIEW_KEY
 
 NIGHTLY_JOB = "nightly_job"
 PARIS = ZoneInfo("Europe/Paris")
+# The preview's `as_of` is the day a proposal is previewed for (by default its effective date), not the run's
+# day; it reads the run's day from the tag.
+OWN_AS_OF = {PREVIEW_KEY.to_python_identifier()}
 
 
 def as_of_run_config(job: dg.JobDefinition | None, as_of: dt.date) -> dict:
-    """Run config setting `as_of` on every op of `job` whose config schema has that field."""
+    """Run config setting `as_of` on every op of `job` whose config schema has that field (but OWN_AS_OF)."""
     if job is None:
         return {}
     ops = {
         node.name: {"config": {"as_of": as_of.isoformat()}}
         for node in job.all_node_defs
-        if node.config_schema and "as_of" in (getattr(node.config_schema.config_type, "fields", None) or {})
+        if node.name not in OWN_AS_OF
+        and node.config_schema and "as_of" in (getattr(node.config_schema.config_type, "fields", None) or {})
     }
     return {"ops": ops} if ops else {}
 

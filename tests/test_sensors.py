@@ -89,3 +89,19 @@ def test_failed_run_writes_one_alert_without_data(tmp_path):
     assert record["failed_steps"] == ["leaky"]
     assert "ValueError" in record["error_classes"]
     assert secret not in lines[0]
+
+
+def test_nightly_tick_on_the_real_definitions_gives_a_valid_run_config():
+    from pipelines.definitions import defs
+
+    repository = defs.get_repository_def()
+    scheduled = dt.datetime(2026, 11, 3, 1, 30, tzinfo=PARIS)
+    context = dg.build_schedule_context(scheduled_execution_time=scheduled, repository_def=repository)
+    [request] = nightly_schedule.evaluate_tick(context).run_requests
+    job = repository.get_job(NIGHTLY_JOB)
+    dg.validate_run_config(job, request.run_config)
+    configured = request.run_config["ops"]
+    assert configured["retention__ledger"] == {"config": {"as_of": "2026-11-03"}}
+    assert configured["analytics_file"] == {"config": {"as_of": "2026-11-03"}}
+    # The preview keeps its own date (the proposal's effective date).
+    assert "compliance__policy_change_preview" not in configured
