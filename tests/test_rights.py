@@ -217,6 +217,12 @@ def test_audit_and_source_status_follow_and_a_rerun_changes_nothing(world: World
     entries = log.read_text()
     assert verify(log).ok
     assert "@" not in entries and "member:" not in entries  # tokens only, no e-mail or raw member id
+    erasure = world.request("erasure")
+    trail = [e for e in map(json.loads, entries.splitlines())
+             if e["details"].get("request_id") == erasure["request_id"]]
+    assert [e["action"] for e in trail] == ["rights.received", "rights.verified", "rights.decided", "rights.executed",
+                                            "rights.confirmed"]
+    assert "legal obligation" in trail[-1]["reason"] and len({e["subject_token"] for e in trail}) == 1
     statuses = dict(world.src("members", "SELECT request_id, status FROM rights_requests"))
     assert statuses == dict(world.wh("SELECT request_id, state FROM rights.requests"))
     notices = read_notices(world.root / "outbox")

@@ -86,16 +86,6 @@ class PushbackReport:
     def ok(self) -> bool:
         return not self.failed
 
-    def decisions(self) -> pa.Table:
-        """One row per decision: decision_id, status (confirmed | failed), reason."""
-        ids = self.confirmed + sorted(self.failed)
-        return pa.table({
-            "decision_id": pa.array(ids, pa.string()),
-            "status": pa.array(["confirmed"] * len(self.confirmed) + ["failed"] * len(self.failed), pa.string()),
-            "reason": pa.array([None] * len(self.confirmed) + [self.failed[d] for d in sorted(self.failed)],
-                               pa.string()),
-        })
-
 
 def _checkpoint(name: str) -> None:
     if os.environ.get(PAUSE_ENV) == name:

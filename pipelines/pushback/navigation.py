@@ -28,7 +28,6 @@ TABLE_DIRS = {"navigation_events": "events", "cookie_consents": "consents"}
 class NavigationOutcome:
     newly_applied: list[str] = field(default_factory=list)
     rows_affected: int = 0
-    files_rewritten: int = 0
 
 
 def _files(navigation_dir: Path, table_name: str) -> list[Path]:
@@ -122,7 +121,6 @@ def apply_to_navigation(navigation_dir: Path, targets: pa.Table, *, now: str,
             keys = pa.array(pc.unique(_group_targets(pending, group)["key_value"]).to_pylist(), pa.string())
             for path in sorted({f for _, _, fs in counts for f in fs}):
                 _rewrite(Path(path), group["key_column"], keys, group["action"], group["columns_key"].split(","))
-                outcome.files_rewritten += 1
                 checkpoint("navigation_file")
             for decision_id, n, _ in counts:
                 entry = per_decision.setdefault(decision_id, {"rows_affected": 0, "tables": set()})

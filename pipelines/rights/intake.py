@@ -17,7 +17,6 @@ from pipelines.duck import scalar
 from pipelines.normalise import email_sql
 
 TERMINAL_STATES = ("confirmed", "answered", "refused")
-STATES = ("received", "verified", "decided", "executed", *TERMINAL_STATES)
 
 REQUESTS_DDL = """
 CREATE TABLE IF NOT EXISTS rights.requests (

@@ -344,6 +344,24 @@ def _record(con: duckdb.DuckDBPyConnection, results: dict[int, _Result], now: st
     run_sql(con, "COMMIT")
 
 
+# The states a request passes through on its way to each state, in order (art. 12: received -> verified ->
+# decided -> executed -> confirmed / answered, or refused with a reason).
+PATHS = {
+    "received": ("received",),
+    "verified": ("received", "verified"),
+    "executed": ("received", "verified", "decided", "executed"),
+    "confirmed": ("received", "verified", "decided", "executed", "confirmed"),
+    "answered": ("received", "verified", "decided", "answered"),
+    "refused": ("received", "verified", "refused"),
+}
+
+
+def _steps(previous: str | None, state: str) -> tuple[str, ...]:
+    """The states reached since `previous`, each audited."""
+    path = PATHS[state]
+    return path[path.index(previous) + 1:] if previous in path else path
+
+
 def _publish_states(con: duckdb.DuckDBPyConnection, members: sa.Engine, audit: AuditLog, token_key: bytes) -> None:
     """Audit each state change and mirror it in the member system's rights_requests.status."""
     changed = run_sql(con, """
@@ -353,11 +371,12 @@ def _publish_states(con: duckdb.DuckDBPyConnection, members: sa.Engine, audit: A
     if not changed:
         return
     audit.extend([
-        {"action": f"rights.{state}", "decision_id": decision_id, "reason": reason,
+        {"action": f"rights.{step}", "decision_id": decision_id, "reason": reason if step == state else None,
          "subject_token": subject_token(f"person:{person_id}", token_key) if person_id else None,
-         "details": {"request_id": request_id, "request_type": request_type, "from": previous,
-                     "due_date": due, "needs_human": needs_human}}
+         "details": {"request_id": request_id, "request_type": request_type, "due_date": due,
+                     "needs_human": needs_human}}
         for request_id, request_type, person_id, previous, state, reason, due, needs_human, decision_id in changed
+        for step in _steps(previous, state)
     ])
     with members.begin() as source:
         source.execute(

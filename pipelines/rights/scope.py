@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pyarrow as pa
-
 from pipelines.policy.models import Policy, duration_parts
 from pipelines.pushback.targets import SUPPRESSION_TABLE
 from pipelines.sources.schema import RESTRICTION_COLUMNS, SQL_SYSTEMS
@@ -62,11 +60,6 @@ def subject_tables(policy: Policy) -> list[SubjectTable]:
                 restrictable=table is not None and all(c in table.c for c in RESTRICTION_COLUMNS),
             ))
     return found
-
-
-def subject_tables_arrow(policy: Policy) -> pa.Table:
-    rows = [vars(s) for s in subject_tables(policy)]
-    return pa.Table.from_pylist(rows)
 
 
 def legal_hold_sql(policy: Policy, alias: str) -> list[tuple[str, str, str]]:
