@@ -87,10 +87,10 @@ def ledger_suite() -> gx.ExpectationSuite:
     )
 
 
-def analytics_identifier_suite(table: str, text_columns: Iterable[str]) -> gx.ExpectationSuite:
+def analytics_identifier_suite(table: str, text_columns: list[str]) -> gx.ExpectationSuite:
     """No text column of an analytics table contains an e-mail, phone, IPv4 or French postal address."""
     return gx.ExpectationSuite(
-        name=f"analytics_{table}_identifiers",
+        name=f"analytics_{table}_{'_'.join(text_columns)}_identifiers",
         expectations=[
             gxe.ExpectColumnValuesToNotMatchRegex(
                 column=column, regex=pattern, meta=_meta(f"{table}.{column}: no {kind}")
