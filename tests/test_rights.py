@@ -211,6 +211,7 @@ def test_requests_wait_for_identity_and_for_a_human_when_unmatched(world: World)
         "confirmed", "answered", "refused")
 
 
+@pytest.mark.parametrize("world", ["sqlite"], indirect=True)  # backend-neutral: SQLite suffices
 def test_audit_and_source_status_follow_and_a_rerun_changes_nothing(world: World):
     world.process()
     log = world.root / "audit.jsonl"
@@ -251,6 +252,7 @@ def test_rights_assets_materialise_with_deadline_metadata(sandbox):
     assert checks["no_overdue_rights_request"] is (metadata["overdue"].value == 0)
 
 
+@pytest.mark.parametrize("world", ["sqlite"], indirect=True)  # backend-neutral: SQLite suffices
 def test_overdue_and_due_soon_requests_are_counted(world: World):
     late, soon = 9001, 9002
     with world.engines["members"].begin() as con:
