@@ -19,6 +19,7 @@ from pipelines.normalise import email_sql, phone_sql
 from pipelines.pseudo.keys import SecretKey
 
 BLOCK_SIZE = 64
+SCAN_BATCH_ROWS = 65_536
 
 # How each kind of source value is normalised before hashing (documented in pipelines/normalise.py).
 NORMALISERS = {
@@ -82,7 +83,9 @@ def tokenise_series(values: pd.Series, kind: str, key: bytes) -> pd.Series:
         con.register("source", pa.table({"value": pa.array(values, type=pa.string())}))
         normalised = con.sql(f"SELECT {normalise_sql(kind, 'value')} AS value FROM source").to_arrow_table()
         encoded = pc.dictionary_encode(normalised.column("value").combine_chunks())
-        con.register("uniques", pa.table({"value": encoded.dictionary}))
+        # Batches, so DuckDB's scan of the distinct values runs on every core.
+        uniques = pa.table({"value": encoded.dictionary}).to_batches(max_chunksize=SCAN_BATCH_ROWS)
+        con.register("uniques", pa.Table.from_batches(uniques, schema=pa.schema([("value", pa.string())])))
         tokens = con.sql(
             f"SELECT {hmac_sql('encode(value)')} AS token FROM uniques", params=key_params(key)
         ).to_arrow_table().column("token").combine_chunks()
