@@ -16,19 +16,14 @@ from pipelines.pseudo.checks import CATALOGUE, validate_analytics_file
 from pipelines.pseudo.keys import PseudonymisationKeyResource
 from pipelines.pseudo.policy import POLICY_FILE, PseudonymisationPolicy, load_pseudonymisation_policy
 from pipelines.pseudo.publish import PublicationReport, publish_analytics
-from pipelines.pseudo.tables import BUILDERS
+from pipelines.pseudo.tables import BUILDERS, REQUIRED_TABLES
 from pipelines.resources import AnalyticsFileResource, WarehouseResource
 
 OWNER = "team:data-engineering"
 GROUP = "pseudonymised"
 CATALOGUE_KEY = dg.AssetKey(["analytics", CATALOGUE])
-RAW_INPUTS = (
-    "members", "establishments", "contracts", "reimbursements", "survey_answers", "prospects",
-    "suppression_list", "navigation_events", "cookie_consents", "id_documents", "rights_requests",
-)
 UPSTREAM = [
-    *(dg.AssetKey(["raw", table]) for table in RAW_INPUTS),
-    dg.AssetKey(["identity", "person_links"]),
+    *(dg.AssetKey([schema, table]) for schema, table in REQUIRED_TABLES),
     dg.AssetKey(["rights", "exclusions"]),
 ]
 PARIS = zoneinfo.ZoneInfo("Europe/Paris")

@@ -19,7 +19,7 @@ import duckdb
 from pipelines.pseudo.checks import CATALOGUE, quote, sql_string, validate_analytics_file
 from pipelines.pseudo.kanon import KAnonymityReport, anonymise
 from pipelines.pseudo.policy import PseudonymisationPolicy, TablePolicy
-from pipelines.pseudo.tables import BUILDERS, domain_exclusions_sql, exclusions_sql
+from pipelines.pseudo.tables import BUILDERS, REQUIRED_TABLES, domain_exclusions_sql, exclusions_sql
 from pipelines.pseudo.tokens import normalise_sql, tokenise_table
 
 
@@ -104,6 +104,9 @@ def build_candidate(
     unknown = sorted(set(policy.tables) - set(BUILDERS))
     if unknown:
         raise ValueError(f"no builder for analytics table(s) {unknown}; known: {sorted(BUILDERS)}")
+    missing = [f"{schema}.{table}" for schema, table in REQUIRED_TABLES if not _table_exists(con, schema, table)]
+    if missing:
+        raise ValueError(f"the warehouse lacks {', '.join(missing)}: run ingestion and identity resolution first")
     con.execute(exclusions_sql(_table_exists(con, "rights", "exclusions")))
     for domain, rules in policy.domains.items():
         con.execute(domain_exclusions_sql(domain, rules.excluded_reasons))

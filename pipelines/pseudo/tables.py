@@ -13,6 +13,13 @@ from collections.abc import Callable
 
 from pipelines.normalise import email_sql, phone_sql
 
+# Warehouse tables the builders and the identifier check read; `rights.exclusions` is optional.
+RAW_INPUTS = (
+    "members", "establishments", "contracts", "reimbursements", "survey_answers", "prospects",
+    "suppression_list", "navigation_events", "cookie_consents", "id_documents", "rights_requests",
+)
+REQUIRED_TABLES = (*(("raw", t) for t in RAW_INPUTS), ("identity", "person_links"))
+
 
 def exclusions_sql(with_rights_table: bool) -> str:
     """Temp table `_exclusions(node_type, node_value, reason)`: every excluded record and contact."""
