@@ -256,6 +256,13 @@ def test_a_leaking_build_is_refused_and_the_published_file_stays(warehouse, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["analytics.duckdb", "warehouse.duckdb"]
 
 
+def test_a_candidate_left_by_a_killed_run_is_cleaned_up(warehouse, tmp_path, policy) -> None:
+    stale = tmp_path / ".analytics.duckdb.0123abcd.building"
+    stale.write_bytes(b"half-written")
+    publish(warehouse, tmp_path / "analytics.duckdb", policy)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["analytics.duckdb", "warehouse.duckdb"]
+
+
 def test_reader_holding_the_old_file_neither_blocks_nor_sees_a_partial_table(warehouse, tmp_path, policy) -> None:
     analytics = tmp_path / "analytics.duckdb"
     publish(warehouse, analytics, policy)

@@ -137,6 +137,10 @@ def publish_analytics(
 ) -> PublicationReport:
     """Build, check and atomically publish the analytics file; raise PublicationRefused on a failed check."""
     analytics.parent.mkdir(parents=True, exist_ok=True)
+    # A run killed mid-build leaves its candidate behind; runs are serialised, so any left is stale. If
+    # another publication were racing, losing its candidate only makes its swap fail: nothing half-published.
+    for stale in analytics.parent.glob(f".{analytics.name}.*.building*"):
+        stale.unlink(missing_ok=True)
     candidate = analytics.with_name(f".{analytics.name}.{uuid.uuid4().hex}.building")
     try:
         con = duckdb.connect()
