@@ -66,6 +66,7 @@ def _prepare(con: duckdb.DuckDBPyConnection, name: str, table: TablePolicy, key:
         joins.append(f"JOIN _tok_{name}_{i} t{i} ON t{i}.value = {on}")
         tokens.append(f"t{i}.token AS {quote(column.name)}")
     select = ", ".join(["b.*", *tokens])
+    # Inner joins: a row whose pseudonym source normalises to nothing has no person to count, so it goes.
     con.execute(f"CREATE OR REPLACE TEMP TABLE {prepared} AS SELECT {select} FROM _base_{name} b {' '.join(joins)}")
     return prepared
 
