@@ -133,7 +133,8 @@ def _email_domains(rng: np.random.Generator, n: int) -> pa.Array:
     return pick(names, weighted_choice(rng, weights, n))
 
 
-def _city_columns(rng: np.random.Generator, n: int) -> np.ndarray:
+def _cities(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Indices into vocab.CITIES, weighted by where students live."""
     return weighted_choice(rng, [c[4] for c in vocab.CITIES], n)
 
 
@@ -165,7 +166,7 @@ def _members(rng: np.random.Generator, words: vocab.Vocabulary, n: int, today: i
     phone_null = rng.random(n) < 0.03
     phone = with_nulls(format_phones(rng, phone_digit, phone_number), phone_null)
 
-    city = _city_columns(rng, n)
+    city = _cities(rng, n)
     activity = weighted_choice(rng, [82, 9, 3, 6], n)
     establishment = rng.integers(1, len(vocab.ESTABLISHMENTS) + 1, n)
     created = at_office_hours(rng, start)
@@ -408,7 +409,7 @@ def _rights_requests(
     verified = np.minimum(received + rng.integers(3600, 3 * SECONDS_PER_DAY, k), today * SECONDS_PER_DAY - 1)
 
     new_phone = format_phones(rng, np.full(k, 6), phone_numbers(_REQUEST_PHONE_BASE + row))
-    new_city = pick([c[0] for c in vocab.CITIES], _city_columns(rng, k))
+    new_city = pick([c[0] for c in vocab.CITIES], _cities(rng, k))
     details = [
         cycle_values(['{"format": "json"}'], k),
         concat('{"phone": "', new_phone, '", "city": "', new_city, '"}'),
@@ -511,7 +512,7 @@ def _prospects(rng: np.random.Generator, words: vocab.Vocabulary, m: _Members, t
 def _campaigns(rng: np.random.Generator, today: int, k: int = 40) -> pa.Table:
     kind = np.arange(k) % len(vocab.CAMPAIGN_KINDS)
     launched = today - rng.integers(1, 6 * _YEAR, k)
-    city = pick([c[0] for c in vocab.CITIES], _city_columns(rng, k))
+    city = pick([c[0] for c in vocab.CITIES], _cities(rng, k))
     return pa.table({
         "campaign_id": np.arange(1, k + 1),
         "name": concat(pick(vocab.CAMPAIGN_LABELS, kind), " ", pa.array(year_of(launched)).cast(pa.string()),
@@ -574,7 +575,7 @@ def _navigation(rng: np.random.Generator, members: int, today: int) -> tuple[pa.
     visitors, events = max(50, 2 * members), 10 * members
     visitor_id = random_uuids(rng, visitors)
     visitor_member = pa.array(rng.integers(1, members + 1, visitors), mask=rng.random(visitors) >= 0.35)
-    city = _city_columns(rng, visitors)
+    city = _cities(rng, visitors)
     octets = [pa.array(rng.integers(1, 255, visitors)).cast(pa.string()) for _ in range(3)]
     ip = concat(pick([str(o) for o in vocab.IP_FIRST_OCTETS], rng.integers(0, len(vocab.IP_FIRST_OCTETS), visitors)),
                 ".", octets[0], ".", octets[1], ".", octets[2])
@@ -753,7 +754,7 @@ def generate(
     """Write the three source systems under out_dir (replacing earlier output); rows written per table.
 
     `parallel` (default: from 50,000 members) writes the prospecting platform and the navigation log in a
-    second, spawned process; callers' scripts then need the usual `if __name__ == "__main__"` guard.
+    second, spawned process; a calling script then needs the usual `if __name__ == "__main__"` guard.
     """
     if members < 20:
         raise ValueError("the generator needs at least 20 members to plant every edge case")
