@@ -12,7 +12,7 @@ import duckdb
 import pytest
 import yaml
 
-from assets.transfers import transfer_assets
+from assets.transfers import TRANSFER_RECIPIENTS, transfer_assets
 from pipelines import settings
 from pipelines.audit import AuditLog, verify
 from pipelines.policy.load import load_policy
@@ -90,8 +90,9 @@ def _allowed(policy, recipient: str) -> dict[str, list[str]]:
     return {f"{d.purpose}__{d.dataset}.csv": d.columns for d in r.receives}
 
 
-def test_the_policy_declares_exactly_the_two_transfers():
-    assert {r.key for r in transfer_recipients(load_policy(settings.policies_dir()))} == {MOROCCO, MONACO}
+def test_every_transfer_the_policy_declares_has_an_extract_asset():
+    declared = {r.key for r in transfer_recipients(load_policy(settings.policies_dir()))}
+    assert declared == set(TRANSFER_RECIPIENTS) == {MOROCCO, MONACO}
 
 
 def test_morocco_extract_has_only_allowed_columns_and_no_restricted_or_erased_person(tmp_path, policy):
