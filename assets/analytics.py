@@ -137,7 +137,9 @@ def _file_check(name: str, description: str) -> dg.AssetChecksDefinition:
     def _check(
         warehouse: WarehouseResource, analytics: AnalyticsFileResource, policies: PoliciesResource
     ) -> dg.AssetCheckResult:
-        problems = validate_analytics_file(analytics.resolved_path, warehouse.resolved_path, _policy(policies))[name]
+        problems = validate_analytics_file(
+            analytics.resolved_path, warehouse.resolved_path, _policy(policies), checks=(name,)
+        )[name]
         return dg.AssetCheckResult(
             passed=not problems,
             metadata={"problems": dg.MetadataValue.int(len(problems)),

@@ -256,6 +256,19 @@ def test_a_leaking_build_is_refused_and_the_published_file_stays(warehouse, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["analytics.duckdb", "warehouse.duckdb"]
 
 
+def test_checks_catch_an_uncatalogued_column_and_a_small_class(warehouse, tmp_path, policy) -> None:
+    analytics = tmp_path / "analytics.duckdb"
+    publish(warehouse, analytics, policy)
+    with duckdb.connect(str(analytics)) as con:
+        con.execute("ALTER TABLE members_pseudo ADD COLUMN note VARCHAR")
+        con.execute("INSERT INTO members_pseudo (member_token, age_band, civility, departement, establishment, "
+                    "cohort, status) VALUES ('ab', '90-94', 'M.', '2A', 'x', '1999', 'active')")
+    problems = validate_analytics_file(analytics, warehouse, policy)
+    assert problems["catalogue_complete"] == ["members_pseudo.note: published but not in the catalogue"]
+    assert problems["k_anonymity"] == ["members_pseudo: a class has 1 people, k = 5"]
+    assert problems["no_direct_identifiers"] == []
+
+
 def test_a_candidate_left_by_a_killed_run_is_cleaned_up(warehouse, tmp_path, policy) -> None:
     stale = tmp_path / ".analytics.duckdb.0123abcd.building"
     stale.write_bytes(b"half-written")
