@@ -5,13 +5,12 @@ analytics identifier check is blocking: a direct identifier in the analysts' fil
 Metadata holds counts and masked examples only.
 """
 
-import datetime as dt
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import dagster as dg
 
+from assets.retention import LEDGER_KEY, RetentionConfig, as_of_date
 from pipelines.quality.checks import (
     RawTableSpec,
     check_analytics_identifiers,
@@ -23,27 +22,13 @@ from pipelines.quality.checks import (
 from pipelines.quality.gx_runner import SuiteOutcome
 from pipelines.resources import AnalyticsFileResource, SqlSourceResource, WarehouseResource
 
-AS_OF_TAG = "sem/as_of"
-PARIS = ZoneInfo("Europe/Paris")
 SOURCE_RESOURCE_KEYS = {"members": "member_source", "prospects": "prospect_source"}
-LEDGER_KEY = dg.AssetKey(["retention", "ledger"])
 # The catalogue asset stands for the analytics file as a whole (assets/analytics.py): checking the file there
 # blocks everything downstream of the file.
 ANALYTICS_FILE_KEY = dg.AssetKey(["analytics", "catalogue"])
 # DuckDB lets one process write a file or many read it, not both: checks that read the warehouse queue in the
 # same pool as the assets that write it.
 WAREHOUSE_POOL = "warehouse"
-
-
-class AsOfConfig(dg.Config):
-    """The day the retention rules are evaluated for; empty = the run's `sem/as_of` tag, else today (Paris)."""
-
-    as_of: str | None = None
-
-
-def resolve_as_of(config_value: str | None, tags: dict[str, str]) -> dt.date:
-    value = config_value or tags.get(AS_OF_TAG)
-    return dt.date.fromisoformat(value) if value else dt.datetime.now(PARIS).date()
 
 
 def _result(outcomes: Sequence[SuiteOutcome], failure: dg.AssetCheckSeverity) -> dg.AssetCheckResult:
@@ -94,9 +79,9 @@ raw_table_checks = [_raw_check(spec) for spec in raw_table_specs()]
     pool=WAREHOUSE_POOL,
 )
 def ledger_check(
-    context: dg.AssetCheckExecutionContext, config: AsOfConfig, warehouse: WarehouseResource
+    context: dg.AssetCheckExecutionContext, config: RetentionConfig, warehouse: WarehouseResource
 ) -> dg.AssetCheckResult:
-    as_of = resolve_as_of(config.as_of, context.run.tags)
+    as_of = as_of_date(config.as_of, context.run.tags)
     with warehouse.connect(read_only=True) as con:
         outcome = check_ledger(con, as_of)
     result = _result([outcome], dg.AssetCheckSeverity.ERROR)

@@ -3,7 +3,8 @@ professionals), thin wrappers over pipelines.transfers; columns, rows and safegu
 
 import dagster as dg
 
-from assets.quality_checks import WAREHOUSE_POOL, AsOfConfig, resolve_as_of
+from assets.quality_checks import WAREHOUSE_POOL
+from assets.retention import RetentionConfig, as_of_date
 from pipelines.audit import AuditLog
 from pipelines.policy.resource import PoliciesResource
 from pipelines.resources import ComplianceStoreResource, WarehouseResource
@@ -39,12 +40,13 @@ def _transfer_asset(recipient: str, what: str) -> dg.AssetsDefinition:
     )
     def _transfer(
         context: dg.AssetExecutionContext,
-        config: AsOfConfig,
+        config: RetentionConfig,
         warehouse: WarehouseResource,
         compliance: ComplianceStoreResource,
         policies: PoliciesResource,
     ) -> dg.MaterializeResult:
-        as_of = resolve_as_of(config.as_of, context.run.tags)
+        # The run's day (config, else the `sem/as_of` tag, else today in Paris), as for retention.
+        as_of = as_of_date(config.as_of, context.run.tags)
         with warehouse.connect(read_only=True) as con:
             report = build_transfer(
                 con, policies.load(), recipient, compliance.outbox_dir, as_of, AuditLog(compliance.audit_log_path)

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
-from assets.quality_checks import AS_OF_TAG
+from assets.retention import AS_OF_TAG
 from sensors.policy_change import PREVIEW_KEY
 
 NIGHTLY_JOB = "nightly_job"

@@ -8,7 +8,8 @@ import dagster as dg
 import pytest
 from dagster._utils.schedules import cron_string_iterator
 
-from assets.quality_checks import AS_OF_TAG, LEDGER_KEY, ledger_check
+from assets.quality_checks import ledger_check
+from assets.retention import AS_OF_TAG, LEDGER_KEY
 from pipelines.resources import ComplianceStoreResource, WarehouseResource
 from sensors.run_failure import ALERTS_FILE, run_failure_alert_sensor
 from sensors.schedules import NIGHTLY_JOB, nightly_schedule
