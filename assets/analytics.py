@@ -10,6 +10,7 @@ import datetime as dt
 import zoneinfo
 
 import dagster as dg
+from pydantic import Field
 
 from pipelines.policy.resource import PoliciesResource
 from pipelines.pseudo.checks import CATALOGUE, validate_analytics_file
@@ -30,8 +31,9 @@ PARIS = zoneinfo.ZoneInfo("Europe/Paris")
 
 
 class AnalyticsConfig(dg.Config):
-    as_of: str | None = None
-    """Reference date (YYYY-MM-DD) for ages; default: today in Europe/Paris."""
+    as_of: str | None = Field(
+        default=None, description="Reference date (YYYY-MM-DD) for ages; default: today in Europe/Paris."
+    )
 
 
 def _policy(policies: PoliciesResource) -> PseudonymisationPolicy:
