@@ -31,13 +31,15 @@ ANALYTICS_FILE_KEY = dg.AssetKey(["analytics", "catalogue"])
 WAREHOUSE_POOL = "warehouse"
 
 
-def _result(outcomes: Sequence[SuiteOutcome], failure: dg.AssetCheckSeverity) -> dg.AssetCheckResult:
+def _result(
+    outcomes: Sequence[SuiteOutcome], failure: dg.AssetCheckSeverity, unit: str = "rows"
+) -> dg.AssetCheckResult:
     failed = [f for o in outcomes for f in o.metadata()["failures"]]
     return dg.AssetCheckResult(
         passed=not failed,
         severity=failure,
         metadata={
-            "rows_checked": dg.MetadataValue.int(sum(o.row_count for o in outcomes)),
+            f"{unit}_checked": dg.MetadataValue.int(sum(o.row_count for o in outcomes)),
             "expectations": dg.MetadataValue.int(sum(len(o.outcomes) for o in outcomes)),
             "failed_expectations": dg.MetadataValue.int(len(failed)),
             "unexpected_values": dg.MetadataValue.int(sum(f["unexpected_count"] for f in failed)),
@@ -107,7 +109,8 @@ def analytics_checks(
         "analytics file. A failure stops everything downstream (publication to analysts).",
     )
     def identifiers(analytics: AnalyticsFileResource) -> dg.AssetCheckResult:
-        return _result(check_analytics_identifiers(file_path(analytics)), dg.AssetCheckSeverity.ERROR)
+        # Counted over distinct non-token values per column (pipelines.quality.checks).
+        return _result(check_analytics_identifiers(file_path(analytics)), dg.AssetCheckSeverity.ERROR, "values")
 
     @dg.asset_check(
         asset=asset_key,
