@@ -207,7 +207,7 @@ def navigation_targets() -> pa.Table:
 def test_navigation_files_are_rewritten_and_recorded_once(tmp_path):
     root = tmp_path / "navigation"
     write_navigation(root)
-    report = apply_decisions(navigation_targets(), navigation_dir=root)
+    report = apply_decisions(navigation_targets(), navigation_dir=root, outbox_dir=tmp_path, tokenise=plain_token)
     events = read_events(root).to_pylist()
     assert report.ok and report.rows_affected["navigation"] == 3 * 4 + 3 * 4
     assert not [e for e in events if e["visitor_id"] == "v1"]
@@ -217,9 +217,12 @@ def test_navigation_files_are_rewritten_and_recorded_once(tmp_path):
     assert read_events(root).schema == NAVIGATION_EVENT_SCHEMA
     assert not list(root.rglob("*.tmp"))
     mtimes = {f: f.stat().st_mtime_ns for f in root.rglob("*.parquet")}
-    again = apply_decisions(navigation_targets(), navigation_dir=root)
+    again = apply_decisions(navigation_targets(), navigation_dir=root, outbox_dir=tmp_path, tokenise=plain_token)
     assert again.applied == {"navigation": []} and again.ok
     assert {f: f.stat().st_mtime_ns for f in root.rglob("*.parquet")} == mtimes
+    # policies/recipients.yaml: the audience processor is told of erasures of the visitors it received
+    assert [(n["recipient"], n["decision_id"], n["subject_token"]) for n in read_notices(tmp_path)] == [
+        ("web_analytics_processor", "nav-erase", "t-visitor:v1")]
 
 
 # --- crash test: a real SIGKILL inside the transaction, then a re-run ---------------------------------

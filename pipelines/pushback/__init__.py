@@ -174,7 +174,8 @@ def apply_decisions(
         if system == "navigation":
             if navigation_dir is None:
                 raise ValueError("decision targets name the navigation logs but no navigation_dir was given")
-            nav = apply_to_navigation(navigation_dir, part, now=now_text, checkpoint=_checkpoint)
+            nav = apply_to_navigation(navigation_dir, part, now=now_text, notice_rules=notice_rules,
+                                      before_commit=persist_notices, checkpoint=_checkpoint)
             report.applied[system], report.rows_affected[system] = nav.newly_applied, nav.rows_affected
             unconfirmed_by[system] = unconfirmed_navigation(navigation_dir, part)
             continue

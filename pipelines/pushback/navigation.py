@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +19,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from pipelines.pushback.sql import NoticeRule
 
 MANIFEST_NAME = "_privacy_applied_decisions.json"
 TABLE_DIRS = {"navigation_events": "events", "cookie_consents": "consents"}
@@ -82,7 +84,8 @@ def _matches(con: duckdb.DuckDBPyConnection, files: list[Path], key_column: str,
     """Rows of `files` whose key is among the registered `group_targets`, with their file name."""
     paths = [str(f) for f in files]
     return con.sql(
-        f"SELECT t.decision_id, e.filename FROM read_parquet({paths}, filename = true, hive_partitioning = false) e"
+        f"SELECT t.decision_id, t.key_value, e.filename "
+        f"FROM read_parquet({paths}, filename = true, hive_partitioning = false) e"
         f" JOIN group_targets t ON CAST(e.{key_column} AS VARCHAR) = t.key_value {extra_where}"
     )
 
@@ -99,9 +102,26 @@ def _group_targets(targets: pa.Table, group: dict[str, str]) -> pa.Table:
     return targets.filter(mask)
 
 
-def apply_to_navigation(navigation_dir: Path, targets: pa.Table, *, now: str,
+def _notices(con: duckdb.DuckDBPyConnection, files: list[Path], group: dict[str, str],
+             rules: Sequence[NoticeRule]) -> list[dict[str, str]]:
+    """Art. 19 notices the group's decisions owe: the subject has rows of the table the recipient receives."""
+    found = []
+    for rule in rules:
+        if (rule.system, rule.table_name, rule.key_column) != ("navigation", group["table_name"], group["key_column"]) \
+                or group["action"] not in rule.actions:
+            continue
+        where = f"WHERE CAST(e.{rule.column} AS VARCHAR) = '{rule.value}'" if rule.column else ""
+        pairs = _matches(con, files, group["key_column"], where).aggregate("decision_id, key_value").fetchall()
+        found += [{"recipient": rule.recipient, "decision_id": d, "action": group["action"],
+                   "key_column": group["key_column"], "key_value": k} for d, k in pairs]
+    return found
+
+
+def apply_to_navigation(navigation_dir: Path, targets: pa.Table, *, now: str, notice_rules: Sequence[NoticeRule],
+                        before_commit: Callable[[list[dict[str, str]]], None],
                         checkpoint: Callable[[str], None]) -> NavigationOutcome:
-    """Apply the navigation targets (prepared: columns_key added) not yet in the manifest."""
+    """Apply the navigation targets (prepared: columns_key added) not yet in the manifest. `before_commit`
+    receives the art. 19 notices and persists them before the manifest records the decisions."""
     manifest = read_manifest(navigation_dir)
     pending = targets.filter(pc.invert(pc.is_in(targets["decision_id"], value_set=pa.array(list(manifest),
                                                                                           pa.string()))))
@@ -109,6 +129,7 @@ def apply_to_navigation(navigation_dir: Path, targets: pa.Table, *, now: str,
     if pending.num_rows == 0:
         return outcome
     per_decision: dict[str, dict[str, object]] = {}
+    notices: list[dict[str, str]] = []
     con = duckdb.connect()
     try:
         for group in _groups(pending):
@@ -116,6 +137,7 @@ def apply_to_navigation(navigation_dir: Path, targets: pa.Table, *, now: str,
             if not files:
                 continue
             con.register("group_targets", _group_targets(pending, group))
+            notices += _notices(con, files, group, notice_rules)
             counts = _matches(con, files, group["key_column"]).aggregate(
                 "decision_id, count(*) AS n, list(DISTINCT filename) AS files").fetchall()
             keys = pa.array(pc.unique(_group_targets(pending, group)["key_value"]).to_pylist(), pa.string())
@@ -134,6 +156,7 @@ def apply_to_navigation(navigation_dir: Path, targets: pa.Table, *, now: str,
                                  "table_name": ",".join(sorted(entry["tables"]))}
         outcome.rows_affected += entry["rows_affected"]
         outcome.newly_applied.append(decision_id)
+    before_commit(notices)
     _write_manifest(navigation_dir, manifest)
     return outcome
 

@@ -44,11 +44,11 @@ def notice_rules(policy: Policy) -> tuple[NoticeRule, ...]:
                                  "\"column = 'value'\"")
             column, value = match.groups() if match else (None, None)
             rules += [NoticeRule(recipient.key, dataset.system, subject.column, dataset.name, actions, column, value)
-                      for subject in dataset.subjects if actions and dataset.system != "navigation"]
+                      for subject in dataset.subjects if actions]
     return tuple(rules)
 
 
-KEY_KIND = {"member_id": "member", "prospect_id": "prospect", "visitor_id": "visitor"}
+KEY_KIND = {"member_id": "member", "prospect_id": "prospect", "visitor_id": "visitor"}  # token prefix
 
 
 def notice_id(recipient: str, decision_id: str, subject_token: str) -> str:
