@@ -55,7 +55,8 @@ def _url_path(col: str, _: str) -> str:
 
 def _grid(col: str, degrees: str) -> str:
     def snap(i: int) -> str:
-        return f"printf('%.2f', round({col}[{i}] / {degrees}) * {degrees})"
+        # "+ 0.0" turns IEEE -0.0 into 0.0, so the same area never has two labels.
+        return f"printf('%.2f', round({col}[{i}] / {degrees}) * {degrees} + 0.0)"
 
     return f"CASE WHEN {col}[1] IS NOT NULL AND {col}[2] IS NOT NULL THEN {snap(1)} || ',' || {snap(2)} END"
 

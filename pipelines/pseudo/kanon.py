@@ -58,8 +58,13 @@ def column_sql(column: ColumnPolicy, level: int) -> str:
     if column.role == "pseudonym":
         return _q(column.name)
     if column.role == "measure":
-        agg = "count(DISTINCT {})" if column.aggregate == "count_distinct" else f"{column.aggregate}({{}})"
-        return agg.format(_q(column.source))
+        source = _q(column.source)
+        if column.aggregate == "count_distinct":
+            return f"count(DISTINCT {source})"
+        if column.aggregate == "count":
+            return f"count({source})"
+        # Sums and means of amounts and scores: two decimals, not float noise.
+        return f"round({column.aggregate}({source}), 2)"
     return level_sql(column.levels[level], _q(column.source))
 
 
