@@ -2,7 +2,7 @@
 
 `generate(out_dir, members, seed, as_of)` writes `members.db` and `prospects.db` (SQLite, tables of
 pipelines.sources.schema) and the navigation Parquet log (`navigation/events/day=…/part-0.parquet`,
-`navigation/consents/consents.parquet`). Same (seed, as_of) -> same bytes of data; nothing is dated on or
+`navigation/consents/consents.parquet`). Same (seed, as_of) -> same rows; nothing is dated on or
 after `as_of`. Columns are drawn with numpy and assembled with Arrow compute; Faker only fills vocabularies.
 
 The data carries the edge cases the privacy pipeline must handle: memberships ended at every age, unpaid
