@@ -3,7 +3,8 @@
 HMAC(K, m) = SHA256((K' ⊕ opad) || SHA256((K' ⊕ ipad) || m)) with K' the key (hashed first when longer
 than the 64-byte block) padded with zeros (RFC 2104). The two padded key blocks are computed here and
 bound as query parameters, so key material is never part of a SQL text, a table or a log line.
-Tokens are computed once per distinct value and mapped back to the rows. DuckDB's sha256 already returns lowercase hex.
+Tables are tokenised once per distinct value and joined back (`tokenise_table`). DuckDB's sha256
+already returns lowercase hex.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pipelines.pseudo.keys import SecretKey
 
 BLOCK_SIZE = 64
 SCAN_BATCH_ROWS = 65_536
+# Above this share of distinct values, hashing every row is cheaper than encoding and mapping back.
+DISTINCT_RATIO_FOR_ROW_HASHING = 0.5
 
 # How each kind of source value is normalised before hashing (documented in pipelines/normalise.py).
 NORMALISERS = {
@@ -72,23 +75,37 @@ def tokenise_table(con: duckdb.DuckDBPyConnection, target: str, values_sql: str,
     return con.execute(f"SELECT count(*) FROM {target}").fetchall()[0][0]
 
 
+def _batched(column: pa.Array | pa.ChunkedArray) -> pa.Table:
+    """One-column table in batches, so DuckDB scans it on every core."""
+    table = pa.table({"value": column})
+    return pa.Table.from_batches(table.to_batches(max_chunksize=SCAN_BATCH_ROWS), schema=table.schema)
+
+
 def tokenise_series(values: pd.Series, kind: str, key: bytes) -> pd.Series:
     """Tokens of a pandas Series, row for row (null where the value normalises to null).
 
-    Arrow's dictionary encoding gives the distinct values and, for each row, the index of its value;
-    DuckDB hashes the distinct values (a plain projection keeps their order) and Arrow maps them back.
+    When values repeat, each distinct value is hashed once: Arrow's dictionary encoding gives the
+    distinct values and each row's index into them, DuckDB hashes the distinct values (a plain
+    projection keeps their order) and Arrow maps them back. When nearly every value is distinct, the
+    encoding costs more than it saves, and every row is hashed in one projection instead.
     """
     con = duckdb.connect()
     try:
         con.register("source", pa.table({"value": pa.array(values, type=pa.string())}))
         normalised = con.sql(f"SELECT {normalise_sql(kind, 'value')} AS value FROM source").to_arrow_table()
+        con.register("normalised", _batched(normalised.column("value")))
+        rows, distinct = con.execute("SELECT count(*), approx_count_distinct(value) FROM normalised").fetchall()[0]
+        hashed = "SELECT {} AS token FROM {}"
+        if distinct > DISTINCT_RATIO_FOR_ROW_HASHING * rows:
+            tokens = con.sql(hashed.format(hmac_sql("encode(value)"), "normalised"), params=key_params(key))
+            return _series(tokens.to_arrow_table().column("token"), values.index)
         encoded = pc.dictionary_encode(normalised.column("value").combine_chunks())
-        # Batches, so DuckDB's scan of the distinct values runs on every core.
-        uniques = pa.table({"value": encoded.dictionary}).to_batches(max_chunksize=SCAN_BATCH_ROWS)
-        con.register("uniques", pa.Table.from_batches(uniques, schema=pa.schema([("value", pa.string())])))
-        tokens = con.sql(
-            f"SELECT {hmac_sql('encode(value)')} AS token FROM uniques", params=key_params(key)
-        ).to_arrow_table().column("token").combine_chunks()
+        con.register("uniques", _batched(encoded.dictionary))
+        tokens = con.sql(hashed.format(hmac_sql("encode(value)"), "uniques"), params=key_params(key))
+        return _series(pc.take(tokens.to_arrow_table().column("token").combine_chunks(), encoded.indices), values.index)
     finally:
         con.close()
-    return pd.Series(pc.take(tokens, encoded.indices), index=values.index, dtype=pd.ArrowDtype(pa.string()))
+
+
+def _series(tokens: pa.Array | pa.ChunkedArray, index: pd.Index) -> pd.Series:
+    return pd.Series(tokens, index=index, dtype=pd.ArrowDtype(pa.string()))
