@@ -102,3 +102,13 @@ def test_benchmark_compares_identical_outputs_of_both_tokenisers() -> None:
     assert result["emails"]["distinct_values"] == 2_700
     assert result["visitor_ids"]["distinct_values"] == 300
     assert result["speedup"] == min(result["emails"]["speedup"], result["visitor_ids"]["speedup"])
+
+
+@pytest.mark.parametrize("repeats", [1, 20], ids=["mostly-distinct: every row hashed", "repeated: distinct values"])
+def test_series_tokeniser_agrees_with_hmac_whether_values_repeat_or_not(repeats: int) -> None:
+    key = derive_domain_key(b"\x11" * 32, "statistics", 1)
+    values = pd.Series([f" Visitor-{i // repeats} " for i in range(2_000)] + [None])
+    tokens = tokenise_series(values, "id", key)
+    expected = [hmac.new(key, v.strip().encode(), hashlib.sha256).hexdigest() for v in values.iloc[:-1]]
+    assert tokens.iloc[:-1].tolist() == expected
+    assert pd.isna(tokens.iloc[-1])
