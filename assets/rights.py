@@ -1,9 +1,9 @@
 """Stage "rights": rights requests from intake to confirmation (pipelines.rights.process), and their deadlines."""
 
-import datetime as dt
 
 import dagster as dg
 
+from assets.retention import as_of_date
 from pipelines.audit import AUDIT_DOMAIN, AuditLog
 from pipelines.policy.load import source_columns
 from pipelines.policy.resource import PoliciesResource
@@ -21,6 +21,14 @@ OWNER = "team:data-engineering"
 REQUESTS_KEY = dg.AssetKey(["rights", "requests"])
 DECISIONS_KEY = dg.AssetKey(["rights", "decisions"])
 EXCLUSIONS_KEY = dg.AssetKey(["rights", "exclusions"])
+
+
+class RightsConfig(dg.Config):
+    """The day deadlines are evaluated for (ISO date); empty = the run's `sem/as_of` tag, else today (Paris)."""
+
+    as_of: str | None = None
+
+
 UPSTREAM = [dg.AssetKey(["raw", table]) for (_, table) in source_columns()] + [
     dg.AssetKey(["identity", "person_links"])]
 
@@ -42,7 +50,7 @@ UPSTREAM = [dg.AssetKey(["raw", table]) for (_, table) in source_columns()] + [
     pool="warehouse",
 )
 def rights_requests(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource, policies: PoliciesResource,
+    context: dg.AssetExecutionContext, config: RightsConfig, warehouse: WarehouseResource, policies: PoliciesResource,
     member_source: SqlSourceResource, prospect_source: SqlSourceResource, navigation: NavigationSourceResource,
     compliance: ComplianceStoreResource, pseudonymisation_key: PseudonymisationKeyResource,
 ):
@@ -52,7 +60,7 @@ def rights_requests(
             con, policies.load(), members=member_source.engine(), prospects=prospect_source.engine(),
             navigation_dir=navigation.resolved_path, exports_dir=compliance.exports_dir,
             outbox_dir=compliance.outbox_dir, audit=AuditLog(compliance.audit_log_path, actor="rights_job"),
-            token_key=token_key)
+            token_key=token_key, as_of=as_of_date(config.as_of, context.run.tags))
         decisions = dict(run_sql(con, "SELECT status, count(*) FROM rights.decisions GROUP BY 1 ORDER BY 1"))
         exclusions = dict(run_sql(con, "SELECT reason, count(*) FROM rights.exclusions GROUP BY 1 ORDER BY 1"))
     if outcome.decisions_failed:
@@ -64,6 +72,7 @@ def rights_requests(
         "needs_human": dg.MetadataValue.int(outcome.needs_human),
         "overdue": dg.MetadataValue.int(outcome.overdue),
         "due_within_7_days": dg.MetadataValue.int(outcome.due_within_7_days),
+        "awaiting_identity": dg.MetadataValue.int(outcome.states.get("received", 0)),
         "access_bundles_written": dg.MetadataValue.int(len(outcome.bundles)),
     })
     yield dg.MaterializeResult(asset_key=DECISIONS_KEY, metadata={
@@ -81,12 +90,14 @@ def rights_requests(
 @dg.asset_check(
     asset=REQUESTS_KEY,
     name="no_overdue_rights_request",
-    description="No open request past its due date (one month after receipt, art. 12(3)); requests due within "
-    "7 days and those waiting for a human are listed.",
+    description="No open request past its due date (one month after receipt, art. 12(3); the clock is suspended "
+    "while the identity proof is awaited); requests due within 7 days and those waiting for a human are listed.",
 )
-def no_overdue_rights_request(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+def no_overdue_rights_request(
+    context: dg.AssetCheckExecutionContext, config: RightsConfig, warehouse: WarehouseResource,
+) -> dg.AssetCheckResult:
     with warehouse.connect(read_only=True) as con:
-        summary = deadline_summary(con, dt.date.today())
+        summary = deadline_summary(con, as_of_date(config.as_of, context.run.tags))
     return dg.AssetCheckResult(
         passed=summary["overdue"] == 0,
         severity=dg.AssetCheckSeverity.ERROR,
@@ -95,6 +106,7 @@ def no_overdue_rights_request(warehouse: WarehouseResource) -> dg.AssetCheckResu
             "overdue_request_ids": dg.MetadataValue.json(summary["overdue_request_ids"]),
             "due_within_7_days": dg.MetadataValue.int(summary["due_within_7_days"]),
             "needs_human": dg.MetadataValue.int(summary["needs_human"]),
+            "awaiting_identity": dg.MetadataValue.int(summary["awaiting_identity"]),
         },
     )
 

@@ -21,7 +21,7 @@ from pipelines.identity import resolve_identities
 from pipelines.ingest import ingest_parquet, ingest_sql_table, navigation_columns
 from pipelines.policy.load import load_policy
 from pipelines.pushback.notices import read_notices
-from pipelines.rights.process import RightsOutcome, process_rights
+from pipelines.rights.process import RightsOutcome, deadline_summary, process_rights
 from pipelines.sources.schema import (
     COOKIE_CONSENT_SCHEMA,
     NAVIGATION_EVENT_SCHEMA,
@@ -254,16 +254,19 @@ def test_rights_assets_materialise_with_deadline_metadata(sandbox):
 
 @pytest.mark.parametrize("world", ["sqlite"], indirect=True)  # backend-neutral: SQLite suffices
 def test_overdue_and_due_soon_requests_are_counted(world: World):
-    late, soon = 9001, 9002
+    late, soon, awaiting_id = 9001, 9002, 9003
     with world.engines["members"].begin() as con:
-        con.execute(sa.text("INSERT INTO rights_requests (request_id, email, request_type, received_at, status) "
-                            "VALUES (:r, 'late@example.org', 'access', :at, 'received')"),
-                    [{"r": late, "at": "2026-09-20 10:00:00"}, {"r": soon, "at": "2026-10-05 10:00:00"}])
+        con.execute(sa.text("INSERT INTO rights_requests (request_id, email, request_type, received_at, "
+                            "identity_verified_at, status) VALUES (:r, 'late@example.org', 'access', :at, :ok, "
+                            "'received')"),
+                    [{"r": late, "at": "2026-09-20 10:00:00", "ok": "2026-09-21 10:00:00"},
+                     {"r": soon, "at": "2026-10-05 10:00:00", "ok": "2026-10-06 10:00:00"},
+                     {"r": awaiting_id, "at": "2026-09-01 10:00:00", "ok": None}])
     world.ingest()
     outcome = world.process()
     with duckdb.connect(str(world.warehouse), read_only=True) as con:
-        from pipelines.rights.process import deadline_summary
-
         summary = deadline_summary(con, TEST_AS_OF)
     assert late in summary["overdue_request_ids"] and soon not in summary["overdue_request_ids"]
+    # asking for the identity proof suspends the clock: not late, counted apart
+    assert awaiting_id not in summary["overdue_request_ids"] and summary["awaiting_identity"] >= 1
     assert summary["due_within_7_days"] >= 1 and outcome.overdue == summary["overdue"]

@@ -233,8 +233,10 @@ def process_rights(
     audit: AuditLog,
     token_key: bytes,
     now: dt.datetime | None = None,
+    as_of: dt.date | None = None,
 ) -> RightsOutcome:
-    """See the module docstring. `con` is the warehouse (raw.*, identity.person_links already built)."""
+    """See the module docstring. `con` is the warehouse (raw.*, identity.person_links already built);
+    deadlines are evaluated as of `as_of` (default: the date of `now`)."""
     now_text = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d %H:%M:%S")
     tables = subject_tables(policy)
     ensure_schema(con)
@@ -299,7 +301,7 @@ def process_rights(
             results[request_id] = _Result("confirmed", reason, decision_id, target_counts.get(decision_id, 0))
     _record(con, results, now_text)
     _publish_states(con, members, audit, token_key)
-    summary = deadline_summary(con, (now or dt.datetime.now(dt.UTC)).date())
+    summary = deadline_summary(con, as_of or (now or dt.datetime.now(dt.UTC)).date())
     return RightsOutcome(
         states=summary["states"], needs_human=summary["needs_human"], overdue=summary["overdue"],
         due_within_7_days=summary["due_within_7_days"],
@@ -386,14 +388,19 @@ def _publish_states(con: duckdb.DuckDBPyConnection, members: sa.Engine, audit: A
 
 
 def deadline_summary(con: duckdb.DuckDBPyConnection, today: dt.date) -> dict[str, object]:
-    """Counts by state, requests waiting for a human, open requests overdue or due within 7 days."""
+    """Counts by state, requests waiting for a human, open requests overdue or due within 7 days.
+
+    A request still waiting for its identity proof is not counted late: asking for identity information
+    suspends the one-month clock (retention-rules.md §D.1, décret 2019-536); it is counted apart."""
     states = dict(run_sql(con, "SELECT state, count(*) FROM rights.requests GROUP BY state ORDER BY state"))
     row = run_sql(con, """
-        SELECT count(*) FILTER (WHERE needs_human AND open),
-               count(*) FILTER (WHERE open AND due_date < ?),
-               count(*) FILTER (WHERE open AND due_date BETWEEN ? AND ? + INTERVAL 7 DAY),
-               list(request_id ORDER BY request_id) FILTER (WHERE open AND due_date < ?)
-        FROM (SELECT *, state NOT IN ('confirmed', 'answered', 'refused') AS open FROM rights.requests)""",
+        SELECT count(*) FILTER (WHERE needs_human AND running),
+               count(*) FILTER (WHERE running AND due_date < ?),
+               count(*) FILTER (WHERE running AND due_date BETWEEN ? AND ? + INTERVAL 7 DAY),
+               list(request_id ORDER BY request_id) FILTER (WHERE running AND due_date < ?),
+               count(*) FILTER (WHERE state = 'received')
+        FROM (SELECT *, state NOT IN ('confirmed', 'answered', 'refused') AND identity_verified_at IS NOT NULL
+                        AS running FROM rights.requests)""",
         [today, today, today, today])[0]
     return {"states": states, "needs_human": row[0], "overdue": row[1], "due_within_7_days": row[2],
-            "overdue_request_ids": row[3] or []}
+            "overdue_request_ids": row[3] or [], "awaiting_identity": row[4]}
