@@ -2,14 +2,10 @@
 
 import dagster as dg
 
-from pipelines.ingest import IngestResult, ingest_parquet, ingest_sql_table, navigation_columns
+from pipelines.ingest import IngestResult, ingest_sql_table
+from pipelines.refresh import ingest_navigation_table
 from pipelines.resources import NavigationSourceResource, SqlSourceResource, WarehouseResource
-from pipelines.sources.schema import (
-    COOKIE_CONSENT_SCHEMA,
-    NAVIGATION_EVENT_SCHEMA,
-    NAVIGATION_REQUIRED,
-    SQL_SYSTEMS,
-)
+from pipelines.sources.schema import SQL_SYSTEMS
 
 OWNER = "team:data-engineering"
 SYSTEM_LABELS = {"members": "member system", "prospects": "prospecting platform"}
@@ -77,10 +73,7 @@ ingest_prospects = _sql_system_assets("prospects", "prospect_source")
 )
 def navigation_events(warehouse: WarehouseResource, navigation: NavigationSourceResource) -> dg.MaterializeResult:
     with warehouse.connect() as con:
-        result = ingest_parquet(
-            con, navigation.events_dir, table="navigation_events",
-            columns=navigation_columns(NAVIGATION_EVENT_SCHEMA), required=list(NAVIGATION_REQUIRED),
-        )
+        result = ingest_navigation_table(con, navigation.resolved_path, "navigation_events")
     return dg.MaterializeResult(metadata=_metadata(result))
 
 
@@ -95,8 +88,5 @@ def navigation_events(warehouse: WarehouseResource, navigation: NavigationSource
 )
 def cookie_consents(warehouse: WarehouseResource, navigation: NavigationSourceResource) -> dg.MaterializeResult:
     with warehouse.connect() as con:
-        result = ingest_parquet(
-            con, navigation.consents_dir, table="cookie_consents",
-            columns=navigation_columns(COOKIE_CONSENT_SCHEMA), required=["consent_id", "visitor_id", "consented_at"],
-        )
+        result = ingest_navigation_table(con, navigation.resolved_path, "cookie_consents")
     return dg.MaterializeResult(metadata=_metadata(result))

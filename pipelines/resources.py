@@ -84,14 +84,6 @@ class NavigationSourceResource(dg.ConfigurableResource):
     def resolved_path(self) -> Path:
         return Path(self.path) if self.path else settings.navigation_dir()
 
-    @property
-    def events_dir(self) -> Path:
-        return self.resolved_path / "events"
-
-    @property
-    def consents_dir(self) -> Path:
-        return self.resolved_path / "consents"
-
 
 class ComplianceStoreResource(dg.ConfigurableResource):
     """Folders for the DPO: audit log, recipients' outbox, access-request exports and reports."""
