@@ -8,6 +8,7 @@ import dagster as dg
 from pipelines.audit import AuditLog
 from pipelines.policy.load import source_columns
 from pipelines.policy.resource import PoliciesResource
+from pipelines.refresh import refresh_from_sources
 from pipelines.resources import (
     ComplianceStoreResource,
     NavigationSourceResource,
@@ -106,10 +107,13 @@ def retention_applied(
         as_of = con.execute("SELECT max(as_of) FROM retention.record_status").fetchall()[0][0]
         if as_of is None:
             raise dg.Failure("retention.record_status is empty: materialise retention/ledger first")
+        engines = {"members": member_source.engine(), "prospects": prospect_source.engine()}
         outcome = apply_retention(
-            con, policy, as_of, members=member_source.engine(), prospects=prospect_source.engine(),
+            con, policy, as_of, members=engines["members"], prospects=engines["prospects"],
             navigation_dir=navigation.resolved_path, outbox_dir=compliance.outbox_dir, audit=audit)
         counts = counts_by_purpose(con)
+        reread = refresh_from_sources(con, outcome.touched, engines=engines,
+                                      navigation_dir=navigation.resolved_path, policy=policy, as_of=as_of)
     summary = {step: outcome.warehouse.total(step) for step in ("archive", "erase", "anonymise")}
     audit.append("retention.applied", details={"as_of": as_of.isoformat(), "policy": policy.version_label,
                                                 "warehouse_rows": summary, "source_rows": outcome.source_rows})
@@ -124,6 +128,7 @@ def retention_applied(
         "source_rows_targeted": dg.MetadataValue.int(outcome.source_rows),
         "decisions_confirmed": dg.MetadataValue.int(outcome.decisions_confirmed),
         "decisions_failed": dg.MetadataValue.int(len(outcome.decisions_failed)),
+        "source_tables_reread": dg.MetadataValue.json(reread),
         "by_dataset": dg.MetadataValue.json(outcome.warehouse.rows),
         "by_purpose": dg.MetadataValue.md(_purpose_table(counts)),
     })

@@ -12,11 +12,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from pipelines.identity import resolve_identities
 from pipelines.ingest import ingest_parquet, ingest_sql_table, navigation_columns
 from pipelines.policy.models import Policy
+from pipelines.pushback import PushbackReport
 from pipelines.retention.ledger import build_ledger
 from pipelines.sources.schema import COOKIE_CONSENT_SCHEMA, NAVIGATION_EVENT_SCHEMA, NAVIGATION_REQUIRED, SQL_SYSTEMS
 
@@ -24,6 +27,14 @@ NAVIGATION_TABLES = {
     "navigation_events": (NAVIGATION_EVENT_SCHEMA, list(NAVIGATION_REQUIRED), "events"),
     "cookie_consents": (COOKIE_CONSENT_SCHEMA, ["consent_id", "visitor_id", "consented_at"], "consents"),
 }
+
+
+def touched_tables(targets: pa.Table, report: PushbackReport) -> set[tuple[str, str]]:
+    """(system, table) pairs whose decisions this push-back run applied (not those skipped as already done)."""
+    applied = pa.array(sorted({d for ids in report.applied.values() for d in ids}), pa.string())
+    mask = pc.is_in(targets["decision_id"], value_set=applied)
+    pairs = targets.filter(mask).group_by(["system", "table_name"]).aggregate([])
+    return set(zip(pairs["system"].to_pylist(), pairs["table_name"].to_pylist(), strict=True))
 
 
 def ingest_navigation_table(con: duckdb.DuckDBPyConnection, navigation_dir: Path, table: str):

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from pipelines.audit import AuditLog
 from pipelines.policy.models import Policy
 from pipelines.pushback import TARGET_SCHEMA, apply_decisions
+from pipelines.refresh import touched_tables
 from pipelines.retention.ledger import q, table_exists
 
 # ledger status -> (warehouse step, source action)
@@ -122,6 +123,7 @@ class RetentionOutcome:
     source_rows: int  # source rows targeted by push-back this run
     decisions_confirmed: int
     decisions_failed: dict[str, str]
+    touched: set[tuple[str, str]] = field(default_factory=set)  # (system, table) changed at the source this run
 
 
 def apply_retention(
@@ -141,12 +143,13 @@ def apply_retention(
     rows, targets them again and retries; the warehouse side is deterministic and simply re-applied.
     """
     targets = decision_targets(con, policy, as_of)
-    confirmed, failed = 0, {}
+    confirmed, failed, touched = 0, {}, set()
     if targets.num_rows:
         report = apply_decisions(targets, members=members, prospects=prospects, navigation_dir=navigation_dir,
                                  outbox_dir=outbox_dir, audit=audit, table_order=table_order(policy))
         confirmed, failed = len(report.confirmed), dict(report.failed)
-    return RetentionOutcome(apply_in_warehouse(con, policy), targets.num_rows, confirmed, failed)
+        touched = touched_tables(targets, report)
+    return RetentionOutcome(apply_in_warehouse(con, policy), targets.num_rows, confirmed, failed, touched)
 
 
 def residue(con: duckdb.DuckDBPyConnection, policy: Policy) -> dict[str, int]:
