@@ -94,8 +94,11 @@ def intake(con: duckdb.DuckDBPyConnection, now: str) -> None:
             FROM req r LEFT JOIN matched m USING (request_id) LEFT JOIN member_records mr ON mr.person_id = m.person_id
         )
         SELECT f.request_id, f.request_type,
-               CASE WHEN f.flag IS NULL THEN f.candidate END AS person_id,
-               CASE WHEN f.flag IS NULL THEN f.matched_by END AS matched_by,
+               -- a closed request keeps the person it was executed for (erasure removes the links)
+               CASE WHEN p.state IN {TERMINAL_STATES} THEN p.person_id
+                    WHEN f.flag IS NULL THEN f.candidate END AS person_id,
+               CASE WHEN p.state IN {TERMINAL_STATES} THEN p.matched_by
+                    WHEN f.flag IS NULL THEN f.matched_by END AS matched_by,
                f.received_at, f.identity_verified_at,
                CAST(f.received_at + INTERVAL 1 MONTH AS DATE) AS due_date,
                CASE

@@ -35,6 +35,7 @@ import sqlalchemy as sa
 
 from pipelines.audit import AuditLog, subject_token
 from pipelines.duck import quote
+from pipelines.ingest import ingest_sql_table
 from pipelines.policy.models import Policy
 from pipelines.pushback import TARGET_SCHEMA, apply_decisions, make_targets
 from pipelines.pushback.notices import notice_rules
@@ -189,6 +190,19 @@ def _erase_in_warehouse(con: duckdb.DuckDBPyConnection, tables: list[SubjectTabl
                 "(SELECT person_id FROM _actionable WHERE request_type = 'erasure')")
 
 
+def _refresh_raw(con: duckdb.DuckDBPyConnection, engines: dict[str, sa.Engine | None], targets: pa.Table) -> None:
+    """Re-copy into raw.* the source tables this run changed in place (rectified, flagged, suppressed, and
+    the requests' status), so the warehouse matches the sources now and the next run finds nothing new."""
+    changed = targets.filter(pc.is_in(targets["action"], value_set=pa.array(
+        ["rectify", "restrict", "lift_restriction", "suppress"])))
+    pairs = changed.group_by(["system", "table_name"]).aggregate([]).to_pylist()
+    tables = {(r["system"], r["table_name"]) for r in pairs}
+    for system, table in sorted(tables | {("members", rights_requests.name)}):
+        engine = engines.get(system)
+        if engine is not None and table_exists(con, "raw", table):
+            ingest_sql_table(con, engine, system, SQL_SYSTEMS[system].tables[table])
+
+
 def _rebuild_exclusions(con: duckdb.DuckDBPyConnection) -> None:
     """rights.exclusions from the requests in force; a restriction holds until a later lift_restriction."""
     run_sql(con, f"""
@@ -301,6 +315,7 @@ def process_rights(
             results[request_id] = _Result("confirmed", reason, decision_id, target_counts.get(decision_id, 0))
     _record(con, results, now_text)
     _publish_states(con, members, audit, token_key)
+    _refresh_raw(con, {"members": members, "prospects": prospects}, targets)
     summary = deadline_summary(con, as_of or (now or dt.datetime.now(dt.UTC)).date())
     return RightsOutcome(
         states=summary["states"], needs_human=summary["needs_human"], overdue=summary["overdue"],
