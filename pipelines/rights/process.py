@@ -6,7 +6,7 @@
 Per verified, matched request (decision id "rights:<request_id>:<request_type>"):
 - access: an export bundle (pipelines.rights.access) -> answered;
 - rectification: the corrected values of `details` written to the person's own records (members,
-  prospects: the columns each has) by push-back `rectify`; the warehouse follows at the next ingest;
+  prospects: the columns each has) by push-back `rectify`;
 - erasure: every row of the person in every source and in raw.* deleted; rows a legal obligation keeps
   (policy: art. 6(1)(c) purposes with an archive) or a legal hold covers are first copied to the restricted
   archive.* schema, with the reason in rights.decisions; the person's identity links go too;
@@ -18,7 +18,8 @@ Per verified, matched request (decision id "rights:<request_id>:<request_type>")
 then push-back confirmation moves the request to confirmed (or leaves it executed with the reason, to be
 retried by the next run: decisions are idempotent). rights.exclusions (person_id, reason, since) is
 rebuilt from the requests in force, and the member system's rights_requests.status follows the state.
-Every state change is audited, subjects as tokens only.
+Every state change is audited, subjects as tokens only. Finally the source tables the run changed are
+re-read into raw.* (pipelines.refresh), so the warehouse ends where the next run starts.
 """
 
 from __future__ import annotations
@@ -35,11 +36,11 @@ import sqlalchemy as sa
 
 from pipelines.audit import AuditLog, subject_token
 from pipelines.duck import quote
-from pipelines.ingest import ingest_sql_table
 from pipelines.policy.models import Policy
 from pipelines.pushback import TARGET_SCHEMA, apply_decisions, make_targets
 from pipelines.pushback.notices import notice_rules
 from pipelines.pushback.targets import SUPPRESSION_TABLE
+from pipelines.refresh import refresh_from_sources, touched_tables
 from pipelines.retention.apply import table_order
 from pipelines.rights.access import write_access_bundle
 from pipelines.rights.intake import ensure_schema, intake, run_sql, table_exists
@@ -190,19 +191,6 @@ def _erase_in_warehouse(con: duckdb.DuckDBPyConnection, tables: list[SubjectTabl
                 "(SELECT person_id FROM _actionable WHERE request_type = 'erasure')")
 
 
-def _refresh_raw(con: duckdb.DuckDBPyConnection, engines: dict[str, sa.Engine | None], targets: pa.Table) -> None:
-    """Re-copy into raw.* the source tables this run changed in place (rectified, flagged, suppressed, and
-    the requests' status), so the warehouse matches the sources now and the next run finds nothing new."""
-    changed = targets.filter(pc.is_in(targets["action"], value_set=pa.array(
-        ["rectify", "restrict", "lift_restriction", "suppress"])))
-    pairs = changed.group_by(["system", "table_name"]).aggregate([]).to_pylist()
-    tables = {(r["system"], r["table_name"]) for r in pairs}
-    for system, table in sorted(tables | {("members", rights_requests.name)}):
-        engine = engines.get(system)
-        if engine is not None and table_exists(con, "raw", table):
-            ingest_sql_table(con, engine, system, SQL_SYSTEMS[system].tables[table])
-
-
 def _rebuild_exclusions(con: duckdb.DuckDBPyConnection) -> None:
     """rights.exclusions from the requests in force; a restriction holds until a later lift_restriction."""
     run_sql(con, f"""
@@ -273,12 +261,14 @@ def process_rights(
 
     _archive_kept(con, policy, tables)  # before the sources lose the rows
     failed: dict[str, str] = {}
+    touched = {("members", rights_requests.name)}  # the requests' status changes at the source too
     if targets.num_rows:
         report = apply_decisions(
             targets, members=members, prospects=prospects, navigation_dir=navigation_dir, outbox_dir=outbox_dir,
             audit=audit, tokenise=lambda value: subject_token(value, token_key), notice_rules=notice_rules(policy),
             table_order=table_order(policy))
         failed = report.failed
+        touched |= touched_tables(targets, report)
     run_sql(con, "BEGIN")
     _erase_in_warehouse(con, tables, {h for h, _, _ in legal_hold_sql(policy, "h")})
     run_sql(con, "COMMIT")
@@ -315,8 +305,11 @@ def process_rights(
             results[request_id] = _Result("confirmed", reason, decision_id, target_counts.get(decision_id, 0))
     _record(con, results, now_text)
     _publish_states(con, members, audit, token_key)
-    _refresh_raw(con, {"members": members, "prospects": prospects}, targets)
-    summary = deadline_summary(con, as_of or (now or dt.datetime.now(dt.UTC)).date())
+    day = as_of or (now or dt.datetime.now(dt.UTC)).date()
+    # the warehouse re-reads what this run changed at the sources, so the next run starts where this one ends
+    refresh_from_sources(con, touched, engines={"members": members, "prospects": prospects},
+                         navigation_dir=navigation_dir, policy=policy, as_of=day)
+    summary = deadline_summary(con, day)
     return RightsOutcome(
         states=summary["states"], needs_human=summary["needs_human"], overdue=summary["overdue"],
         due_within_7_days=summary["due_within_7_days"],
