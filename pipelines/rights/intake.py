@@ -95,10 +95,11 @@ def intake(con: duckdb.DuckDBPyConnection, now: str) -> None:
         )
         SELECT f.request_id, f.request_type,
                -- a closed request keeps the person it was executed for (erasure removes the links)
+               -- nobody is linked to a request before its identity proof is checked
                CASE WHEN p.state IN {TERMINAL_STATES} THEN p.person_id
-                    WHEN f.flag IS NULL THEN f.candidate END AS person_id,
+                    WHEN f.flag IS NULL AND f.identity_verified_at IS NOT NULL THEN f.candidate END AS person_id,
                CASE WHEN p.state IN {TERMINAL_STATES} THEN p.matched_by
-                    WHEN f.flag IS NULL THEN f.matched_by END AS matched_by,
+                    WHEN f.flag IS NULL AND f.identity_verified_at IS NOT NULL THEN f.matched_by END AS matched_by,
                f.received_at, f.identity_verified_at,
                CAST(f.received_at + INTERVAL 1 MONTH AS DATE) AS due_date,
                CASE
