@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP)
 	@mkdir -p $(DAGSTER_HOME)
-	@test -f $(DAGSTER_HOME)/dagster.yaml || cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	@cmp -s dagster.yaml $(DAGSTER_HOME)/dagster.yaml || cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
 demo: setup
 	$(BIN)/python -m pipelines.demo run --members $(MEMBERS) --seed $(SEED)
