@@ -256,8 +256,10 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date)
         SELECT ?::DATE AS as_of, p.subject_type, p.subject_id, p.purpose, p.dataset, min(p.clock_start) AS clock_start,
                min(p.active_until) AS active_until, max(p.archive_until) AS archive_until,
                {PURPOSE_STATUS} AS status,
+               -- the earliest clock explains the row; ties break on the text so reruns give the same reason
                arg_min(p.purpose_reason || '; record ' || rec.status || ': ' || {STATUS_REASON},
-                       coalesce(p.clock_start, 'infinity'::TIMESTAMP)) AS reason,
+                       (coalesce(p.clock_start, 'infinity'::TIMESTAMP),
+                        p.purpose_reason || '; record ' || rec.status || ': ' || {STATUS_REASON})) AS reason,
                count(*) AS records
         FROM _ret_purposes p JOIN _ret_records rec USING (dataset, record_key)
         GROUP BY p.subject_type, p.subject_id, p.purpose, p.dataset, {PURPOSE_STATUS}
