@@ -66,6 +66,7 @@ class PreviewConfig(dg.Config):
     kinds={"duckdb", "markdown"},
     owners=[OWNER, "team:dpo"],
     tags={"stage": "compliance"},
+    pool="warehouse",
 )
 def policy_change_preview(
     context: dg.AssetExecutionContext, config: PreviewConfig, warehouse: WarehouseResource,

@@ -29,8 +29,9 @@ class RightsConfig(dg.Config):
     as_of: str | None = None
 
 
+# Retention runs first: both stages write to the sources, and a fixed order makes every run reproducible.
 UPSTREAM = [dg.AssetKey(["raw", table]) for (_, table) in source_columns()] + [
-    dg.AssetKey(["identity", "person_links"])]
+    dg.AssetKey(["identity", "person_links"]), dg.AssetKey(["retention", "applied"])]
 
 
 @dg.multi_asset(

@@ -14,7 +14,10 @@ nightly_job = dg.define_asset_job(
 
 rights_job = dg.define_asset_job(
     name="rights_job",
-    selection=dg.AssetSelection.groups("rights").upstream() | dg.AssetSelection.groups("rights").downstream(),
+    # Retention is left to the nightly run: a rights run re-reads the sources, decides, pushes back and
+    # re-publishes what depends on the decisions, without waiting for a full retention pass.
+    selection=dg.AssetSelection.groups("sources", "identity", "rights")
+    | dg.AssetSelection.groups("rights").downstream(),
     description="Rights of the person: ingest the requests and everything they touch, decide, push back, "
     "confirm, re-publish the analytics file. Started by the rights-request sensor.",
     tags={"sem/warehouse-writer": "true"},
