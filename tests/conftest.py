@@ -128,7 +128,6 @@ def sandbox(tmp_path: Path, generated_sources: Path, monkeypatch: pytest.MonkeyP
 def pg_sandbox(sandbox: Sandbox, make_pg_url: Callable[[], str]) -> Sandbox:
     """The same sources, with the member system and prospecting platform in a real PostgreSQL."""
     from pipelines.sources.copy import copy_sql_system
-
     from pipelines.sources.schema import member_metadata, prospect_metadata
 
     members_url, prospects_url = make_pg_url(), make_pg_url()
