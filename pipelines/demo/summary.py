@@ -43,10 +43,19 @@ def print_summary() -> None:
     for folder in (settings.reports_dir(), settings.outbox_dir(), settings.exports_dir()):
         files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
         print(f"  {folder}: {len(files)} file(s)" + "".join(f"\n    {p.relative_to(folder)}" for p in files[:8]))
+    preview = settings.reports_dir() / "policy_change_preview.md"
+    if preview.exists():
+        print(f"\nPolicy-change preview ({preview}):")
+        for line in preview.read_text().splitlines()[2:14]:
+            print(f"  {line}")
+    register = settings.reports_dir() / "processing_register.md"
+    if register.exists():
+        purposes = sum(line.startswith("## ") for line in register.read_text().splitlines())
+        print(f"\nProcessing register (GDPR art. 30): {register} ({purposes} sections)")
     audit = settings.audit_log_path()
     if audit.exists():
         entries = sum(1 for _ in audit.open())
-        print(f"  audit log {audit}: {entries} chained entries (verify: .venv/bin/python -m pipelines.audit verify)")
+        print(f"\nAudit log {audit}: {entries} chained entries (verify: .venv/bin/python -m pipelines.audit verify)")
     print(
         "\nNext: `make dev` opens the Dagster UI at http://127.0.0.1:3000 (assets, checks, runs, schedules, sensors);"
         f"\nanalysts open {settings.analytics_path()} with duckdb (read-only)."
