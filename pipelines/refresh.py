@@ -45,6 +45,15 @@ def ingest_navigation_table(con: duckdb.DuckDBPyConnection, navigation_dir: Path
     )
 
 
+def ingest_all(con: duckdb.DuckDBPyConnection, engines: dict[str, sa.Engine], navigation_dir: Path) -> None:
+    """Every source table into `raw` (what the `sources` assets do, for tests, the benchmark and scripts)."""
+    for system, metadata in SQL_SYSTEMS.items():
+        for table in metadata.sorted_tables:
+            ingest_sql_table(con, engines[system], system, table)
+    for table in NAVIGATION_TABLES:
+        ingest_navigation_table(con, navigation_dir, table)
+
+
 def refresh_from_sources(
     con: duckdb.DuckDBPyConnection,
     touched: Iterable[tuple[str, str]],

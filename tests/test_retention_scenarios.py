@@ -7,7 +7,6 @@ a survey answer past its purpose.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 from pathlib import Path
 
@@ -20,11 +19,11 @@ import sqlalchemy as sa
 
 from assets.compliance_register import policy_change_preview, processing_register
 from assets.retention import nothing_past_retention, retention_applied, retention_ledger
-from pipelines.ingest import ingest_parquet, ingest_sql_table, navigation_columns
 from pipelines.policy.load import load_policy
 from pipelines.policy.models import Policy
 from pipelines.policy.preview import preview
 from pipelines.policy.resource import PoliciesResource
+from pipelines.refresh import ingest_all
 from pipelines.resources import (
     ComplianceStoreResource,
     NavigationSourceResource,
@@ -37,7 +36,6 @@ from pipelines.settings import PROJECT_ROOT
 from pipelines.sources.schema import (
     COOKIE_CONSENT_SCHEMA,
     NAVIGATION_EVENT_SCHEMA,
-    NAVIGATION_REQUIRED,
     SQL_SYSTEMS,
 )
 
@@ -65,19 +63,7 @@ class World:
 
     def ingest(self) -> None:
         with duckdb.connect(str(self.warehouse)) as con:
-            for system, metadata in SQL_SYSTEMS.items():
-                for table in metadata.sorted_tables:
-                    # A cursor per table: with duckdb 2.0, ingest_sql_table's final unregister fails after its
-                    # fetchone() (reported to the ingest owner); closing the cursor drops the registration.
-                    cursor = con.cursor()
-                    with contextlib.suppress(duckdb.ResourceInUseException):
-                        ingest_sql_table(cursor, self.engines[system], system, table)
-                    cursor.close()
-            ingest_parquet(con, self.navigation / "events", table="navigation_events",
-                           columns=navigation_columns(NAVIGATION_EVENT_SCHEMA), required=list(NAVIGATION_REQUIRED))
-            ingest_parquet(con, self.navigation / "consents", table="cookie_consents",
-                           columns=navigation_columns(COOKIE_CONSENT_SCHEMA),
-                           required=["consent_id", "visitor_id", "consented_at"])
+            ingest_all(con, self.engines, self.navigation)
 
     def nightly(self, policy: Policy) -> None:
         """What the nightly job does for retention: ingest, ledger, apply (sources then warehouse)."""

@@ -3,7 +3,6 @@ nothing happens before identity is verified, unmatched requests wait for a human
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -18,14 +17,11 @@ import sqlalchemy as sa
 
 from pipelines.audit import AuditLog, audit_token_key, verify
 from pipelines.identity import resolve_identities
-from pipelines.ingest import ingest_parquet, ingest_sql_table, navigation_columns
 from pipelines.policy.load import load_policy
 from pipelines.pushback.notices import read_notices
+from pipelines.refresh import ingest_all
 from pipelines.rights.process import RightsOutcome, deadline_summary, process_rights
 from pipelines.sources.schema import (
-    COOKIE_CONSENT_SCHEMA,
-    NAVIGATION_EVENT_SCHEMA,
-    NAVIGATION_REQUIRED,
     SQL_SYSTEMS,
 )
 from tests.conftest import TEST_AS_OF
@@ -53,17 +49,7 @@ class World:
 
     def ingest(self) -> None:
         with duckdb.connect(str(self.warehouse)) as con:
-            for system, metadata in SQL_SYSTEMS.items():
-                for table in metadata.sorted_tables:
-                    cursor = con.cursor()  # see tests/test_retention_scenarios.py: duckdb 2.0 unregister quirk
-                    with contextlib.suppress(duckdb.ResourceInUseException):
-                        ingest_sql_table(cursor, self.engines[system], system, table)
-                    cursor.close()
-            ingest_parquet(con, self.navigation / "events", table="navigation_events",
-                           columns=navigation_columns(NAVIGATION_EVENT_SCHEMA), required=list(NAVIGATION_REQUIRED))
-            ingest_parquet(con, self.navigation / "consents", table="cookie_consents",
-                           columns=navigation_columns(COOKIE_CONSENT_SCHEMA),
-                           required=["consent_id", "visitor_id", "consented_at"])
+            ingest_all(con, self.engines, self.navigation)
             resolve_identities(con)
 
     def process(self) -> RightsOutcome:

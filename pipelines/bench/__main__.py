@@ -20,9 +20,9 @@ import duckdb
 def bench_generator_and_ingest(members: int, workdir: Path) -> dict:
     from pipelines.demo.generate import generate
     from pipelines.identity import resolve_identities
-    from pipelines.ingest import ingest_parquet, ingest_sql_table, navigation_columns
+    from pipelines.refresh import ingest_all
     from pipelines.resources import SqlSourceResource
-    from pipelines.sources.schema import NAVIGATION_EVENT_SCHEMA, NAVIGATION_REQUIRED, SQL_SYSTEMS
+    from pipelines.sources.schema import SQL_SYSTEMS
 
     sources = workdir / "sources"
     started = time.perf_counter()
@@ -31,15 +31,11 @@ def bench_generator_and_ingest(members: int, workdir: Path) -> dict:
 
     started = time.perf_counter()
     with duckdb.connect(str(workdir / "warehouse.duckdb")) as con:
-        for system, metadata in SQL_SYSTEMS.items():
-            url = f"sqlite:///{sources / (system + '.db')}"
-            engine = SqlSourceResource(system=system, url=url).engine()
-            for table in metadata.sorted_tables:
-                ingest_sql_table(con, engine, system, table)
-        ingest_parquet(
-            con, sources / "navigation" / "events", table="navigation_events",
-            columns=navigation_columns(NAVIGATION_EVENT_SCHEMA), required=list(NAVIGATION_REQUIRED),
-        )
+        engines = {
+            system: SqlSourceResource(system=system, url=f"sqlite:///{sources / (system + '.db')}").engine()
+            for system in SQL_SYSTEMS
+        }
+        ingest_all(con, engines, sources / "navigation")
         ingested = time.perf_counter() - started
         started = time.perf_counter()
         identity = resolve_identities(con)
