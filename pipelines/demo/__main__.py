@@ -35,27 +35,20 @@ def _generate(out: Path, members: int, seed: int, as_of: dt.date) -> dict[str, i
 
 def run_nightly(as_of: dt.date) -> dg.ExecuteInProcessResult:
     """Run `nightly_job` in process on the current DagsterInstance (DAGSTER_HOME), as of `as_of`."""
+    from assets.retention import AS_OF_TAG
     from pipelines.definitions import defs
+    from sensors.schedules import as_of_run_config
 
     job = defs.resolve_job_def("nightly_job")
     with dg.DagsterInstance.get() as instance:
         result = job.execute_in_process(
             instance=instance,
-            run_config=_as_of_run_config(job, as_of),
+            run_config=as_of_run_config(job, as_of),
+            tags={AS_OF_TAG: as_of.isoformat()},
             raise_on_error=False,
         )
     print(f"nightly_job run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}")
     return result
-
-
-def _as_of_run_config(job, as_of: dt.date) -> dict:
-    """Set `as_of` on every op of the job whose config schema has it (retention, rights, analytics)."""
-    ops = {}
-    for node in job.graph.node_dict.values():
-        config_field = node.definition.config_field
-        if config_field is not None and "as_of" in getattr(config_field.config_type, "fields", {}):
-            ops[node.name] = {"config": {"as_of": as_of.isoformat()}}
-    return {"ops": ops} if ops else {}
 
 
 def main(argv: list[str] | None = None) -> int:
