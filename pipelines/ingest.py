@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS raw.quarantine (
     quarantined_at TIMESTAMP
 );
 CREATE TABLE IF NOT EXISTS raw.ingested_files (
-    path VARCHAR PRIMARY KEY, size BIGINT, mtime_ns BIGINT, rows BIGINT, ingested_at TIMESTAMP
+    path VARCHAR PRIMARY KEY, size BIGINT, mtime_ns BIGINT, ingested_at TIMESTAMP
 );
 """
 
@@ -54,7 +54,11 @@ def duckdb_type(column: sa.Column) -> str:
 
 
 def read_sql_table(engine: sa.Engine, table: sa.Table, batch_size: int = 250_000) -> pa.Table:
-    """Read a whole source table as text columns (the warehouse does the typing)."""
+    """Read a whole source table as text columns (the warehouse does the typing).
+
+    The DB-API hands rows over as Python tuples whatever we do; they are turned into Arrow in batches and
+    every later step is SQL in DuckDB.
+    """
     query = sa.select(*[sa.cast(c, sa.Text).label(c.name) for c in table.columns])
     names = [c.name for c in table.columns]
     batches: list[pa.RecordBatch] = []
@@ -196,22 +200,16 @@ def ingest_parquet(
             "mtime_ns": [stats[p].st_mtime_ns for p in changed],
         })
         con.register("_manifest", manifest)
-        con.execute("INSERT INTO raw.ingested_files SELECT path, size, mtime_ns, NULL, now() FROM _manifest")
+        con.execute(
+            "INSERT INTO raw.ingested_files (path, size, mtime_ns, ingested_at) "
+            "SELECT path, size, mtime_ns, now() FROM _manifest"
+        )
         con.unregister("_manifest")
     return result
 
 
 def _sql_list(values: list[str]) -> str:
     return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]"
-
-
-def _table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
-    return bool(
-        con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-            [schema, table],
-        ).fetchone()[0]
-    )
 
 
 def navigation_columns(schema: pa.Schema) -> dict[str, str]:
