@@ -61,32 +61,30 @@ ingest_members = _sql_system_assets("members", "member_source")
 ingest_prospects = _sql_system_assets("prospects", "prospect_source")
 
 
-@dg.asset(
-    key=["raw", "navigation_events"],
-    group_name="sources",
-    description="Web-analytics events of www.mutuelle-sem.fr (day-partitioned Parquet), ingested incrementally: "
-    "only new or rewritten day files are read. Events without visitor, id or time are quarantined.",
-    kinds={"duckdb", "parquet"},
-    owners=[OWNER],
-    tags={"stage": "ingest", "source_system": "navigation"},
-    pool="warehouse",
-)
-def navigation_events(warehouse: WarehouseResource, navigation: NavigationSourceResource) -> dg.MaterializeResult:
-    with warehouse.connect() as con:
-        result = ingest_navigation_table(con, navigation.resolved_path, "navigation_events")
-    return dg.MaterializeResult(metadata=_metadata(result))
+def _navigation_asset(table: str, description: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=["raw", table],
+        group_name="sources",
+        description=description,
+        kinds={"duckdb", "parquet"},
+        owners=[OWNER],
+        tags={"stage": "ingest", "source_system": "navigation"},
+        pool="warehouse",
+    )
+    def _ingest(warehouse: WarehouseResource, navigation: NavigationSourceResource) -> dg.MaterializeResult:
+        with warehouse.connect() as con:
+            result = ingest_navigation_table(con, navigation.resolved_path, table)
+        return dg.MaterializeResult(metadata=_metadata(result))
+
+    return _ingest
 
 
-@dg.asset(
-    key=["raw", "cookie_consents"],
-    group_name="sources",
-    description="Cookie-consent log (visitor, time, analytics yes/no, advertising yes/no), ingested incrementally.",
-    kinds={"duckdb", "parquet"},
-    owners=[OWNER],
-    tags={"stage": "ingest", "source_system": "navigation"},
-    pool="warehouse",
+navigation_events = _navigation_asset(
+    "navigation_events",
+    "Web-analytics events of www.mutuelle-sem.fr (day-partitioned Parquet), ingested incrementally: only new "
+    "or rewritten day files are read. Events without visitor, id or time are quarantined.",
 )
-def cookie_consents(warehouse: WarehouseResource, navigation: NavigationSourceResource) -> dg.MaterializeResult:
-    with warehouse.connect() as con:
-        result = ingest_navigation_table(con, navigation.resolved_path, "cookie_consents")
-    return dg.MaterializeResult(metadata=_metadata(result))
+cookie_consents = _navigation_asset(
+    "cookie_consents",
+    "Cookie-consent log (visitor, time, analytics yes/no, advertising yes/no), ingested incrementally.",
+)
