@@ -78,8 +78,9 @@ def _navigation_asset(table: str, description: str, partitioned: bool) -> dg.Ass
     def _ingest(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, navigation: NavigationSourceResource
     ) -> dg.MaterializeResult:
+        # A run without a day range (e.g. `dagster job execute` with no tags) reads every day file.
         days = None
-        if partitioned:
+        if partitioned and context.has_partition_key_range:
             window = context.partition_key_range
             days = (window.start, window.end)
         with warehouse.connect() as con:
