@@ -78,9 +78,8 @@ def _navigation_asset(table: str, description: str, partitioned: bool) -> dg.Ass
     def _ingest(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, navigation: NavigationSourceResource
     ) -> dg.MaterializeResult:
-        # A run without a day range (e.g. `dagster job execute` with no tags) reads every day file.
         days = None
-        if partitioned and context.has_partition_key_range:
+        if partitioned:
             window = context.partition_key_range
             days = (window.start, window.end)
         with warehouse.connect() as con:

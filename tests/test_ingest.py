@@ -127,21 +127,3 @@ def test_postgresql_sources_ingest_like_sqlite(sandbox, pg_sandbox, tmp_path):
     assert _row_count_metadata(pg_result) == expected
     with duckdb.connect(str(pg_sandbox.warehouse), read_only=True) as con:
         assert con.execute("SELECT count(DISTINCT reason) FROM raw.quarantine").fetchone()[0] >= 3
-
-
-def test_navigation_day_partitions_read_only_their_days_and_no_range_reads_every_day(sandbox):
-    day_files = sorted((sandbox.sources / "navigation" / "events").rglob("*.parquet"))
-    day = day_files[-1].parent.name.removeprefix("day=")
-    one_day = {"dagster/asset_partition_range_start": day, "dagster/asset_partition_range_end": day}
-    assert dg.materialize([navigation_events], resources=sandbox.resources(), tags=one_day).success
-    with duckdb.connect(str(sandbox.warehouse), read_only=True) as con:
-        files = {f for (f,) in con.execute("SELECT DISTINCT source_file FROM raw.navigation_events").fetchall()}
-    assert files == {str(day_files[-1])}
-
-    assert dg.materialize([navigation_events], resources=sandbox.resources()).success
-    with duckdb.connect(str(sandbox.warehouse), read_only=True) as con:
-        rows = con.execute("SELECT count(*) FROM raw.navigation_events").fetchall()[0][0]
-        quarantined = con.execute(
-            "SELECT count(*) FROM raw.quarantine WHERE table_name = 'navigation_events'"
-        ).fetchall()[0][0]
-    assert rows + quarantined == sum(pq.read_metadata(f).num_rows for f in day_files)
