@@ -3,7 +3,6 @@
 import dagster as dg
 
 from pipelines.ingest import IngestResult, ingest_sql_table
-from pipelines.partitions import NAVIGATION_DAYS
 from pipelines.refresh import ingest_navigation_table
 from pipelines.resources import NavigationSourceResource, SqlSourceResource, WarehouseResource
 from pipelines.sources.schema import SQL_SYSTEMS
@@ -62,7 +61,7 @@ ingest_members = _sql_system_assets("members", "member_source")
 ingest_prospects = _sql_system_assets("prospects", "prospect_source")
 
 
-def _navigation_asset(table: str, description: str, partitioned: bool) -> dg.AssetsDefinition:
+def _navigation_asset(table: str, description: str) -> dg.AssetsDefinition:
     @dg.asset(
         key=["raw", table],
         group_name="sources",
@@ -71,35 +70,21 @@ def _navigation_asset(table: str, description: str, partitioned: bool) -> dg.Ass
         owners=[OWNER],
         tags={"stage": "ingest", "source_system": "navigation"},
         pool="warehouse",
-        partitions_def=NAVIGATION_DAYS if partitioned else None,
-        # The nightly run takes every day in one run; a backfill may also fan out day by day.
-        backfill_policy=dg.BackfillPolicy.single_run() if partitioned else None,
     )
-    def _ingest(
-        context: dg.AssetExecutionContext, warehouse: WarehouseResource, navigation: NavigationSourceResource
-    ) -> dg.MaterializeResult:
-        days = None
-        if partitioned:
-            window = context.partition_key_range
-            days = (window.start, window.end)
+    def _ingest(warehouse: WarehouseResource, navigation: NavigationSourceResource) -> dg.MaterializeResult:
         with warehouse.connect() as con:
-            result = ingest_navigation_table(con, navigation.resolved_path, table, days)
-        metadata = _metadata(result)
-        if days:
-            metadata["days"] = dg.MetadataValue.text(f"{days[0]} .. {days[1]}")
-        return dg.MaterializeResult(metadata=metadata)
+            result = ingest_navigation_table(con, navigation.resolved_path, table)
+        return dg.MaterializeResult(metadata=_metadata(result))
 
     return _ingest
 
 
 navigation_events = _navigation_asset(
     "navigation_events",
-    "Web-analytics events of www.mutuelle-sem.fr, one partition per day file: only new or rewritten day files "
-    "of the selected days are read. Events without visitor, id or time are quarantined.",
-    partitioned=True,
+    "Web-analytics events of www.mutuelle-sem.fr (day-partitioned Parquet), ingested incrementally: only new "
+    "or rewritten day files are read. Events without visitor, id or time are quarantined.",
 )
 cookie_consents = _navigation_asset(
     "cookie_consents",
     "Cookie-consent log (visitor, time, analytics yes/no, advertising yes/no), ingested incrementally.",
-    partitioned=False,
 )

@@ -164,12 +164,10 @@ def ingest_parquet(
     table: str,
     columns: dict[str, str],
     required: list[str],
-    days: tuple[str, str] | None = None,
 ) -> IngestResult:
     """Incremental copy of a folder of Parquet files: only new, rewritten or removed files are handled.
 
     Rows keep the file they came from (`source_file`), so a rewritten file replaces exactly its rows.
-    `days` (first, last ISO dates) limits the work to the `day=YYYY-MM-DD` folders of that range.
     """
     con.execute(QUARANTINE_DDL)
     prefix = str(folder) + "/"
@@ -180,9 +178,6 @@ def ingest_parquet(
             "SELECT path, size, mtime_ns FROM raw.ingested_files WHERE starts_with(path, ?)", [prefix]
         ).fetchall()
     }
-    if days is not None:
-        stats = {p: st for p, st in stats.items() if _in_days(p, days)}
-        seen = {p: st for p, st in seen.items() if _in_days(p, days)}
     changed = [p for p, st in stats.items() if seen.get(p) != (st.st_size, st.st_mtime_ns)]
     stale = sorted(set(changed) | (set(seen) - set(stats)))
     text_cols = ", ".join(f"CAST({quote(c)} AS VARCHAR) AS {quote(c)}" for c in columns)
@@ -211,11 +206,6 @@ def ingest_parquet(
         )
         con.unregister("_manifest")
     return result
-
-
-def _in_days(path: str, days: tuple[str, str]) -> bool:
-    day = next((part[4:] for part in Path(path).parts if part.startswith("day=")), None)
-    return day is not None and days[0] <= day <= days[1]
 
 
 def _sql_list(values: list[str]) -> str:

@@ -8,8 +8,7 @@ nightly_job = dg.define_asset_job(
     name="nightly_job",
     selection=dg.AssetSelection.all(),
     description="Everything, in dependency order: ingest, identity, retention, rights, pseudonymised "
-    "analytics, compliance outputs. Scheduled every night (Europe/Paris) over every navigation day up to as_of "
-    "(tags from pipelines.partitions.navigation_range_tags).",
+    "analytics, compliance outputs. Scheduled every night (Europe/Paris).",
     tags={"sem/warehouse-writer": "true"},
 )
 
@@ -17,11 +16,7 @@ rights_job = dg.define_asset_job(
     name="rights_job",
     # Retention is left to the nightly run: a rights run re-reads the sources, decides, pushes back and
     # re-publishes what depends on the decisions, without waiting for a full retention pass.
-    # Navigation days are re-read by the nightly run; the identity graph uses the last copy.
-    selection=(
-        dg.AssetSelection.groups("sources", "identity", "rights")
-        - dg.AssetSelection.assets(dg.AssetKey(["raw", "navigation_events"]))
-    )
+    selection=dg.AssetSelection.groups("sources", "identity", "rights")
     | dg.AssetSelection.groups("rights").downstream(),
     description="Rights of the person: ingest the requests and everything they touch, decide, push back, "
     "confirm, re-publish the analytics file. Started by the rights-request sensor.",

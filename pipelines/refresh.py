@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from pipelines.identity import resolve_identities
-from pipelines.ingest import IngestResult, ingest_parquet, ingest_sql_table, navigation_columns
+from pipelines.ingest import ingest_parquet, ingest_sql_table, navigation_columns
 from pipelines.policy.models import Policy
 from pipelines.pushback import PushbackReport
 from pipelines.retention.ledger import build_ledger
@@ -37,14 +37,11 @@ def touched_tables(targets: pa.Table, report: PushbackReport) -> set[tuple[str, 
     return set(zip(pairs["system"].to_pylist(), pairs["table_name"].to_pylist(), strict=True))
 
 
-def ingest_navigation_table(
-    con: duckdb.DuckDBPyConnection, navigation_dir: Path, table: str, days: tuple[str, str] | None = None
-) -> IngestResult:
-    """Incremental ingest of one navigation log (`navigation_events` or `cookie_consents`), optionally of a
-    range of day partitions only."""
+def ingest_navigation_table(con: duckdb.DuckDBPyConnection, navigation_dir: Path, table: str):
+    """Incremental ingest of one navigation log (`navigation_events` or `cookie_consents`)."""
     schema, required, folder = NAVIGATION_TABLES[table]
     return ingest_parquet(
-        con, navigation_dir / folder, table=table, columns=navigation_columns(schema), required=required, days=days
+        con, navigation_dir / folder, table=table, columns=navigation_columns(schema), required=required
     )
 
 

@@ -12,7 +12,6 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 
 from assets.retention import AS_OF_TAG
-from pipelines.partitions import navigation_range_tags
 from sensors.policy_change import PREVIEW_KEY
 
 NIGHTLY_JOB = "nightly_job"
@@ -49,5 +48,5 @@ def nightly_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     return dg.RunRequest(
         run_key=f"nightly-{as_of.isoformat()}",
         run_config=as_of_run_config(job, as_of),
-        tags={AS_OF_TAG: as_of.isoformat(), **navigation_range_tags(as_of)},
+        tags={AS_OF_TAG: as_of.isoformat()},
     )

@@ -10,15 +10,13 @@ import pytest
 from assets.identity import person_links
 from assets.ingest import cookie_consents, ingest_members, ingest_prospects, navigation_events
 from pipelines.normalise import normalise_email
-from pipelines.partitions import navigation_range_tags
 from pipelines.sources.schema import member_metadata, prospect_metadata
-from tests.conftest import TEST_AS_OF
 
 INGEST = [ingest_members, ingest_prospects, navigation_events, cookie_consents, person_links]
 
 
 def _materialize(sandbox) -> dg.ExecuteInProcessResult:
-    result = dg.materialize(INGEST, resources=sandbox.resources(), tags=navigation_range_tags(TEST_AS_OF))
+    result = dg.materialize(INGEST, resources=sandbox.resources())
     assert result.success
     return result
 
@@ -69,7 +67,7 @@ def test_navigation_ingest_reads_only_new_or_rewritten_day_files(sandbox):
     table = pq.read_table(victim)
     pq.write_table(table.slice(0, 1), victim)  # a push-back-style rewrite keeps one event of that day
 
-    result = dg.materialize([navigation_events], resources=sandbox.resources(), tags=navigation_range_tags(TEST_AS_OF))
+    result = dg.materialize([navigation_events], resources=sandbox.resources())
     assert result.success
     with duckdb.connect(str(sandbox.warehouse), read_only=True) as con:
         from_victim = con.execute(

@@ -12,9 +12,7 @@ from dagster._core.instance.config import dagster_instance_config_schema, valida
 
 from assets.ingest import ingest_members, navigation_events
 from assets.quality_checks import WAREHOUSE_POOL, raw_table_checks
-from pipelines.partitions import navigation_range_tags
 from pipelines.resources import default_resources
-from tests.conftest import TEST_AS_OF
 
 PRODUCTION_YAML = Path(__file__).resolve().parents[1] / "deploy" / "dagster.production.yaml"
 TABLES = ("members", "interactions", "navigation_events")
@@ -60,9 +58,7 @@ def test_real_assets_and_checks_run_in_separate_processes_one_warehouse_writer_a
     # file at the same time, as the production instance does.
     overrides = {"concurrency": {"pools": {"default_limit": 1}}}
     with dg.instance_for_test(temp_dir=str(tmp_path), overrides=overrides) as instance:
-        result = dg.execute_job(
-            dg.reconstructable(multiprocess_job), instance=instance, tags=navigation_range_tags(TEST_AS_OF)
-        )
+        result = dg.execute_job(dg.reconstructable(multiprocess_job), instance=instance)
         assert result.success
         events = instance.all_logs(result.run_id)
     step_pids = {e.dagster_event.pid for e in events if e.is_dagster_event and e.dagster_event.is_step_start}

@@ -37,7 +37,6 @@ def run_nightly(as_of: dt.date) -> dg.ExecuteInProcessResult:
     """Run `nightly_job` in process on the current DagsterInstance (DAGSTER_HOME), as of `as_of`."""
     from assets.retention import AS_OF_TAG
     from pipelines.definitions import defs
-    from pipelines.partitions import navigation_range_tags
     from sensors.schedules import as_of_run_config
 
     job = defs.resolve_job_def("nightly_job")
@@ -45,7 +44,7 @@ def run_nightly(as_of: dt.date) -> dg.ExecuteInProcessResult:
         result = job.execute_in_process(
             instance=instance,
             run_config=as_of_run_config(job, as_of),
-            tags={AS_OF_TAG: as_of.isoformat(), **navigation_range_tags(as_of)},
+            tags={AS_OF_TAG: as_of.isoformat()},
             raise_on_error=False,
         )
     print(f"nightly_job run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}")
