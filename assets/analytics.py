@@ -6,12 +6,10 @@ checks are exposed as blocking asset checks on the published file, so nothing do
 that would leak. Key material never enters config, metadata or logs: only the key version does.
 """
 
-import datetime as dt
-import zoneinfo
-
 import dagster as dg
 from pydantic import Field
 
+from assets.retention import as_of_date
 from pipelines.policy.resource import PoliciesResource
 from pipelines.pseudo.checks import CATALOGUE, validate_analytics_file
 from pipelines.pseudo.keys import PseudonymisationKeyResource
@@ -27,12 +25,12 @@ UPSTREAM = [
     *(dg.AssetKey([schema, table]) for schema, table in REQUIRED_TABLES),
     dg.AssetKey(["rights", "exclusions"]),
 ]
-PARIS = zoneinfo.ZoneInfo("Europe/Paris")
 
 
 class AnalyticsConfig(dg.Config):
     as_of: str | None = Field(
-        default=None, description="Reference date (YYYY-MM-DD) for ages; default: today in Europe/Paris."
+        default=None,
+        description="Reference date (YYYY-MM-DD) for ages; default: the run's `sem/as_of` tag, else today (Paris).",
     )
 
 
@@ -103,7 +101,7 @@ def analytics_file(
     missing = sorted(set(BUILDERS) - set(policy.tables))
     if missing:
         raise ValueError(f"policies/{POLICY_FILE} declares no table {missing}: every analytics asset needs one")
-    as_of = dt.date.fromisoformat(config.as_of) if config.as_of else dt.datetime.now(PARIS).date()
+    as_of = as_of_date(config.as_of, context.run.tags)
     domains = sorted({table.domain for table in policy.tables.values()})
     report = publish_analytics(
         warehouse.resolved_path,

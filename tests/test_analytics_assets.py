@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from assets.analytics import analytics_file, catalogue_complete, k_anonymity, no_direct_identifiers
+from assets.analytics import CATALOGUE_KEY, analytics_file, catalogue_complete, k_anonymity, no_direct_identifiers
 from pipelines.policy.resource import PoliciesResource
 from pipelines.pseudo.keys import KEY_ENV, VERSION_ENV, PseudonymisationKeyResource, derive_domain_key
 from pipelines.pseudo.tokens import hmac_pads
@@ -60,7 +60,8 @@ def test_materialisation_publishes_checks_and_leaks_no_key(tmp_path: Path, capfd
     with dg.instance_for_test(temp_dir=str(dagster_home)) as instance:
         result = dg.materialize(
             ASSETS, resources=_resources(tmp_path, _key_file(tmp_path)), instance=instance,
-            run_config={"ops": {"analytics_file": {"config": {"as_of": "2026-11-27"}}}},
+            # The day comes from the run's tag, as the nightly schedule sets it.
+            tags={"sem/as_of": "2026-06-15"},
         )
         assert result.success
         checks = result.get_asset_check_evaluations()
@@ -72,6 +73,10 @@ def test_materialisation_publishes_checks_and_leaks_no_key(tmp_path: Path, capfd
         ).materialization.metadata
         assert members["achieved_k"].value >= members["k"].value == 5
         assert {"rows_suppressed", "suppression_ratio", "generalisation_loss", "key_version"} <= set(members)
+        catalogue = next(
+            m for m in result.get_asset_materialization_events() if m.asset_key == CATALOGUE_KEY
+        ).materialization.metadata
+        assert catalogue["as_of"].value == "2026-06-15"
     captured = capfd.readouterr()
     outputs = [tmp_path / "analytics" / "analytics.duckdb", tmp_path / "warehouse.duckdb",
                *(p for p in dagster_home.rglob("*") if p.is_file())]
