@@ -1,11 +1,24 @@
-"""The append-only, hash-chained audit log (JSON Lines) and its `verify` command.
+"""The append-only, hash-chained audit log (JSON Lines), its head anchor and its `verify` command.
 
 Each line is one entry {seq, ts, actor, action, subject_token, decision_id, reason, details, prev_hash,
 hash}; `hash` is the SHA-256 (hex) of the canonical JSON (sorted keys, no spaces, UTF-8) of the entry
 without `hash`, so it covers `prev_hash` and chains every entry to the one before (the first entry's
-prev_hash is 64 zeros). Editing, removing or reordering any line breaks the chain at that line:
+prev_hash is 64 zeros). Editing, removing or reordering any line breaks the chain at that line.
 
-    python -m pipelines.audit verify [path]     # exit 0 when intact, 1 naming the first bad entry
+A chain cut short is still a valid chain, so every append also replaces the head anchor `<log>.head`
+(e.g. `audit.jsonl.head`), one JSON object {seq, hash, ts} naming the last entry written, after the entries
+are on disk (temporary file, fsync, rename). The log may be longer than its anchor (an append interrupted
+between the two, or an anchor restored from a backup) as long as its entry at the anchor's seq has the
+anchor's hash; a log shorter than its anchor, or with another entry at that seq, has lost or rewritten
+entries, and appending to it is refused. Whoever can rewrite the log can rewrite the anchor beside it:
+against that, publish the head (`current_head()`, e.g. in run metadata) and check it later:
+
+    python -m pipelines.audit verify [path] [--expect-head HASH]... [--no-anchor]
+
+exits 0 when the chain is intact, agrees with its anchor and holds every expected head; 1 naming the first
+bad entry, or what is wrong with the end of the log. A non-empty log without its anchor fails unless
+--no-anchor is given (a copy made without it); the anchor is then not read at all, and removal of entries
+from the end goes unnoticed unless an expected head is given.
 
 Subjects appear only as keyed tokens: `subject_token("<kind>:<value>", key)` = lowercase hex
 HMAC-SHA256(audit domain key, "<kind>:<value>"), kind in member|prospect|visitor|email|phone|person and
@@ -24,14 +37,24 @@ import hmac
 import json
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, NamedTuple
 
 from pipelines import settings
 
 GENESIS_HASH = "0" * 64
 AUDIT_DOMAIN = "audit"
+
+
+class AuditLogError(RuntimeError):
+    """The log contradicts its head anchor, or the anchor cannot be read."""
+
+
+class Head(NamedTuple):
+    seq: int
+    hash: str
 
 
 def audit_token_key() -> bytes:
@@ -54,13 +77,18 @@ def entry_hash(entry: Mapping[str, object]) -> str:
     return hashlib.sha256(_canonical({k: v for k, v in entry.items() if k != "hash"})).hexdigest()
 
 
+def anchor_path(log: Path) -> Path:
+    return log.with_name(log.name + ".head")
+
+
 @dataclass(frozen=True)
 class VerifyResult:
     ok: bool
     entries: int
     bad_seq: int | None = None  # seq the bad line claims (or its 1-based line number if unreadable)
-    line: int | None = None
+    line: int | None = None  # None when the failure is about the end of the log, not one line
     reason: str = ""
+    anchor_seq: int | None = None  # seq of the head anchor checked, None when there was none to check
 
 
 class AuditLog:
@@ -78,12 +106,23 @@ class AuditLog:
 
     def extend(self, items: list[Mapping[str, object]]) -> list[dict[str, object]]:
         """Append several entries (each a mapping with action and optional subject_token, decision_id,
-        reason, details, actor) in one locked write."""
+        reason, details, actor) in one locked write, then move the head anchor to the last of them.
+
+        Raises AuditLogError, writing nothing, when the anchor is unreadable, or the log is shorter than its
+        anchor or ends on another entry than the anchor's: chaining on would make the anchor agree with the
+        damaged log again."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        anchor_file = anchor_path(self.path)
         written: list[dict[str, object]] = []
         with open(self.path, "a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             seq, prev = _tail(fh)
+            anchor = _read_anchor(anchor_file)
+            # A log longer than its anchor is the normal result of an interrupted append; checking it would
+            # mean reading back to the anchor's entry on every append, so verify does that instead.
+            if anchor and (problem := _anchor_mismatch(anchor, seq, prev if seq == anchor.seq else None)):
+                raise AuditLogError(f"{self.path}: {problem}; refusing to append (see python -m pipelines.audit "
+                                    "verify)")
             ts = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
             lines = []
             for item in items:
@@ -101,23 +140,81 @@ class AuditLog:
             fh.write(b"".join(lines))
             fh.flush()
             os.fsync(fh.fileno())
+            # Only once the entries are durable, so the anchor never names an entry a crash could lose; still
+            # under the lock, so concurrent appends cannot leave an older head in place.
+            if written:
+                _write_anchor(anchor_file, {"seq": seq, "hash": prev, "ts": ts})
         return written
 
 
-def _tail(fh) -> tuple[int, str]:
+def current_head(path: Path | None = None) -> Head:
+    """(seq, hash) of the last entry of the log, (0, GENESIS_HASH) when there is none: the value to publish
+    elsewhere (it identifies no one) for `verify --expect-head`. Reads the tail only; it verifies nothing."""
+    path = Path(path) if path else settings.audit_log_path()
+    if not path.exists():
+        return Head(0, GENESIS_HASH)
+    with open(path, "rb") as fh:
+        # Shared lock: waits for an append in progress instead of reading half of it.
+        fcntl.flock(fh, fcntl.LOCK_SH)
+        return _tail(fh)
+
+
+def _tail(fh: BinaryIO) -> Head:
     """(seq, hash) of the last entry, read from the end of the file."""
     fh.seek(0, os.SEEK_END)
     size = fh.tell()
     if size == 0:
-        return 0, GENESIS_HASH
+        return Head(0, GENESIS_HASH)
     block = min(size, 65536)
     while True:
         fh.seek(size - block)
         lines = fh.read(block).rstrip(b"\n").split(b"\n")
         if len(lines) > 1 or block == size:
             last = json.loads(lines[-1])
-            return int(last["seq"]), str(last["hash"])
+            return Head(int(last["seq"]), str(last["hash"]))
         block = min(size, block * 2)
+
+
+def _write_anchor(path: Path, anchor: Mapping[str, object]) -> None:
+    # Replaced whole by a rename so a reader or a crash sees the old anchor or the new one, never a mix; the
+    # temporary name is fixed because the caller holds the log's lock.
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(_canonical(anchor) + b"\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    # The rename itself is durable only once the directory is synced.
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _read_anchor(path: Path) -> Head | None:
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise AuditLogError(f"head anchor {path} is unreadable: {exc}") from None
+    seq, hash_ = (data.get("seq"), data.get("hash")) if isinstance(data, dict) else (None, None)
+    if type(seq) is not int or seq < 1 or not isinstance(hash_, str) or len(hash_) != 64:
+        raise AuditLogError(f"head anchor {path} does not hold a seq and a hash: {data!r}")
+    return Head(seq, hash_)
+
+
+def _anchor_mismatch(anchor: Head, last_seq: int, hash_at_anchor: str | None) -> str:
+    """Why a log ending at `last_seq`, whose entry at the anchor's seq has `hash_at_anchor` (None: not known),
+    contradicts its anchor; "" when it does not."""
+    if last_seq < anchor.seq:
+        return (f"log ends at seq {last_seq} but its head anchor says seq {anchor.seq}: "
+                "entries were removed from the end")
+    if hash_at_anchor is not None and hash_at_anchor != anchor.hash:
+        return (f"entry seq {anchor.seq} has hash {hash_at_anchor} but its head anchor says {anchor.hash}: "
+                "the log was rewritten at or before that entry")
+    return ""
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -126,12 +223,20 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             yield number, line.rstrip("\n")
 
 
-def verify(path: Path) -> VerifyResult:
-    """Walk the chain; the first entry whose seq, prev_hash or own hash does not fit is reported."""
-    prev, expected_seq, count = GENESIS_HASH, 1, 0
-    if not path.exists():
-        return VerifyResult(ok=True, entries=0)
-    for number, line in _lines(path):
+def verify(path: Path, *, check_anchor: bool = True, expect_heads: Iterable[str] = ()) -> VerifyResult:
+    """Walk the chain; the first entry whose seq, prev_hash or own hash does not fit is reported. Then the
+    end of the log must agree with its head anchor (unless `check_anchor` is false) and every hash of
+    `expect_heads` must be an entry of the chain."""
+    # The anchor is read before the log: an append lengthens the log before it moves the anchor, so the log
+    # read next is at least as long as this anchor even while another process appends.
+    try:
+        anchor = _read_anchor(anchor_path(path)) if check_anchor else None
+    except AuditLogError as exc:
+        return VerifyResult(False, 0, reason=str(exc))
+    # The head published for an empty log is the genesis hash, which every chain starts from.
+    missing = set(expect_heads) - {GENESIS_HASH}
+    prev, expected_seq, count, hash_at_anchor = GENESIS_HASH, 1, 0, None
+    for number, line in _lines(path) if path.exists() else ():
         try:
             entry = json.loads(line)
             seq = int(entry["seq"])
@@ -144,24 +249,54 @@ def verify(path: Path) -> VerifyResult:
                                 f"sequence {seq} where {expected_seq} was expected (removed or reordered)")
         if entry.get("prev_hash") != prev:
             return VerifyResult(False, count, seq, number, "prev_hash does not match the previous entry")
+        if anchor and seq == anchor.seq:
+            hash_at_anchor = entry["hash"]
+        missing.discard(entry["hash"])
         prev, expected_seq, count = entry["hash"], expected_seq + 1, count + 1
-    return VerifyResult(ok=True, entries=count)
+    if anchor and (problem := _anchor_mismatch(anchor, count, hash_at_anchor)):
+        return VerifyResult(False, count, reason=problem, anchor_seq=anchor.seq)
+    if check_anchor and anchor is None and count:
+        return VerifyResult(False, count, reason=(
+            f"no head anchor {anchor_path(path).name} beside the log, so entries removed from its end would go "
+            "unnoticed (--no-anchor verifies a copy made without its anchor)"))
+    if missing:
+        return VerifyResult(False, count, anchor_seq=anchor.seq if anchor else None, reason=(
+            f"expected head {', '.join(sorted(missing))} is not an entry of the chain: entries were removed or "
+            "rewritten since it was published, or this is not the log it was published from"))
+    return VerifyResult(True, count, anchor_seq=anchor.seq if anchor else None)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.audit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("verify", help="verify the hash chain")
+    check = sub.add_parser("verify", help="verify the hash chain, its head anchor and published heads")
     check.add_argument("path", nargs="?", type=Path, default=None)
+    check.add_argument("--expect-head", action="append", default=[], metavar="HASH",
+                       help="a head hash published earlier; fails unless it is an entry of the chain (repeatable)")
+    check.add_argument("--no-anchor", action="store_true",
+                       help="do not read the head anchor (a copy of the log made without it)")
     args = parser.parse_args(argv)
     path = args.path or settings.audit_log_path()
-    result = verify(path)
-    if result.ok:
-        print(f"OK: {path}: {result.entries} entries, chain intact")
-        return 0
-    print(f"TAMPERED: {path}: first bad entry seq={result.bad_seq} (line {result.line}): {result.reason}; "
-          f"{result.entries} entries verified before it", file=sys.stderr)
-    return 1
+    result = verify(path, check_anchor=not args.no_anchor, expect_heads=args.expect_head)
+    if not result.ok:
+        if result.line is None:
+            print(f"FAILED: {path}: {result.reason}", file=sys.stderr)
+        else:
+            print(f"TAMPERED: {path}: first bad entry seq={result.bad_seq} (line {result.line}): {result.reason}; "
+                  f"{result.entries} entries verified before it", file=sys.stderr)
+        return 1
+    notes = [f"{result.entries} entries, chain intact"]
+    if args.no_anchor:
+        notes.append("head anchor not checked (--no-anchor)")
+    elif result.anchor_seq == result.entries:
+        notes.append("head anchor agrees")
+    elif result.anchor_seq is not None:
+        notes.append(f"head anchor agrees at seq {result.anchor_seq} "
+                     f"({result.entries - result.anchor_seq} entries appended after it was last written)")
+    if args.expect_head:
+        notes.append("expected head found" if len(args.expect_head) == 1 else "expected heads found")
+    print(f"OK: {path}: {'; '.join(notes)}")
+    return 0
 
 
 if __name__ == "__main__":

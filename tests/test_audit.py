@@ -1,4 +1,5 @@
-"""The hash-chained audit log: an intact log verifies; an edited, removed or reordered line is named."""
+"""The hash-chained audit log: an intact log verifies; an edited, removed or reordered line is named, and so is
+the loss of its last entries (head anchor, published head)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.audit import AuditLog, subject_token, verify
+from pipelines.audit import (
+    GENESIS_HASH,
+    AuditLog,
+    AuditLogError,
+    Head,
+    anchor_path,
+    current_head,
+    entry_hash,
+    subject_token,
+    verify,
+)
 
 KEY = bytes.fromhex("11" * 32)
 
@@ -26,14 +37,14 @@ def log_path(tmp_path: Path) -> Path:
     return log.path
 
 
-def cli(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines.audit", "verify", str(path)],
+def cli(path: Path, *options: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines.audit", "verify", str(path), *options],
                           capture_output=True, text=True)
 
 
 def rewrite(path: Path, change) -> None:
     lines = path.read_text().splitlines()
-    path.write_text("\n".join(change(lines)) + "\n")
+    path.write_text("".join(line + "\n" for line in change(lines)))
 
 
 def test_intact_log_verifies_and_appends_continue_the_chain(log_path):
@@ -42,8 +53,11 @@ def test_intact_log_verifies_and_appends_continue_the_chain(log_path):
     assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(entries))
     result = cli(log_path)
     assert result.returncode == 0 and "7 entries" in result.stdout
-    AuditLog(log_path).append("rights.answered", decision_id="rights:3")
+    appended = AuditLog(log_path).append("rights.answered", decision_id="rights:3")
     assert verify(log_path).ok and verify(log_path).entries == 8
+    anchor = json.loads(anchor_path(log_path).read_text())
+    assert (anchor["seq"], anchor["hash"], anchor["ts"]) == (8, appended["hash"], appended["ts"])
+    assert sorted(p.name for p in log_path.parent.iterdir()) == ["audit.jsonl", "audit.jsonl.head"]
 
 
 def test_edited_entry_is_named(log_path):
@@ -59,8 +73,6 @@ def test_edited_entry_is_named(log_path):
 
 
 def test_edit_with_recomputed_hash_still_breaks_the_next_link(log_path):
-    from pipelines.audit import entry_hash
-
     def forge(lines):
         entry = json.loads(lines[2])
         entry["reason"] = "forged"
@@ -90,3 +102,111 @@ def test_subjects_are_keyed_tokens_only(log_path):
     assert "member:1" not in text
     assert subject_token("member:1", KEY) in text
     assert subject_token("member:1", KEY) != subject_token("member:1", bytes.fromhex("22" * 32))
+
+
+@pytest.mark.parametrize("removed", [1, 3, 7])
+def test_truncated_tail_is_named(log_path, removed):
+    rewrite(log_path, lambda lines: lines[:-removed])
+    result = cli(log_path)
+    assert result.returncode == 1
+    assert (f"log ends at seq {7 - removed} but its head anchor says seq 7: entries were removed from the end"
+            in result.stderr)
+
+
+def test_deleted_log_is_named_by_its_anchor(log_path):
+    log_path.unlink()
+    result = verify(log_path)
+    assert not result.ok and "log ends at seq 0 but its head anchor says seq 7" in result.reason
+
+
+def test_rewritten_chain_is_named_by_its_anchor(log_path):
+    def forge_and_rechain(lines):
+        entries = [json.loads(line) for line in lines]
+        entries[2]["reason"] = "forged"
+        for before, entry in zip([None, *entries], entries, strict=False):
+            entry["prev_hash"] = before["hash"] if before else GENESIS_HASH
+            entry["hash"] = entry_hash(entry)
+        return [json.dumps(entry) for entry in entries]
+
+    rewrite(log_path, forge_and_rechain)
+    result = cli(log_path)
+    assert result.returncode == 1
+    assert "entry seq 7 has hash" in result.stderr and "the log was rewritten" in result.stderr
+    assert verify(log_path, check_anchor=False).ok  # the chain alone cannot tell
+
+
+def test_log_longer_than_a_lagging_anchor_verifies(log_path):
+    """An append interrupted between its entries and its anchor leaves the anchor behind, like this older one."""
+    older = anchor_path(log_path).read_bytes()
+    log = AuditLog(log_path)
+    log.append("rights.answered", decision_id="rights:3")
+    log.append("rights.answered", decision_id="rights:4")
+    anchor_path(log_path).write_bytes(older)
+    result = verify(log_path)
+    assert result.ok and (result.entries, result.anchor_seq) == (9, 7)
+    assert "head anchor agrees at seq 7 (2 entries appended" in cli(log_path).stdout
+    # The next append moves the anchor to the head again.
+    log.append("rights.answered", decision_id="rights:5")
+    assert verify(log_path).anchor_seq == 10
+
+
+def test_missing_anchor_fails_unless_no_anchor(log_path):
+    anchor_path(log_path).unlink()
+    result = cli(log_path)
+    assert result.returncode == 1 and "no head anchor audit.jsonl.head beside the log" in result.stderr
+    result = cli(log_path, "--no-anchor")
+    assert result.returncode == 0 and "head anchor not checked (--no-anchor)" in result.stdout
+
+
+def test_empty_log_without_anchor_verifies(tmp_path):
+    (tmp_path / "audit.jsonl").touch()
+    assert verify(tmp_path / "audit.jsonl") == verify(tmp_path / "missing.jsonl")
+    assert verify(tmp_path / "audit.jsonl").ok
+    assert current_head(tmp_path / "audit.jsonl") == current_head(tmp_path / "missing.jsonl") == (0, GENESIS_HASH)
+    # The head published by a run that audited nothing yet.
+    assert verify(tmp_path / "audit.jsonl", expect_heads=[GENESIS_HASH]).ok
+
+
+def test_unreadable_anchor_fails(log_path):
+    anchor_path(log_path).write_text('{"seq": "7"}\n')
+    result = cli(log_path)
+    assert result.returncode == 1 and "does not hold a seq and a hash" in result.stderr
+
+
+def test_expect_head_finds_published_heads_and_rejects_others(log_path):
+    published = current_head(log_path)
+    last = json.loads(log_path.read_text().splitlines()[-1])
+    assert isinstance(published, Head) and published == (7, last["hash"])
+    AuditLog(log_path).append("rights.answered", decision_id="rights:3")
+    # A head published by an earlier run is still in the chain once later runs have appended.
+    result = cli(log_path, "--expect-head", published.hash, "--expect-head", current_head(log_path).hash)
+    assert result.returncode == 0 and "expected heads found" in result.stdout
+    unknown = "ab" * 32
+    result = cli(log_path, "--expect-head", unknown)
+    assert result.returncode == 1 and f"expected head {unknown} is not an entry of the chain" in result.stderr
+
+
+def test_expect_head_catches_truncation_when_the_anchor_is_rewritten_too(log_path):
+    published = current_head(log_path)
+    rewrite(log_path, lambda lines: lines[:-1])
+    anchor_path(log_path).unlink()
+    assert cli(log_path, "--no-anchor").returncode == 0
+    result = cli(log_path, "--no-anchor", "--expect-head", published.hash)
+    assert result.returncode == 1 and "is not an entry of the chain" in result.stderr
+
+
+@pytest.mark.parametrize("damage", ["truncate", "rewrite last"])
+def test_append_refuses_a_log_that_contradicts_its_anchor(log_path, damage):
+    def rewrite_last(lines):
+        entry = json.loads(lines[-1])
+        entry["reason"] = "forged"
+        entry["hash"] = entry_hash(entry)
+        return [*lines[:-1], json.dumps(entry)]
+
+    rewrite(log_path, (lambda lines: lines[:-2]) if damage == "truncate" else rewrite_last)
+    before = (log_path.read_bytes(), anchor_path(log_path).read_bytes())
+    with pytest.raises(AuditLogError, match="refusing to append"):
+        AuditLog(log_path).append("rights.answered", decision_id="rights:3")
+    # Nothing written: the evidence stays for verify.
+    assert (log_path.read_bytes(), anchor_path(log_path).read_bytes()) == before
+    assert not verify(log_path).ok
