@@ -3,7 +3,8 @@
 import dagster as dg
 
 from pipelines.ingest import IngestResult, ingest_sql_table
-from pipelines.refresh import ingest_navigation_table
+from pipelines.navigation import DayCounts, day_counts, ingest_navigation_table
+from pipelines.partitions import NAVIGATION_DAYS, current_partitions, days_of_files
 from pipelines.resources import NavigationSourceResource, SqlSourceResource, WarehouseResource
 from pipelines.sources.schema import SQL_SYSTEMS
 
@@ -61,30 +62,69 @@ ingest_members = _sql_system_assets("members", "member_source")
 ingest_prospects = _sql_system_assets("prospects", "prospect_source")
 
 
-def _navigation_asset(table: str, description: str) -> dg.AssetsDefinition:
-    @dg.asset(
-        key=["raw", table],
-        group_name="sources",
-        description=description,
-        kinds={"duckdb", "parquet"},
-        owners=[OWNER],
-        tags={"stage": "ingest", "source_system": "navigation"},
-        pool="warehouse",
-    )
-    def _ingest(warehouse: WarehouseResource, navigation: NavigationSourceResource) -> dg.MaterializeResult:
-        with warehouse.connect() as con:
-            result = ingest_navigation_table(con, navigation.resolved_path, table)
-        return dg.MaterializeResult(metadata=_metadata(result))
-
-    return _ingest
-
-
-navigation_events = _navigation_asset(
-    "navigation_events",
-    "Web-analytics events of www.mutuelle-sem.fr (day-partitioned Parquet), ingested incrementally: only new "
-    "or rewritten day files are read. Events without visitor, id or time are quarantined.",
+@dg.asset(
+    key=["raw", "navigation_events"],
+    group_name="sources",
+    description="Web-analytics events of www.mutuelle-sem.fr, one partition per Paris day (the source's "
+    "`day=` folders). A run reads its days' files again and also brings in every other day file that is new, "
+    "rewritten or removed at the source (each recorded on its own day), so retention and erasure always see the "
+    "whole log. Events without visitor, id or time are quarantined.",
+    kinds={"duckdb", "parquet"},
+    owners=[OWNER],
+    tags={"stage": "ingest", "source_system": "navigation"},
+    pool="warehouse",
+    partitions_def=NAVIGATION_DAYS,
+    # A backfill over many days is one run reading their files in one statement, not one run per day.
+    backfill_policy=dg.BackfillPolicy.single_run(),
 )
-cookie_consents = _navigation_asset(
-    "cookie_consents",
-    "Cookie-consent log (visitor, time, analytics yes/no, advertising yes/no), ingested incrementally.",
+def navigation_events(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, navigation: NavigationSourceResource
+) -> dg.MaterializeResult:
+    days = context.partition_keys if context.has_partition_key or context.has_partition_key_range else []
+    with warehouse.connect() as con:
+        result = ingest_navigation_table(con, navigation.resolved_path, "navigation_events", reread_days=days)
+        counts = day_counts(con, {*days, *days_of_files(result.replaced_files)})
+    partitions = current_partitions()
+    caught_up = [c for day, c in counts.items() if day not in days and day in partitions]
+    for one_day in caught_up:
+        context.log_event(dg.AssetMaterialization(
+            asset_key=context.asset_key, partition=one_day.day, metadata=_day_metadata(one_day, "caught up"),
+        ))
+    own = [counts[day] for day in days]
+    return dg.MaterializeResult(metadata={
+        # Per day (what the partition view charts); the whole table for a run without a day.
+        "dagster/row_count": dg.MetadataValue.int(sum(c.rows for c in own) if days else result.rows),
+        "quarantined_in_run_days": dg.MetadataValue.int(sum(c.quarantined for c in own)),
+        "table_rows": dg.MetadataValue.int(result.rows),
+        "table_quarantined_rows": dg.MetadataValue.int(result.quarantined),
+        "run_days_without_file": dg.MetadataValue.int(sum(not c.has_file for c in own)),
+        "days_caught_up": dg.MetadataValue.int(len(caught_up)),
+        "days_outside_partitions": dg.MetadataValue.int(
+            sum(day not in days and day not in partitions for day in counts)
+        ),
+    })
+
+
+def _day_metadata(counts: DayCounts, how: str) -> dict[str, dg.MetadataValue]:
+    return {
+        "dagster/row_count": dg.MetadataValue.int(counts.rows),
+        "quarantined_in_day": dg.MetadataValue.int(counts.quarantined),
+        "day_file": dg.MetadataValue.text("present" if counts.has_file else "absent (none or removed at source)"),
+        "ingested_as": dg.MetadataValue.text(how),
+    }
+
+
+@dg.asset(
+    key=["raw", "cookie_consents"],
+    group_name="sources",
+    description="Cookie-consent log (visitor, time, analytics yes/no, advertising yes/no): one file, ingested "
+    "again only when it changed.",
+    kinds={"duckdb", "parquet"},
+    owners=[OWNER],
+    tags={"stage": "ingest", "source_system": "navigation"},
+    pool="warehouse",
 )
+def cookie_consents(warehouse: WarehouseResource, navigation: NavigationSourceResource) -> dg.MaterializeResult:
+    with warehouse.connect() as con:
+        result = ingest_navigation_table(con, navigation.resolved_path, "cookie_consents")
+    return dg.MaterializeResult(metadata=_metadata(result))

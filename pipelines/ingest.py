@@ -11,7 +11,8 @@ schema (schema.py) sends its row to `raw.quarantine` with the reason instead of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import duckdb
@@ -39,6 +40,8 @@ class IngestResult:
     table: str
     rows: int
     quarantined: int
+    # Incremental loads: the files whose rows were (re)loaded or dropped by this call.
+    replaced_files: tuple[str, ...] = ()
 
 
 def duckdb_type(column: sa.Column) -> str:
@@ -164,10 +167,12 @@ def ingest_parquet(
     table: str,
     columns: dict[str, str],
     required: list[str],
+    reread: Collection[str] = (),
 ) -> IngestResult:
     """Incremental copy of a folder of Parquet files: only new, rewritten or removed files are handled.
 
     Rows keep the file they came from (`source_file`), so a rewritten file replaces exactly its rows.
+    Files listed in `reread` are read again even when unchanged (an explicit re-materialisation).
     """
     con.execute(QUARANTINE_DDL)
     prefix = str(folder) + "/"
@@ -178,7 +183,8 @@ def ingest_parquet(
             "SELECT path, size, mtime_ns FROM raw.ingested_files WHERE starts_with(path, ?)", [prefix]
         ).fetchall()
     }
-    changed = [p for p, st in stats.items() if seen.get(p) != (st.st_size, st.st_mtime_ns)]
+    forced = set(reread)
+    changed = [p for p, st in stats.items() if p in forced or seen.get(p) != (st.st_size, st.st_mtime_ns)]
     stale = sorted(set(changed) | (set(seen) - set(stats)))
     text_cols = ", ".join(f"CAST({quote(c)} AS VARCHAR) AS {quote(c)}" for c in columns)
     source = (
@@ -205,7 +211,7 @@ def ingest_parquet(
             "SELECT path, size, mtime_ns, now() FROM _manifest"
         )
         con.unregister("_manifest")
-    return result
+    return replace(result, replaced_files=tuple(stale))
 
 
 def _sql_list(values: list[str]) -> str:

@@ -17,16 +17,12 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from pipelines.identity import resolve_identities
-from pipelines.ingest import ingest_parquet, ingest_sql_table, navigation_columns
+from pipelines.ingest import ingest_sql_table
+from pipelines.navigation import NAVIGATION_TABLES, ingest_navigation_table
 from pipelines.policy.models import Policy
 from pipelines.pushback import PushbackReport
 from pipelines.retention.ledger import build_ledger
-from pipelines.sources.schema import COOKIE_CONSENT_SCHEMA, NAVIGATION_EVENT_SCHEMA, NAVIGATION_REQUIRED, SQL_SYSTEMS
-
-NAVIGATION_TABLES = {
-    "navigation_events": (NAVIGATION_EVENT_SCHEMA, list(NAVIGATION_REQUIRED), "events"),
-    "cookie_consents": (COOKIE_CONSENT_SCHEMA, ["consent_id", "visitor_id", "consented_at"], "consents"),
-}
+from pipelines.sources.schema import SQL_SYSTEMS
 
 
 def touched_tables(targets: pa.Table, report: PushbackReport) -> set[tuple[str, str]]:
@@ -35,14 +31,6 @@ def touched_tables(targets: pa.Table, report: PushbackReport) -> set[tuple[str, 
     mask = pc.is_in(targets["decision_id"], value_set=applied)
     pairs = targets.filter(mask).group_by(["system", "table_name"]).aggregate([])
     return set(zip(pairs["system"].to_pylist(), pairs["table_name"].to_pylist(), strict=True))
-
-
-def ingest_navigation_table(con: duckdb.DuckDBPyConnection, navigation_dir: Path, table: str):
-    """Incremental ingest of one navigation log (`navigation_events` or `cookie_consents`)."""
-    schema, required, folder = NAVIGATION_TABLES[table]
-    return ingest_parquet(
-        con, navigation_dir / folder, table=table, columns=navigation_columns(schema), required=required
-    )
 
 
 def ingest_all(con: duckdb.DuckDBPyConnection, engines: dict[str, sa.Engine], navigation_dir: Path) -> None:

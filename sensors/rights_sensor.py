@@ -6,17 +6,21 @@ keyed by the last of them, so a batch never starts two runs (Dagster drops a rep
 """
 
 
+import datetime as dt
 import json
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 import sqlalchemy as sa
 
+from pipelines.partitions import nightly_partition
 from pipelines.resources import SqlSourceResource
 from pipelines.rights.intake import TERMINAL_STATES
 from pipelines.sources.schema import rights_requests
 
 RIGHTS_JOB = "rights_job"
 REQUESTS_TAG = "sem/rights_requests"
+PARIS = ZoneInfo("Europe/Paris")
 
 
 def newly_verified(engine: sa.Engine, cursor: str | None) -> tuple[list[int], str | None]:
@@ -60,4 +64,7 @@ def rights_request_sensor(context: dg.SensorEvaluationContext, member_source: Sq
     return dg.RunRequest(
         run_key=f"rights-{key['verified_at']}-{key['request_id']}",
         tags={REQUESTS_TAG: ",".join(str(i) for i in ids[:50])},
+        # The last navigation day over; the run also catches up every other new or rewritten day file, so an
+        # erasure sees all of a person's events.
+        partition_key=nightly_partition(dt.datetime.now(PARIS).date()),
     )

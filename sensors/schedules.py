@@ -1,5 +1,7 @@
 """The nightly schedule: `nightly_job` at 01:30 Europe/Paris, for the scheduled day (`as_of`).
 
+The run's partition is the navigation day that has just ended (`as_of` - 1 day).
+
 01:30 because it exists exactly once every day: the DST changes skip or repeat 02:00-02:59 in Paris.
 
 The day is passed both as the run tag `sem/as_of` and as the `as_of` config field of every op of the job
@@ -39,7 +41,8 @@ def as_of_run_config(job: dg.JobDefinition | None, as_of: dt.date) -> dict:
     cron_schedule="30 1 * * *",
     execution_timezone="Europe/Paris",
     job_name=NIGHTLY_JOB,
-    description="Every night at 01:30 Europe/Paris: the whole pipeline, as of the scheduled day.",
+    description="Every night at 01:30 Europe/Paris: the whole pipeline, as of the scheduled day, with the "
+    "navigation day that has just ended as the run's partition.",
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
 def nightly_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
@@ -49,4 +52,6 @@ def nightly_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
         run_key=f"nightly-{as_of.isoformat()}",
         run_config=as_of_run_config(job, as_of),
         tags={AS_OF_TAG: as_of.isoformat()},
+        # The navigation day that has just ended; days missed or rewritten since are caught up by the same run.
+        partition_key=(as_of - dt.timedelta(days=1)).isoformat(),
     )

@@ -82,6 +82,62 @@ def test_navigation_ingest_reads_only_new_or_rewritten_day_files(sandbox):
     assert total + quarantined == in_files
 
 
+def _days(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
+    """Partition → metadata of every navigation_events materialisation a run recorded."""
+    return {
+        e.materialization.partition: e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == navigation_events.key
+    }
+
+
+def test_a_day_run_rereads_its_day_and_records_every_changed_day_on_its_own_partition(sandbox):
+    events_dir = sandbox.sources / "navigation" / "events"
+    day_dirs = sorted(events_dir.iterdir())
+    days = [d.name.removeprefix("day=") for d in day_dirs]
+    last, rewritten, removed = days[-1], days[len(days) // 2], days[len(days) // 3]
+
+    def run() -> dict[str, dict]:
+        result = dg.materialize([navigation_events], resources=sandbox.resources(), partition_key=last)
+        assert result.success
+        return _days(result)
+
+    first = run()  # empty warehouse: every day of the log is brought in, each recorded on its own day
+    assert set(first) == set(days)
+    assert first[last]["days_caught_up"].value == len(days) - 1
+    assert first[rewritten]["ingested_as"].value == "caught up"
+
+    second = run()  # in sync: only the run's own day, read again
+    assert set(second) == {last}
+    assert second[last]["days_caught_up"].value == 0
+    with duckdb.connect(str(sandbox.warehouse), read_only=True) as con:
+        in_warehouse = con.execute(
+            "SELECT count(*) FROM raw.navigation_events WHERE source_file LIKE ?", [f"%/day={last}/%"]
+        ).fetchone()[0]
+    assert second[last]["dagster/row_count"].value == in_warehouse > 0
+
+    # A backfill of a range of days from the UI is one run (single-run backfill policy) re-reading them.
+    backfill = dg.materialize([navigation_events], resources=sandbox.resources(), tags={
+        "dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[2],
+    })
+    assert backfill.success and set(_days(backfill)) == set(days[:3])
+
+    victim = next((events_dir / f"day={rewritten}").glob("*.parquet"))
+    pq.write_table(pq.read_table(victim).slice(0, 1), victim)
+    for f in (events_dir / f"day={removed}").glob("*.parquet"):
+        f.unlink()
+    third = run()
+    assert set(third) == {last, rewritten, removed}
+    assert third[removed]["dagster/row_count"].value == 0
+    assert third[removed]["day_file"].value.startswith("absent")
+    assert third[rewritten]["dagster/row_count"].value + third[rewritten]["quarantined_in_day"].value == 1
+    with duckdb.connect(str(sandbox.warehouse), read_only=True) as con:
+        left = con.execute(
+            "SELECT count(*) FROM raw.navigation_events WHERE source_file LIKE ?", [f"%/day={removed}/%"]
+        ).fetchone()[0]
+    assert left == 0
+
+
 def test_identity_links_a_person_across_member_prospect_and_visitor_records(sandbox):
     _materialize(sandbox)
     with duckdb.connect(str(sandbox.warehouse), read_only=True) as con:

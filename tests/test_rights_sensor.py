@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 import sqlalchemy as sa
@@ -32,6 +34,9 @@ def test_newly_verified_requests_start_one_run_per_batch(tmp_path: Path):
 
     first, cursor = tick(None)
     assert isinstance(first, dg.RunRequest) and first.tags["sem/rights_requests"] == "1"
+    # The run is for the last navigation day already over in Paris (and catches up any other changed day).
+    paris_yesterday = dt.datetime.now(ZoneInfo("Europe/Paris")).date() - dt.timedelta(days=1)
+    assert first.partition_key == paris_yesterday.isoformat()
     assert rights_request_sensor.job_name == "rights_job"
     again, cursor = tick(cursor)
     assert isinstance(again, dg.SkipReason)  # same batch: no second run

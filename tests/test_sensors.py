@@ -10,6 +10,7 @@ from dagster._utils.schedules import cron_string_iterator
 
 from assets.quality_checks import ledger_check
 from assets.retention import AS_OF_TAG, LEDGER_KEY
+from pipelines.partitions import NAVIGATION_DAYS
 from pipelines.resources import ComplianceStoreResource, WarehouseResource
 from sensors.run_failure import ALERTS_FILE, run_failure_alert_sensor
 from sensors.schedules import NIGHTLY_JOB, nightly_schedule
@@ -18,12 +19,15 @@ PARIS = ZoneInfo("Europe/Paris")
 
 
 def _repository() -> dg.RepositoryDefinition:
-    """A repository with the real schedule and a nightly job holding an op that takes `as_of` (the ledger check)."""
-    @dg.asset(key=LEDGER_KEY)
+    """The real schedule; a nightly job with the day-partitioned navigation asset and an op taking `as_of`."""
+    @dg.asset(key=["raw", "navigation_events"], partitions_def=NAVIGATION_DAYS)
+    def navigation_events() -> None: ...
+
+    @dg.asset(key=LEDGER_KEY, deps=[navigation_events])
     def ledger() -> None: ...
 
     defs = dg.Definitions(
-        assets=[ledger],
+        assets=[navigation_events, ledger],
         asset_checks=[ledger_check],
         jobs=[dg.define_asset_job(NIGHTLY_JOB, selection=dg.AssetSelection.all())],
         schedules=[nightly_schedule],
@@ -37,7 +41,7 @@ def _repository() -> dg.RepositoryDefinition:
     [
         # Summer: 01:30 in Paris is 23:30 UTC the day before; the run is for the Paris day.
         (dt.datetime(2026, 7, 15, 23, 30, tzinfo=dt.UTC), dt.date(2026, 7, 16)),
-        (dt.datetime(2026, 12, 1, 1, 30, tzinfo=PARIS), dt.date(2026, 12, 1)),
+        (dt.datetime(2026, 1, 1, 1, 30, tzinfo=PARIS), dt.date(2026, 1, 1)),
     ],
 )
 def test_nightly_schedule_runs_the_nightly_job_as_of_the_paris_day(scheduled, expected):
@@ -45,6 +49,8 @@ def test_nightly_schedule_runs_the_nightly_job_as_of_the_paris_day(scheduled, ex
     [request] = nightly_schedule.evaluate_tick(context).run_requests
     assert request.tags[AS_OF_TAG] == expected.isoformat()
     assert request.run_key == f"nightly-{expected.isoformat()}"
+    # The navigation day that has just ended in Paris (a new year's day gives the 31 December before it).
+    assert request.partition_key == (expected - dt.timedelta(days=1)).isoformat()
     assert request.run_config == {"ops": {ledger_check.node_def.name: {"config": {"as_of": expected.isoformat()}}}}
     assert nightly_schedule.job_name == NIGHTLY_JOB
     assert nightly_schedule.execution_timezone == "Europe/Paris"
@@ -102,6 +108,7 @@ def test_nightly_tick_on_the_real_definitions_gives_a_valid_run_config():
     job = repository.get_job(NIGHTLY_JOB)
     dg.validate_run_config(job, request.run_config)
     configured = request.run_config["ops"]
+    assert request.partition_key == "2026-11-02"
     assert configured["retention__ledger"] == {"config": {"as_of": "2026-11-03"}}
     assert configured["analytics_file"] == {"config": {"as_of": "2026-11-03"}}
     # The preview keeps its own date (the proposal's effective date).

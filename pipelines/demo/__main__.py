@@ -34,9 +34,14 @@ def _generate(out: Path, members: int, seed: int, as_of: dt.date) -> dict[str, i
 
 
 def run_nightly(as_of: dt.date) -> dg.ExecuteInProcessResult:
-    """Run `nightly_job` in process on the current DagsterInstance (DAGSTER_HOME), as of `as_of`."""
+    """Run `nightly_job` in process on the current DagsterInstance (DAGSTER_HOME), as of `as_of`.
+
+    As the schedule does: the run's partition is the navigation day before `as_of` (none when that day is
+    not over yet); every other new or rewritten day file is caught up by the same run.
+    """
     from assets.retention import AS_OF_TAG
     from pipelines.definitions import defs
+    from pipelines.partitions import nightly_partition
     from sensors.schedules import as_of_run_config
 
     job = defs.resolve_job_def("nightly_job")
@@ -45,6 +50,7 @@ def run_nightly(as_of: dt.date) -> dg.ExecuteInProcessResult:
             instance=instance,
             run_config=as_of_run_config(job, as_of),
             tags={AS_OF_TAG: as_of.isoformat()},
+            partition_key=nightly_partition(as_of),
             raise_on_error=False,
         )
     print(f"nightly_job run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'}")

@@ -1,0 +1,69 @@
+"""Ingest of the navigation log (Parquet): the events, one folder per day, and the cookie-consent log.
+
+Every ingest brings the warehouse in line with *all* the files of the log (new, rewritten and removed
+files, by the file manifest), whichever day a run is for: retention and erasure work from the warehouse
+copy, so a day file the warehouse never saw would be a day nobody erases. A run for given days also
+re-reads those days' files even when unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from pipelines.ingest import IngestResult, ingest_parquet, navigation_columns
+from pipelines.partitions import days_of_files
+from pipelines.sources.schema import COOKIE_CONSENT_SCHEMA, NAVIGATION_EVENT_SCHEMA, NAVIGATION_REQUIRED
+
+NAVIGATION_TABLES = {
+    "navigation_events": (NAVIGATION_EVENT_SCHEMA, list(NAVIGATION_REQUIRED), "events"),
+    "cookie_consents": (COOKIE_CONSENT_SCHEMA, ["consent_id", "visitor_id", "consented_at"], "consents"),
+}
+_DAY_OF = r"regexp_extract({}, '/day=(\d{{4}}-\d{{2}}-\d{{2}})/', 1)"
+
+
+@dataclass(frozen=True)
+class DayCounts:
+    """What the warehouse holds for one day of events after an ingest."""
+
+    day: str
+    rows: int
+    quarantined: int
+    has_file: bool
+
+
+def ingest_navigation_table(
+    con: duckdb.DuckDBPyConnection, navigation_dir: Path, table: str, reread_days: Collection[str] = ()
+) -> IngestResult:
+    """Bring `raw.<table>` in line with the log's files; the files of `reread_days` are read again."""
+    schema, required, folder = NAVIGATION_TABLES[table]
+    root = navigation_dir / folder
+    reread = [str(f) for day in reread_days for f in sorted((root / f"day={day}").glob("*.parquet"))]
+    return ingest_parquet(
+        con, root, table=table, columns=navigation_columns(schema), required=required, reread=reread
+    )
+
+
+def day_counts(con: duckdb.DuckDBPyConnection, days: Collection[str]) -> dict[str, DayCounts]:
+    """Rows and quarantined rows of `raw.navigation_events` per day, for the given days."""
+    days = sorted(days)
+    quarantined_day = _DAY_OF.format("record->>'source_file'")
+    rows = dict(con.execute(
+        f"SELECT {_DAY_OF.format('source_file')} AS day, count(*) FROM raw.navigation_events "
+        "WHERE list_contains(?, day) GROUP BY day",
+        [days],
+    ).fetchall())
+    quarantined = dict(con.execute(
+        f"SELECT {quarantined_day} AS day, count(*) FROM raw.quarantine "
+        "WHERE system = 'navigation' AND table_name = 'navigation_events' AND list_contains(?, day) GROUP BY day",
+        [days],
+    ).fetchall())
+    files = set(days_of_files(
+        p for (p,) in con.execute("SELECT path FROM raw.ingested_files").fetchall()
+    ))
+    return {
+        day: DayCounts(day, rows.get(day, 0), quarantined.get(day, 0), day in files) for day in days
+    }
