@@ -1,10 +1,12 @@
 """The nightly job end to end on generated sources, through the real Definitions and env-var defaults."""
 
+import datetime as dt
 import hashlib
 import hmac
 import sqlite3
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import pyarrow.parquet as pq
 import pytest
@@ -90,12 +92,29 @@ def test_nightly_job_runs_everything_passes_every_check_and_a_second_run_changes
 
     _assert_excluded_people_are_absent_from_analytics(project_env)
 
+    run_day = (TEST_AS_OF - dt.timedelta(days=1)).isoformat()
+    assert result.dagster_run.tags["dagster/partition"] == run_day  # the navigation day just ended
+    first_days = _navigation_days(result)
+    assert run_day in first_days and len(first_days) > 300  # the first run brings in the whole log
+
     first = _snapshot(project_env)
-    assert run_nightly(TEST_AS_OF).success
+    again = run_nightly(TEST_AS_OF)
+    assert again.success
     second = _snapshot(project_env)
+    # Push-back rewrote day files during the first run and re-read them: nothing is left to catch up.
+    assert set(_navigation_days(again)) == {run_day}
+    assert _navigation_days(again)[run_day]["days_caught_up"].value == 0
     for before, after in zip(first, second, strict=True):
         changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
         assert not changed, {k: (before.get(k), after.get(k)) for k in changed}
+
+
+def _navigation_days(result) -> dict[str, dict]:
+    return {
+        e.materialization.partition: e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey(["raw", "navigation_events"])
+    }
 
 
 def _token(domain: str, value: str) -> str:

@@ -18,7 +18,7 @@ STARTUP_TIMEOUT_S = 240
 WEBSERVER = Path(sys.executable).with_name("dagster-webserver")
 
 ASSETS_AND_CHECKS = """
-{ assetNodes { assetKey { path } groupName
+{ assetNodes { assetKey { path } groupName partitionDefinition { description }
     assetChecksOrError { ... on AssetChecks { checks { name blocking } } } } }
 """
 AUTOMATIONS = """
@@ -87,6 +87,9 @@ def test_graphql_lists_raw_and_analytics_assets_with_their_checks(graphql_url):
     by_key = {"/".join(n["assetKey"]["path"]): n for n in nodes}
     assert {"raw/members", "raw/navigation_events", "analytics/members_pseudo", "analytics/catalogue"} <= set(by_key)
     assert by_key["raw/members"]["groupName"] == "sources"
+    # The UI shows navigation events by Paris day; the other tables are whole.
+    assert by_key["raw/navigation_events"]["partitionDefinition"]["description"].startswith("Daily")
+    assert by_key["raw/members"]["partitionDefinition"] is None
     checks = {
         (key, check["name"]): check["blocking"]
         for key, node in by_key.items()
