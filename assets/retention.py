@@ -128,6 +128,7 @@ def retention_applied(
         "source_rows_targeted": dg.MetadataValue.int(outcome.source_rows),
         "decisions_confirmed": dg.MetadataValue.int(outcome.decisions_confirmed),
         "decisions_failed": dg.MetadataValue.int(len(outcome.decisions_failed)),
+        **compliance.audit_head_metadata(),
         "source_tables_reread": dg.MetadataValue.json(reread),
         "by_dataset": dg.MetadataValue.json(outcome.warehouse.rows),
         "by_purpose": dg.MetadataValue.md(_purpose_table(counts)),

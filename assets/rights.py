@@ -81,6 +81,7 @@ def rights_requests(
         "by_status": dg.MetadataValue.json(decisions),
         "confirmed_this_run": dg.MetadataValue.int(outcome.decisions_confirmed),
         "not_confirmed_this_run": dg.MetadataValue.int(len(outcome.decisions_failed)),
+        **compliance.audit_head_metadata(),
     })
     yield dg.MaterializeResult(asset_key=EXCLUSIONS_KEY, metadata={
         "dagster/row_count": dg.MetadataValue.int(sum(exclusions.values())),

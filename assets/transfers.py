@@ -62,6 +62,7 @@ def _transfer_asset(recipient: str, what: str) -> dg.AssetsDefinition:
                 "excluded_records": dg.MetadataValue.int(report.excluded_records),
                 "folder": dg.MetadataValue.path(str(report.folder)),
                 "as_of": dg.MetadataValue.text(report.as_of),
+                **compliance.audit_head_metadata(),
             }
         )
 

@@ -109,6 +109,14 @@ class ComplianceStoreResource(dg.ConfigurableResource):
     def reports_dir(self) -> Path:
         return self._under(settings.reports_dir(), "reports")
 
+    def audit_head_metadata(self) -> dict[str, dg.MetadataValue]:
+        """The audit log's head, published in run metadata so `audit verify --expect-head` can later prove
+        that no entry written by this run was cut from the end of the log (a hash identifies no one)."""
+        from pipelines.audit import current_head
+
+        head = current_head(self.audit_log_path)
+        return {"audit_head_seq": dg.MetadataValue.int(head.seq), "audit_head_hash": dg.MetadataValue.text(head.hash)}
+
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
     """Every resource with its paths/URLs unset: each resolves its env var, then the project default."""

@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from pipelines.audit import verify
 from pipelines.definitions import defs
 from pipelines.demo.__main__ import run_nightly
 from pipelines.normalise import normalise_email
@@ -91,6 +92,18 @@ def test_nightly_job_runs_everything_passes_every_check_and_a_second_run_changes
         assert overdue == [r for (r,) in waiting]
 
     _assert_excluded_people_are_absent_from_analytics(project_env)
+
+    # The audit head each writing stage publishes in its metadata is in the chain: an auditor can later prove
+    # with `verify --expect-head` that nothing this run logged was cut from the end of the log.
+    heads = {
+        e.materialization.metadata["audit_head_hash"].value
+        for e in result.get_asset_materialization_events()
+        if "audit_head_hash" in e.materialization.metadata
+    }
+    assert len(heads) >= 3  # retention, rights, transfers each appended entries
+    audit_log = project_env.root / "audit" / "audit.jsonl"
+    assert verify(audit_log, expect_heads=heads).ok
+    assert not verify(audit_log, expect_heads=["0" * 63 + "1"]).ok
 
     run_day = (TEST_AS_OF - dt.timedelta(days=1)).isoformat()
     assert result.dagster_run.tags["dagster/partition"] == run_day  # the navigation day just ended
