@@ -12,12 +12,12 @@ from dagster._core.instance.config import dagster_instance_config_schema, valida
 
 from assets.ingest import ingest_members, navigation_events
 from assets.quality_checks import WAREHOUSE_POOL, raw_table_checks
+from pipelines.jobs import MULTIPROCESS_EXECUTOR
 from pipelines.resources import default_resources
 
 PRODUCTION_YAML = Path(__file__).resolve().parents[1] / "deploy" / "dagster.production.yaml"
 TABLES = ("members", "interactions", "navigation_events")
 CHECKED = dg.AssetKey(["raw", "members"])
-PRELOAD = ["dagster", "duckdb", "assets.ingest", "assets.quality_checks"]
 
 
 def multiprocess_job() -> dg.JobDefinition:
@@ -31,10 +31,7 @@ def multiprocess_job() -> dg.JobDefinition:
             dg.define_asset_job(
                 "multiprocess_ingest",
                 selection=selection,
-                executor_def=dg.multiprocess_executor.configured(
-                    # A fork server imports the heavy modules (Dagster, GX, DuckDB) once; each step forks it.
-                    {"max_concurrent": 2, "start_method": {"forkserver": {"preload_modules": PRELOAD}}}
-                ),
+                executor_def=MULTIPROCESS_EXECUTOR,  # the project's executor, as `dagster dev` runs use
             )
         ],
         resources=default_resources(),
@@ -72,6 +69,14 @@ def test_real_assets_and_checks_run_in_separate_processes_one_warehouse_writer_a
     with duckdb.connect(str(environment), read_only=True) as con:
         for table in TABLES:
             assert con.execute(f"SELECT count(*) FROM raw.{table}").fetchall()[0][0] > 0
+
+
+def test_project_jobs_run_their_steps_in_forked_processes():
+    from pipelines.definitions import defs
+
+    for name in ("nightly_job", "rights_job", "policy_preview_job"):
+        executor = defs.resolve_job_def(name).executor_def
+        assert executor.name == "forkserver_multiprocess"
 
 
 def test_warehouse_steps_share_one_pool():
