@@ -6,15 +6,22 @@ append-only Parquet partitioned by day: only new or rewritten day files are read
 size and mtime is the watermark).
 
 Every value is read as text and cast in DuckDB with TRY_CAST, so a value that breaks the declared
-schema (schema.py) sends its row to `raw.quarantine` with the reason instead of failing the run.
+schema (schema.py) sends its row to `raw.quarantine` with the reason instead of failing the run. SQLite and
+PostgreSQL sources are read through ADBC, which hands Arrow batches over from C; any other source goes
+through its SQLAlchemy DB-API driver.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import quote as url_quote
+from urllib.parse import urlencode
 
+import adbc_driver_manager.dbapi
+import adbc_driver_postgresql.dbapi
+import adbc_driver_sqlite.dbapi
 import duckdb
 import pyarrow as pa
 import sqlalchemy as sa
@@ -33,6 +40,10 @@ CREATE TABLE IF NOT EXISTS raw.ingested_files (
 """
 
 _SA_TO_DUCKDB = {sa.Integer: "BIGINT", sa.Float: "DOUBLE", sa.Boolean: "BOOLEAN"}
+
+_SQLITE_BATCH_ROWS = adbc_driver_sqlite.StatementOptions.BATCH_ROWS.value
+# Names the column marking the SQLite reader's leading row (see _with_type_sentinel).
+_SENTINEL = "_adbc_type_sentinel"
 
 
 @dataclass(frozen=True)
@@ -56,22 +67,108 @@ def duckdb_type(column: sa.Column) -> str:
     return "VARCHAR"
 
 
+def _text_select(table: sa.Table) -> sa.Select:
+    return sa.select(*[sa.cast(c, sa.Text).label(c.name) for c in table.columns])
+
+
+def _text_schema(table: sa.Table) -> pa.Schema:
+    return pa.schema([(c.name, pa.string()) for c in table.columns])
+
+
+def adbc_uri(url: sa.URL) -> str | None:
+    """The ADBC driver URI of a SQLAlchemy URL: the file of a SQLite database, a libpq URI for PostgreSQL.
+
+    None when ADBC cannot open the same database the way the DB-API driver would (an in-memory SQLite lives
+    inside the engine's own connection; SQLite URL options and PostgreSQL multi-host lists mean something
+    to the Python driver only, and other dialects have no ADBC driver here).
+    """
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        if url.get_driver_name() != "pysqlite" or url.query or url.database in (None, "", ":memory:"):
+            return None
+        return url.database
+    if backend != "postgresql" or any(isinstance(v, tuple) for v in url.query.values()):
+        return None
+    # Built by hand: SQLAlchemy's rendering leaves spaces bare and writes '+' for them in the query, which
+    # libpq would read literally.
+    userinfo = ""
+    if url.username is not None:
+        password = "" if url.password is None else ":" + url_quote(str(url.password), safe="")
+        userinfo = url_quote(url.username, safe="") + password + "@"
+    host = f"[{url.host}]" if url.host and ":" in url.host else url_quote(url.host or "", safe="")
+    port = f":{url.port}" if url.port else ""
+    database = "/" + url_quote(url.database, safe="") if url.database else ""
+    query = "?" + urlencode(dict(url.query), quote_via=url_quote) if url.query else ""
+    return f"postgresql://{userinfo}{host}{port}{database}{query}"
+
+
 def read_sql_table(engine: sa.Engine, table: sa.Table, batch_size: int = 250_000) -> pa.Table:
     """Read a whole source table as text columns (the warehouse does the typing).
 
-    The DB-API hands rows over as Python tuples whatever we do; they are turned into Arrow in batches and
-    every later step is SQL in DuckDB.
+    SQLite and PostgreSQL are read through ADBC as a stream of Arrow batches (SQLite's of `batch_size`
+    rows; PostgreSQL's driver sizes its own by bytes); a URL that ADBC cannot open (see `adbc_uri`) goes
+    through `read_sql_table_dbapi`. Both run the SELECT of every column CAST to text, so the database
+    itself renders every value and the two give the same table, but for one thing: ADBC reads SQLite with
+    the SQLite its wheel bundles (3.53 in adbc-driver-sqlite 1.13.0), which writes a REAL that 15
+    significant digits would not give back with 17 (0.33333333333333332); older ones, such as Debian 12's
+    3.40 behind Python's sqlite3, write 15 (0.333333333333333), which is not the stored value.
     """
-    query = sa.select(*[sa.cast(c, sa.Text).label(c.name) for c in table.columns])
+    uri = adbc_uri(engine.url)
+    if uri is None:
+        return read_sql_table_dbapi(engine, table, batch_size)
+    schema = _text_schema(table)
+    sqlite = engine.dialect.name == "sqlite"
+    connect: Callable[[str], adbc_driver_manager.dbapi.Connection]
+    if sqlite:
+        connect, options = adbc_driver_sqlite.dbapi.connect, {_SQLITE_BATCH_ROWS: str(batch_size)}
+        query = _with_type_sentinel(_text_select(table), schema.names)
+    else:
+        connect, options = adbc_driver_postgresql.dbapi.connect, {}
+        query = _text_select(table)
+    sql = str(query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+    batches: list[pa.RecordBatch] = []
+    with connect(uri) as con, con.cursor() as cursor:
+        cursor.adbc_statement.set_options(**options)
+        cursor.execute(sql)
+        for batch in cursor.fetch_record_batch():
+            if sqlite and not batches:
+                if batch.column(_SENTINEL)[0].as_py() != "1":
+                    raise RuntimeError(f"SQLite did not return the type sentinel row first: {sql}")
+                batch = batch.slice(1)
+            # Selecting by position also drops the sentinel column; a non-text column would be a driver
+            # typing it, and Arrow's rendering of the value is not the database's: refuse rather than cast.
+            batch = pa.RecordBatch.from_arrays(batch.columns[: len(schema)], names=schema.names)
+            if not batch.schema.equals(schema):
+                raise TypeError(f"ADBC returned {batch.schema} for {table.name}, expected text columns")
+            batches.append(batch)
+    return pa.Table.from_batches(batches, schema=schema)
+
+
+def _with_type_sentinel(query: sa.Select, names: list[str]) -> sa.CompoundSelect:
+    """`query` after one marked row of empty strings, for the SQLite driver's type inference.
+
+    The driver types each column from its first batch, a column NULL throughout it as int64, and fails on
+    any later value of another type. The leading row makes every column text from the start; it is marked
+    (and checked by the reader) because SQL does not promise the order of UNION ALL.
+    """
+    sentinel = sa.select(*[sa.literal("", sa.Text).label(n) for n in names], sa.literal("1").label(_SENTINEL))
+    return sa.union_all(sentinel, query.add_columns(sa.null().label(_SENTINEL)))
+
+
+def read_sql_table_dbapi(engine: sa.Engine, table: sa.Table, batch_size: int = 250_000) -> pa.Table:
+    """`read_sql_table` through the engine's DB-API driver: any dialect, but rows cross as Python tuples.
+
+    It serves the dialects without an ADBC driver here (and the URLs `adbc_uri` leaves out); tests compare
+    the ADBC readers against it.
+    """
     names = [c.name for c in table.columns]
     batches: list[pa.RecordBatch] = []
     with engine.connect() as con:
-        result = con.execution_options(stream_results=True).execute(query)
+        result = con.execution_options(stream_results=True).execute(_text_select(table))
         while rows := result.fetchmany(batch_size):
             columns = list(zip(*rows, strict=True))
             batches.append(pa.record_batch([pa.array(col, type=pa.string()) for col in columns], names=names))
-    schema = pa.schema([(n, pa.string()) for n in names])
-    return pa.Table.from_batches(batches, schema=schema)
+    return pa.Table.from_batches(batches, schema=_text_schema(table))
 
 
 def _problems_sql(columns: dict[str, str], required: list[str], key: list[str], source: str) -> str:

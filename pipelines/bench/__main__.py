@@ -1,8 +1,9 @@
 """`make bench`: the project's performance figures, each beside the naive approach, in the same run.
 
-Sections: generator (1,000,000 members by default), ingest + identity of those sources, tokenisation
-(DuckDB-vectorised HMAC vs a Python hmac loop over pandas rows), push-back (set-based vs one statement per
-row, against a throw-away PostgreSQL). Prints figures; asserts nothing (tests never time anything).
+Sections: generator (1,000,000 members by default), ingest + identity of those sources, SQL source reading
+(ADBC vs DB-API, on those SQLite sources and a throw-away PostgreSQL copy), tokenisation (DuckDB-vectorised
+HMAC vs a Python hmac loop over pandas rows), push-back (set-based vs one statement per row, against a
+throw-away PostgreSQL). Prints figures; asserts nothing (tests never time anything).
 """
 
 from __future__ import annotations
@@ -55,14 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--members", type=lambda s: int(s.replace("_", "")), default=1_000_000)
     parser.add_argument("--tokens", type=lambda s: int(s.replace("_", "")), default=1_000_000)
     parser.add_argument("--erase", type=lambda s: int(s.replace("_", "")), default=10_000)
-    parser.add_argument("--only", choices=["generator", "tokens", "pushback"], action="append")
+    parser.add_argument("--only", choices=["generator", "sql_read", "tokens", "pushback"], action="append")
     args = parser.parse_args(argv)
-    sections = set(args.only or ["generator", "tokens", "pushback"])
+    sections = set(args.only or ["generator", "sql_read", "tokens", "pushback"])
     report: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="sem-bench-") as tmp:
         if "generator" in sections:
             report["generator_ingest_identity"] = bench_generator_and_ingest(args.members, Path(tmp))
             print(json.dumps({"generator_ingest_identity": report["generator_ingest_identity"]}, indent=2))
+        if "sql_read" in sections:
+            from pipelines.bench.sql_read import bench_sql_sources
+
+            report["sql_read"] = bench_sql_sources(args.members, Path(tmp))
+            print(json.dumps({"sql_read": report["sql_read"]}, indent=2))
     if "tokens" in sections:
         from pipelines.bench.tokens import bench_tokens
 
