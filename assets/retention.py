@@ -141,6 +141,7 @@ def retention_applied(
     blocking=True,
     description="No record the ledger sent to the archive, to erasure or to anonymisation is still in raw.* as it "
     "was (blocking: downstream analytics would publish it).",
+    pool="warehouse",
 )
 def nothing_past_retention(warehouse: WarehouseResource, policies: PoliciesResource) -> dg.AssetCheckResult:
     policy = policies.load()

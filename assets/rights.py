@@ -94,6 +94,7 @@ def rights_requests(
     name="no_overdue_rights_request",
     description="No open request past its due date (one month after receipt, art. 12(3); the clock is suspended "
     "while the identity proof is awaited); requests due within 7 days and those waiting for a human are listed.",
+    pool="warehouse",
 )
 def no_overdue_rights_request(
     context: dg.AssetCheckExecutionContext, config: RightsConfig, warehouse: WarehouseResource,
@@ -117,6 +118,7 @@ def no_overdue_rights_request(
     asset=DECISIONS_KEY,
     name="every_rights_decision_confirmed",
     description="Every executed rights decision was confirmed by re-reading the sources.",
+    pool="warehouse",
 )
 def every_rights_decision_confirmed(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     with warehouse.connect(read_only=True) as con:

@@ -1,5 +1,7 @@
 """The real Dagster webserver on the project's definitions: its GraphQL API lists assets, checks and automations."""
 
+import datetime as dt
+import itertools
 import json
 import os
 import signal
@@ -10,12 +12,18 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import dagster as dg
+import duckdb
 import pytest
+import yaml
 
 STARTUP_TIMEOUT_S = 240
 WEBSERVER = Path(sys.executable).with_name("dagster-webserver")
+PROJECT = Path(__file__).resolve().parents[1]
+RUN_TIMEOUT_S = 600
 
 ASSETS_AND_CHECKS = """
 { assetNodes { assetKey { path } groupName partitionDefinition { description }
@@ -33,9 +41,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _post(url: str, query: str) -> dict:
+def _post(url: str, query: str, variables: dict | None = None) -> dict:
     request = urllib.request.Request(
-        url, data=json.dumps({"query": query}).encode(), headers={"Content-Type": "application/json"}
+        url, data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         body = json.load(response)
@@ -43,15 +52,15 @@ def _post(url: str, query: str) -> dict:
     return body["data"]
 
 
-@pytest.fixture(scope="module")
-def graphql_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    home = tmp_path_factory.mktemp("dagster_home")
+@contextmanager
+def _serving(command: list[str], home: Path, env: dict[str, str]) -> Iterator[str]:
+    """Start a Dagster server process (webserver or `dagster dev`) on a free port; yield its GraphQL URL."""
     port = _free_port()
-    log = open(home / "webserver.log", "w")  # noqa: SIM115 — closed after the process stops
+    log = open(home / "server.log", "w")  # noqa: SIM115 — closed after the process stops
     process = subprocess.Popen(
-        [str(WEBSERVER), "-m", "pipelines.definitions", "-h", "127.0.0.1", "-p", str(port)],
-        env={**os.environ, "DAGSTER_HOME": str(home), "DAGSTER_DISABLE_TELEMETRY": "yes"},
-        cwd=Path(__file__).resolve().parents[1],
+        [*command, "-m", "pipelines.definitions", "-h", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, **env, "DAGSTER_HOME": str(home), "DAGSTER_DISABLE_TELEMETRY": "yes"},
+        cwd=PROJECT,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -61,7 +70,7 @@ def graphql_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while True:
             if process.poll() is not None:
-                pytest.fail(f"webserver exited with {process.returncode}: {(home / 'webserver.log').read_text()}")
+                pytest.fail(f"{command[0]} exited with {process.returncode}: {(home / 'server.log').read_text()}")
             try:
                 with urllib.request.urlopen(f"{base}/server_info", timeout=5) as response:
                     if response.status == 200:
@@ -69,7 +78,7 @@ def graphql_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"webserver not ready after {STARTUP_TIMEOUT_S}s")
+                pytest.fail(f"{command[0]} not ready after {STARTUP_TIMEOUT_S}s")
             time.sleep(1)
         yield f"{base}/graphql"
     finally:
@@ -80,6 +89,12 @@ def graphql_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def graphql_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with _serving([str(WEBSERVER)], tmp_path_factory.mktemp("dagster_home"), {}) as url:
+        yield url
 
 
 def test_graphql_lists_raw_and_analytics_assets_with_their_checks(graphql_url):
@@ -106,3 +121,73 @@ def test_graphql_lists_the_nightly_schedule_and_the_sensors(graphql_url):
     assert schedules["nightly_schedule"]["executionTimezone"] == "Europe/Paris"
     assert {"policy_change_sensor", "run_failure_alert_sensor"} <= {s["name"] for s in repository["sensors"]}
     assert "nightly_job" in {j["name"] for j in repository["jobs"]}
+
+
+LOCATION = "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
+LAUNCH = """
+mutation Launch($params: ExecutionParams!) { launchRun(executionParams: $params) {
+    __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } } } }
+"""
+RUN_STATUS = "query Status($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"
+DONE = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+def test_nightly_job_launched_like_the_ui_runs_to_success_in_separate_processes(sandbox, tmp_path):
+    """A nightly run launched over GraphQL, as the UI's launchpad does, runs in its own process with the
+    project's multiprocess executor and `warehouse` pool, and publishes the analytics file.
+
+    The instance launches runs at once (no run queue, so no daemon: the daemon would also start the sensors,
+    whose runs are tested on their own); everything else is the project's dagster.yaml.
+    """
+    from pipelines.definitions import defs
+    from sensors.schedules import as_of_run_config
+    from tests.conftest import TEST_AS_OF
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    instance = yaml.safe_load((PROJECT / "dagster.yaml").read_text())
+    del instance["concurrency"]["runs"]
+    instance["run_coordinator"] = {"module": "dagster._core.run_coordinator", "class": "DefaultRunCoordinator"}
+    (home / "dagster.yaml").write_text(yaml.safe_dump(instance))
+    day = (TEST_AS_OF - dt.timedelta(days=1)).isoformat()
+    with _serving([str(WEBSERVER)], home, {"SEM_DATA_DIR": str(sandbox.root)}) as url:
+        [repository] = _post(url, LOCATION)["repositoriesOrError"]["nodes"]
+        params = {
+            "selector": {"repositoryLocationName": repository["location"]["name"],
+                         "repositoryName": repository["name"], "jobName": "nightly_job"},
+            "runConfigData": as_of_run_config(defs.resolve_job_def("nightly_job"), TEST_AS_OF),
+            "executionMetadata": {"tags": [{"key": "dagster/partition", "value": day},
+                                           {"key": "sem/as_of", "value": TEST_AS_OF.isoformat()}]},
+        }
+        launched = _post(url, LAUNCH, {"params": params})["launchRun"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        run_id = launched["run"]["runId"]
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        status = None
+        while status not in DONE and time.monotonic() < deadline:
+            time.sleep(3)
+            status = _post(url, RUN_STATUS, {"id": run_id})["runOrError"]["status"]
+    assert status == "SUCCESS", (home / "server.log").read_text()[-5000:]
+    _assert_steps_ran_in_own_processes_one_warehouse_step_at_a_time(home, run_id)
+    with duckdb.connect(str(sandbox.root / "analytics.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM members_pseudo").fetchall()[0][0] > 0
+
+
+def _assert_steps_ran_in_own_processes_one_warehouse_step_at_a_time(home: Path, run_id: str) -> None:
+    from assets.quality_checks import WAREHOUSE_POOL
+    from pipelines.definitions import defs
+
+    pools = {n.name: n.definition.pool for n in defs.resolve_job_def("nightly_job").graph.nodes}
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        events = [e for e in instance.all_logs(run_id) if e.is_dagster_event]
+    pids = {e.dagster_event.pid for e in events if e.dagster_event.is_step_start}
+    assert len(pids) > 10 and os.getpid() not in pids
+    spans: dict[str, list[float]] = {}
+    for e in events:
+        if e.dagster_event.is_step_start or e.dagster_event.is_step_success:
+            spans.setdefault(e.step_key, []).append(e.timestamp)
+    in_pool = sorted(span for step, span in spans.items() if pools.get(step) == WAREHOUSE_POOL)
+    assert len(in_pool) > 10
+    for (_, previous_end), (start, _) in itertools.pairwise(in_pool):
+        assert start >= previous_end, "two warehouse steps held the DuckDB file at the same time"
