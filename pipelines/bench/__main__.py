@@ -1,7 +1,8 @@
 """`make bench`: the project's performance figures, each beside the naive approach, in the same run.
 
 Sections: generator (1,000,000 members by default), ingest + identity of those sources, SQL source reading
-(ADBC vs DB-API, on those SQLite sources and a throw-away PostgreSQL copy), tokenisation (DuckDB-vectorised
+(ADBC vs DB-API, on those SQLite sources and a throw-away PostgreSQL copy), retention on them (ledger,
+push-back, warehouse, re-read; needs the generator section), tokenisation (DuckDB-vectorised
 HMAC vs a Python hmac loop over pandas rows), push-back (set-based vs one statement per row, against a
 throw-away PostgreSQL). Prints figures; asserts nothing (tests never time anything).
 """
@@ -56,9 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--members", type=lambda s: int(s.replace("_", "")), default=1_000_000)
     parser.add_argument("--tokens", type=lambda s: int(s.replace("_", "")), default=1_000_000)
     parser.add_argument("--erase", type=lambda s: int(s.replace("_", "")), default=10_000)
-    parser.add_argument("--only", choices=["generator", "sql_read", "tokens", "pushback"], action="append")
+    parser.add_argument(
+        "--only", choices=["generator", "sql_read", "retention", "tokens", "pushback"], action="append",
+        help="retention needs generator (it runs on the warehouse that section builds)",
+    )
     args = parser.parse_args(argv)
-    sections = set(args.only or ["generator", "sql_read", "tokens", "pushback"])
+    sections = set(args.only or ["generator", "sql_read", "retention", "tokens", "pushback"])
     report: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="sem-bench-") as tmp:
         if "generator" in sections:
@@ -69,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
 
             report["sql_read"] = bench_sql_sources(args.members, Path(tmp))
             print(json.dumps({"sql_read": report["sql_read"]}, indent=2))
+        if "retention" in sections and "generator" in sections:
+            from pipelines.bench.retention import bench_retention
+
+            report["retention"] = bench_retention(Path(tmp), dt.date.today())
+            print(json.dumps({"retention": report["retention"]}, indent=2))
     if "tokens" in sections:
         from pipelines.bench.tokens import bench_tokens
 
