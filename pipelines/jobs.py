@@ -32,10 +32,12 @@ policy_preview_job = dg.define_asset_job(
 
 ALL_JOBS = [nightly_job, rights_job, policy_preview_job]
 
-# Steps run in their own processes (a failing or leaking step cannot take the run down), two at a time on these
-# two-core machines. A fork server imports the definitions (Dagster, DuckDB, GX, pandas) once and forks every
-# step from it: spawning a fresh interpreter per step cost ~6 s of imports for each of the ~40 steps.
+# Steps run in their own processes (a failing or leaking step cannot take the run down). A fork server imports
+# the definitions (Dagster, DuckDB, GX, pandas) once and forks every step from it: spawning a fresh interpreter
+# per step cost ~6 s of imports for each of the ~45 steps. One step at a time: nearly every step opens the
+# DuckDB warehouse, which one process at a time may hold, and a second step would only wait in the `warehouse`
+# pool, whose blocked claims back off up to 15 s each. The pool still keeps other runs' steps off the file.
 MULTIPROCESS_EXECUTOR = dg.multiprocess_executor.configured(
-    {"max_concurrent": 2, "start_method": {"forkserver": {"preload_modules": ["pipelines.definitions"]}}},
+    {"max_concurrent": 1, "start_method": {"forkserver": {"preload_modules": ["pipelines.definitions"]}}},
     name="forkserver_multiprocess",
 )
