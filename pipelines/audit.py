@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from pipelines import settings
+from pipelines.durable import replace_durably
 
 GENESIS_HASH = "0" * 64
 AUDIT_DOMAIN = "audit"
@@ -179,17 +180,8 @@ def _write_anchor(path: Path, anchor: Mapping[str, object]) -> None:
     # Replaced whole by a rename so a reader or a crash sees the old anchor or the new one, never a mix; the
     # temporary name is fixed because the caller holds the log's lock.
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(_canonical(anchor) + b"\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    # The rename itself is durable only once the directory is synced.
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    tmp.write_bytes(_canonical(anchor) + b"\n")
+    replace_durably(tmp, path)
 
 
 def _read_anchor(path: Path) -> Head | None:

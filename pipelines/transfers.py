@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import duckdb
 
 from pipelines.audit import AuditLog
+from pipelines.durable import replace_durably
 from pipelines.policy.models import Dataset, Disclosure, Policy, Recipient
 from pipelines.pseudo.tables import exclusions_sql
 
@@ -104,7 +104,7 @@ def _write_atomically(folder: Path, name: str, write) -> Path:
     temp = folder / f".{name}.{uuid.uuid4().hex}.tmp"
     try:
         write(temp)
-        os.replace(temp, target)
+        replace_durably(temp, target)
     finally:
         temp.unlink(missing_ok=True)
     return target

@@ -10,7 +10,6 @@ files already rewritten (erase and anonymise are idempotent), so the end state i
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines.durable import replace_durably
 from pipelines.pushback.sql import NoticeRule
 
 MANIFEST_NAME = "_privacy_applied_decisions.json"
@@ -40,18 +40,6 @@ def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
-def _swap_in(tmp: Path, path: Path) -> None:
-    """Make the fully written `tmp` durable, then atomically replace `path` with it."""
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def read_manifest(navigation_dir: Path) -> dict[str, dict[str, object]]:
     path = navigation_dir / MANIFEST_NAME
     return json.loads(path.read_text())["decisions"] if path.exists() else {}
@@ -60,7 +48,7 @@ def read_manifest(navigation_dir: Path) -> dict[str, dict[str, object]]:
 def _write_manifest(navigation_dir: Path, decisions: dict[str, dict[str, object]]) -> None:
     path = navigation_dir / MANIFEST_NAME
     _temporary(path).write_text(json.dumps({"decisions": decisions}, sort_keys=True, indent=1))
-    _swap_in(_temporary(path), path)
+    replace_durably(_temporary(path), path)
 
 
 def _rewrite(path: Path, key_column: str, keys: pa.Array, action: str, columns: list[str]) -> None:
@@ -76,7 +64,7 @@ def _rewrite(path: Path, key_column: str, keys: pa.Array, action: str, columns: 
             table = table.set_column(index, table.schema.field(index),
                                      pc.if_else(hit, pa.scalar(None, column.type), column))
     pq.write_table(table, _temporary(path))
-    _swap_in(_temporary(path), path)
+    replace_durably(_temporary(path), path)
 
 
 def _matches(con: duckdb.DuckDBPyConnection, files: list[Path], key_column: str,
