@@ -210,10 +210,12 @@ def _collect_notices(con: sa.Connection, metadata: sa.MetaData, system: str, bat
             staging.c.action.in_(rule.actions),
         )
         holder = metadata.tables[rule.table_name]
-        disclosed = [_key_match(holder, rule.key_column)]
+        # An uncorrelated IN: the holder's keys are read once and hashed. A correlated EXISTS scanned the holder
+        # once per staged row where its key column has no index (SQLite): quadratic at scale.
+        disclosed = sa.select(sa.cast(holder.c[rule.key_column], sa.Text))
         if rule.column is not None:
-            disclosed.append(holder.c[rule.column] == rule.value)
-        query = query.where(sa.exists().where(*disclosed))
+            disclosed = disclosed.where(holder.c[rule.column] == rule.value)
+        query = query.where(staging.c.key_value.in_(disclosed))
         found += [
             {"recipient": rule.recipient, "decision_id": r.decision_id, "action": r.action,
              "key_column": rule.key_column, "key_value": r.key_value}
