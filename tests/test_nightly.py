@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pipelines.audit import verify
 from pipelines.definitions import defs
 from pipelines.demo.__main__ import run_nightly
+from pipelines.demo.summary import print_run
 from pipelines.normalise import normalise_email
 from tests.conftest import TEST_AS_OF, TEST_KEY_HEX
 
@@ -70,7 +71,7 @@ def _snapshot(env) -> tuple[dict, dict, dict]:
     return _sources_snapshot(env.sources), _duckdb_snapshot(env.warehouse), _duckdb_snapshot(env.analytics)
 
 
-def test_nightly_job_runs_everything_passes_every_check_and_a_second_run_changes_nothing(project_env):
+def test_nightly_job_runs_everything_passes_every_check_and_a_second_run_changes_nothing(project_env, capsys):
     result = run_nightly(TEST_AS_OF)
     assert result.success
     graph = defs.resolve_asset_graph()
@@ -92,6 +93,11 @@ def test_nightly_job_runs_everything_passes_every_check_and_a_second_run_changes
         assert overdue == [r for (r,) in waiting]
 
     _assert_excluded_people_are_absent_from_analytics(project_env)
+
+    print_run(result, 1.0)  # what `make demo` shows of the run
+    shown = capsys.readouterr().out
+    assert "SUCCESS" in shown and f"{len(evaluations) - len(failed)} passed, {len(failed)} not passed" in shown
+    assert all(name in shown for name in failed)
 
     # The audit head each writing stage publishes in its metadata is in the chain: an auditor can later prove
     # with `verify --expect-head` that nothing this run logged was cut from the end of the log.

@@ -16,7 +16,7 @@ from pathlib import Path
 import dagster as dg
 
 from pipelines import settings
-from pipelines.demo.summary import print_summary
+from pipelines.demo.summary import print_run, print_summary
 
 
 def _parse_date(value: str) -> dt.date:
@@ -85,9 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     for folder in (*derived_folders, settings.audit_log_path().parent):
         shutil.rmtree(folder, ignore_errors=True)
     _generate(args.out, args.members, args.seed, args.as_of)
-    ok = run_nightly(args.as_of).success
+    started = time.perf_counter()
+    result = run_nightly(args.as_of)
+    print_run(result, time.perf_counter() - started)
     print_summary()
-    return 0 if ok else 1
+    return 0 if result.success else 1
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 
 from pipelines import settings
@@ -34,6 +35,28 @@ def _print_counts(title: str, path: Path) -> None:
         by_schema.setdefault(schema, []).append(f"{table} {rows:,}")
     for schema, items in by_schema.items():
         print(f"  {schema:<10} " + ", ".join(items))
+
+
+def print_run(result: dg.ExecuteInProcessResult, seconds: float) -> None:
+    """The run in a few lines: outcome, steps, navigation days ingested, and every check that did not pass."""
+    steps = [e for e in result.all_events if e.is_step_success]
+    print(f"\nRun {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'} in {seconds:.0f}s, "
+          f"{len(steps)} steps")
+    days = [
+        e.materialization for e in result.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey(["raw", "navigation_events"]) and e.materialization.partition
+    ]
+    if days:
+        print(f"  navigation days ingested: {len(days)} (run's day {result.dagster_run.tags.get('dagster/partition')}, "
+              f"{sum(d.metadata['ingested_as'].value == 'caught up' for d in days if 'ingested_as' in d.metadata)} "
+              "caught up)")
+    evaluations = result.get_asset_check_evaluations()
+    failed = [e for e in evaluations if not e.passed]
+    print(f"  checks: {len(evaluations) - len(failed)} passed, {len(failed)} not passed")
+    for e in failed:
+        # Check metadata carries counts and ids only (never an identifier), so it can be shown here.
+        details = ", ".join(f"{k}={str(v.value)[:60]}" for k, v in list(e.metadata.items())[:3])
+        print(f"    {e.severity.value} {'/'.join(e.asset_key.path)} · {e.check_name}: {details}")
 
 
 def print_summary() -> None:
