@@ -313,3 +313,24 @@ def test_benchmark_erases_the_same_people_both_ways(pg_url):
 
     result = bench_pushback(pg_url, n_people=30)
     assert (result["people_erased"], result["confirmed"], result["rows_deleted"]) == (30, 30, 30 * 25)
+
+
+def test_staging_loads_every_target_in_bounded_chunks(make_url: Callable[[str], str]):
+    # A nightly pass at 1 M members stages ~13 M targets: they go in chunk by chunk, all of them, once.
+    from pipelines.pushback.sql import STAGING_COLUMNS, ensure_bookkeeping, load_staging, staging
+
+    engine = sa.create_engine(make_url("staging"))
+    ensure_bookkeeping(engine)
+    n = 25
+    targets = pa.table({
+        "decision_id": [f"retention:{i % 4}" for i in range(n)], "table_name": ["members"] * n,
+        "key_column": ["member_id"] * n, "key_value": [str(i) for i in range(n)], "action": ["erase"] * n,
+        "payload": [None] * n, "columns_key": [""] * n,
+    })
+    assert set(targets.column_names) | {"batch_id"} == set(STAGING_COLUMNS)
+    with engine.begin() as con:
+        load_staging(con, targets, "b1", chunk_rows=7)
+        staged = con.execute(sa.select(staging.c.key_value, staging.c.decision_id)
+                             .where(staging.c.batch_id == "b1")).all()
+    assert sorted(staged, key=lambda r: int(r[0])) == [(str(i), f"retention:{i % 4}") for i in range(n)]
+    engine.dispose()
