@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from pydantic import PrivateAttr
 
 from pipelines import settings
+from pipelines.duck import connect_warehouse
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -31,7 +32,7 @@ class WarehouseResource(dg.ConfigurableResource):
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         path = self.resolved_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(str(path), read_only=read_only)
+        con = connect_warehouse(path, read_only=read_only)
         try:
             yield con
         finally:

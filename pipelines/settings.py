@@ -67,3 +67,8 @@ def audit_log_path() -> Path:
 
 def reports_dir() -> Path:
     return _env_path("SEM_REPORTS_DIR", data_dir() / "reports")
+
+
+def duckdb_memory_limit() -> str:
+    """DuckDB's memory cap for warehouse connections, as DuckDB reads it ('8GB', '50%')."""
+    return os.environ.get("SEM_DUCKDB_MEMORY_LIMIT") or "50%"

@@ -16,11 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import duckdb
-
 
 def bench_generator_and_ingest(members: int, workdir: Path) -> dict:
     from pipelines.demo.generate import generate
+    from pipelines.duck import connect_warehouse
     from pipelines.identity import resolve_identities
     from pipelines.refresh import ingest_all
     from pipelines.resources import SqlSourceResource
@@ -32,7 +31,7 @@ def bench_generator_and_ingest(members: int, workdir: Path) -> dict:
     generated = time.perf_counter() - started
 
     started = time.perf_counter()
-    with duckdb.connect(str(workdir / "warehouse.duckdb")) as con:
+    with connect_warehouse(workdir / "warehouse.duckdb") as con:
         engines = {
             system: SqlSourceResource(system=system, url=f"sqlite:///{sources / (system + '.db')}").engine()
             for system in SQL_SYSTEMS

@@ -11,10 +11,9 @@ import datetime as dt
 import time
 from pathlib import Path
 
-import duckdb
-
 from pipelines import settings
 from pipelines.audit import AuditLog
+from pipelines.duck import connect_warehouse
 from pipelines.policy.load import load_policy
 from pipelines.refresh import refresh_from_sources
 from pipelines.resources import SqlSourceResource
@@ -29,7 +28,7 @@ def bench_retention(workdir: Path, as_of: dt.date) -> dict:
         system: SqlSourceResource(system=system, url=f"sqlite:///{sources / (system + '.db')}").engine()
         for system in ("members", "prospects")
     }
-    with duckdb.connect(str(workdir / "warehouse.duckdb")) as con:
+    with connect_warehouse(workdir / "warehouse.duckdb") as con:
         started = time.perf_counter()
         build_ledger(con, policy, as_of)
         ledgered = time.perf_counter() - started
