@@ -15,14 +15,13 @@ from pathlib import Path
 import duckdb
 
 from pipelines.ingest import IngestResult, ingest_parquet, navigation_columns
-from pipelines.partitions import days_of_files
+from pipelines.partitions import DAY_FOLDER_PATTERN, days_of_files
 from pipelines.sources.schema import COOKIE_CONSENT_SCHEMA, NAVIGATION_EVENT_SCHEMA, NAVIGATION_REQUIRED
 
 NAVIGATION_TABLES = {
     "navigation_events": (NAVIGATION_EVENT_SCHEMA, list(NAVIGATION_REQUIRED), "events"),
     "cookie_consents": (COOKIE_CONSENT_SCHEMA, ["consent_id", "visitor_id", "consented_at"], "consents"),
 }
-_DAY_OF = r"regexp_extract({}, '/day=(\d{{4}}-\d{{2}}-\d{{2}})/', 1)"
 
 
 @dataclass(frozen=True)
@@ -47,12 +46,16 @@ def ingest_navigation_table(
     )
 
 
+def _day_of(path_sql: str) -> str:
+    return f"regexp_extract({path_sql}, '{DAY_FOLDER_PATTERN}', 1)"
+
+
 def day_counts(con: duckdb.DuckDBPyConnection, days: Collection[str]) -> dict[str, DayCounts]:
     """Rows and quarantined rows of `raw.navigation_events` per day, for the given days."""
     days = sorted(days)
-    quarantined_day = _DAY_OF.format("record->>'source_file'")
+    quarantined_day = _day_of("record->>'source_file'")
     rows = dict(con.execute(
-        f"SELECT {_DAY_OF.format('source_file')} AS day, count(*) FROM raw.navigation_events "
+        f"SELECT {_day_of('source_file')} AS day, count(*) FROM raw.navigation_events "
         "WHERE list_contains(?, day) GROUP BY day",
         [days],
     ).fetchall())

@@ -17,7 +17,9 @@ import dagster as dg
 NAVIGATION_DAYS = dg.DailyPartitionsDefinition(
     start_date="2023-01-01", timezone="Europe/Paris", fmt="%Y-%m-%d"
 )
-_DAY_FOLDER = re.compile(r"/day=(\d{4}-\d{2}-\d{2})/")
+# The day folder in a file's path; also used as a DuckDB regexp (same syntax for this pattern).
+DAY_FOLDER_PATTERN = r"/day=(\d{4}-\d{2}-\d{2})/"
+_DAY_FOLDER = re.compile(DAY_FOLDER_PATTERN)
 
 
 def day_of_file(path: str) -> str | None:

@@ -8,11 +8,11 @@ keyed by the last of them, so a batch never starts two runs (Dagster drops a rep
 
 import datetime as dt
 import json
-from zoneinfo import ZoneInfo
 
 import dagster as dg
 import sqlalchemy as sa
 
+from assets.retention import PARIS
 from pipelines.partitions import nightly_partition
 from pipelines.resources import SqlSourceResource
 from pipelines.rights.intake import TERMINAL_STATES
@@ -20,7 +20,6 @@ from pipelines.sources.schema import rights_requests
 
 RIGHTS_JOB = "rights_job"
 REQUESTS_TAG = "sem/rights_requests"
-PARIS = ZoneInfo("Europe/Paris")
 
 
 def newly_verified(engine: sa.Engine, cursor: str | None) -> tuple[list[int], str | None]:

@@ -9,15 +9,13 @@ that declares one (retention assets, the ledger check), so a run is reproducible
 """
 
 import datetime as dt
-from zoneinfo import ZoneInfo
 
 import dagster as dg
 
-from assets.retention import AS_OF_TAG
+from assets.retention import AS_OF_TAG, PARIS
 from sensors.policy_change import PREVIEW_KEY
 
 NIGHTLY_JOB = "nightly_job"
-PARIS = ZoneInfo("Europe/Paris")
 # The preview's `as_of` is the day a proposal is previewed for (by default its effective date), not the run's
 # day; it reads the run's day from the tag.
 OWN_AS_OF = {PREVIEW_KEY.to_python_identifier()}
