@@ -124,3 +124,4 @@ def test_register_lists_purposes_transfers_and_erasure_limits():
     assert "49(1)(b)" in text and "| MC | non |" in text
     assert "| prospecting | prospects | 3 an(s) après" in text
     assert "| audience_analytics | cookie_consents | 13 mois après" in text
+    assert "jours entiers: le dernier jour de la durée est conservé en entier; l'effacement a lieu le lendemain" in text

@@ -191,7 +191,7 @@ def test_open_litigation_and_restriction_keep_everything(world: World, policy: P
     assert statuses == {"2": ["legal_hold"], "4": ["restricted"]}
     reasons = world.query("SELECT reason FROM retention.ledger WHERE subject_id = '2' AND dataset = 'members' "
                           "AND purpose = 'membership'")
-    assert reasons == [("delete since 2021-06-30 (active P0D from membership_end, archive P2Y, then delete); "
+    assert reasons == [("delete after 2021-06-30 (active P0D from membership_end, archive P2Y, then delete); "
                         "record legal_hold: open litigation: legal hold suspends to_erase",)]
 
 

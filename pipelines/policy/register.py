@@ -11,6 +11,7 @@ from functools import cache
 from fideslang.default_taxonomy import DEFAULT_TAXONOMY
 
 from pipelines.policy.models import Policy, RetentionRule, duration_parts
+from pipelines.retention.until import WORDING_FR as UNTIL_WORDING_FR
 
 END_ACTIONS = {"delete": "suppression", "anonymise": "anonymisation irréversible"}
 
@@ -96,7 +97,8 @@ def render_register(policy: Policy) -> str:
                 lines.append(f"| {purpose.key} | {d.name} | {human_duration(rule.active)} après "
                              f"{_cell(policy.clocks[rule.clock].description)} | {human_duration(rule.archive)} | "
                              f"{END_ACTIONS[rule.end_action]} |")
-    lines += ["", "Une procédure judiciaire en cours (dossier contentieux ouvert) suspend l'effacement; une "
+    lines += ["", f"Durées comptées en jours entiers: {UNTIL_WORDING_FR}.", "",
+              "Une procédure judiciaire en cours (dossier contentieux ouvert) suspend l'effacement; une "
               "limitation (art. 18) le suspend aussi tant qu'elle dure.", "",
               "## Mesures de sécurité (art. 32)", ""] + [f"- {m}" for m in c.security_measures] + [""]
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """The retention ledger, generated as SQL from the policy and computed over the whole population in DuckDB.
 
 For every dataset record and each purpose it serves, the purpose's clock (declared in datasets.yaml) gives
-clock start, active-until and archive-until; the record's status combines its purposes: active while one is
+clock start and the last day of the active and archive periods (whole days: pipelines.retention.until);
+the record's status combines its purposes: active while one is
 active, archived while one still has archive time, then anonymised if an ended purpose says so, else erased.
 Open legal holds suspend anything but "active"; restricted subjects (art. 18) are only stored.
 
@@ -15,7 +16,8 @@ import datetime as dt
 
 import duckdb
 
-from pipelines.policy.models import Clock, Dataset, Policy, RetentionRule, sql_interval
+from pipelines.policy.models import Clock, Dataset, Policy, RetentionRule
+from pipelines.retention.until import kept_on_sql, last_day_sql
 from pipelines.sources.schema import RESTRICTION_COLUMNS
 
 STATUSES = ("active", "archived", "to_erase", "to_anonymise", "legal_hold", "restricted")
@@ -93,25 +95,26 @@ def _purpose_sql(policy: Policy, ds: Dataset, purpose: str, rule: RetentionRule,
         ref = next((c for c, t in ds.references.items() if t == target), None)
         key = "r.record_key" if clock.table == ds.name else f"r.{q('_ref_' + str(ref))}"
         join, where = f"LEFT JOIN {prefix}_clock_{rule.clock} k ON k.clock_key = {key}", ""
-    active_until = f"k.clock + {sql_interval(rule.active)}"
-    archive_until = f"k.clock + {sql_interval(rule.active)} + {sql_interval(rule.archive)}"
+    active_until = last_day_sql("k.clock", rule.active)
+    archive_until = last_day_sql("k.clock", rule.active, rule.archive)
     ended = "to_anonymise" if rule.end_action == "anonymise" else "to_erase"
-    as_of_ts = f"TIMESTAMP {lit(as_of)}"
+    as_of_day = f"DATE {lit(as_of)}"
     return f"""
         SELECT r.dataset, r.record_key, r.subject_type, r.subject_id,
                {lit(purpose)} AS purpose, {lit(rule.clock)} AS clock_name, {key} AS clock_key,
                k.clock AS clock_start,
                {active_until} AS active_until, {archive_until} AS archive_until,
                CASE WHEN k.clock IS NULL THEN 'active'
-                    WHEN {as_of_ts} < {active_until} THEN 'active'
-                    WHEN {as_of_ts} < {archive_until} THEN 'archived'
+                    WHEN {kept_on_sql(as_of_day, active_until)} THEN 'active'
+                    WHEN {kept_on_sql(as_of_day, archive_until)} THEN 'archived'
                     ELSE {lit(ended)} END AS purpose_status,
                CASE WHEN k.is_open THEN {lit(rule.clock + ' not reached yet')}
                     WHEN k.clock IS NULL THEN {lit('no ' + rule.clock + ' event recorded')}
-                    WHEN {as_of_ts} < {active_until} THEN 'active until ' || strftime({active_until}, '%Y-%m-%d')
-                    WHEN {as_of_ts} < {archive_until}
-                         THEN 'archive until ' || strftime({archive_until}, '%Y-%m-%d')
-                    ELSE {lit(rule.end_action + ' since ')} || strftime({archive_until}, '%Y-%m-%d') END
+                    WHEN {kept_on_sql(as_of_day, active_until)}
+                         THEN 'active through ' || strftime({active_until}, '%Y-%m-%d')
+                    WHEN {kept_on_sql(as_of_day, archive_until)}
+                         THEN 'archive through ' || strftime({archive_until}, '%Y-%m-%d')
+                    ELSE {lit(rule.end_action + ' after ')} || strftime({archive_until}, '%Y-%m-%d') END
                  || {lit(f' ({rule.describe()})')} AS purpose_reason
         FROM {prefix}_records_{ds.name} r {join} {where}"""
 
@@ -166,8 +169,8 @@ def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pref
     body = " UNION ALL ".join(selects) if selects else (
         "SELECT NULL::VARCHAR dataset, NULL::VARCHAR record_key, NULL::VARCHAR subject_type, NULL::VARCHAR "
         "subject_id, NULL::VARCHAR purpose, NULL::VARCHAR clock_name, NULL::VARCHAR "
-        "clock_key, NULL::TIMESTAMP clock_start, NULL::TIMESTAMP "
-        "active_until, NULL::TIMESTAMP archive_until, NULL::VARCHAR purpose_status, NULL::VARCHAR purpose_reason "
+        "clock_key, NULL::TIMESTAMP clock_start, NULL::DATE "
+        "active_until, NULL::DATE archive_until, NULL::VARCHAR purpose_status, NULL::VARCHAR purpose_reason "
         "WHERE false")
     con.execute(f"CREATE OR REPLACE TEMP TABLE {prefix}_purposes AS {body}")
     restricted, held = _flags_sql(policy, sources)
@@ -288,10 +291,10 @@ def _ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
     """Create the ledger tables, replacing a copy left by an older layout (it is recomputed every run)."""
     con.execute("CREATE SCHEMA IF NOT EXISTS retention")
     for table, source in (("ledger", "_ret_new_ledger"), ("record_status", "_ret_new_status")):
-        wanted = [row[0] for row in con.execute(f"DESCRIBE {source}").fetchall()]
-        found = [c for (c,) in con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'retention' AND table_name = ? "
-            "ORDER BY ordinal_position", [table]).fetchall()]
+        wanted = [(row[0], row[1]) for row in con.execute(f"DESCRIBE {source}").fetchall()]
+        found = [(c, t) for (c, t) in con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'retention' "
+            "AND table_name = ? ORDER BY ordinal_position", [table]).fetchall()]
         if found != wanted:
             con.execute(f"CREATE OR REPLACE TABLE retention.{table} AS SELECT * FROM {source} WHERE false")
 
