@@ -5,8 +5,9 @@ import dagster as dg
 
 from assets.quality_checks import WAREHOUSE_POOL
 from assets.retention import RetentionConfig, as_of_date
-from pipelines.audit import AuditLog
+from pipelines.audit import AUDIT_DOMAIN, AuditLog, subject_token
 from pipelines.policy.resource import PoliciesResource
+from pipelines.pseudo.keys import PseudonymisationKeyResource
 from pipelines.resources import ComplianceStoreResource, WarehouseResource
 from pipelines.sources.schema import SQL_SYSTEMS
 from pipelines.transfers import build_transfer
@@ -30,9 +31,12 @@ def _transfer_asset(recipient: str, what: str) -> dg.AssetsDefinition:
         key=["compliance", f"transfer_{recipient}"],
         group_name="compliance",
         deps=UPSTREAM,
-        description=f"Extract of the {what}, outside the EU/EEA: only the columns recipients.yaml allows for "
-        "this recipient and purpose, without restricted or erased people, written atomically to the outbox "
-        "(transfers/<recipient>/<as_of>/, manifest last) and logged in the audit trail with its safeguard.",
+        description=f"Delivery of the {what}, outside the EU/EEA: only the columns recipients.yaml allows for "
+        "this recipient and purpose, only rows new or changed since its last delivery and still within its "
+        "purpose, a deletion instruction for what left the purpose, an art. 19 notice for people erased or "
+        "restricted since; without restricted or erased people, written atomically to the outbox "
+        "(transfers/<recipient>/<as_of>/, manifest last), recorded in transfers.* and audited with its "
+        "safeguard, once per day.",
         kinds={"duckdb", "csv"},
         owners=OWNERS,
         tags={"stage": "transfers", "recipient": recipient},
@@ -44,23 +48,32 @@ def _transfer_asset(recipient: str, what: str) -> dg.AssetsDefinition:
         warehouse: WarehouseResource,
         compliance: ComplianceStoreResource,
         policies: PoliciesResource,
+        pseudonymisation_key: PseudonymisationKeyResource,
     ) -> dg.MaterializeResult:
         # The run's day (config, else the `sem/as_of` tag, else today in Paris), as for retention.
         as_of = as_of_date(config.as_of, context.run.tags)
-        with warehouse.connect(read_only=True) as con:
+        token_key = pseudonymisation_key.domain_keys([AUDIT_DOMAIN])[AUDIT_DOMAIN]
+        with warehouse.connect() as con:
             report = build_transfer(
-                con, policies.load(), recipient, compliance.outbox_dir, as_of, AuditLog(compliance.audit_log_path)
+                con, policies.load(), recipient, compliance.outbox_dir, as_of, AuditLog(compliance.audit_log_path),
+                tokenise=lambda value: subject_token(value, token_key),
             )
+        if report.already_delivered:
+            context.log.info(f"{recipient}: {as_of} already delivered; nothing sent again")
         return dg.MaterializeResult(
             metadata={
-                "dagster/row_count": dg.MetadataValue.int(sum(f.rows for f in report.files)),
+                "dagster/row_count": dg.MetadataValue.int(report.rows_sent),
+                "deletion_instructions": dg.MetadataValue.int(report.deletions),
+                "art19_notices": dg.MetadataValue.int(report.notices),
+                "rows_held_by_recipient": dg.MetadataValue.int(report.held_rows),
+                "already_delivered": dg.MetadataValue.bool(report.already_delivered),
                 "files": dg.MetadataValue.json(
                     [{"file": f.file, "rows": f.rows, "columns": f.columns} for f in report.files]
                 ),
                 "country": dg.MetadataValue.text(report.country),
                 "mechanism": dg.MetadataValue.text(report.mechanism),
                 "excluded_records": dg.MetadataValue.int(report.excluded_records),
-                "folder": dg.MetadataValue.path(str(report.folder)),
+                "folder": dg.MetadataValue.text(str(report.folder) if report.folder else "nothing to send"),
                 "as_of": dg.MetadataValue.text(report.as_of),
                 **compliance.audit_head_metadata(),
             }

@@ -189,6 +189,9 @@ class Transfer(_Strict):
     adequacy_decision: bool
     mechanism: str
     safeguards: list[str] = pydantic.Field(min_length=1)
+    # What the recipient is told when a row it holds leaves the purpose (e.g. a complaint closes): a processor
+    # deletes or returns the data at the end of the service (art. 28(3)(g)); others are simply sent no more.
+    on_purpose_end: Literal["deletion_instruction", "none"] = "none"
 
 
 class Disclosure(_Strict):
