@@ -6,6 +6,8 @@ checks are exposed as blocking asset checks on the published file, so nothing do
 that would leak. Key material never enters config, metadata or logs: only the key version does.
 """
 
+from dataclasses import asdict
+
 import dagster as dg
 from pydantic import Field
 
@@ -76,7 +78,11 @@ def _table_metadata(report: PublicationReport, name: str, policy: Pseudonymisati
         "rows_suppressed": dg.MetadataValue.int(kanon.rows_suppressed),
         "suppression_ratio": dg.MetadataValue.float(round(kanon.suppression_ratio, 4)),
         "generalisation_loss": dg.MetadataValue.float(kanon.generalisation_loss),
+        "loss_measure": dg.MetadataValue.text(kanon.loss_measure),
         "generalisation_levels": dg.MetadataValue.json(kanon.levels),
+        "runner_up_nodes": dg.MetadataValue.json([asdict(node) for node in kanon.runner_ups]),
+        "lattice_nodes": dg.MetadataValue.int(kanon.nodes_in_lattice),
+        "lattice_nodes_counted": dg.MetadataValue.int(kanon.nodes_evaluated),
         "token_domain": dg.MetadataValue.text(policy.tables[name].domain),
         "key_version": dg.MetadataValue.int(table.key_version or 0),
     }

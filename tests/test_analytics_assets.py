@@ -72,7 +72,9 @@ def test_materialisation_publishes_checks_and_leaks_no_key(tmp_path: Path, capfd
             if m.asset_key == dg.AssetKey(["analytics", "members_pseudo"])
         ).materialization.metadata
         assert members["achieved_k"].value >= members["k"].value == 5
-        assert {"rows_suppressed", "suppression_ratio", "generalisation_loss", "key_version"} <= set(members)
+        assert {"rows_suppressed", "suppression_ratio", "generalisation_loss", "key_version", "runner_up_nodes",
+                "lattice_nodes", "lattice_nodes_counted"} <= set(members)
+        assert members["lattice_nodes_counted"].value <= members["lattice_nodes"].value == 4 * 2 * 3 * 3 * 4
         catalogue = next(
             m for m in result.get_asset_materialization_events() if m.asset_key == CATALOGUE_KEY
         ).materialization.metadata

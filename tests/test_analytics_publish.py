@@ -178,6 +178,12 @@ def test_published_file_has_every_table_k_anonymous_and_catalogued(warehouse, tm
     catalogue = read(analytics, "SELECT role, token_domain, key_version, k FROM catalogue "
                                 "WHERE table_name = 'members_pseudo' AND column_name = 'member_token'")
     assert catalogue == [("pseudonym", "statistics", 1, 5)]
+    # The search's outcome is in the catalogue: the chosen node's loss, its suppressed rows, the runner-ups.
+    kanon = report.tables["members_pseudo"].kanon
+    searched = read(analytics, "SELECT DISTINCT loss_measure, information_loss, rows_suppressed, "
+                               "json_array_length(runner_up_nodes) FROM catalogue WHERE table_name = 'members_pseudo'")
+    assert searched == [("ncp", kanon.generalisation_loss, kanon.rows_suppressed, len(kanon.runner_ups))]
+    assert all(r.loss >= kanon.generalisation_loss for r in kanon.runner_ups)
     # Every class of members_pseudo holds at least 5 members on the declared quasi-identifiers.
     smallest = read(analytics, "SELECT min(n) FROM (SELECT count(*) AS n FROM members_pseudo "
                                "GROUP BY age_band, civility, departement, establishment, cohort)")
@@ -237,7 +243,7 @@ def test_navigation_keeps_consenting_visitors_and_page_paths_only(warehouse, tmp
     assert token("statistics", "v003") not in visitors  # never consented
     assert token("statistics", "v004") not in visitors  # withdrew consent
     assert read(analytics, "SELECT DISTINCT page, day, area FROM navigation_pseudo") == [
-        ("/garanties", "2026-11-20", "49.00,2.00")
+        ("/garanties", "2026-11-20", "48.50,2.00")  # south-west corner of the 0.5-degree cell
     ]
 
 

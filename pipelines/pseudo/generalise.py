@@ -9,7 +9,11 @@ A column's hierarchy in policies/pseudonymisation.yaml is a list of levels, fine
 - ``departement``: French postal code to département (2A/2B for Corsica, 3 digits overseas and Monaco);
 - ``postal_zone``: the first digit of the postal code;
 - ``url_path``: a URL without scheme, host, query string or fragment;
-- ``grid:<degrees>``: a [latitude, longitude] pair snapped to a grid of that many degrees.
+- ``grid:<degrees>``: a [latitude, longitude] pair as the south-west corner of its cell in a grid of that
+  many degrees (cells of a grid whose size is a multiple of another's contain whole cells of it).
+
+The lattice search (kanon.py) relies on each hierarchy being nested: every value of a level must fall in
+one value of the next (day -> month -> quarter, not day -> week -> month; grid 0.5 -> 1 -> 2 -> 4).
 """
 
 from __future__ import annotations
@@ -55,8 +59,8 @@ def _url_path(col: str, _: str) -> str:
 
 def _grid(col: str, degrees: str) -> str:
     def snap(i: int) -> str:
-        # "+ 0.0" turns IEEE -0.0 into 0.0, so the same area never has two labels.
-        return f"printf('%.2f', round({col}[{i}] / {degrees}) * {degrees} + 0.0)"
+        # floor, not round, so that cells nest; "+ 0.0" turns IEEE -0.0 into 0.0 (one label per area).
+        return f"printf('%.2f', floor({col}[{i}] / {degrees}) * {degrees} + 0.0)"
 
     return f"CASE WHEN {col}[1] IS NOT NULL AND {col}[2] IS NOT NULL THEN {snap(1)} || ',' || {snap(2)} END"
 

@@ -1,23 +1,42 @@
-"""k-anonymity by generalisation then suppression, in DuckDB SQL, for row-level and aggregate tables.
+"""k-anonymity (and l-diversity) by optimal full-domain generalisation then suppression, in DuckDB SQL.
 
 A class is a combination of generalised quasi-identifiers (row tables) or a cell, i.e. all dimension
 columns (aggregate tables); its size is the number of distinct people in it (`subject`), not of rows, so
-ten page views of one visitor are one person. Starting from each column's finest level, the
-quasi-identifier with the most distinct values is coarsened until at most `max_suppression_ratio` of the
-rows sit in classes smaller than k (Datafly-style); those rows (or cells) are then suppressed.
-Information loss is reported as the precision loss of the chosen levels (0 = finest everywhere,
-1 = every quasi-identifier at its coarsest level) and the share of rows suppressed.
+ten page views of one visitor are one person. A row-level table may also declare sensitive attributes that
+each class must show at least l times over (distinct values, or entropy >= ln l).
+
+Search (pipelines/pseudo/lattice.py holds the node algebra): a node gives one level to every quasi-
+identifier; the lattice is every combination of the declared hierarchies. A node *satisfies* the table when
+at most `max_suppression_ratio` of the rows sit in classes that are too small (or not diverse enough);
+those rows are then suppressed. Hierarchies are nested, so satisfying is monotone: a node whose predecessor
+satisfies satisfies too and is never the cheapest, so it is pruned unevaluated. The lattice is walked
+bottom-up one height at a time, all candidates of a height counted in one DuckDB query over a roll-up of
+the base (one row per distinct person x every level of every quasi-identifier), and the node with the
+least information loss under the table's declared measure wins (ties: fewer rows suppressed).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
-from dataclasses import dataclass
+import uuid
+from dataclasses import asdict, dataclass
 
 import duckdb
 
 from pipelines.pseudo.generalise import level_sql
+from pipelines.pseudo.lattice import Node, height, layer, predecessors
 from pipelines.pseudo.policy import ColumnPolicy, TablePolicy
+
+RUNNER_UPS = 3
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    levels: dict[str, str]
+    loss: float
+    rows_suppressed: int
 
 
 @dataclass(frozen=True)
@@ -27,11 +46,20 @@ class KAnonymityReport:
     rows_in: int
     rows_suppressed: int
     levels: dict[str, str]
-    generalisation_loss: float
+    generalisation_loss: float  # information loss of the chosen node under the table's declared measure
+    loss_measure: str = "height"
+    runner_ups: tuple[NodeResult, ...] = ()
+    nodes_in_lattice: int = 1
+    nodes_evaluated: int = 1
 
     @property
     def suppression_ratio(self) -> float:
         return self.rows_suppressed / self.rows_in if self.rows_in else 0.0
+
+
+def runner_ups_json(report: KAnonymityReport) -> str:
+    """The next-best nodes of the search, as JSON (levels, loss, rows suppressed)."""
+    return json.dumps([asdict(node) for node in report.runner_ups])
 
 
 def bound(sql: str, params: dict[str, object]) -> dict[str, object]:
@@ -68,42 +96,133 @@ def column_sql(column: ColumnPolicy, level: int) -> str:
     return level_sql(column.levels[level], _q(column.source))
 
 
-def _suppressed_rows(
-    con: duckdb.DuckDBPyConnection, base: str, table: TablePolicy, levels: dict[str, int], k: int, params: dict
-) -> tuple[int, int]:
-    keys = ", ".join(column_sql(c, levels[c.name]) for c in class_columns(table))
-    sql = f"""
-        SELECT coalesce(sum(n) FILTER (WHERE people < {k}), 0), coalesce(sum(n), 0)
-        FROM (SELECT count(*) AS n, count(DISTINCT {subject_sql(table)}) AS people FROM {base} GROUP BY {keys})
+def flagged_sql(
+    relation: str, keys: list[str], subject: str, k: int, table: TablePolicy, weight: str = "1"
+) -> str:
+    """`relation` plus a boolean `_small`: the row's class has fewer than k people or too little diversity.
+
+    `keys` are the class expressions over `relation`; sensitive columns are read under their published
+    names. `weight` is how many published rows a row of `relation` stands for (the roll-up's `n`).
     """
-    small, total = con.execute(sql, bound(sql, params)).fetchall()[0]
-    return int(small), int(total)
+    part = f"PARTITION BY {', '.join(keys)}"
+    shares, small = [], [f"count(DISTINCT {subject}) OVER ({part}) < {k}"]
+    for i, rule in enumerate(table.l_diversity):
+        s = _q(rule.column)
+        if rule.measure == "distinct":
+            small.append(f"count(DISTINCT {s}) OVER ({part}) < {rule.l}")
+            continue
+        # Entropy of the class's sensitive values (shares of its rows): -sum(p ln p) >= ln l.
+        shares.append(f"sum({weight}) OVER ({part}, {s}) / sum({weight}) OVER ({part}) AS _share{i}")
+        small.append(f"-sum({weight} * ln(_share{i})) OVER ({part}) / sum({weight}) OVER ({part}) "
+                     f"< {math.log(rule.l) - 1e-9!r}")
+    inner = f"SELECT *, {', '.join(shares)} FROM {relation}" if shares else f"SELECT * FROM {relation}"
+    return f"SELECT *, ({' OR '.join(small)}) AS _small FROM ({inner})"
 
 
-def _most_distinct(
-    con: duckdb.DuckDBPyConnection, base: str, candidates: list[ColumnPolicy], levels: dict[str, int], params: dict
-) -> ColumnPolicy:
-    counts = ", ".join(f"count(DISTINCT {column_sql(c, levels[c.name])})" for c in candidates)
-    sql = f"SELECT {counts} FROM {base}"
-    distinct = con.execute(sql, bound(sql, params)).fetchall()[0]
-    return max(zip(candidates, distinct, strict=True), key=lambda pair: pair[1])[0]
+class Lattice:
+    """The generalisation lattice of one table over its roll-up `relation`, with each node's loss."""
+
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, base: str, table: TablePolicy, k: int, max_suppression: float,
+        params: dict,
+    ) -> None:
+        self.con, self.table, self.k = con, table, k
+        self.qis = table.by_role("quasi_identifier")
+        self.fixed = [c for c in class_columns(table) if c.role != "quasi_identifier"]
+        self.heights = tuple(len(c.levels) - 1 for c in self.qis)
+        self.relation = f"_lattice_{uuid.uuid4().hex}"
+        levels = [
+            f"{level_sql(level, _q(c.source))} AS q{i}_{j}"
+            for i, c in enumerate(self.qis) for j, level in enumerate(c.levels)
+        ]
+        fixed = [f"{column_sql(c, 0)} AS a{j}" for j, c in enumerate(self.fixed)]
+        sensitive = [f"{column_sql(table.column(r.column), 0)} AS {_q(r.column)}" for r in table.l_diversity]
+        select = ", ".join([*levels, *fixed, *sensitive, f"{subject_sql(table)} AS _subject"])
+        # The roll-up every node is counted from: rows that no level of any column tells apart are one row.
+        sql = f"CREATE OR REPLACE TEMP TABLE {self.relation} AS SELECT {select}, count(*) AS n FROM {base} GROUP BY ALL"
+        con.execute(sql, bound(sql, params))
+        self.total = int(con.execute(f"SELECT coalesce(sum(n), 0) FROM {self.relation}").fetchall()[0][0])
+        self.budget = math.floor(max_suppression * self.total + 1e-9)
+        self.column_loss = [self._column_loss(i) for i in range(len(self.qis))]
+
+    def _column_loss(self, i: int) -> list[float]:
+        """Loss of each level of quasi-identifier i, 0 (finest) .. 1 (one value for all)."""
+        levels = range(self.heights[i] + 1)
+        if self.table.loss == "height":
+            return [level / self.heights[i] if self.heights[i] else 0.0 for level in levels]
+        # Normalised certainty penalty: the share of the finest values a published value could be.
+        windows = ", ".join(f"count(DISTINCT q{i}_0) OVER (PARTITION BY q{i}_{j}) AS c{j}" for j in levels)
+        sums = ", ".join(f"sum(n * greatest(c{j} - 1, 0))" for j in levels)
+        row = self.con.execute(
+            f"SELECT {sums}, sum(n), count(DISTINCT q{i}_0) FROM (SELECT n, q{i}_0, {windows} FROM {self.relation})"
+        ).fetchall()[0]
+        *penalties, rows, distinct = row
+        if not rows or distinct is None or distinct < 2:
+            return [1.0 if self.qis[i].levels[j] == "suppress" else 0.0 for j in levels]
+        return [float(p) / (float(rows) * (distinct - 1)) for p in penalties]
+
+    def loss(self, node: Node) -> float:
+        weights = [c.weight for c in self.qis]
+        total = sum(w * self.column_loss[i][level] for i, (w, level) in enumerate(zip(weights, node, strict=True)))
+        return round(total / sum(weights), 6) if weights else 0.0
+
+    def keys(self, node: Node) -> list[str]:
+        return [f"q{i}_{level}" for i, level in enumerate(node)] + [f"a{j}" for j in range(len(self.fixed))]
+
+    def suppressed(self, nodes: list[Node]) -> dict[Node, int]:
+        """Rows in too-small (or too-uniform) classes, for each node, in one query."""
+        if not nodes:
+            return {}
+        parts = [
+            f"SELECT {index} AS node, coalesce(sum(n) FILTER (WHERE _small), 0) AS rows "
+            f"FROM ({flagged_sql(self.relation, self.keys(node), '_subject', self.k, self.table, 'n')})"
+            for index, node in enumerate(nodes)
+        ]
+        found = dict(self.con.execute(" UNION ALL ".join(parts)).fetchall())
+        return {node: int(found[index]) for index, node in enumerate(nodes)}
+
+    def names(self, node: Node) -> dict[str, str]:
+        return {c.name: c.levels[level] for c, level in zip(self.qis, node, strict=True)}
+
+    def drop(self) -> None:
+        self.con.execute(f"DROP TABLE IF EXISTS {self.relation}")
 
 
-def choose_levels(
-    con: duckdb.DuckDBPyConnection, base: str, table: TablePolicy, k: int, max_suppression: float, params: dict
-) -> tuple[dict[str, int], int, int]:
-    """Greedy generalisation; returns (level index per column, rows still in small classes, rows)."""
-    levels = {c.name: 0 for c in table.columns}
-    while True:
-        small, total = _suppressed_rows(con, base, table, levels, k, params)
-        coarsenable = [c for c in table.by_role("quasi_identifier") if levels[c.name] < len(c.levels) - 1]
-        if small <= max_suppression * total or not coarsenable:
-            return levels, small, total
-        levels[_most_distinct(con, base, coarsenable, levels, params).name] += 1
+@dataclass(frozen=True)
+class Search:
+    chosen: Node
+    rows_suppressed: int
+    ranked: list[tuple[Node, int]]  # every minimal satisfying node, best first
+    evaluated: int
+
+
+def search(lattice: Lattice) -> Search:
+    """Bottom-up walk by height; nodes above a satisfying node are pruned (monotonicity)."""
+    top = lattice.heights
+    evaluated: dict[Node, int] = {}
+    satisfying: set[Node] = set()
+    for h in range(height(top) + 1):
+        # A node above a satisfying one satisfies too (monotone): known without counting, and never cheapest.
+        candidates = []
+        for node in layer(top, h):
+            if any(p in satisfying for p in predecessors(node)):
+                satisfying.add(node)
+            else:
+                candidates.append(node)
+        for node, rows in lattice.suppressed(candidates).items():
+            evaluated[node] = rows
+            if rows <= lattice.budget:
+                satisfying.add(node)
+    # Evaluated satisfying nodes are exactly the minimal ones: the optimum (loss is monotone) is among them.
+    minimal = [n for n in evaluated if n in satisfying]
+    ranked = sorted(((n, evaluated[n]) for n in minimal), key=lambda nr: (lattice.loss(nr[0]), nr[1], nr[0]))
+    # No node meets the budget (fewer than k people in all): publish the top node, suppressing its classes.
+    chosen, rows = ranked[0] if ranked else (top, evaluated[top])
+    return Search(chosen=chosen, rows_suppressed=rows, ranked=ranked, evaluated=len(evaluated))
 
 
 def anonymised_sql(base: str, table: TablePolicy, levels: dict[str, int], k: int) -> str:
-    """SELECT producing the published table: generalised, and without the classes under k."""
+    """SELECT producing the published table: generalised, and without the classes under k (or l)."""
     select = ", ".join(f"{column_sql(c, levels[c.name])} AS {_q(c.name)}" for c in table.columns)
     if table.kind == "aggregate":
         keys = ", ".join(column_sql(c, levels[c.name]) for c in class_columns(table))
@@ -111,12 +230,11 @@ def anonymised_sql(base: str, table: TablePolicy, levels: dict[str, int], k: int
             f"SELECT {select} FROM {base} GROUP BY {keys} "
             f"HAVING count(DISTINCT {subject_sql(table)}) >= {k} ORDER BY ALL"
         )
-    # Generalise once, then count people per class over the generalised columns.
-    keys = ", ".join(_q(c.name) for c in class_columns(table))
-    return (
-        f"WITH generalised AS (SELECT {select} FROM {base}) SELECT * FROM generalised "
-        f"QUALIFY count(DISTINCT {_q(table.subject)}) OVER (PARTITION BY {keys}) >= {k}"
-    )
+    # Generalise once, then count people (and sensitive values) per class over the generalised columns.
+    keys = [_q(c.name) for c in class_columns(table)]
+    flagged = flagged_sql("generalised", keys, _q(table.subject), k, table)
+    columns = ", ".join(_q(c.name) for c in table.columns)
+    return f"WITH generalised AS (SELECT {select} FROM {base}) SELECT {columns} FROM ({flagged}) WHERE NOT _small"
 
 
 def achieved_k_sql(relation: str, table: TablePolicy) -> str:
@@ -128,12 +246,6 @@ def achieved_k_sql(relation: str, table: TablePolicy) -> str:
     return f"SELECT min(people) FROM ({people})"
 
 
-def generalisation_loss(table: TablePolicy, levels: dict[str, int]) -> float:
-    heights = [(levels[c.name], len(c.levels) - 1) for c in table.by_role("quasi_identifier")]
-    ratios = [level / height for level, height in heights if height]
-    return round(sum(ratios) / len(heights), 4) if heights else 0.0
-
-
 def anonymise(
     con: duckdb.DuckDBPyConnection,
     base: str,
@@ -143,16 +255,31 @@ def anonymise(
     max_suppression: float,
     params: dict,
 ) -> KAnonymityReport:
-    """Create `target` from the prepared `base` as a k-anonymous table and report what it cost."""
-    levels, small, total = choose_levels(con, base, table, k, max_suppression, params)
+    """Create `target` from the prepared `base` as a k-anonymous (l-diverse) table and report what it cost."""
+    lattice = Lattice(con, base, table, k, max_suppression, params)
+    try:
+        found = search(lattice)
+    finally:
+        lattice.drop()
+    levels = {c.name: 0 for c in table.columns} | {
+        c.name: level for c, level in zip(lattice.qis, found.chosen, strict=True)
+    }
     sql = f"CREATE TABLE {target} AS {anonymised_sql(base, table, levels, k)}"
     con.execute(sql, bound(sql, params))
     achieved = con.execute(achieved_k_sql(target, table)).fetchall()[0][0]
+    runner_ups = tuple(
+        NodeResult(levels=lattice.names(node), loss=lattice.loss(node), rows_suppressed=rows)
+        for node, rows in found.ranked[1 : 1 + RUNNER_UPS]
+    )
     return KAnonymityReport(
         k=k,
         achieved_k=None if achieved is None else int(achieved),
-        rows_in=total,
-        rows_suppressed=small,
-        levels={c.name: c.levels[levels[c.name]] for c in table.columns if c.role in ("quasi_identifier", "attribute")},
-        generalisation_loss=generalisation_loss(table, levels),
+        rows_in=lattice.total,
+        rows_suppressed=found.rows_suppressed,
+        levels={c.name: c.levels[levels[c.name]] for c in class_columns(table)},
+        generalisation_loss=lattice.loss(found.chosen),
+        loss_measure=table.loss,
+        runner_ups=runner_ups,
+        nodes_in_lattice=math.prod(h + 1 for h in lattice.heights),
+        nodes_evaluated=found.evaluated,
     )

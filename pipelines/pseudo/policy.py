@@ -37,6 +37,8 @@ class ColumnPolicy(_Strict):
     normalise: Literal["id", "email", "phone", "as_is"] | None = None
     levels: tuple[str, ...] = ("keep",)
     aggregate: Literal["count", "count_distinct", "sum", "avg"] | None = None
+    # How much analysts value this quasi-identifier's precision: its share of the table's information loss.
+    weight: float = Field(default=1.0, gt=0, le=100)
 
     @field_validator("levels")
     @classmethod
@@ -56,6 +58,14 @@ class ColumnPolicy(_Strict):
         return self
 
 
+class DiversityPolicy(_Strict):
+    """Each class must show the sensitive column's values at least l times over (distinct, or entropy >= ln l)."""
+
+    column: Name
+    l: int = Field(ge=2)  # noqa: E741 - the l of l-diversity
+    measure: Literal["distinct", "entropy"] = "distinct"
+
+
 class TablePolicy(_Strict):
     kind: Literal["rows", "aggregate"]
     domain: str
@@ -64,6 +74,11 @@ class TablePolicy(_Strict):
     subject: Name
     columns: tuple[ColumnPolicy, ...] = Field(min_length=1)
     dropped: tuple[str, ...] = ()
+    # Information loss minimised by the generalisation search: normalised certainty penalty (share of the
+    # finest values a published value could stand for) or height (level / number of levels), per column,
+    # averaged with the columns' weights.
+    loss: Literal["ncp", "height"] = "ncp"
+    l_diversity: tuple[DiversityPolicy, ...] = ()
 
     @model_validator(mode="after")
     def _consistent(self) -> TablePolicy:
@@ -84,6 +99,9 @@ class TablePolicy(_Strict):
                 raise ValueError("an aggregate table publishes no pseudonym")
         if not any(c.role == "quasi_identifier" for c in self.columns):
             raise ValueError("declare at least one quasi_identifier: k-anonymity is measured on them")
+        for rule in self.l_diversity:
+            if self.kind != "rows" or rule.column not in by_name or by_name[rule.column].role != "attribute":
+                raise ValueError(f"l_diversity column {rule.column!r} must be an attribute of a row-level table")
         return self
 
     def by_role(self, *roles: Role) -> list[ColumnPolicy]:

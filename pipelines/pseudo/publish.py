@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 
 from pipelines.pseudo.checks import CATALOGUE, quote, sql_string, validate_analytics_file
-from pipelines.pseudo.kanon import KAnonymityReport, anonymise
+from pipelines.pseudo.kanon import KAnonymityReport, anonymise, runner_ups_json
 from pipelines.pseudo.policy import PseudonymisationPolicy, TablePolicy
 from pipelines.pseudo.tables import BUILDERS, REQUIRED_TABLES, domain_exclusions_sql, exclusions_sql
 from pipelines.pseudo.tokens import normalise_sql, tokenise_table
@@ -79,6 +79,8 @@ def _write_catalogue(
             name, column.name, column.role, table.domain if column.role == "pseudonym" else None,
             column.description, reports[name].key_version, policy.k_of(name), table.kind,
             reports[name].kanon.levels.get(column.name, column.aggregate), table.description,
+            reports[name].kanon.loss_measure, reports[name].kanon.generalisation_loss,
+            reports[name].kanon.rows_suppressed, runner_ups_json(reports[name].kanon),
         )
         for name, table in policy.tables.items()
         for column in table.columns
@@ -87,11 +89,12 @@ def _write_catalogue(
         f"""
         CREATE TABLE cand.main.{CATALOGUE} (
             table_name VARCHAR, column_name VARCHAR, role VARCHAR, token_domain VARCHAR, description VARCHAR,
-            key_version INTEGER, k INTEGER, table_kind VARCHAR, generalisation VARCHAR, table_description VARCHAR
+            key_version INTEGER, k INTEGER, table_kind VARCHAR, generalisation VARCHAR, table_description VARCHAR,
+            loss_measure VARCHAR, information_loss DOUBLE, rows_suppressed BIGINT, runner_up_nodes JSON
         )
         """
     )
-    con.executemany(f"INSERT INTO cand.main.{CATALOGUE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    con.executemany(f"INSERT INTO cand.main.{CATALOGUE} VALUES ({', '.join('?' * len(rows[0]))})", rows)
 
 
 def build_candidate(
