@@ -116,6 +116,7 @@ def analytics_file(
         pseudonymisation_key.domain_keys(domains),
         pseudonymisation_key.key_version,
         as_of,
+        policies.load(),
     )
     context.log.info(f"analytics file published with key version {report.key_version}, as of {as_of}")
     for name in BUILDERS:

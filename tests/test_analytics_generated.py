@@ -8,9 +8,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from pipelines import settings
 from pipelines.demo.generate import generate
 from pipelines.identity import resolve_identities
 from pipelines.ingest import ingest_parquet, ingest_sql_table, navigation_columns
+from pipelines.policy.load import load_policy
 from pipelines.pseudo.checks import validate_analytics_file
 from pipelines.pseudo.keys import derive_domain_key
 from pipelines.pseudo.policy import load_pseudonymisation_policy
@@ -53,7 +55,8 @@ def test_generated_data_publishes_a_file_that_passes_every_check(generated_wareh
     master = bytes(range(32))
     keys = {d: derive_domain_key(master, d, 1) for d in policy.domains}
     analytics = tmp_path / "analytics.duckdb"
-    report = publish_analytics(generated_warehouse, analytics, policy, keys, 1, AS_OF)
+    report = publish_analytics(generated_warehouse, analytics, policy, keys, 1, AS_OF,
+                               load_policy(settings.policies_dir()))
     assert validate_analytics_file(analytics, generated_warehouse, policy) == {
         "no_direct_identifiers": [], "k_anonymity": [], "catalogue_complete": []
     }
@@ -63,5 +66,11 @@ def test_generated_data_publishes_a_file_that_passes_every_check(generated_wareh
     with duckdb.connect(str(generated_warehouse), read_only=True) as con:
         restricted = con.execute("SELECT count(*) FROM raw.members WHERE restricted_at IS NOT NULL").fetchall()[0][0]
         members = con.execute("SELECT count(*) FROM raw.members").fetchall()[0][0]
+        # Statistics runs while the membership does (P0D from its end, the last day kept whole).
+        ended = con.execute(
+            "SELECT count(*) FROM (SELECT member_id FROM raw.contracts GROUP BY member_id "
+            "HAVING bool_and(end_date IS NOT NULL) AND max(end_date) < ?) e "
+            "JOIN raw.members m USING (member_id) WHERE m.restricted_at IS NULL", [AS_OF]).fetchall()[0][0]
     kanon = report.tables["members_pseudo"].kanon
-    assert kanon.rows_in == members - restricted
+    assert 0 < ended < members
+    assert kanon.rows_in == members - restricted - ended

@@ -11,7 +11,9 @@ import duckdb
 import pandas as pd
 import pytest
 
+from pipelines import settings
 from pipelines.identity import resolve_identities
+from pipelines.policy.load import load_policy
 from pipelines.pseudo import tables
 from pipelines.pseudo.checks import validate_analytics_file
 from pipelines.pseudo.keys import derive_domain_key
@@ -62,7 +64,8 @@ def build_warehouse(path: Path) -> Path:
         "member_id": list(ids),
         "start_date": [dt.date(2020 + i % 3, 9, 1) for i in ids],
         "status": ["active" if i % 4 else "terminated" for i in ids],
-    })
+        "end_date": [None] * N_MEMBERS,  # memberships still running: within the statistics purpose
+    }).astype({"end_date": "datetime64[us]"})
     reimbursements = pd.DataFrame([
         {"reimbursement_id": i * 10 + j, "member_id": i, "care_date": dt.date(2025, 1 + j, 10),
          "act_code": "C" if j else "PHAR", "amount_eur": 25.0, "reimbursed_eur": 17.5,
@@ -82,6 +85,8 @@ def build_warehouse(path: Path) -> Path:
         "email": [member_email(1).upper() if i == 1 else f"prospect{i}@exemple.fr" for i in range(1, 41)],
         "phone": [f"07{i:08d}" for i in range(1, 41)],
         "marketing_consent": [True] * 40,
+        "collected_at": [pd.Timestamp("2026-06-01")] * 40,  # within the 3 years of prospecting
+        "last_inbound_contact_at": [pd.NaT] * 40,
         "restricted_at": [pd.NaT] * 40,
     })
     suppression = pd.DataFrame({
@@ -156,7 +161,8 @@ def policy():
 
 
 def publish(warehouse: Path, analytics: Path, policy, version: int = 1):
-    return publish_analytics(warehouse, analytics, policy, keys(version), version, AS_OF)
+    return publish_analytics(warehouse, analytics, policy, keys(version), version, AS_OF,
+                             load_policy(settings.policies_dir()))
 
 
 def read(path: Path, sql: str) -> list[tuple]:

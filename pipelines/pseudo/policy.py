@@ -69,6 +69,9 @@ class DiversityPolicy(_Strict):
 class TablePolicy(_Strict):
     kind: Literal["rows", "aggregate"]
     domain: str
+    # The purposes (purposes.yaml) the rows serve: a row is published only while one of them is active for it.
+    # Required at publication (pipelines.pseudo.purposes); optional here so k-anonymity runs on its own.
+    purposes: tuple[Name, ...] = ()
     description: str = Field(min_length=1)
     k: int | None = Field(default=None, ge=2)
     subject: Name
@@ -122,6 +125,10 @@ class PseudonymisationPolicy(_Strict):
     max_suppression_ratio: float = Field(default=0.05, ge=0, le=1)
     domains: dict[Name, DomainPolicy]
     direct_identifiers: dict[Name, tuple[Name, ...]]
+    # Health data (art. 9) at the granularity analytics may see: act codes grouped into categories, and the
+    # detailed columns only a table whose purposes state an art. 9(2) condition may publish.
+    act_categories: dict[Name, tuple[str, ...]] = {}
+    health_detail: tuple[Name, ...] = ()
     tables: dict[Name, TablePolicy]
 
     @model_validator(mode="after")
@@ -129,6 +136,9 @@ class PseudonymisationPolicy(_Strict):
         for name, table in self.tables.items():
             if table.domain not in self.domains:
                 raise ValueError(f"table {name}: domain {table.domain!r} is not declared under `domains`")
+        codes = [code for codes in self.act_categories.values() for code in codes]
+        if len(codes) != len(set(codes)):
+            raise ValueError("act_categories: an act code is listed in more than one category")
         return self
 
     def k_of(self, table: str) -> int:

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import duckdb
 
+from pipelines.policy.models import Policy
 from pipelines.pseudo.checks import CATALOGUE, quote, sql_string, validate_analytics_file
 from pipelines.pseudo.kanon import KAnonymityReport, anonymise, runner_ups_json
 from pipelines.pseudo.policy import PseudonymisationPolicy, TablePolicy
+from pipelines.pseudo.purposes import prepare_purpose_tables
 from pipelines.pseudo.tables import BUILDERS, REQUIRED_TABLES, domain_exclusions_sql, exclusions_sql
 from pipelines.pseudo.tokens import normalise_sql, tokenise_table
 
@@ -103,8 +105,10 @@ def build_candidate(
     domain_keys: dict[str, bytes],
     key_version: int,
     as_of: dt.date,
+    purposes: Policy,
 ) -> tuple[dict[str, TableReport], dict[str, int]]:
-    """Write every policy table and the catalogue into the attached `cand` database."""
+    """Write every policy table and the catalogue into the attached `cand` database; `purposes` (the policy of
+    purposes, datasets and recipients) says which rows are still within the purposes of each table."""
     unknown = sorted(set(policy.tables) - set(BUILDERS))
     if unknown:
         raise ValueError(f"no builder for analytics table(s) {unknown}; known: {sorted(BUILDERS)}")
@@ -112,6 +116,7 @@ def build_candidate(
     if missing:
         raise ValueError(f"the warehouse lacks {', '.join(missing)}: run ingestion and identity resolution first")
     con.execute(exclusions_sql(_table_exists(con, "rights", "exclusions")))
+    prepare_purpose_tables(con, purposes, policy, as_of)
     for domain, rules in policy.domains.items():
         con.execute(domain_exclusions_sql(domain, rules.excluded_reasons))
     excluded = dict(con.execute(
@@ -138,6 +143,7 @@ def publish_analytics(
     domain_keys: dict[str, bytes],
     key_version: int,
     as_of: dt.date,
+    purposes: Policy,
 ) -> PublicationReport:
     """Build, check and atomically publish the analytics file; raise PublicationRefused on a failed check."""
     analytics.parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +158,7 @@ def publish_analytics(
             con.execute(f"ATTACH {sql_string(warehouse)} AS wh (READ_ONLY)")
             con.execute(f"ATTACH {sql_string(candidate)} AS cand")
             con.execute("USE wh")
-            reports, excluded = build_candidate(con, policy, domain_keys, key_version, as_of)
+            reports, excluded = build_candidate(con, policy, domain_keys, key_version, as_of, purposes)
             con.execute("USE memory")
             con.execute("DETACH cand")
         finally:

@@ -59,6 +59,14 @@ def _kept(domain: str, node_type: str, value_sql: str) -> str:
     )
 
 
+def _in_purpose(table: str, node_type: str, value_sql: str) -> str:
+    """The node is not among those every purpose of `table` has ended for (pipelines.pseudo.purposes)."""
+    return (
+        f"NOT EXISTS (SELECT 1 FROM _ended_{table} x "
+        f"WHERE x.node_type = {node_type} AND x.node_value = CAST({value_sql} AS VARCHAR))"
+    )
+
+
 def members_base(domain: str) -> str:
     return f"""
     WITH contract AS (
@@ -72,6 +80,7 @@ def members_base(domain: str) -> str:
     LEFT JOIN raw.establishments e ON e.establishment_id = m.establishment_id
     LEFT JOIN contract c ON c.member_id = m.member_id
     WHERE m.restricted_at IS NULL AND {_kept(domain, "'member'", 'm.member_id')}
+      AND {_in_purpose("members_pseudo", "'member'", 'm.member_id')}
     """
 
 
@@ -87,15 +96,21 @@ def navigation_base(domain: str) -> str:
     JOIN consent c ON c.visitor_id = e.visitor_id AND c.analytics
     WHERE {_kept(domain, "'visitor'", 'e.visitor_id')}
       AND (e.member_id IS NULL OR {_kept(domain, "'member'", 'e.member_id')})
+      AND {_in_purpose("navigation_pseudo", "'navigation_events'", 'e.event_id')}
+      AND {_in_purpose("navigation_pseudo", "'visitor'", 'e.visitor_id')}
     """
 
 
 def reimbursements_base(domain: str) -> str:
     return f"""
-    SELECT r.reimbursement_id, r.member_id, r.care_date, r.act_code, r.professional_country,
+    SELECT r.reimbursement_id, r.member_id, r.care_date, r.act_code,
+           coalesce(c.act_category, 'autre') AS act_category, r.professional_country,
            r.amount_eur, r.reimbursed_eur, m.birth_date, m.civility
     FROM raw.reimbursements r JOIN raw.members m ON m.member_id = r.member_id
+    LEFT JOIN _act_categories c ON c.act_code = r.act_code
     WHERE m.restricted_at IS NULL AND {_kept(domain, "'member'", 'r.member_id')}
+      AND {_in_purpose("reimbursement_stats", "'member'", 'r.member_id')}
+      AND {_in_purpose("reimbursement_stats", "'reimbursements'", 'r.reimbursement_id')}
     """
 
 
@@ -104,6 +119,8 @@ def surveys_base(domain: str) -> str:
     SELECT s.answer_id, s.member_id, s.survey, s.answered_at, s.score, m.birth_date
     FROM raw.survey_answers s JOIN raw.members m ON m.member_id = s.member_id
     WHERE m.restricted_at IS NULL AND {_kept(domain, "'member'", 's.member_id')}
+      AND {_in_purpose("survey_stats", "'member'", 's.member_id')}
+      AND {_in_purpose("survey_stats", "'survey_answers'", 's.answer_id')}
     """
 
 
@@ -118,12 +135,15 @@ def marketing_base(domain: str) -> str:
         SELECT 'prospect', CAST(prospect_id AS VARCHAR), email, phone, marketing_consent, restricted_at
         FROM raw.prospects
     ),
+    in_purpose AS (  -- a record whose marketing purpose has ended speaks for nobody
+        SELECT * FROM records r WHERE {_in_purpose("marketing_audience", 'r.node_type', 'r.record_id')}
+    ),
     contacts AS (
         SELECT node_type, record_id, 'email' AS channel, {email_sql('email')} AS contact,
-               marketing_consent, restricted_at FROM records
+               marketing_consent, restricted_at FROM in_purpose
         UNION ALL
         SELECT node_type, record_id, 'phone', {phone_sql('phone')}, marketing_consent, restricted_at
-        FROM records
+        FROM in_purpose
     ),
     per_contact AS (
         SELECT channel, contact,

@@ -1,0 +1,97 @@
+"""Analytics follows its purpose: who may still be in each analysts' table, and at which health granularity.
+
+Each table of policies/pseudonymisation.yaml names the purposes (purposes.yaml) its rows serve, e.g.
+`statistics` for members_pseudo, `communication_marketing` and `prospecting` for the marketing audience. A
+row enters the table only while one of them is active for it: a purpose whose clock runs per subject (the
+statistics clock is the end of membership) covers that clock's subject types, one whose clock runs per record
+(a page view) covers that dataset's records. `_ended_<table>(node_type, node_value)` lists the subjects
+(`member`, `prospect`, `visitor`) and records (node_type = dataset) for which every listed purpose covering
+them has ended on `as_of`, with the one definition of "until" (pipelines.retention.until: the last day is
+kept whole). A subject with no clock event yet (a running contract) is within the purpose.
+
+Health detail: the care acts reach analytics as categories (`act_categories`, e.g. consultation, pharmacie)
+through `_act_categories(act_code, act_category)`; a column the policy lists under `health_detail` (act code,
+label, professional) may only be published by a table whose purposes all declare an art. 9(2) condition.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import duckdb
+
+from pipelines.duck import quote
+from pipelines.policy.models import Policy
+from pipelines.pseudo.policy import POLICY_FILE, PseudonymisationPolicy
+from pipelines.retention.ledger import _clock_sql, source_sql
+from pipelines.retention.until import kept_on_sql, last_day_sql
+
+
+class PurposeMismatch(ValueError):
+    """policies/pseudonymisation.yaml asks for something policies/purposes.yaml does not allow."""
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def check_purposes(policy: Policy, pseudo: PseudonymisationPolicy) -> None:
+    """Every table names defined purposes; health detail only under purposes with an art. 9 condition."""
+    defined = {p.key for p in policy.purposes}
+    for name, table in pseudo.tables.items():
+        if not table.purposes:
+            raise PurposeMismatch(f"{POLICY_FILE}: tables.{name}.purposes: name the purposes its rows serve "
+                                  "(purposes.yaml); a row is published only while one of them is active")
+        unknown = sorted(set(table.purposes) - defined)
+        if unknown:
+            raise PurposeMismatch(f"{POLICY_FILE}: tables.{name}.purposes: {unknown} not defined in purposes.yaml")
+        detailed = sorted({c.source for c in table.columns} & set(pseudo.health_detail))
+        without_art9 = [p for p in table.purposes if policy.purpose(p).legal_basis.article_9 is None]
+        if detailed and without_art9:
+            raise PurposeMismatch(
+                f"{POLICY_FILE}: tables.{name} publishes health detail {detailed} but purpose(s) {without_art9} "
+                "state no art. 9(2) condition in purposes.yaml: publish the act category instead")
+
+
+def _ended_sql(con: duckdb.DuckDBPyConnection, policy: Policy, purpose: str, as_of: dt.date) -> str | None:
+    """(node_type, node_value) whose `purpose` has ended on `as_of`; None when its clock table is absent."""
+    rule = policy.purpose(purpose).retention
+    clock = policy.clocks[rule.clock]
+    clock_ds = policy.dataset(clock.table)
+    source = source_sql(con, clock_ds)
+    if source is None:
+        return None
+    ended = f"NOT (k.clock IS NULL OR {kept_on_sql(_lit(as_of.isoformat()), last_day_sql('k.clock', rule.active))})"
+    clocks = _clock_sql(policy, rule.clock, {clock_ds.name: source})
+    node_type = "k.clock_subject_type" if clock.per == "subject" else _lit(clock_ds.name)
+    return (f"SELECT {_lit(purpose)} AS purpose, {node_type} AS node_type, k.clock_key AS node_value "
+            f"FROM ({clocks}) k WHERE {ended}")
+
+
+def _covers(policy: Policy, purpose: str) -> set[str]:
+    """Node types a purpose's clock speaks for: subject types of a per-subject clock, else its dataset."""
+    clock = policy.clocks[policy.purpose(purpose).retention.clock]
+    ds = policy.dataset(clock.table)
+    return {s.type for s in ds.subjects} if clock.per == "subject" else {ds.name}
+
+
+def prepare_purpose_tables(con: duckdb.DuckDBPyConnection, policy: Policy, pseudo: PseudonymisationPolicy,
+                           as_of: dt.date) -> None:
+    """Create `_ended_<table>` for every analytics table and `_act_categories` (see the module doc)."""
+    check_purposes(policy, pseudo)
+    for name, table in pseudo.tables.items():
+        parts = [sql for p in table.purposes if (sql := _ended_sql(con, policy, p, as_of)) is not None]
+        covering: dict[str, int] = {}
+        for p in table.purposes:
+            for node_type in _covers(policy, p):
+                covering[node_type] = covering.get(node_type, 0) + 1
+        needed = "CASE node_type " + " ".join(f"WHEN {_lit(t)} THEN {n}" for t, n in covering.items()) + " END"
+        body = " UNION ALL ".join(parts) if parts else (
+            "SELECT NULL::VARCHAR AS purpose, NULL::VARCHAR AS node_type, NULL::VARCHAR AS node_value WHERE false")
+        # Out only when every listed purpose that speaks for the node has ended for it.
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {quote('_ended_' + name)} AS SELECT node_type, node_value "
+                    f"FROM ({body}) GROUP BY node_type, node_value HAVING count(DISTINCT purpose) = {needed}")
+    rows = [(code, category) for category, codes in pseudo.act_categories.items() for code in codes]
+    con.execute("CREATE OR REPLACE TEMP TABLE _act_categories (act_code VARCHAR PRIMARY KEY, act_category VARCHAR)")
+    if rows:
+        con.executemany("INSERT INTO _act_categories VALUES (?, ?)", rows)
