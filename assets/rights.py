@@ -117,12 +117,13 @@ def no_overdue_rights_request(
 @dg.asset_check(
     asset=DECISIONS_KEY,
     name="every_rights_decision_confirmed",
-    description="Every executed rights decision was confirmed by re-reading the sources.",
+    description="Every rights decision recorded (audited as decided) was applied and confirmed by re-reading every "
+    "source; one still pending is pushed again from its recorded targets by the next run.",
     pool="warehouse",
 )
 def every_rights_decision_confirmed(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     with warehouse.connect(read_only=True) as con:
-        pending = [r[0] for r in run_sql(con, "SELECT decision_id FROM rights.decisions WHERE status = 'executed' "
+        pending = [r[0] for r in run_sql(con, "SELECT decision_id FROM rights.decisions WHERE status = 'decided' "
                                               "ORDER BY 1")] if table_exists(con, "rights", "decisions") else []
     return dg.AssetCheckResult(passed=not pending, metadata={
         "not_confirmed": dg.MetadataValue.json(pending)})

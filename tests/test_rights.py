@@ -80,8 +80,9 @@ class World:
 
 def _copy_sql_sources(sqlite_dir: Path, urls: dict[str, str]) -> dict[str, sa.Engine]:
     engines = {}
-    for system, metadata in SQL_SYSTEMS.items():
-        source, target = sa.create_engine(f"sqlite:///{sqlite_dir / (system + '.db')}"), sa.create_engine(urls[system])
+    for system, url in urls.items():
+        metadata = SQL_SYSTEMS[system]
+        source, target = sa.create_engine(f"sqlite:///{sqlite_dir / (system + '.db')}"), sa.create_engine(url)
         metadata.create_all(target)
         with source.connect() as read, target.begin() as write:
             for table in metadata.sorted_tables:
@@ -207,7 +208,7 @@ def test_audit_and_source_status_follow_and_a_rerun_changes_nothing(world: World
     erasure = world.request("erasure")
     trail = [e for e in map(json.loads, entries.splitlines())
              if e["details"].get("request_id") == erasure["request_id"]]
-    assert [e["action"] for e in trail] == ["rights.received", "rights.verified", "rights.decided", "rights.executed",
+    assert [e["action"] for e in trail] == ["rights.received", "rights.verified", "rights.decided", "rights.applied",
                                             "rights.confirmed"]
     assert "legal obligation" in trail[-1]["reason"] and len({e["subject_token"] for e in trail}) == 1
     statuses = dict(world.src("members", "SELECT request_id, status FROM rights_requests"))

@@ -456,8 +456,11 @@ def _id_documents(
     })
 
 
-def _prospects(rng: np.random.Generator, words: vocab.Vocabulary, m: _Members, today: int) -> pa.Table:
-    """Two prospects per member: ~15% are members (converted), ~2% the same person entered twice."""
+def _prospects(rng: np.random.Generator, words: vocab.Vocabulary, m: _Members, today: int,
+               converted_first: np.ndarray) -> pa.Table:
+    """Two prospects per member: ~15% are members (converted), ~2% the same person entered twice.
+    The members of `converted_first` (the erasure under legal hold) are among the converted ones, their
+    e-mail typed differently, so an erasure must reach the prospecting platform too."""
     total = 2 * m.n
     converted = min(round(0.15 * total), m.n)
     duplicates = max(3, round(0.02 * total))
@@ -467,6 +470,7 @@ def _prospects(rng: np.random.Generator, words: vocab.Vocabulary, m: _Members, t
     fresh_email = concat(first_slug, "-", last_slug, pa.array(np.arange(1, fresh + 1)).cast(pa.string()), "@",
                          _email_domains(rng, fresh))
     members = rng.choice(m.n, converted, replace=False)
+    members = np.concatenate([converted_first, members[~np.isin(members, converted_first)]])[:converted]
     take = pa.array(members)
     first = pa.concat_arrays([first, m.first_name.take(take)])
     last = pa.concat_arrays([last, m.last_name.take(take)])
@@ -474,7 +478,8 @@ def _prospects(rng: np.random.Generator, words: vocab.Vocabulary, m: _Members, t
     digit = np.concatenate([np.where(rng.random(fresh) < 0.7, 6, 7), m.phone_digit[members]])
     number = np.concatenate([phone_numbers(_PROSPECT_PHONE_BASE + np.arange(fresh)), m.phone_number[members]])
     no_phone = np.concatenate([rng.random(fresh) < 0.05, m.phone_null[members]])
-    messy = np.concatenate([rng.random(fresh) < 0.03, rng.random(converted) < 0.5])
+    messy = np.concatenate([rng.random(fresh) < 0.03, (rng.random(converted) < 0.5)
+                            | np.isin(members, converted_first)])
 
     # The same person typed in again, contact details re-formatted by hand.
     again = pa.array(rng.integers(0, fresh + converted, duplicates))
@@ -730,7 +735,8 @@ def _member_system(run: _Run) -> dict[str, int]:
 
 def _prospecting_and_navigation(run: _Run) -> dict[str, int]:
     rng, words, today, _, m = run.start()
-    prospects = _prospects(rng["prospects"], words, m, today)
+    _, under_legal_hold = _litigation_cases(rng["litigation_cases"], m, today)  # the same stream: same members
+    prospects = _prospects(rng["prospects"], words, m, today, under_legal_hold[:1])
     suppression, prospects = _suppression_list(rng["suppression_list"], prospects, today)
     campaigns = _campaigns(rng["campaigns"], today)
     prospect_tables = {

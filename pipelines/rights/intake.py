@@ -15,8 +15,12 @@ import duckdb
 
 from pipelines.duck import scalar
 from pipelines.normalise import email_sql
+from pipelines.rights.intent import ensure_intent_schema
 
 TERMINAL_STATES = ("confirmed", "answered", "refused")
+# a decision recorded and not yet confirmed by every source: the next run pushes it from its recorded targets
+PENDING_STATES = ("decided", "executed")
+CARRIED_STATES = TERMINAL_STATES + PENDING_STATES
 
 REQUESTS_DDL = """
 CREATE TABLE IF NOT EXISTS rights.requests (
@@ -45,6 +49,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
             decision_id VARCHAR PRIMARY KEY, request_id BIGINT, person_id VARCHAR, action VARCHAR,
             targets BIGINT, status VARCHAR, reason VARCHAR, decided_at TIMESTAMP, closed_at TIMESTAMP
         )""")
+    ensure_intent_schema(con)
     run_sql(con, """
         CREATE TABLE IF NOT EXISTS rights.objections (
             person_id VARCHAR, purpose VARCHAR, since TIMESTAMP, request_id BIGINT
@@ -94,30 +99,30 @@ def intake(con: duckdb.DuckDBPyConnection, now: str) -> None:
             FROM req r LEFT JOIN matched m USING (request_id) LEFT JOIN member_records mr ON mr.person_id = m.person_id
         )
         SELECT f.request_id, f.request_type,
-               -- a closed request keeps the person it was executed for (erasure removes the links)
+               -- a closed or pending request keeps the person it was decided for (erasure removes the links)
                -- nobody is linked to a request before its identity proof is checked
-               CASE WHEN p.state IN {TERMINAL_STATES} THEN p.person_id
+               CASE WHEN p.state IN {CARRIED_STATES} THEN p.person_id
                     WHEN f.flag IS NULL AND f.identity_verified_at IS NOT NULL THEN f.candidate END AS person_id,
-               CASE WHEN p.state IN {TERMINAL_STATES} THEN p.matched_by
+               CASE WHEN p.state IN {CARRIED_STATES} THEN p.matched_by
                     WHEN f.flag IS NULL AND f.identity_verified_at IS NOT NULL THEN f.matched_by END AS matched_by,
                f.received_at, f.identity_verified_at,
                CAST(f.received_at + INTERVAL 1 MONTH AS DATE) AS due_date,
                CASE
-                   WHEN p.state IN {TERMINAL_STATES} THEN p.state
+                   WHEN p.state IN {CARRIED_STATES} THEN p.state
                    WHEN f.source_status IN {TERMINAL_STATES} THEN f.source_status
                    WHEN f.identity_verified_at IS NULL THEN 'received'
                    ELSE 'verified'
                END AS state,
                CASE
-                   WHEN p.state IN {TERMINAL_STATES} THEN p.reason
+                   WHEN p.state IN {CARRIED_STATES} THEN p.reason
                    WHEN f.identity_verified_at IS NULL THEN 'identity not verified yet: nothing is executed'
                    ELSE f.flag
                END AS reason,
                f.flag IS NOT NULL AND f.identity_verified_at IS NOT NULL
-                   AND coalesce(p.state, '') NOT IN {TERMINAL_STATES} AS needs_human,
+                   AND coalesce(p.state, '') NOT IN {CARRIED_STATES} AS needs_human,
                TRY_CAST(f.details AS JSON) AS details,
                p.decision_id,
                coalesce(p.state_changed_at, TIMESTAMP '{now}') AS state_changed_at,
-               p.state AS previous_state
+               p.state AS previous_state, f.source_status
         FROM flagged f LEFT JOIN rights.requests p USING (request_id)
     """)

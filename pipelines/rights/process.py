@@ -15,17 +15,24 @@ Per verified, matched request (decision id "rights:<request_id>:<request_type>")
   record), marketing consent set to false on the person's other records, SHA-256 of each normalised
   e-mail and phone put on the suppression list;
 - objection: the purposes named in `details.purposes` recorded in rights.objections;
-then push-back confirmation moves the request to confirmed (or leaves it executed with the reason, to be
-retried by the next run: decisions are idempotent). rights.exclusions (person_id, reason, since) is
-rebuilt from the requests in force, and the member system's rights_requests.status follows the state.
-Every state change is audited, subjects as tokens only. Finally the source tables the run changed are
-re-read into raw.* (pipelines.refresh), so the warehouse ends where the next run starts.
+Intent before action (pipelines.rights.intent): the decisions, their full target lists, the archive copies
+of what erasure keeps and their audit entries are committed to the warehouse in one transaction, then the
+"decided" entries are appended to the audit log; if it cannot be appended, nothing is pushed. Every pending
+decision (this run's and those an earlier run left) is then pushed from its recorded targets, each source in
+its own transaction(s); a source that fails leaves its decisions pending ("executed", with the reason) for
+the next run, even if the person no longer resolves through identity. Once every source confirmed by
+re-reading, the warehouse is brought in line and the decision is "applied" (audited once), the request
+confirmed. rights.exclusions (person_id, reason, since) is rebuilt from the requests in force, and the
+member system's rights_requests.status follows the state. Subjects appear in the audit as tokens only.
+Finally the source tables the run changed are re-read into raw.* (pipelines.refresh), so the warehouse
+ends where the next run starts.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +50,15 @@ from pipelines.pushback.targets import SUPPRESSION_TABLE
 from pipelines.refresh import refresh_from_sources, touched_tables
 from pipelines.retention.apply import table_order
 from pipelines.rights.access import write_access_bundle
-from pipelines.rights.intake import ensure_schema, intake, run_sql, table_exists
+from pipelines.rights.intake import TERMINAL_STATES, ensure_schema, intake, run_sql, table_exists
+from pipelines.rights.intent import (
+    AUDIT_KEY,
+    enqueue_audit,
+    flush_audit,
+    pending_targets,
+    record_targets,
+    target_summary,
+)
 from pipelines.rights.scope import CONSENT_COLUMN, SubjectTable, legal_hold_sql, subject_tables
 from pipelines.sources.schema import SQL_SYSTEMS, rights_requests
 
@@ -60,11 +75,6 @@ class RightsOutcome:
     decisions_confirmed: int = 0
     decisions_failed: dict[str, str] = field(default_factory=dict)
     bundles: list[Path] = field(default_factory=list)
-
-
-def _nodes_sql(request_types: str, node_types: str = "") -> str:
-    where = f" AND node_type IN ({node_types})" if node_types else ""
-    return f"SELECT node_value FROM _nodes WHERE request_type IN ({request_types}){where}"
 
 
 def _stage(con: duckdb.DuckDBPyConnection, tables: list[SubjectTable]) -> None:
@@ -176,19 +186,30 @@ def _archive_kept(con: duckdb.DuckDBPyConnection, policy: Policy, tables: list[S
                         f"AND r.{pk} NOT IN (SELECT {pk} FROM {archive})")
 
 
-def _erase_in_warehouse(con: duckdb.DuckDBPyConnection, tables: list[SubjectTable], hold_tables: set[str]) -> None:
-    """Delete the erased people (and objectors' marketing rows) from raw.*, from archive.* where no legal
-    obligation or hold keeps them, and the erased people's identity links."""
+def _erase_in_warehouse(con: duckdb.DuckDBPyConnection, tables: list[SubjectTable], hold_tables: set[str],
+                        decision_ids: list[str]) -> None:
+    """For the confirmed decisions, delete from raw.* the rows their recorded targets erased at the sources,
+    from archive.* those no legal obligation or hold keeps, and the erased people's identity links (by
+    person and by record, as the person may resolve differently since the decision)."""
+    run_sql(con, """
+        CREATE OR REPLACE TEMP TABLE _erased AS
+        SELECT t.system, t.table_name, t.key_column, t.key_value, d.person_id, d.action AS request_type
+        FROM rights.decision_targets t JOIN rights.decisions d USING (decision_id)
+        WHERE t.action = 'erase' AND list_contains(?, t.decision_id)""", [decision_ids])
     for t in tables:
-        nodes = _nodes_sql("'erasure', 'objection_prospecting'" if t.marketing_only else "'erasure'",
-                           f"'{t.node_type}'")
+        keys = (f"SELECT key_value FROM _erased WHERE system = '{t.system}' AND table_name = '{t.table_name}' "
+                f"AND key_column = '{t.key_column}'")
         key = f"CAST({quote(t.key_column)} AS VARCHAR)"
         if table_exists(con, "raw", t.table_name):
-            run_sql(con, f"DELETE FROM raw.{quote(t.table_name)} WHERE {key} IN ({nodes})")
+            run_sql(con, f"DELETE FROM raw.{quote(t.table_name)} WHERE {key} IN ({keys})")
         if table_exists(con, "archive", t.table_name) and not t.kept_reason and t.table_name not in hold_tables:
-            run_sql(con, f"DELETE FROM archive.{quote(t.table_name)} WHERE {key} IN ({nodes})")
-    run_sql(con, "DELETE FROM identity.person_links WHERE person_id IN "
-                "(SELECT person_id FROM _actionable WHERE request_type = 'erasure')")
+            run_sql(con, f"DELETE FROM archive.{quote(t.table_name)} WHERE {key} IN ({keys})")
+    run_sql(con, """
+        DELETE FROM identity.person_links WHERE person_id IN (SELECT person_id FROM _erased
+                                                            WHERE request_type = 'erasure')
+           OR (node_type, node_value) IN (SELECT s.node_type, e.key_value FROM _erased e
+               JOIN _subject_tables s USING (system, table_name, key_column)
+               WHERE e.request_type = 'erasure' AND s.key_column = s.primary_key)""")
 
 
 def _rebuild_exclusions(con: duckdb.DuckDBPyConnection) -> None:
@@ -242,6 +263,7 @@ def process_rights(
     now_text = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d %H:%M:%S")
     tables = subject_tables(policy)
     ensure_schema(con)
+    flush_audit(con, audit, recover=True)  # what a killed run queued, each entry written once
     intake(con, now_text)
     _stage(con, tables)
     results: dict[int, _Result] = {}
@@ -259,52 +281,66 @@ def process_rights(
     per_decision = targets.group_by("decision_id").aggregate([("key_value", "count")]).to_pylist()
     target_counts = {r["decision_id"]: r["key_value_count"] for r in per_decision}
 
-    _archive_kept(con, policy, tables)  # before the sources lose the rows
-    failed: dict[str, str] = {}
-    touched = {("members", rights_requests.name)}  # the requests' status changes at the source too
-    if targets.num_rows:
-        report = apply_decisions(
-            targets, members=members, prospects=prospects, navigation_dir=navigation_dir, outbox_dir=outbox_dir,
-            audit=audit, tokenise=lambda value: subject_token(value, token_key), notice_rules=notice_rules(policy),
-            table_order=table_order(policy))
-        failed = report.failed
-        touched |= touched_tables(targets, report)
+    token = lambda value: subject_token(value, token_key)  # noqa: E731 - one keyed token function
+    # 1. Decide: the targets, the archive copies of what an obligation keeps, the states and their audit
+    # entries in one warehouse transaction; then the audit log. If it cannot be appended, nothing is pushed.
+    bundles: list[Path] = []
     run_sql(con, "BEGIN")
-    _erase_in_warehouse(con, tables, {h for h, _, _ in legal_hold_sql(policy, "h")})
-    run_sql(con, "COMMIT")
-
+    _archive_kept(con, policy, tables)  # before the sources lose the rows
     kept = {}
     for decision_id, table_name, reason, n in run_sql(con, "SELECT * FROM _kept ORDER BY 1, 2"):
         kept.setdefault(decision_id, []).append(f"{n} row(s) of {table_name} kept in the restricted archive: "
                                                 f"{reason}")
-    bundles: list[Path] = []
     actionable = run_sql(con, "SELECT request_id, request_type, new_decision_id, person_id FROM _actionable "
                              "ORDER BY request_id")
     nodes_of = {}
-    for request_id, node_type, value in run_sql(con, 
+    for request_id, node_type, value in run_sql(con,
             "SELECT request_id, node_type, node_value FROM _nodes WHERE request_type = 'access'"):
         nodes_of.setdefault(request_id, []).append((node_type, value))
     for request_id, request_type, decision_id, person_id in actionable:  # one per request, not per row
         if request_id in refused:
             results[request_id] = _Result("refused", refused[request_id], decision_id)
         elif request_type == "access":
-            token = subject_token(f"person:{person_id}", token_key)
-            path = write_access_bundle(con, policy, request_id=request_id, subject_token=token,
-                                       nodes=nodes_of.get(request_id, []),
-                                       engines={"members": members, "prospects": prospects},
-                                       navigation_dir=navigation_dir, exports_dir=exports_dir)
+            try:
+                path = write_access_bundle(con, policy, request_id=request_id,
+                                           subject_token=token(f"person:{person_id}"),
+                                           nodes=nodes_of.get(request_id, []),
+                                           engines={"members": members, "prospects": prospects},
+                                           navigation_dir=navigation_dir, exports_dir=exports_dir)
+            except SOURCE_ERRORS as exc:
+                results[request_id] = _Result("verified", f"bundle not written, retried next run: "
+                                                          f"{_unavailable('a source', exc)}")
+                continue
             bundles.append(path)
             results[request_id] = _Result("answered", f"export bundle {path.name}", decision_id)
-        elif decision_id in failed:
-            results[request_id] = _Result("executed", f"push-back not confirmed: {failed[decision_id]}",
-                                          decision_id, target_counts.get(decision_id, 0))
         else:
             reason = "; ".join(kept.get(decision_id, [])) or None
             if request_type != "objection" and not target_counts.get(decision_id):
                 reason = "no record of the person at the sources for this right; exclusions apply"
-            results[request_id] = _Result("confirmed", reason, decision_id, target_counts.get(decision_id, 0))
-    _record(con, results, now_text)
-    _publish_states(con, members, audit, token_key)
+            results[request_id] = _Result("decided", reason, decision_id, target_counts.get(decision_id, 0))
+    record_targets(con, targets)
+    _save(con, results, now_text, "SELECT * FROM _intake", token, target_summary(targets, token))
+    run_sql(con, "COMMIT")
+    flush_audit(con, audit)
+
+    # 2. Push every pending decision (this run's and any an earlier run left) from its recorded targets.
+    pending = run_sql(con, "SELECT decision_id, request_id, reason, targets FROM rights.decisions "
+                           "WHERE status = 'decided' ORDER BY decision_id")
+    failed, touched = _push(pending_targets(con, [d for d, *_ in pending]), policy=policy, members=members,
+                            prospects=prospects, navigation_dir=navigation_dir, outbox_dir=outbox_dir,
+                            tokenise=token, now=now)
+    touched.add(("members", rights_requests.name))  # the requests' status changes at the source too
+
+    # 3. Carry out in the warehouse what every source confirmed, and record it applied (audited once).
+    applied = [d for d, *_ in pending if d not in failed]
+    later = {request_id: _Result("executed", f"push-back not confirmed: {failed[d]}", d, n) if d in failed
+             else _Result("confirmed", reason, d, n) for d, request_id, reason, n in pending}
+    run_sql(con, "BEGIN")
+    _erase_in_warehouse(con, tables, {h for h, _, _ in legal_hold_sql(policy, "h")}, applied)
+    _save(con, later, now_text, "SELECT *, state AS previous_state FROM rights.requests", token, {})
+    run_sql(con, "COMMIT")
+    flush_audit(con, audit)
+    _mirror_status(con, members)
     day = as_of or (now or dt.datetime.now(dt.UTC)).date()
     # the warehouse re-reads what this run changed at the sources, so the next run starts where this one ends
     refresh_from_sources(con, touched, engines={"members": members, "prospects": prospects},
@@ -312,17 +348,52 @@ def process_rights(
     summary = deadline_summary(con, day)
     return RightsOutcome(
         states=summary["states"], needs_human=summary["needs_human"], overdue=summary["overdue"],
-        due_within_7_days=summary["due_within_7_days"],
-        decisions_confirmed=sum(1 for r in results.values() if r.state == "confirmed"),
+        due_within_7_days=summary["due_within_7_days"], decisions_confirmed=len(applied),
         decisions_failed=dict(failed), bundles=bundles)
+
+
+# A source that cannot be reached or written leaves its decisions pending for the next run; anything else
+# (a bug, a bad target) stops the run.
+SOURCE_ERRORS = (sa.exc.SQLAlchemyError, OSError, duckdb.Error, pa.ArrowException)
+
+
+def _unavailable(system: str, exc: Exception) -> str:
+    # the driver's class only: its message may quote the values of the statement
+    return f"{system} unavailable ({type(getattr(exc, 'orig', None) or exc).__name__})"
+
+
+def _push(targets: pa.Table, *, policy: Policy, members: sa.Engine, prospects: sa.Engine | None,
+          navigation_dir: Path | None, outbox_dir: Path, tokenise: Callable[[str], str], now: dt.datetime | None,
+          ) -> tuple[dict[str, str], set[tuple[str, str]]]:
+    """Each source in its own transaction(s); (decision_id -> why not confirmed, (system, table) changed)."""
+    failed: dict[str, str] = {}
+    touched: set[tuple[str, str]] = set()
+    for system in sorted(set(targets["system"].to_pylist())):
+        part = targets.filter(pc.equal(targets["system"], system))
+        try:
+            report = apply_decisions(
+                part, members=members, prospects=prospects, navigation_dir=navigation_dir, outbox_dir=outbox_dir,
+                tokenise=tokenise, notice_rules=notice_rules(policy), table_order=table_order(policy), now=now)
+        except SOURCE_ERRORS as exc:
+            reason = _unavailable(system, exc)
+            for decision_id in pc.unique(part["decision_id"]).to_pylist():
+                failed.setdefault(decision_id, reason)
+            continue
+        for decision_id, reason in report.failed.items():
+            failed.setdefault(decision_id, reason)
+        touched |= touched_tables(part, report)
+    return failed, touched
 
 
 RESULTS_SCHEMA = pa.schema([("request_id", pa.int64()), ("state", pa.string()), ("reason", pa.string()),
                             ("decision_id", pa.string()), ("targets", pa.int64())])
+DECISION_STATUS = {"confirmed": "applied", "answered": "answered", "refused": "refused"}  # else still "decided"
 
 
-def _record(con: duckdb.DuckDBPyConnection, results: dict[int, _Result], now: str) -> None:
-    """rights.requests, rights.decisions, rights.objections and rights.exclusions, in one transaction."""
+def _save(con: duckdb.DuckDBPyConnection, results: dict[int, _Result], now: str, base: str,
+          token: Callable[[str], str], summaries: dict[str, dict[str, object]]) -> None:
+    """rights.requests (from `base` with `results` applied), rights.decisions, objections, exclusions, and
+    the audit entries of every state change queued; call inside the caller's transaction."""
     con.register("_results", pa.Table.from_pylist(
         [{"request_id": k, **vars(r)} for k, r in results.items()], schema=RESULTS_SCHEMA))
     run_sql(con, f"""
@@ -334,16 +405,21 @@ def _record(con: duckdb.DuckDBPyConnection, results: dict[int, _Result], now: st
                CASE WHEN coalesce(r.state, i.state) IS DISTINCT FROM i.previous_state THEN TIMESTAMP '{now}'
                     ELSE i.state_changed_at END AS state_changed_at,
                i.previous_state, r.targets
-        FROM _intake i LEFT JOIN _results r USING (request_id)""")
-    run_sql(con, "BEGIN")
+        FROM ({base}) i LEFT JOIN _results r USING (request_id)""")
     run_sql(con, "DELETE FROM rights.requests")
     run_sql(con, "INSERT INTO rights.requests BY NAME SELECT * EXCLUDE (previous_state, targets) FROM _final")
+    status = " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in DECISION_STATUS.items())
     run_sql(con, f"""
         INSERT OR REPLACE INTO rights.decisions
-        SELECT decision_id, request_id, person_id, request_type, coalesce(targets, 0), state, reason,
-               TIMESTAMP '{now}', CASE WHEN state IN ('confirmed', 'answered', 'refused') THEN TIMESTAMP '{now}' END
-        FROM _final WHERE request_id IN (SELECT request_id FROM _results)""")
+        SELECT f.decision_id, f.request_id, f.person_id, f.request_type, coalesce(f.targets, d.targets, 0),
+               CASE f.state {status} ELSE 'decided' END,
+               CASE WHEN f.state = 'executed' THEN d.reason ELSE f.reason END,  -- the failure is the request's
+               coalesce(d.decided_at, TIMESTAMP '{now}'),
+               CASE WHEN f.state IN {TERMINAL_STATES} THEN TIMESTAMP '{now}' END
+        FROM _final f LEFT JOIN rights.decisions d USING (decision_id)
+        WHERE f.request_id IN (SELECT request_id FROM _results) AND f.state <> 'verified'""")
     confirmed_objections = ("FROM _final WHERE request_type = 'objection' AND state = 'confirmed' "
+                            "AND previous_state IS DISTINCT FROM 'confirmed' "
                             "AND request_id IN (SELECT request_id FROM _results)")
     run_sql(con, f"DELETE FROM rights.objections WHERE request_id IN (SELECT request_id {confirmed_objections})")
     run_sql(con, f"""
@@ -351,14 +427,18 @@ def _record(con: duckdb.DuckDBPyConnection, results: dict[int, _Result], now: st
         SELECT person_id, unnest(from_json(details -> 'purposes', '["VARCHAR"]')), TIMESTAMP '{now}', request_id
         {confirmed_objections}""")
     _rebuild_exclusions(con)
-    run_sql(con, "COMMIT")
+    con.unregister("_results")
+    enqueue_audit(con, _state_entries(con, token, summaries))
 
 
 # The states a request passes through on its way to each state, in order (art. 12: received -> verified ->
-# decided -> executed -> confirmed / answered, or refused with a reason).
+# decided -> executed -> confirmed / answered, or refused with a reason). "executed" (pushed, not yet confirmed
+# by every source) is only reached when a source failed; "needs_human" waits for a person to fix the request.
 PATHS = {
     "received": ("received",),
+    "needs_human": ("received", "needs_human"),
     "verified": ("received", "verified"),
+    "decided": ("received", "verified", "decided"),
     "executed": ("received", "verified", "decided", "executed"),
     "confirmed": ("received", "verified", "decided", "executed", "confirmed"),
     "answered": ("received", "verified", "decided", "answered"),
@@ -369,30 +449,49 @@ PATHS = {
 def _steps(previous: str | None, state: str) -> tuple[str, ...]:
     """The states reached since `previous`, each audited."""
     path = PATHS[state]
-    return path[path.index(previous) + 1:] if previous in path else path
+    if previous in path:
+        path = path[path.index(previous) + 1:]
+    elif previous is not None:  # a request a human fixed goes on from where it was checked
+        path = path[path.index("verified"):] if "verified" in path else (state,)
+    return tuple(s for s in path if s != "executed" or s == state)
 
 
-def _publish_states(con: duckdb.DuckDBPyConnection, members: sa.Engine, audit: AuditLog, token_key: bytes) -> None:
-    """Audit each state change and mirror it in the member system's rights_requests.status."""
+def _state_entries(con: duckdb.DuckDBPyConnection, token: Callable[[str], str],
+                   summaries: dict[str, dict[str, object]]) -> list[dict[str, object]]:
+    """One audit entry per state reached (keyed: written once across re-runs); "decided" carries the
+    decision's full target list, and a confirmed decision gets its "applied" entry."""
     changed = run_sql(con, """
         SELECT request_id, request_type, person_id, previous_state, state, reason, CAST(due_date AS VARCHAR),
-               needs_human, decision_id
+               needs_human, decision_id, targets
         FROM _final WHERE state IS DISTINCT FROM previous_state ORDER BY request_id""")
-    if not changed:
-        return
-    audit.extend([
-        {"action": f"rights.{step}", "decision_id": decision_id, "reason": reason if step == state else None,
-         "subject_token": subject_token(f"person:{person_id}", token_key) if person_id else None,
-         "details": {"request_id": request_id, "request_type": request_type, "due_date": due,
-                     "needs_human": needs_human}}
-        for request_id, request_type, person_id, previous, state, reason, due, needs_human, decision_id in changed
-        for step in _steps(previous, state)
-    ])
-    with members.begin() as source:
-        source.execute(
-            sa.update(rights_requests).where(rights_requests.c.request_id == sa.bindparam("rid"))
-            .values(status=sa.bindparam("new_status")),
-            [{"rid": row[0], "new_status": row[4]} for row in changed])
+    entries: list[dict[str, object]] = []
+    for request_id, request_type, person_id, previous, state, reason, due, needs_human, decision_id, n in changed:
+        subject = token(f"person:{person_id}") if person_id else None
+        for step in _steps(previous, state):
+            if step == "confirmed":
+                entries.append({"action": "rights.applied", "decision_id": decision_id, "subject_token": subject,
+                                "details": {AUDIT_KEY: f"rights.applied:{decision_id}", "request_id": request_id,
+                                            "targets": n, "confirmed_by": "re-reading every source"}})
+            details = {AUDIT_KEY: f"rights.{step}:{decision_id if step == 'decided' else request_id}",
+                       "request_id": request_id, "request_type": request_type, "due_date": due,
+                       "needs_human": needs_human}
+            if step == "decided":
+                details["intent"] = summaries.get(decision_id, {"sources": {}, "targets": 0})
+            entries.append({"action": f"rights.{step}", "decision_id": decision_id, "subject_token": subject,
+                            "reason": reason if step == state else None, "details": details})
+    return entries
+
+
+def _mirror_status(con: duckdb.DuckDBPyConnection, members: sa.Engine) -> None:
+    """The member system's rights_requests.status follows the state (again next run if this one dies first)."""
+    changed = run_sql(con, "SELECT r.request_id, r.state FROM rights.requests r JOIN _intake i USING (request_id) "
+                           "WHERE r.state IS DISTINCT FROM i.source_status ORDER BY 1")
+    if changed:
+        with members.begin() as source:
+            source.execute(
+                sa.update(rights_requests).where(rights_requests.c.request_id == sa.bindparam("rid"))
+                .values(status=sa.bindparam("new_status")),
+                [{"rid": request_id, "new_status": state} for request_id, state in changed])
 
 
 def deadline_summary(con: duckdb.DuckDBPyConnection, today: dt.date) -> dict[str, object]:

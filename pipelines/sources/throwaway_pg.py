@@ -75,11 +75,19 @@ class PgCluster:
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
         self._run(str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-A", "trust", "-U", "postgres",
                   "--no-sync", "-E", "UTF8", "--locale=C")
+        return self.resume()
+
+    def resume(self) -> PgCluster:
+        """Start the server on its existing data (after `halt`)."""
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off " \
                   "-c synchronous_commit=off -c full_page_writes=off"
         self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-o", options,
                   "-l", str(self.root / "server.log"), "-w", "-t", "60", "start")
         return self
+
+    def halt(self) -> None:
+        """Stop the server the hard way, keeping its data (a source going down in the middle of a run)."""
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "immediate", "stop")
 
     def stop(self) -> None:
         try:
