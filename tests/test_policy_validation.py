@@ -81,9 +81,16 @@ def test_source_column_mapped_to_nothing_is_refused(tmp_path: Path):
     def drop_iban(data: dict) -> None:
         members = _dataset(data, "members")
         members["columns"] = [c for c in members["columns"] if c["name"] != "iban"]
+        members["rectifiable"] = [c for c in members["rectifiable"] if c != "iban"]
 
     error = _refused(_policy_copy(tmp_path, "datasets.yaml", drop_iban))
     assert error.key == "datasets[1].columns" and "'iban'" in error.problem and "mapped to nothing" in error.problem
+
+
+def test_rectifiable_names_only_person_data_columns(tmp_path: Path):
+    error = _refused(_policy_copy(tmp_path, "datasets.yaml",
+                                  lambda d: _dataset(d, "members")["rectifiable"].append("restricted_at")))
+    assert error.key == "datasets[1]" and "'restricted_at'" in error.problem and "rectifiable" in error.problem
 
 
 def test_column_with_a_category_but_no_purpose_is_refused(tmp_path: Path):

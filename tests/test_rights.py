@@ -185,7 +185,7 @@ def test_requests_wait_for_identity_and_for_a_human_when_unmatched(world: World)
     assert world.wh("SELECT count(*) FROM rights.decisions WHERE request_id IN "
                     f"({', '.join(str(r) for r, _ in waiting)})") == [(0,)]
     flagged = world.wh("SELECT state, reason FROM rights.requests WHERE needs_human")
-    assert flagged and all(s == "verified" and "no record" in r for s, r in flagged)
+    assert flagged and all(s == "needs_human" and "no record" in r for s, r in flagged)
 
     # once the identity proof is checked, the next run executes the request
     request_id = waiting[0][0]

@@ -131,8 +131,18 @@ class Dataset(_Strict):
     # Ordered: the first non-null column names the row's subject (campaign selections: prospect or member).
     subjects: list[Subject] = []
     references: dict[str, str] = {}  # column -> table.column, as in Fides datasets
+    rectifiable: list[str] = []  # what a rectification request (art. 16) may correct or complete
 
     columns: list[Column] = pydantic.Field(min_length=1)
+
+    @pydantic.model_validator(mode="after")
+    def _rectifiable_known(self) -> Dataset:
+        names = {c.name for c in self.columns}
+        wrong = [c for c in self.rectifiable if c not in names or c == self.primary_key
+                 or (self.column(c).category.startswith("system"))]
+        if wrong:
+            raise ValueError(f"rectifiable: {wrong} are not person data columns of {self.name}")
+        return self
 
     @pydantic.field_validator("references")
     @classmethod

@@ -9,6 +9,7 @@ flagged for a human with the reason. Deadline: one month after receipt (art. 12(
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import duckdb
@@ -17,6 +18,13 @@ from pipelines.duck import scalar
 from pipelines.normalise import email_sql
 from pipelines.rights.intent import ensure_intent_schema
 
+# The rights of the policy ("Quels sont vos droits ?") as request types -> how each is carried out.
+REQUEST_TYPES = {
+    "access": "access", "interrogation": "access",  # art. 15; "droit d'interrogation" (loi 78-17 art. 49)
+    "rectification": "rectification", "completion": "rectification",  # art. 16: correct or complete
+    "erasure": "erasure", "restriction": "restriction", "lift_restriction": "lift_restriction",
+    "objection": "objection", "objection_prospecting": "objection_prospecting",
+}
 TERMINAL_STATES = ("confirmed", "answered", "refused")
 # a decision recorded and not yet confirmed by every source: the next run pushes it from its recorded targets
 PENDING_STATES = ("decided", "executed")
@@ -56,18 +64,55 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         )""")
 
 
+def _requests_sql(con: duckdb.DuckDBPyConnection) -> str:
+    """The source's requests, typed; those ingestion quarantined (a malformed date or id) come too, with
+    their values as far as they parse and the reason, so they are answered rather than lost."""
+    typed = f"""
+        SELECT request_id, request_type, received_at, identity_verified_at, details, status AS source_status,
+               CAST(member_id AS VARCHAR) AS member_key, {email_sql('email')} AS email_key,
+               CAST(NULL AS VARCHAR) AS malformed
+        FROM raw.rights_requests"""
+    if not table_exists(con, "raw", "quarantine"):
+        return typed
+    return typed + f"""
+        UNION ALL
+        SELECT TRY_CAST(record->>'request_id' AS BIGINT), record->>'request_type',
+               TRY_CAST(record->>'received_at' AS TIMESTAMP), TRY_CAST(record->>'identity_verified_at' AS TIMESTAMP),
+               record->>'details', record->>'status',
+               CAST(TRY_CAST(record->>'member_id' AS BIGINT) AS VARCHAR), {email_sql("record->>'email'")},
+               'malformed at the source (' || reason || ')'
+        FROM raw.quarantine
+        WHERE system = 'members' AND table_name = 'rights_requests'
+          AND TRY_CAST(record->>'request_id' AS BIGINT) IS NOT NULL"""
+
+
 def intake(con: duckdb.DuckDBPyConnection, now: str) -> None:
     """Create temp table `_intake`: every request with its match, flag, due date and carried-over state.
 
-    A request already in a terminal state (here or at the source) keeps it; an unverified one is
-    `received`; a verified one is `verified` (flagged ones too, with needs_human and the reason) until the
-    run decides it."""
-    run_sql(con, f"""
+    A request already in a terminal or pending state (here or, terminal, at the source) keeps it. A request
+    that does not hold together (malformed, no or an unknown type, dated in the future, details that are not
+    a JSON object) is `needs_human` with the reason, verified or not; an unverified one is `received`; a
+    verified one is `verified`, or `needs_human` when it cannot be matched to exactly one person. Due date:
+    one month after receipt (the first due date computed, when the date of receipt is unreadable)."""
+    con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _intake AS
         WITH req AS (
-            SELECT request_id, request_type, received_at, identity_verified_at, details, status AS source_status,
-                   CAST(member_id AS VARCHAR) AS member_key, {email_sql('email')} AS email_key
-            FROM raw.rights_requests
+            SELECT * REPLACE (coalesce(list_extract($rights, list_position($types, request_type)), request_type)
+                              AS request_type),
+                   CASE
+                       WHEN malformed IS NOT NULL THEN malformed
+                       WHEN request_type IS NULL THEN 'no request type'
+                       WHEN NOT list_contains($types, request_type)
+                           THEN 'unknown request type; expected one of ' || array_to_string($types, ', ')
+                       WHEN received_at IS NULL THEN 'no date of receipt'
+                       WHEN received_at > $now THEN 'received in the future: the date of receipt is wrong'
+                       WHEN identity_verified_at > $now THEN 'identity verified in the future: the date is wrong'
+                       WHEN details IS NOT NULL AND TRY_CAST(details AS JSON) IS NULL
+                           THEN 'details are not valid JSON'
+                       WHEN details IS NOT NULL AND json_type(TRY_CAST(details AS JSON)) <> 'OBJECT'
+                           THEN 'details are not a JSON object'
+                   END AS invalid
+            FROM ({_requests_sql(con)})
         ),
         by_member AS (
             SELECT r.request_id, l.person_id FROM req r
@@ -97,32 +142,40 @@ def intake(con: duckdb.DuckDBPyConnection, now: str) -> None:
                         THEN 'the e-mail matches several member records'
                 END AS flag
             FROM req r LEFT JOIN matched m USING (request_id) LEFT JOIN member_records mr ON mr.person_id = m.person_id
+        ),
+        decided AS (
+            SELECT f.*, p.person_id AS kept_person, p.matched_by AS kept_matched_by, p.reason AS kept_reason,
+                   p.due_date AS kept_due_date, p.decision_id, p.state_changed_at, p.state AS previous_state,
+                   CASE
+                       WHEN p.state IN {CARRIED_STATES} THEN p.state
+                       WHEN f.source_status IN {TERMINAL_STATES} THEN f.source_status
+                       WHEN f.invalid IS NOT NULL THEN 'needs_human'
+                       WHEN f.identity_verified_at IS NULL THEN 'received'
+                       WHEN f.flag IS NOT NULL THEN 'needs_human'
+                       ELSE 'verified'
+                   END AS state
+            FROM flagged f LEFT JOIN rights.requests p USING (request_id)
         )
-        SELECT f.request_id, f.request_type,
-               -- a closed or pending request keeps the person it was decided for (erasure removes the links)
+        SELECT request_id, request_type,
+               -- a closed or pending request keeps the person it was decided for (erasure removes the links);
                -- nobody is linked to a request before its identity proof is checked
-               CASE WHEN p.state IN {CARRIED_STATES} THEN p.person_id
-                    WHEN f.flag IS NULL AND f.identity_verified_at IS NOT NULL THEN f.candidate END AS person_id,
-               CASE WHEN p.state IN {CARRIED_STATES} THEN p.matched_by
-                    WHEN f.flag IS NULL AND f.identity_verified_at IS NOT NULL THEN f.matched_by END AS matched_by,
-               f.received_at, f.identity_verified_at,
-               CAST(f.received_at + INTERVAL 1 MONTH AS DATE) AS due_date,
+               CASE WHEN previous_state IN {CARRIED_STATES} THEN kept_person
+                    WHEN state = 'verified' THEN candidate END AS person_id,
+               CASE WHEN previous_state IN {CARRIED_STATES} THEN kept_matched_by
+                    WHEN state = 'verified' THEN matched_by END AS matched_by,
+               received_at, identity_verified_at,
+               coalesce(CAST(received_at + INTERVAL 1 MONTH AS DATE), kept_due_date,
+                        CAST($now + INTERVAL 1 MONTH AS DATE)) AS due_date,
+               state,
                CASE
-                   WHEN p.state IN {CARRIED_STATES} THEN p.state
-                   WHEN f.source_status IN {TERMINAL_STATES} THEN f.source_status
-                   WHEN f.identity_verified_at IS NULL THEN 'received'
-                   ELSE 'verified'
-               END AS state,
-               CASE
-                   WHEN p.state IN {CARRIED_STATES} THEN p.reason
-                   WHEN f.identity_verified_at IS NULL THEN 'identity not verified yet: nothing is executed'
-                   ELSE f.flag
+                   WHEN previous_state IN {CARRIED_STATES} THEN kept_reason
+                   WHEN state = 'needs_human' THEN coalesce(invalid, flag)
+                   WHEN state = 'received' THEN 'identity not verified yet: nothing is executed'
                END AS reason,
-               f.flag IS NOT NULL AND f.identity_verified_at IS NOT NULL
-                   AND coalesce(p.state, '') NOT IN {CARRIED_STATES} AS needs_human,
-               TRY_CAST(f.details AS JSON) AS details,
-               p.decision_id,
-               coalesce(p.state_changed_at, TIMESTAMP '{now}') AS state_changed_at,
-               p.state AS previous_state, f.source_status
-        FROM flagged f LEFT JOIN rights.requests p USING (request_id)
-    """)
+               state = 'needs_human' AS needs_human,
+               TRY_CAST(details AS JSON) AS details,
+               decision_id,
+               coalesce(state_changed_at, $now) AS state_changed_at,
+               previous_state, source_status
+        FROM decided
+    """, {"now": dt.datetime.fromisoformat(now), "types": list(REQUEST_TYPES), "rights": list(REQUEST_TYPES.values())})

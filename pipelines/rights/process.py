@@ -43,6 +43,7 @@ import sqlalchemy as sa
 
 from pipelines.audit import AuditLog, subject_token
 from pipelines.duck import quote
+from pipelines.ingest import duckdb_type
 from pipelines.policy.models import Policy
 from pipelines.pushback import TARGET_SCHEMA, apply_decisions, make_targets
 from pipelines.pushback.notices import notice_rules
@@ -117,10 +118,11 @@ def _set_based_targets(con: duckdb.DuckDBPyConnection, now: str) -> pa.Table:
     """).to_arrow_table().cast(TARGET_SCHEMA)
 
 
-def _rectification_targets(con: duckdb.DuckDBPyConnection, tables: list[SubjectTable]
+def _rectification_targets(con: duckdb.DuckDBPyConnection, policy: Policy, tables: list[SubjectTable]
                            ) -> tuple[pa.Table, dict[int, str]]:
-    """Corrected values onto the person's own records; a request naming a field none of them has is
-    refused (request_id -> reason) rather than half applied."""
+    """Corrected values onto the person's own records. Refused (request_id -> reason) rather than half
+    applied: a request naming a field the policy does not declare rectifiable on those records, or a value
+    the source's column cannot hold (checked as ingestion will read it back, so nothing lands in quarantine)."""
     own = [t for t in tables if t.key_column == t.primary_key and t.system in SQL_SYSTEMS]
     rows: list[dict[str, object]] = []
     refused: dict[int, str] = {}
@@ -130,20 +132,37 @@ def _rectification_targets(con: duckdb.DuckDBPyConnection, tables: list[SubjectT
         values = json.loads(details or "{}")
         nodes = run_sql(con, "SELECT node_type, node_value FROM _nodes WHERE request_id = ?", [request_id])
         wanted: list[dict[str, object]] = []
-        correctable: set[str] = set()
+        allowed: set[str] = set()
+        invalid: set[str] = set()
         for table in own:
             columns = SQL_SYSTEMS[table.system].tables[table.table_name].c
-            payload = {k: v for k, v in values.items() if k in columns and k != table.key_column}
-            correctable |= set(payload)
+            rectifiable = set(policy.dataset(table.table_name).rectifiable)
+            allowed |= rectifiable
+            payload = {k: v for k, v in values.items() if k in rectifiable}
+            invalid |= {k for k, v in payload.items() if not _fits(con, columns[k], v)}
             wanted += [{"decision_id": decision_id, "system": table.system, "table_name": table.table_name,
                         "key_column": table.key_column, "key_value": value, "action": "rectify",
                         "payload": payload} for node_type, value in nodes if node_type == table.node_type and payload]
-        unknown = sorted(set(values) - correctable)
+        unknown = sorted(set(values) - allowed)
         if not values or unknown:
-            refused[request_id] = f"nothing to correct or fields not held on the person's records: {unknown}"
+            refused[request_id] = (f"nothing to correct, or fields not rectifiable on the person's records: {unknown} "
+                                   f"(rectifiable: {sorted(allowed)})")
+        elif invalid:
+            refused[request_id] = (f"values the source cannot hold for {sorted(invalid)} (the value is required and "
+                                   "must have the column's type)")
         else:
             rows += wanted
     return make_targets(rows), refused
+
+
+def _fits(con: duckdb.DuckDBPyConnection, column: sa.Column, value: object) -> bool:
+    """Whether ingestion would read `value` back from `column` (not null, of its type)."""
+    if value is None or isinstance(value, dict | list) or (isinstance(value, str) and not value.strip()):
+        return False
+    if isinstance(value, bool) != (duckdb_type(column) == "BOOLEAN"):
+        return False
+    text = value if isinstance(value, str) else json.dumps(value)
+    return run_sql(con, f"SELECT TRY_CAST(? AS {duckdb_type(column)}) IS NOT NULL", [text])[0][0]
 
 
 def _objection_refusals(con: duckdb.DuckDBPyConnection, policy: Policy) -> dict[int, str]:
@@ -269,7 +288,7 @@ def process_rights(
     results: dict[int, _Result] = {}
 
     refused = _objection_refusals(con, policy)
-    rectify, refused_rectify = _rectification_targets(con, tables)
+    rectify, refused_rectify = _rectification_targets(con, policy, tables)
     refused |= refused_rectify
     targets = pa.concat_tables([_set_based_targets(con, now_text), rectify])
     if refused:
@@ -497,7 +516,8 @@ def _mirror_status(con: duckdb.DuckDBPyConnection, members: sa.Engine) -> None:
 def deadline_summary(con: duckdb.DuckDBPyConnection, today: dt.date) -> dict[str, object]:
     """Counts by state, requests waiting for a human, open requests overdue or due within 7 days.
 
-    A request still waiting for its identity proof is not counted late: asking for identity information
+    A request waiting for a human (malformed, unknown type, unmatched...) runs late like any other. A request
+    still waiting for its identity proof is not counted late: asking for identity information
     suspends the one-month clock (retention-rules.md §D.1, décret 2019-536); it is counted apart."""
     states = dict(run_sql(con, "SELECT state, count(*) FROM rights.requests GROUP BY state ORDER BY state"))
     row = run_sql(con, """
@@ -506,8 +526,8 @@ def deadline_summary(con: duckdb.DuckDBPyConnection, today: dt.date) -> dict[str
                count(*) FILTER (WHERE running AND due_date BETWEEN ? AND ? + INTERVAL 7 DAY),
                list(request_id ORDER BY request_id) FILTER (WHERE running AND due_date < ?),
                count(*) FILTER (WHERE state = 'received')
-        FROM (SELECT *, state NOT IN ('confirmed', 'answered', 'refused') AND identity_verified_at IS NOT NULL
-                        AS running FROM rights.requests)""",
+        FROM (SELECT *, state NOT IN ('confirmed', 'answered', 'refused')
+                        AND (identity_verified_at IS NOT NULL OR needs_human) AS running FROM rights.requests)""",
         [today, today, today, today])[0]
     return {"states": states, "needs_human": row[0], "overdue": row[1], "due_within_7_days": row[2],
             "overdue_request_ids": row[3] or [], "awaiting_identity": row[4]}
