@@ -7,7 +7,7 @@ MEMBERS ?= 10000
 SEED ?= 42
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: setup demo test lint dev bench clean
+.PHONY: setup demo test lint dev bench crash clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ dev: setup
 
 bench: setup
 	$(BIN)/python -m pipelines.bench $(BENCH_ARGS)
+
+# Kill the nightly at 20 moments and after each push-back commit, re-run, compare (report: .crash/report.md).
+crash: setup
+	$(BIN)/python -m pipelines.crash $(CRASH_ARGS)
 
 clean:
 	rm -rf data .dagster_home

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
+from pipelines.dead_runs import clearing_multiprocess_executor
+
 nightly_job = dg.define_asset_job(
     name="nightly_job",
     selection=dg.AssetSelection.all(),
@@ -37,7 +39,8 @@ ALL_JOBS = [nightly_job, rights_job, policy_preview_job]
 # per step cost ~6 s of imports for each of the ~45 steps. One step at a time: nearly every step opens the
 # DuckDB warehouse, which one process at a time may hold, and a second step would only wait in the `warehouse`
 # pool, whose blocked claims back off up to 15 s each. The pool still keeps other runs' steps off the file.
-MULTIPROCESS_EXECUTOR = dg.multiprocess_executor.configured(
+# Before any step claims a pool slot, the executor frees the slots of runs that died (pipelines/dead_runs.py).
+MULTIPROCESS_EXECUTOR = clearing_multiprocess_executor.configured(
     {"max_concurrent": 1, "start_method": {"forkserver": {"preload_modules": ["pipelines.definitions"]}}},
     name="forkserver_multiprocess",
 )

@@ -1,0 +1,61 @@
+"""`python -m pipelines.crash` (what `make crash` calls): the full crash sweep, printed and written as a report.
+
+Generates the demo sources, runs the nightly once uninterrupted (the baseline, watching the sources for
+push-back commits), then kills it at --moments points spread over the run plus right after each source commit,
+re-runs it, and compares. Exits non-zero when any re-run does not end where the uninterrupted run did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import threading
+from pathlib import Path
+
+from pipelines import settings
+from pipelines.crash.sweep import Outcome, kill_points, run_baseline, sweep, table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.crash", description=__doc__)
+    parser.add_argument("--members", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--as-of", type=dt.date.fromisoformat, default=dt.date(2026, 11, 1))
+    parser.add_argument("--moments", type=int, default=20, help="kill points spread over the run")
+    parser.add_argument("--no-commits", action="store_true", help="skip the kill points after source commits")
+    parser.add_argument("--jobs", type=int, default=1, help="kill points run side by side")
+    parser.add_argument("--workdir", type=Path, default=settings.PROJECT_ROOT / ".crash")
+    parser.add_argument("--report", type=Path, default=settings.PROJECT_ROOT / ".crash" / "report.md")
+    args = parser.parse_args(argv)
+
+    from pipelines.demo.generate import generate
+
+    sources = args.workdir / "sources"
+    generate(sources, members=args.members, seed=args.seed, as_of=args.as_of)
+    baseline = run_baseline(args.workdir, sources, args.as_of)
+    print(f"Uninterrupted run: {baseline.outcome} in {baseline.duration_s:.0f} s; push-back commits seen in the "
+          f"sources: {', '.join(f'{s} at {t:.1f} s' for t, s in baseline.commits) or 'none'}", flush=True)
+    points = kill_points(baseline, args.moments)
+    if args.no_commits:
+        points = [p for p in points if p.after_commit is None]
+    lock = threading.Lock()
+
+    def progress(outcome: Outcome) -> None:
+        with lock:
+            verdict = "same end state" if outcome.matches else (outcome.note or f"DIFFERS: {outcome.differing}")
+            print(f"{outcome.point.name}: killed during {outcome.killed_during or 'between steps'}; re-run "
+                  f"{outcome.rerun}; {verdict}", flush=True)
+
+    outcomes = sweep(args.workdir, sources, args.as_of, points, baseline, jobs=args.jobs, on_result=progress)
+    report = (f"# Crash sweep: {args.members} members, seed {args.seed}, as of {args.as_of}\n\n"
+              f"Uninterrupted run: {baseline.outcome} in {baseline.duration_s:.0f} s, "
+              f"{len(baseline.commits)} push-back commits seen in the sources.\n\n{table(outcomes)}\n")
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(report)
+    print(f"\n{table(outcomes)}\n\nReport: {args.report}")
+    return 0 if all(o.matches or o.note for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Kill the nightly at chosen moments, run it again, compare with an uninterrupted run.
+
+The baseline is one uninterrupted nightly on a fresh copy of the sources; while it runs, the sources are
+watched for push-back commits (see World.source_commits), which gives the commit kill points. Then, for
+each kill point, on another fresh copy: launch, SIGKILL the process group at that moment (or as soon as the
+k-th source commit is seen), launch again with nobody touching anything, and compare the fingerprint of the
+end state with the baseline's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+from dagster._core.events import DagsterEventType
+
+from pipelines.crash.fingerprint import differences, fingerprint
+from pipelines.crash.world import Launch, World
+
+POLL_S = 0.05
+SOURCE_NAMES = ("member system", "prospecting platform", "navigation log")
+
+
+@dataclass(frozen=True)
+class KillPoint:
+    name: str
+    at_s: float | None = None  # seconds after launch
+    after_commit: int | None = None  # the k-th push-back commit seen in the sources (1-based)
+
+
+@dataclass
+class Baseline:
+    fingerprint: dict[str, str]
+    duration_s: float
+    commits: list[tuple[float, str]]  # (seconds after launch, which source)
+    outcome: str
+
+
+@dataclass
+class Outcome:
+    point: KillPoint
+    killed_at_s: float | None = None
+    killed_during: list[str] = field(default_factory=list)
+    left_after_kill: list[str] = field(default_factory=list)
+    killed_run_status: str = ""
+    rerun: str = ""
+    rerun_s: float = 0.0
+    differing: list[str] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def matches(self) -> bool:
+        return self.rerun == "SUCCESS" and not self.differing and not self.note
+
+
+def _commit_changes(previous: tuple[int, int, int], current: tuple[int, int, int]) -> list[str]:
+    return [name for name, a, b in zip(SOURCE_NAMES, previous, current, strict=True) if a != b]
+
+
+def _watch(world: World, launch: Launch, stop_after: int | None) -> list[tuple[float, str]]:
+    """Poll the sources while the run lives; with `stop_after`, kill it as soon as that many commits are seen."""
+    seen: list[tuple[float, str]] = []
+    previous = world.source_commits() or (0, 0, 0)
+    while launch.process.poll() is None:
+        time.sleep(POLL_S)
+        current = world.source_commits()
+        if current is None:
+            continue
+        seen += [(time.monotonic() - launch.started, name) for name in _commit_changes(previous, current)]
+        previous = current
+        if stop_after is not None and len(seen) >= stop_after:
+            world.kill(launch)
+            break
+    return seen
+
+
+def _runs(world: World) -> list[dg.DagsterRun]:
+    with dg.DagsterInstance.from_config(str(world.home)) as instance:
+        return sorted(instance.get_runs(), key=lambda r: instance.get_run_record_by_id(r.run_id).create_timestamp)
+
+
+def _steps_in_flight(world: World, run_id: str) -> list[str]:
+    with dg.DagsterInstance.from_config(str(world.home)) as instance:
+        started, ended = [], set()
+        for entry in instance.all_logs(run_id):
+            event = entry.dagster_event
+            if event is None or event.step_key is None:
+                continue
+            if event.event_type == DagsterEventType.STEP_START:
+                started.append(event.step_key)
+            elif event.event_type in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE):
+                ended.add(event.step_key)
+        return [s for s in started if s not in ended]
+
+
+def _leftovers(data: Path) -> list[str]:
+    return sorted(str(p.relative_to(data)) for p in data.rglob("*")
+                  if p.is_file() and (p.suffix in (".tmp", ".wal") or p.name.startswith(".")))
+
+
+def run_baseline(workdir: Path, sources: Path, as_of: dt.date) -> Baseline:
+    world = World(workdir / "baseline", sources, as_of)
+    launch = world.launch()
+    commits = _watch(world, launch, None)
+    outcome = world.wait(launch)
+    duration = time.monotonic() - launch.started
+    [run] = _runs(world)
+    return Baseline(fingerprint(world.data), duration, commits, f"{run.status.value} ({outcome})")
+
+
+def run_point(workdir: Path, sources: Path, as_of: dt.date, point: KillPoint, baseline: Baseline) -> Outcome:
+    world = World(workdir / point.name.replace(" ", "-").replace("%", "pct"), sources, as_of)
+    outcome = Outcome(point)
+    launch = world.launch()
+    if point.after_commit is not None:
+        _watch(world, launch, point.after_commit)
+    else:
+        while launch.process.poll() is None and time.monotonic() - launch.started < (point.at_s or 0):
+            time.sleep(POLL_S)
+        world.kill(launch)
+    if launch.process.returncode == 0:
+        outcome.note = "the run ended before the kill point"
+        return outcome
+    outcome.killed_at_s = time.monotonic() - launch.started
+    [killed] = _runs(world)
+    outcome.killed_during = _steps_in_flight(world, killed.run_id)
+    outcome.left_after_kill = _leftovers(world.data)
+
+    again = world.launch()
+    ended = world.wait(again)
+    outcome.rerun_s = time.monotonic() - again.started
+    runs = {r.run_id: r for r in _runs(world)}
+    rerun = next(r for r in runs.values() if r.run_id != killed.run_id)
+    outcome.rerun = rerun.status.value if ended != "timeout" else "never finished (timeout)"
+    outcome.killed_run_status = runs[killed.run_id].status.value
+    outcome.differing = differences(baseline.fingerprint, fingerprint(world.data))
+    return outcome
+
+
+def kill_points(baseline: Baseline, moments: int) -> list[KillPoint]:
+    """`moments` kill points spread evenly over the baseline's duration, then one after each source commit."""
+    spread = [KillPoint(f"t={100 * i // (moments + 1)}%", at_s=baseline.duration_s * i / (moments + 1))
+              for i in range(1, moments + 1)]
+    commits = [KillPoint(f"after commit {k} ({source})", after_commit=k)
+               for k, (_, source) in enumerate(baseline.commits, start=1)]
+    return spread + commits
+
+
+def sweep(workdir: Path, sources: Path, as_of: dt.date, points: list[KillPoint], baseline: Baseline,
+          jobs: int = 1, on_result: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+    def one(point: KillPoint) -> Outcome:
+        result = run_point(workdir, sources, as_of, point, baseline)
+        if on_result is not None:
+            on_result(result)
+        return result
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(one, points))
+
+
+def table(outcomes: list[Outcome]) -> str:
+    """One row per kill point (Markdown)."""
+    rows = ["| # | kill point | killed at | killed during | left after the kill | killed run, after | re-run | "
+            "same end state | differing parts |", "|---|---|---|---|---|---|---|---|---|"]
+    for i, o in enumerate(outcomes, start=1):
+        at = f"{o.killed_at_s:.1f} s" if o.killed_at_s is not None else "-"
+        same = "yes" if o.matches else ("n/a" if o.note else "**NO**")
+        differing = o.note or (", ".join(o.differing[:8]) + (f" (+{len(o.differing) - 8})" if len(o.differing) > 8
+                                                              else ""))
+        rerun = f"{o.rerun} in {o.rerun_s:.0f} s" if o.rerun else "-"
+        rows.append(f"| {i} | {o.point.name} | {at} | {', '.join(o.killed_during) or 'between steps'} | "
+                    f"{', '.join(o.left_after_kill) or '-'} | {o.killed_run_status or '-'} | {rerun} | {same} | "
+                    f"{differing or '-'} |")
+    return "\n".join(rows)

@@ -1,0 +1,118 @@
+"""One crash scenario's world: a copy of the generated sources, its own Dagster instance, and the nightly run
+launched as the schedule launches it, in its own process group so that it can be killed whole.
+
+Layout of a scenario folder: `data/` (SEM_DATA_DIR: sources, warehouse, analytics file, outbox, audit log),
+`dagster_home/` (the project's dagster.yaml: run storage, pools, run monitoring), `run_config.yaml`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from pipelines import settings
+
+DAGSTER = Path(sys.executable).with_name("dagster")
+# The crash test's own pseudonymisation key (tokens only need to be the same across its runs).
+HARNESS_KEY_HEX = "c7" * 32
+RUN_TIMEOUT_S = 900
+
+
+@dataclass
+class Launch:
+    process: subprocess.Popen
+    started: float
+    log: Path
+
+
+class World:
+    """A scenario folder; `launch()` starts the nightly for `as_of`, `kill()` SIGKILLs its process group."""
+
+    def __init__(self, root: Path, sources: Path, as_of: dt.date) -> None:
+        self.root, self.as_of = root, as_of
+        self.data, self.home = root / "data", root / "dagster_home"
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.copytree(sources, self.data / "sources")
+        self.home.mkdir(parents=True)
+        shutil.copy(settings.PROJECT_ROOT / "dagster.yaml", self.home / "dagster.yaml")
+        self.runs = 0
+
+    def _run_config(self) -> Path:
+        from pipelines.definitions import defs
+        from sensors.schedules import as_of_run_config
+
+        path = self.root / "run_config.yaml"
+        path.write_text(yaml.safe_dump(as_of_run_config(defs.resolve_job_def("nightly_job"), self.as_of)))
+        return path
+
+    def launch(self) -> Launch:
+        """`dagster job execute` of nightly_job with the schedule's tags and config (the project's executor)."""
+        from assets.retention import AS_OF_TAG
+        from pipelines.partitions import nightly_partition
+
+        self.runs += 1
+        log = self.root / f"run-{self.runs}.log"
+        tags = {AS_OF_TAG: self.as_of.isoformat(), "dagster/partition": nightly_partition(self.as_of)}
+        command = [str(DAGSTER), "job", "execute", "-m", "pipelines.definitions", "-j", "nightly_job",
+                   "-c", str(self._run_config()), "--tags", json.dumps(tags)]
+        env = {**os.environ, "SEM_DATA_DIR": str(self.data), "DAGSTER_HOME": str(self.home),
+               "SEM_PSEUDONYMISATION_KEY": HARNESS_KEY_HEX, "DAGSTER_DISABLE_TELEMETRY": "yes"}
+        for var in ("SEM_WAREHOUSE_PATH", "SEM_ANALYTICS_PATH", "SEM_MEMBERS_URL", "SEM_PROSPECTS_URL",
+                    "SEM_NAVIGATION_DIR", "SEM_OUTBOX_DIR", "SEM_EXPORTS_DIR", "SEM_AUDIT_LOG", "SEM_REPORTS_DIR"):
+            env.pop(var, None)  # everything under this world's data folder
+        with open(log, "w") as out:
+            process = subprocess.Popen(command, cwd=settings.PROJECT_ROOT, env=env, stdout=out,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        return Launch(process, time.monotonic(), log)
+
+    def kill(self, launch: Launch) -> None:
+        """SIGKILL the run's whole process group (run worker, fork server, step processes) and wait it out."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launch.process.pid, signal.SIGKILL)
+        launch.process.wait()
+        while True:
+            try:
+                os.killpg(launch.process.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+
+    def wait(self, launch: Launch, timeout_s: float = RUN_TIMEOUT_S) -> str:
+        """Wait for a run to end on its own: 'exit 0', 'exit N', or 'timeout' (then it is killed)."""
+        try:
+            code = launch.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill(launch)
+            return "timeout"
+        return f"exit {code}"
+
+    def source_commits(self) -> tuple[int, int, int] | None:
+        """What push-back has committed, read from the sources themselves: decisions recorded as applied in
+        the member system and the prospecting platform, and the navigation manifest's modification time
+        (None while a source is locked by a writer: ask again)."""
+        counts = []
+        for name in ("members.db", "prospects.db"):
+            try:
+                con = sqlite3.connect(f"file:{self.data / 'sources' / name}?mode=ro", uri=True, timeout=0.2)
+                try:
+                    counts.append(con.execute("SELECT count(*) FROM privacy_applied_decisions").fetchone()[0])
+                finally:
+                    con.close()
+            except sqlite3.OperationalError as error:
+                if "no such table" not in str(error):
+                    return None
+                counts.append(0)  # no push-back yet
+        manifest = self.data / "sources" / "navigation" / "_privacy_applied_decisions.json"
+        return counts[0], counts[1], manifest.stat().st_mtime_ns if manifest.exists() else 0
