@@ -40,19 +40,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_commits:
         points = [p for p in points if p.after_commit is None]
     lock = threading.Lock()
+    done: list[Outcome] = []
+    header = (f"# Crash sweep: {args.members} members, seed {args.seed}, as of {args.as_of}\n\n"
+              f"Uninterrupted run: {baseline.outcome} in {baseline.duration_s:.0f} s, "
+              f"{len(baseline.commits)} push-back commits seen in the sources.\n\n")
+    args.report.parent.mkdir(parents=True, exist_ok=True)
 
     def progress(outcome: Outcome) -> None:
         with lock:
             verdict = "same end state" if outcome.matches else (outcome.note or f"DIFFERS: {outcome.differing}")
-            print(f"{outcome.point.name}: killed during {outcome.killed_during or 'between steps'}; re-run "
-                  f"{outcome.rerun}; {verdict}", flush=True)
+            print(f"{outcome.point.name}: killed during {outcome.killed_during}; re-run {outcome.rerun}; "
+                  f"{verdict}", flush=True)
+            done.append(outcome)  # the report grows as kill points finish: a long sweep can be read half-way
+            args.report.write_text(f"{header}{table(done)}\n\n{len(done)} of {len(points)} kill points.\n")
 
     outcomes = sweep(args.workdir, sources, args.as_of, points, baseline, jobs=args.jobs, on_result=progress)
-    report = (f"# Crash sweep: {args.members} members, seed {args.seed}, as of {args.as_of}\n\n"
-              f"Uninterrupted run: {baseline.outcome} in {baseline.duration_s:.0f} s, "
-              f"{len(baseline.commits)} push-back commits seen in the sources.\n\n{table(outcomes)}\n")
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(report)
     print(f"\n{table(outcomes)}\n\nReport: {args.report}")
     return 0 if all(o.matches or o.note for o in outcomes) else 1
 

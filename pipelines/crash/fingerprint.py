@@ -5,9 +5,12 @@ each table of the warehouse (active base, archive, rights, ledger) and of the an
 outbox (art. 19 notices, transfer extracts) and of the access-request exports, the audit log, and the list of
 files in the data folder (a leftover temporary file or DuckDB WAL shows there).
 
-Wall-clock processing values differ between any two runs and are compared by presence only (set or not): the
-columns and JSON fields named in WALL_CLOCK_FIELDS, nothing else. JSON-lines files (notices, audit log) are
-compared as multisets of entries, so a duplicated entry is a difference but the order of one batch is not.
+Wall-clock processing values differ between any two runs: the fields named in WALL_CLOCK_TIMES are compared to
+the day, those in RUN_IDS by presence only (set or not), nothing else. A name is a column or JSON key in any
+table, or `table.column` for one table (the table's bare name: `members` is the source table and its raw and
+archive copies; a JSON-lines file's table is its stem). The scenario's own data folder, which appears in
+recorded file paths, is read as `<data>`. JSON-lines files (notices, audit log) are compared as multisets of
+entries, so a duplicated entry is a difference but the order within one batch is not.
 """
 
 from __future__ import annotations
@@ -22,116 +25,145 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
-# When the pipeline did something (or an id drawn for one run), not what it holds. Compared as set / not set.
-WALL_CLOCK_FIELDS = frozenset({
-    # warehouse, analytics file, sources' bookkeeping
+# Read from the wall clock when the pipeline acted: compared to the day (the runs compared ran the same day).
+# The ledger's clocks are here because an objection's clock starts when the objection was recorded.
+WALL_CLOCK_TIMES = frozenset({
     "quarantined_at", "ingested_at", "applied_at", "published_at", "computed_at", "generated_at", "decided_at",
-    "executed_at", "confirmed_at", "ts_run", "recorded_at", "run_id", "batch_id", "mtime_ns",
-    "state_changed_at",
-    # JSON: audit entries and their chain (the hash covers `ts`), notices, manifests
-    "ts", "hash", "prev_hash", "created_at", "notice_id",
+    "executed_at", "confirmed_at", "recorded_at", "state_changed_at",
+    "decisions.closed_at", "exclusions.since", "objections.since", "members.restricted_at",
+    "prospects.restricted_at", "suppression_list.objected_at", "ledger.clock_start", "ledger.active_until",
+    "ledger.archive_until", "audit.ts", "notices.created_at",
 })
-# Files the fingerprint does not read: written for people, with the time they were produced in their text.
+# Drawn afresh by each run, or chained over those times: compared by presence only.
+RUN_IDS = frozenset({"run_id", "batch_id", "ingested_files.mtime_ns", "audit.hash", "audit.prev_hash"})
+# (The audit log's head anchor, `audit.jsonl.head`, is the table `audit` too: its `ts` and `hash` are reduced.)
+# Written for people, with the time they were produced in their text: not compared.
 NOT_COMPARED = ("reports",)
+
+
+def _kind(table: str, name: str) -> str | None:
+    for kind, names in (("time", WALL_CLOCK_TIMES), ("id", RUN_IDS)):
+        if name in names or f"{table}.{name}" in names:
+            return kind
+    return None
+
+
+def _field(table: str, name: str, value: object) -> object:
+    kind = _kind(table, name)
+    if kind == "id":
+        return value is not None
+    if kind == "time" and value is not None:
+        return str(value)[:10]
+    return _blank(table, value) if isinstance(value, dict | list) else value
+
+
+def _blank(table: str, value: object) -> object:
+    """A JSON value with its wall-clock fields reduced (see _field), at any depth."""
+    if isinstance(value, dict):
+        return {k: _field(table, k, v) for k, v in value.items()}
+    if isinstance(value, list):  # rows listed in no guaranteed order (an export bundle): compared as a multiset
+        return sorted((_blank(table, v) for v in value), key=lambda v: json.dumps(v, sort_keys=True))
+    return value
 
 
 def _digest(lines: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
 
 
-def _blank(value: object) -> object:
-    """Drop wall-clock fields from a JSON value, keeping whether each was set."""
-    if isinstance(value, dict):
-        return {k: (v is not None if k in WALL_CLOCK_FIELDS else _blank(v)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_blank(v) for v in value]
-    return value
+class _Reader:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
 
+    def text(self, path: Path) -> str:
+        return path.read_text().replace(str(self.data_dir), "<data>")
 
-def _jsonl(path: Path) -> str:
-    lines = [json.dumps(_blank(json.loads(line)), sort_keys=True) for line in path.read_text().splitlines() if line]
-    return f"{len(lines)} entries {_digest(lines)}"
+    def file(self, path: Path) -> str:
+        table = path.name.split(".")[0]
+        if path.suffix == ".jsonl":
+            entries = [json.dumps(_blank(table, json.loads(line)), sort_keys=True)
+                       for line in self.text(path).splitlines() if line]
+            return f"{len(entries)} entries {_digest(entries)}"
+        if path.suffix in (".json", ".head"):
+            return _digest([json.dumps(_blank(table, json.loads(self.text(path))), sort_keys=True)])
+        if path.suffix == ".csv":
+            rows = list(csv.reader(io.StringIO(self.text(path))))
+            header = rows[0] if rows else []
+            body = [repr([_field(table, n, v) for n, v in zip(header, r, strict=False)]) for r in rows[1:]]
+            return f"{len(body)} rows {_digest([*body, repr(header)])}"
+        if path.suffix == ".parquet":
+            table = pq.read_table(path)
+            rows = [repr({k: _field(path.parent.parent.name, k, v) for k, v in r.items()})
+                    for r in table.to_pylist()]
+            return f"{table.num_rows} rows {_digest(rows)}"
+        return hashlib.sha256(self.text(path).encode() if path.suffix in (".md", ".txt") else path.read_bytes()
+                              ).hexdigest()
 
+    def sqlite(self, path: Path) -> dict[str, str]:
+        out = {}
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"):
+                cursor = con.execute(f'SELECT * FROM "{table}"')
+                names = [d[0] for d in cursor.description]
+                rows = [repr([_field(table, n, v) for n, v in zip(names, row, strict=True)]) for row in cursor]
+                out[f"source {path.name}:{table}"] = f"{len(rows)} rows {_digest(rows)}"
+        finally:
+            con.close()
+        return out
 
-def _csv(path: Path) -> str:
-    rows = list(csv.reader(io.StringIO(path.read_text())))
-    if not rows:
-        return "empty"
-    header, body = rows[0], rows[1:]
-    kept = [i for i, name in enumerate(header) if name not in WALL_CLOCK_FIELDS]
-    return f"{len(body)} rows {_digest([repr([r[i] for i in kept]) for r in body] + [repr(header)])}"
+    def duckdb(self, path: Path) -> dict[str, str]:
+        out = {}
+        con = duckdb.connect(str(path), read_only=True)
+        try:
+            tables = con.execute(
+                "SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'"
+            ).fetchall()
+            for schema, table in tables:
+                columns = con.execute(
+                    "SELECT column_name, data_type FROM information_schema.columns "
+                    "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position", [schema, table]
+                ).fetchall()
+                select = ", ".join(self._column_sql(table, c, t) for c, t in columns)
+                names = ", ".join(f'"{c}"' for c, _ in columns)
+                count, total = con.execute(
+                    f'SELECT count(*), coalesce(sum(hash(struct_pack({names}))), 0) '
+                    f'FROM (SELECT {select} FROM "{schema}"."{table}")'
+                ).fetchall()[0]
+                out[f"{path.stem} {schema}.{table}"] = f"{count} rows {total}"
+        finally:
+            con.close()
+        return out
 
-
-def _file(path: Path) -> str:
-    if path.suffix == ".jsonl":
-        return _jsonl(path)
-    if path.suffix == ".json":
-        return _digest([json.dumps(_blank(json.loads(path.read_text())), sort_keys=True)])
-    if path.suffix == ".csv":
-        return _csv(path)
-    if path.suffix == ".parquet":
-        table = pq.read_table(path)
-        keep = [c for c in table.column_names if c not in WALL_CLOCK_FIELDS]
-        return f"{table.num_rows} rows {_digest([repr(r) for r in table.select(keep).to_pylist()])}"
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _sqlite(path: Path) -> dict[str, str]:
-    out = {}
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"):
-            cursor = con.execute(f'SELECT * FROM "{table}"')
-            names = [d[0] for d in cursor.description]
-            rows = [repr([v is not None if n in WALL_CLOCK_FIELDS else v for n, v in zip(names, row, strict=True)])
-                    for row in cursor]
-            out[f"source {path.name}:{table}"] = f"{len(rows)} rows {_digest(rows)}"
-    finally:
-        con.close()
-    return out
-
-
-def _duckdb(path: Path, label: str) -> dict[str, str]:
-    out = {}
-    con = duckdb.connect(str(path), read_only=True)
-    try:
-        tables = con.execute(
-            "SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'"
-        ).fetchall()
-        for schema, table in tables:
-            columns = con.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
-                "ORDER BY ordinal_position", [schema, table]).fetchall()
-            select = ", ".join(
-                f'"{c}" IS NOT NULL AS "{c}"' if c in WALL_CLOCK_FIELDS else f'"{c}"' for (c,) in columns
-            )
-            names = ", ".join(f'"{c}"' for (c,) in columns)
-            count, total = con.execute(
-                f'SELECT count(*), coalesce(sum(hash(struct_pack({names}))), 0) '
-                f'FROM (SELECT {select} FROM "{schema}"."{table}")'
-            ).fetchall()[0]
-            out[f"{label} {schema}.{table}"] = f"{count} rows {total}"
-    finally:
-        con.close()
-    return out
+    def _column_sql(self, table: str, column: str, data_type: str) -> str:
+        quoted = f'"{column}"'
+        kind = _kind(table, column)
+        if kind == "id":
+            return f"{quoted} IS NOT NULL AS {quoted}"
+        if kind == "time":
+            return f"left(CAST({quoted} AS VARCHAR), 10) AS {quoted}"
+        if data_type in ("VARCHAR", "JSON"):
+            folder = str(self.data_dir).replace("'", "''")
+            return f"replace(CAST({quoted} AS VARCHAR), '{folder}', '<data>') AS {quoted}"
+        return quoted
 
 
 def fingerprint(data_dir: Path) -> dict[str, str]:
     """Part name -> digest of the end state under `data_dir` (the SEM_DATA_DIR of a run)."""
+    reader = _Reader(data_dir)
     parts: dict[str, str] = {}
     files = sorted(p for p in data_dir.rglob("*") if p.is_file() and p.relative_to(data_dir).parts[0] not in
                    NOT_COMPARED)
     parts["files in the data folder"] = _digest([str(p.relative_to(data_dir)) for p in files])
     for path in files:
         relative = str(path.relative_to(data_dir))
-        if path.suffix == ".db":
-            parts.update(_sqlite(path))
-        elif path.name in ("warehouse.duckdb", "analytics.duckdb"):
-            parts.update(_duckdb(path, path.stem))
-        elif path.suffix in (".wal", ".tmp") or path.name.startswith("."):
+        if path.suffix in (".wal", ".tmp") or path.name.startswith("."):
             parts[relative] = "left over"
+        elif path.suffix == ".db":
+            parts.update(reader.sqlite(path))
+        elif path.suffix == ".duckdb":
+            parts.update(reader.duckdb(path))
         else:
-            parts[relative] = _file(path)
+            parts[relative] = reader.file(path)
     return parts
 
 

@@ -31,6 +31,7 @@ class KillPoint:
     name: str
     at_s: float | None = None  # seconds after launch
     after_commit: int | None = None  # the k-th push-back commit seen in the sources (1-based)
+    then: KillPoint | None = None  # kill the re-run too, at this point, before the last (plain) re-run
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Outcome:
     rerun_s: float = 0.0
     differing: list[str] = field(default_factory=list)
     note: str = ""
+    fingerprint: dict[str, str] = field(default_factory=dict)
 
     @property
     def matches(self) -> bool:
@@ -113,48 +115,66 @@ def run_baseline(workdir: Path, sources: Path, as_of: dt.date) -> Baseline:
     return Baseline(fingerprint(world.data), duration, commits, f"{run.status.value} ({outcome})")
 
 
-def run_point(workdir: Path, sources: Path, as_of: dt.date, point: KillPoint, baseline: Baseline) -> Outcome:
-    world = World(workdir / point.name.replace(" ", "-").replace("%", "pct"), sources, as_of)
-    outcome = Outcome(point)
-    launch = world.launch()
+def _kill_at(world: World, launch: Launch, point: KillPoint) -> bool:
+    """Kill the run at `point`; False when it ended on its own first."""
     if point.after_commit is not None:
         _watch(world, launch, point.after_commit)
     else:
         while launch.process.poll() is None and time.monotonic() - launch.started < (point.at_s or 0):
             time.sleep(POLL_S)
         world.kill(launch)
-    if launch.process.returncode == 0:
-        outcome.note = "the run ended before the kill point"
-        return outcome
-    outcome.killed_at_s = time.monotonic() - launch.started
-    [killed] = _runs(world)
-    outcome.killed_during = _steps_in_flight(world, killed.run_id)
-    outcome.left_after_kill = _leftovers(world.data)
+    return launch.process.returncode != 0
+
+
+def run_point(workdir: Path, sources: Path, as_of: dt.date, point: KillPoint) -> Outcome:
+    """Kill the nightly at `point` (and its re-runs at `point.then`...), launch it once more, fingerprint."""
+    world = World(workdir / point.name.replace(" ", "-").replace("%", "pct"), sources, as_of)
+    outcome = Outcome(point)
+    killed: list[str] = []
+    kill: KillPoint | None = point
+    while kill is not None:
+        launch = world.launch()
+        if not _kill_at(world, launch, kill):
+            outcome.note = f"the run ended before the kill point {kill.name}"
+            return outcome
+        if outcome.killed_at_s is None:
+            outcome.killed_at_s = time.monotonic() - launch.started
+        [run] = [r for r in _runs(world) if r.run_id not in killed]
+        killed.append(run.run_id)
+        outcome.killed_during += _steps_in_flight(world, run.run_id) or ["between steps"]
+        outcome.left_after_kill += _leftovers(world.data)
+        kill = kill.then
 
     again = world.launch()
     ended = world.wait(again)
     outcome.rerun_s = time.monotonic() - again.started
     runs = {r.run_id: r for r in _runs(world)}
-    rerun = next(r for r in runs.values() if r.run_id != killed.run_id)
+    rerun = next(r for r in runs.values() if r.run_id not in killed)
     outcome.rerun = rerun.status.value if ended != "timeout" else "never finished (timeout)"
-    outcome.killed_run_status = runs[killed.run_id].status.value
-    outcome.differing = differences(baseline.fingerprint, fingerprint(world.data))
+    outcome.killed_run_status = ", ".join(runs[k].status.value for k in killed)
+    outcome.fingerprint = fingerprint(world.data)
+    return outcome
+
+
+def compare(outcome: Outcome, baseline: Baseline) -> Outcome:
+    outcome.differing = differences(baseline.fingerprint, outcome.fingerprint) if outcome.fingerprint else []
     return outcome
 
 
 def kill_points(baseline: Baseline, moments: int) -> list[KillPoint]:
-    """`moments` kill points spread evenly over the baseline's duration, then one after each source commit."""
+    """One kill point right after each source commit, then `moments` spread evenly over the baseline's duration
+    (commits first: push-back is where a half-done run can leave the sources half-changed)."""
     spread = [KillPoint(f"t={100 * i // (moments + 1)}%", at_s=baseline.duration_s * i / (moments + 1))
               for i in range(1, moments + 1)]
     commits = [KillPoint(f"after commit {k} ({source})", after_commit=k)
                for k, (_, source) in enumerate(baseline.commits, start=1)]
-    return spread + commits
+    return commits + spread
 
 
 def sweep(workdir: Path, sources: Path, as_of: dt.date, points: list[KillPoint], baseline: Baseline,
           jobs: int = 1, on_result: Callable[[Outcome], None] | None = None) -> list[Outcome]:
     def one(point: KillPoint) -> Outcome:
-        result = run_point(workdir, sources, as_of, point, baseline)
+        result = compare(run_point(workdir, sources, as_of, point), baseline)
         if on_result is not None:
             on_result(result)
         return result
@@ -173,7 +193,7 @@ def table(outcomes: list[Outcome]) -> str:
         differing = o.note or (", ".join(o.differing[:8]) + (f" (+{len(o.differing) - 8})" if len(o.differing) > 8
                                                               else ""))
         rerun = f"{o.rerun} in {o.rerun_s:.0f} s" if o.rerun else "-"
-        rows.append(f"| {i} | {o.point.name} | {at} | {', '.join(o.killed_during) or 'between steps'} | "
+        rows.append(f"| {i} | {o.point.name} | {at} | {', '.join(o.killed_during)} | "
                     f"{', '.join(o.left_after_kill) or '-'} | {o.killed_run_status or '-'} | {rerun} | {same} | "
                     f"{differing or '-'} |")
     return "\n".join(rows)
