@@ -24,6 +24,9 @@ AS_OF_TAG = "sem/as_of"
 LEDGER_KEY = dg.AssetKey(["retention", "ledger"])
 APPLIED_KEY = dg.AssetKey(["retention", "applied"])
 RAW_KEYS = [dg.AssetKey(["raw", table]) for (_, table) in source_columns()]
+# Holds and restrictions reach the whole person (identity links); the night's verified restrictions and
+# objections (rights stage) are in force before the ledger decides anything.
+LEDGER_DEPS = [*RAW_KEYS, dg.AssetKey(["identity", "person_links"]), dg.AssetKey(["rights", "exclusions"])]
 # ledger status -> what the UI shows for the run
 SHOWN = {"active": "active", "archived": "archived", "to_erase": "erased", "to_anonymise": "anonymised",
          "legal_hold": "on_hold", "restricted": "on_hold"}
@@ -54,7 +57,7 @@ def _purpose_table(counts: dict[str, dict[str, int]]) -> str:
 @dg.asset(
     key=LEDGER_KEY,
     group_name="retention",
-    deps=RAW_KEYS,
+    deps=LEDGER_DEPS,
     description="Retention ledger: one row per subject × purpose × dataset (clock start, active until, archive "
     "until, status active/archived/to_erase/to_anonymise/legal_hold/restricted, reason), computed in SQL "
     "generated from policies/ for the run's as_of; retention.record_status holds the per-record outcome.",

@@ -29,9 +29,10 @@ class RightsConfig(dg.Config):
     as_of: str | None = None
 
 
-# Retention runs first: both stages write to the sources, and a fixed order makes every run reproducible.
+# Rights run before retention (assets.retention depends on them): a restriction or objection verified tonight
+# is in force before retention erases anything, and a fixed order makes every run reproducible.
 UPSTREAM = [dg.AssetKey(["raw", table]) for (_, table) in source_columns()] + [
-    dg.AssetKey(["identity", "person_links"]), dg.AssetKey(["retention", "applied"])]
+    dg.AssetKey(["identity", "person_links"])]
 
 
 @dg.multi_asset(

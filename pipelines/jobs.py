@@ -18,8 +18,8 @@ rights_job = dg.define_asset_job(
     name="rights_job",
     # Retention is left to the nightly run: a rights run re-reads the sources, decides, pushes back and
     # re-publishes what depends on the decisions, without waiting for a full retention pass.
-    selection=dg.AssetSelection.groups("sources", "identity", "rights")
-    | dg.AssetSelection.groups("rights").downstream(),
+    selection=(dg.AssetSelection.groups("sources", "identity", "rights")
+               | dg.AssetSelection.groups("rights").downstream()) - dg.AssetSelection.groups("retention"),
     description="Rights of the person: ingest the requests and everything they touch, decide, push back, "
     "confirm, re-publish the analytics file. Started by the rights-request sensor.",
     tags={"sem/warehouse-writer": "true"},

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from assets.compliance_register import policy_change_preview, processing_register
 from assets.retention import nothing_past_retention, retention_applied, retention_ledger
+from pipelines.identity import resolve_identities
 from pipelines.policy.load import load_policy
 from pipelines.policy.models import Policy
 from pipelines.policy.preview import preview
@@ -64,6 +65,19 @@ class World:
     def ingest(self) -> None:
         with duckdb.connect(str(self.warehouse)) as con:
             ingest_all(con, self.engines, self.navigation)
+            resolve_identities(con)
+
+    def events(self, *rows: dict[str, object]) -> None:
+        """Add page views, one Parquet file per event (day folders as the website writes them)."""
+        for row in rows:
+            folder = self.navigation / "events" / f"day={row['ts']:%Y-%m-%d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.Table.from_pylist([row], schema=NAVIGATION_EVENT_SCHEMA),
+                           folder / f"part-{row['event_id']}.parquet")
+
+    def event_ids(self) -> list[str]:
+        return sorted(r[0] for r in duckdb.sql(
+            f"SELECT event_id FROM read_parquet('{self.navigation}/events/**/*.parquet')").fetchall())
 
     def nightly(self, policy: Policy) -> None:
         """What the nightly job does for retention: ingest, ledger, apply (sources then warehouse)."""
@@ -82,7 +96,7 @@ class World:
 
 def _member(member_id: int, **extra: object) -> dict[str, object]:
     return {"member_id": member_id, "first_name": f"Prenom{member_id}", "last_name": f"Nom{member_id}",
-            "email": f"m{member_id}@example.org", "phone": "0600000000", "birth_date": "2003-04-05",
+            "email": f"m{member_id}@example.org", "phone": f"06000000{member_id:02d}", "birth_date": "2003-04-05",
             "created_at": "2019-09-01 10:00:00", **extra}
 
 
@@ -289,3 +303,71 @@ def test_assets_materialise_with_ui_counts_and_reports(world: World, tmp_path: P
     reports = tmp_path / "compliance" / "reports"
     assert "Registre des activités de traitement" in (reports / "processing_register.md").read_text()
     assert "No record would change status" in (reports / "policy_change_preview.md").read_text()
+
+
+OLD_VIEW = dt.datetime(2024, 9, 1, 10)  # 26 months before AS_OF: past the 25 months of audience data
+
+
+def test_hold_and_restriction_reach_the_whole_person(world: World, policy: Policy):
+    """The litigant's and the restricted member's page views logged in as them (also one quarantined for its
+    missing visitor id), and the prospect record sharing the litigant's e-mail, are all kept; a stranger's
+    page view of the same day and an unlinked old prospect go."""
+    world.events(
+        {"event_id": "lit", "visitor_id": "v-lit", "member_id": LITIGANT, "ts": OLD_VIEW, "url": "/espace"},
+        {"event_id": "lit-later", "visitor_id": "v-lit", "ts": OLD_VIEW, "url": "/"},
+        {"event_id": "lit-no-visitor", "member_id": LITIGANT, "ts": OLD_VIEW, "url": "/espace"},
+        {"event_id": "res", "visitor_id": "v-res", "member_id": RESTRICTED, "ts": OLD_VIEW, "url": "/espace"},
+        {"event_id": "stranger", "visitor_id": "v-x", "ts": OLD_VIEW, "url": "/"},
+    )
+    for prospect_id, email in ((20, f"m{LITIGANT}@example.org"), (21, "nobody@example.org")):
+        world.insert("prospects", "prospects", {"prospect_id": prospect_id, "first_name": "P", "last_name": "Q",
+                                                "email": email, "collected_at": "2020-01-01 10:00:00"})
+    world.nightly(policy)
+    kept = set(world.event_ids())
+    assert {"lit", "lit-later", "lit-no-visitor", "res"} <= kept and "stranger" not in kept
+    assert world.source_keys("prospects", "prospects", "prospect_id") == [YOUNG_PROSPECT, 20]
+    statuses = dict(world.query("SELECT record_key, status FROM retention.record_status WHERE dataset = "
+                                "'navigation_events' AND record_key IN ('lit', 'res', 'lit-no-visitor')"))
+    assert statuses == {"lit": "legal_hold", "lit-no-visitor": "legal_hold", "res": "restricted"}
+
+
+def test_restriction_verified_by_the_rights_stage_suspends_retention(world: World, policy: Policy):
+    """rights.exclusions (written by the rights stage, which runs before retention) restricts the whole person,
+    although no source row carries the restriction yet."""
+    world.ingest()
+    with duckdb.connect(str(world.warehouse)) as con:
+        person = con.execute("SELECT person_id FROM identity.person_links WHERE node_type = 'member' "
+                             f"AND node_value = '{ENDED}'").fetchall()[0][0]
+        con.execute("CREATE SCHEMA rights")
+        con.execute("CREATE TABLE rights.exclusions AS SELECT ? AS person_id, 'restricted' AS reason, "
+                    "TIMESTAMP '2026-10-31 23:00:00' AS since", [person])
+    world.nightly(policy)
+    assert ENDED in world.source_keys("members", "members", "member_id")
+    assert world.query(f"SELECT DISTINCT status FROM retention.record_status WHERE subject_id = '{ENDED}'") == [
+        ("restricted",)]
+
+
+def test_ledger_runs_after_the_rights_stage():
+    from pipelines.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    upstream = graph.get_ancestor_asset_keys(dg.AssetKey(["retention", "ledger"]))
+    assert {dg.AssetKey(["rights", "exclusions"]), dg.AssetKey(["identity", "person_links"])} <= upstream
+
+
+def test_quarantined_source_rows_are_under_their_tables_retention(world: World, policy: Policy):
+    """A page view without visitor id, 26 months old, and a claim with an unreadable care date of a member gone
+    for 3 years are quarantined at ingest, yet leave the navigation log, the member system and raw.quarantine
+    when their table's rule says so; a recent page view without visitor id stays."""
+    world.events({"event_id": "orphan-old", "ts": OLD_VIEW, "url": "/", "ip_address": "10.0.0.9"},
+                 {"event_id": "orphan-new", "ts": dt.datetime(2026, 10, 20, 9), "url": "/"})
+    world.insert("members", "reimbursements", {"reimbursement_id": 7, "member_id": ENDED, "care_date": "31/02/2023",
+                                               "act_code": "C", "amount_eur": 25.0, "paid_at": "2023-03-05 10:00:00"})
+    world.ingest()
+    quarantined = ("SELECT coalesce(record_key, record->>'event_id') FROM raw.quarantine "
+                   "WHERE table_name IN ('navigation_events', 'reimbursements') ORDER BY 1")
+    assert world.query(quarantined) == [("7",), ("orphan-new",), ("orphan-old",)]
+    world.nightly(policy)
+    assert "orphan-old" not in world.event_ids() and "orphan-new" in world.event_ids()
+    assert world.source_keys("members", "reimbursements", "reimbursement_id") == []
+    assert world.query(quarantined) == [("orphan-new",)]

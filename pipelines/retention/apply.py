@@ -22,10 +22,10 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from pipelines.audit import AuditLog
-from pipelines.policy.models import Policy
+from pipelines.policy.models import Dataset, Policy
 from pipelines.pushback import TARGET_SCHEMA, apply_decisions
 from pipelines.refresh import touched_tables
-from pipelines.retention.ledger import q, table_exists
+from pipelines.retention.ledger import lit, q, quarantined_sql, table_exists
 
 # ledger status -> (warehouse step, source action)
 STEPS = {"archived": ("archive", "erase"), "to_erase": ("erase", "erase"), "to_anonymise": ("anonymise", "anonymise")}
@@ -46,6 +46,22 @@ def _keys(dataset: str, status: str) -> str:
 def _identified(columns: list[str]) -> str:
     """SQL: the row still holds one of `columns` (so anonymising it would change something)."""
     return "(" + (" OR ".join(f"{q(c)} IS NOT NULL" for c in columns) or "false") + ")"
+
+
+def _settle_quarantined(con: duckdb.DuckDBPyConnection, ds: Dataset) -> int:
+    """Quarantined rows the ledger decided on: what the archive keeps is moved there (with the values that could
+    be typed), and the quarantine copy goes; the source row was erased or anonymised by push-back, and the next
+    ingest quarantines again whatever is left of it."""
+    quarantined = quarantined_sql(con, ds)
+    if quarantined is None:
+        return 0
+    pk = q(ds.primary_key)
+    con.execute(f"INSERT INTO archive.{q(ds.name)} BY NAME SELECT * FROM ({quarantined}) "
+                f"WHERE CAST({pk} AS VARCHAR) IN ({_keys(ds.name, 'archived')}) "
+                f"AND {pk} NOT IN (SELECT {pk} FROM archive.{q(ds.name)})")
+    decided = " UNION ALL ".join(_keys(ds.name, status) for status in STEPS)
+    return con.execute(f"DELETE FROM raw.quarantine WHERE system = {lit(ds.system)} AND table_name = {lit(ds.name)} "
+                       f"AND record->>{lit(ds.primary_key)} IN ({decided})").fetchall()[0][0]
 
 
 def apply_in_warehouse(con: duckdb.DuckDBPyConnection, policy: Policy) -> WarehouseOutcome:
@@ -70,6 +86,7 @@ def apply_in_warehouse(con: duckdb.DuckDBPyConnection, policy: Policy) -> Wareho
             rows["erase"] = sum(
                 con.execute(f"DELETE FROM {table} WHERE {pk} IN ({_keys(ds.name, 'to_erase')})").fetchall()[0][0]
                 for table in (raw, arc))
+            rows["quarantine"] = _settle_quarantined(con, ds)
             columns = ds.anonymised_columns
             if columns:
                 assignments = ", ".join(f"{q(c)} = NULL" for c in columns)
@@ -96,9 +113,11 @@ def decision_targets(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.d
         if not table_exists(con, "raw", ds.name):
             continue
         payload = json.dumps(sorted(ds.anonymised_columns))
-        in_raw = f"SELECT CAST({q(ds.primary_key)} AS VARCHAR) FROM raw.{q(ds.name)}"
+        relations = [f"raw.{q(ds.name)}", *(f"({x})" for x in [quarantined_sql(con, ds)] if x is not None)]
         for status, (_, action) in STEPS.items():
-            still_there = in_raw + (f" WHERE {_identified(ds.anonymised_columns)}" if action == "anonymise" else "")
+            where = f" WHERE {_identified(ds.anonymised_columns)}" if action == "anonymise" else ""
+            still_there = " UNION ALL ".join(
+                f"SELECT CAST({q(ds.primary_key)} AS VARCHAR) FROM {r}{where}" for r in relations)
             decision = f"retention:{as_of.isoformat()}:{ds.name}:{status}"
             parts.append(f"""
                 SELECT '{decision}' AS decision_id, '{ds.system}' AS system, '{ds.name}' AS table_name,
@@ -153,19 +172,21 @@ def apply_retention(
 
 
 def residue(con: duckdb.DuckDBPyConnection, policy: Policy) -> dict[str, int]:
-    """Records the last ledger sent out of the active base (archived, erased) or to anonymisation that raw.*
-    still holds as they were: dataset -> count. Empty means retention was fully applied."""
+    """Records the last ledger sent out of the active base (archived, erased) or to anonymisation that raw.* or
+    raw.quarantine still holds as they were: dataset -> count. Empty means retention was fully applied."""
     left: dict[str, int] = {}
     for ds in policy.datasets:
         if not table_exists(con, "raw", ds.name):
             continue
         pk = f"CAST({q(ds.primary_key)} AS VARCHAR)"
         identifying = _identified(ds.anonymised_columns)
-        n = con.execute(f"""
-            SELECT count(*) FROM raw.{q(ds.name)} WHERE {pk} IN (
+        relations = [f"raw.{q(ds.name)}", *(f"({x})" for x in [quarantined_sql(con, ds)] if x is not None)]
+        n = sum(con.execute(f"""
+            SELECT count(*) FROM {relation} WHERE {pk} IN (
                 SELECT record_key FROM retention.record_status WHERE dataset = '{ds.name}'
                 AND status IN ('archived', 'to_erase'))
             OR ({pk} IN ({_keys(ds.name, 'to_anonymise')}) AND {identifying})""").fetchall()[0][0]
+            for relation in relations)
         if n:
             left[ds.name] = n
     return left

@@ -4,7 +4,9 @@ For every dataset record and each purpose it serves, the purpose's clock (declar
 clock start and the last day of the active and archive periods (whole days: pipelines.retention.until);
 the record's status combines its purposes: active while one is
 active, archived while one still has archive time, then anonymised if an ended purpose says so, else erased.
-Open legal holds suspend anything but "active"; restricted subjects (art. 18) are only stored.
+Open legal holds suspend anything but "active"; restricted subjects (art. 18) are only stored. Both reach the
+whole person: every record linked to a held or restricted record through identity.person_links, and every
+person rights.exclusions lists as restricted (rights intake runs before retention).
 
 The active base is `raw.<table>`, the restricted archive `archive.<table>`; a record is read from both (the
 raw copy wins) so archived records keep ageing until their archive period ends.
@@ -13,15 +15,17 @@ raw copy wins) so archived records keep ageing until their archive period ends.
 from __future__ import annotations
 
 import datetime as dt
+from typing import get_args
 
 import duckdb
 
-from pipelines.policy.models import Clock, Dataset, Policy, RetentionRule
+from pipelines.policy.models import Clock, Dataset, Policy, RetentionRule, SubjectType
 from pipelines.retention.until import kept_on_sql, last_day_sql
 from pipelines.sources.schema import RESTRICTION_COLUMNS
 
 STATUSES = ("active", "archived", "to_erase", "to_anonymise", "legal_hold", "restricted")
 RESTRICTED_AT = RESTRICTION_COLUMNS[0]
+UNIDENTIFIED = "unidentified"
 
 
 def q(name: str) -> str:
@@ -38,8 +42,22 @@ def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> boo
         [schema, table]).fetchall()[0][0])
 
 
+def quarantined_sql(con: duckdb.DuckDBPyConnection, ds: Dataset) -> str | None:
+    """The dataset's rows that ingest quarantined (still in the source), typed like raw.<table> as far as their
+    values allow: a page view without visitor id still has its timestamp, a claim with a bad date its member."""
+    if not (table_exists(con, "raw", "quarantine") and table_exists(con, "raw", ds.name)):
+        return None
+    columns = con.execute("SELECT column_name, data_type FROM information_schema.columns "
+                          "WHERE table_schema = 'raw' AND table_name = ? ORDER BY ordinal_position",
+                          [ds.name]).fetchall()
+    typed = ", ".join(f"TRY_CAST(record->>{lit(c)} AS {t}) AS {q(c)}" for c, t in columns)
+    return (f"SELECT {typed} FROM raw.quarantine WHERE system = {lit(ds.system)} AND table_name = {lit(ds.name)} "
+            f"AND record->>{lit(ds.primary_key)} IS NOT NULL")
+
+
 def source_sql(con: duckdb.DuckDBPyConnection, ds: Dataset) -> str | None:
-    """Every record of a dataset, active base first, then what only the archive still holds."""
+    """Every record of a dataset: the active base, what only the archive still holds, then the source rows
+    ingest quarantined (personal data under the same retention, with whatever clock they carry)."""
     parts = []
     if table_exists(con, "raw", ds.name):
         parts.append(f"SELECT * FROM raw.{q(ds.name)}")
@@ -47,6 +65,10 @@ def source_sql(con: duckdb.DuckDBPyConnection, ds: Dataset) -> str | None:
         not_in_raw = (f" WHERE {q(ds.primary_key)} NOT IN (SELECT {q(ds.primary_key)} FROM raw.{q(ds.name)})"
                       if parts else "")
         parts.append(f"SELECT * FROM archive.{q(ds.name)}{not_in_raw}")
+    quarantined = quarantined_sql(con, ds)
+    if quarantined is not None:
+        seen = " UNION ALL ".join(f"SELECT {q(ds.primary_key)} FROM ({p})" for p in parts)
+        parts.append(f"SELECT * FROM ({quarantined}) WHERE {q(ds.primary_key)} NOT IN ({seen})")
     return " UNION ALL BY NAME ".join(parts) if parts else None
 
 
@@ -120,11 +142,14 @@ def _purpose_sql(policy: Policy, ds: Dataset, purpose: str, rule: RetentionRule,
 
 
 def _records_sql(ds: Dataset, source: str) -> str:
+    """A record naming none of its subjects (a page view without visitor id or member) is still personal data
+    (IP, time): it is listed as subject `unidentified`, so per-record clocks still apply to it."""
     subject_type, subject_id = _subject_exprs(ds, "s")
+    pk = f"CAST(s.{q(ds.primary_key)} AS VARCHAR)"
     refs = "".join(f", CAST(s.{q(c)} AS VARCHAR) AS {q('_ref_' + c)}" for c in ds.references)
-    return (f"SELECT {lit(ds.name)} AS dataset, CAST(s.{q(ds.primary_key)} AS VARCHAR) AS record_key, "
-            f"{subject_type} AS subject_type, {subject_id} AS subject_id{refs} "
-            f"FROM ({source}) s WHERE {subject_id} IS NOT NULL")
+    return (f"SELECT {lit(ds.name)} AS dataset, {pk} AS record_key, "
+            f"coalesce({subject_type}, {lit(UNIDENTIFIED)}) AS subject_type, "
+            f"coalesce({subject_id}, {lit(UNIDENTIFIED + ':')} || {pk}) AS subject_id{refs} FROM ({source}) s")
 
 
 def _flags_sql(policy: Policy, sources: dict[str, str]) -> tuple[str, str]:
@@ -143,6 +168,20 @@ def _flags_sql(policy: Policy, sources: dict[str, str]) -> tuple[str, str]:
                             f"FROM ({sources[ds.name]}) WHERE CAST({q(hold.column)} AS VARCHAR) = {lit(hold.equals)}")
     empty = "SELECT NULL::VARCHAR AS subject_type, NULL::VARCHAR AS subject_id WHERE false"
     return " UNION ".join(restricted) or empty, " UNION ".join(held) or empty
+
+
+def _person_wide(con: duckdb.DuckDBPyConnection, flagged: str, rights_reason: str | None = None) -> str:
+    """Every record of every person `flagged` names (member rows, linked prospects, visitors logged in as the
+    member), through identity.person_links, plus the persons rights.exclusions lists with `rights_reason`."""
+    if not table_exists(con, "identity", "person_links"):
+        return flagged
+    persons = (f"SELECT l.person_id FROM identity.person_links l JOIN ({flagged}) f "
+               f"ON l.node_type = f.subject_type AND l.node_value = f.subject_id")
+    if rights_reason is not None and table_exists(con, "rights", "exclusions"):
+        persons += f" UNION SELECT person_id FROM rights.exclusions WHERE reason = {lit(rights_reason)}"
+    subject_types = ", ".join(lit(t) for t in get_args(SubjectType))
+    return (f"{flagged} UNION SELECT node_type, node_value FROM identity.person_links "
+            f"WHERE node_type IN ({subject_types}) AND person_id IN ({persons})")
 
 
 def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, prefix: str = "_ret") -> None:
@@ -174,6 +213,7 @@ def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pref
         "WHERE false")
     con.execute(f"CREATE OR REPLACE TEMP TABLE {prefix}_purposes AS {body}")
     restricted, held = _flags_sql(policy, sources)
+    restricted, held = _person_wide(con, restricted, "restricted"), _person_wide(con, held)
     clock_records = " UNION ALL ".join(
         f"SELECT {lit(name)} AS clock_name, dataset, record_key, "
         f"{'subject_id' if clock.per == 'subject' else 'record_key'} AS clock_key FROM {prefix}_records_{clock.table}"
