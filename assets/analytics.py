@@ -26,6 +26,8 @@ CATALOGUE_KEY = dg.AssetKey(["analytics", CATALOGUE])
 UPSTREAM = [
     *(dg.AssetKey([schema, table]) for schema, table in REQUIRED_TABLES),
     dg.AssetKey(["rights", "exclusions"]),
+    # Nothing past its retention reaches the analysts: the file is built after retention is applied.
+    dg.AssetKey(["retention", "applied"]),
 ]
 
 

@@ -220,9 +220,10 @@ def test_navigation_files_are_rewritten_and_recorded_once(tmp_path):
     again = apply_decisions(navigation_targets(), navigation_dir=root, outbox_dir=tmp_path, tokenise=plain_token)
     assert again.applied == {"navigation": []} and again.ok
     assert {f: f.stat().st_mtime_ns for f in root.rglob("*.parquet")} == mtimes
-    # policies/recipients.yaml: the audience processor is told of erasures of the visitors it received
-    assert [(n["recipient"], n["decision_id"], n["subject_token"]) for n in read_notices(tmp_path)] == [
-        ("web_analytics_processor", "nav-erase", "t-visitor:v1")]
+    # policies/recipients.yaml: the audience processor is told of erasures of the visitors it received, and of
+    # the anonymisation of the page views of a member logged in (the member is the events' second subject)
+    assert sorted((n["recipient"], n["decision_id"], n["subject_token"]) for n in read_notices(tmp_path)) == [
+        ("web_analytics_processor", "nav-anon", "t-member:2"), ("web_analytics_processor", "nav-erase", "t-visitor:v1")]
 
 
 # --- crash test: a real SIGKILL inside the transaction, then a re-run ---------------------------------

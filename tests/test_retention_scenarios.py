@@ -178,19 +178,27 @@ def test_member_ended_three_years_ago_leaves_active_base_accounting_only_in_arch
     assert world.query(f"SELECT count(*) FROM archive.members WHERE member_id = {ENDED}") == [(0,)]
 
 
-def test_contract_past_its_purpose_is_archived_while_it_times_the_member_still_kept(world: World, policy: Policy):
-    """Membership ended 2.5 years ago: the contract's own 2-year archive is over, but the member may still be
-    prospected (3 years) and that clock is the contract's end date: the contract leaves the source and the
-    active base for the archive, and the member's clock survives a second run."""
+def test_contract_goes_at_its_own_date_while_its_end_date_still_times_marketing(world: World, policy: Policy):
+    """Membership ended 2.5 years ago: the contract's own 2-year archive is over, so it leaves the source, the
+    active base and the archive; the member may still be prospected (3 years from that end date), which the
+    dated clock fact keeps timing over a second run. Only the columns marketing uses stay on the member row."""
+    world.insert("members", "contracts", {"contract_id": 99, "member_id": ACTIVE, "product": "essentiel",
+                                          "start_date": "2024-09-01", "end_date": "2025-08-31", "status": "ended"})
     for _ in range(2):
         world.nightly(policy)
     assert LEFT_RECENTLY in world.source_keys("members", "members", "member_id")
     assert LEFT_RECENTLY not in world.source_keys("members", "contracts", "member_id")
-    assert world.query(f"SELECT count(*) FROM archive.contracts WHERE member_id = {LEFT_RECENTLY}") == [(1,)]
-    ledger = world.query("SELECT clock_start::DATE, active_until::DATE, status FROM retention.ledger WHERE "
+    assert world.query(f"SELECT count(*) FROM archive.contracts WHERE member_id = {LEFT_RECENTLY}") == [(0,)]
+    ledger = world.query("SELECT clock_start::DATE, active_until, status FROM retention.ledger WHERE "
                          f"subject_id = '{LEFT_RECENTLY}' AND dataset = 'members' "
                          "AND purpose = 'communication_marketing'")
     assert ledger == [(dt.date(2024, 5, 1), dt.date(2027, 5, 1), "active")]
+    assert world.query("SELECT clock_name, clock::DATE FROM retention.clock_events WHERE clock_subject_type = "
+                       f"'member' AND clock_key = '{LEFT_RECENTLY}'") == [("membership_end", dt.date(2024, 5, 1))]
+    # a member with a running contract has no fact: an older ended contract does not close the membership
+    assert world.query(f"SELECT count(*) FROM retention.clock_events WHERE clock_key = '{ACTIVE}' "
+                       "AND clock_name = 'membership_end'") == [(0,)]
+    assert ACTIVE in world.source_keys("members", "contracts", "member_id")
 
 
 def test_open_litigation_and_restriction_keep_everything(world: World, policy: Policy):
@@ -371,3 +379,50 @@ def test_quarantined_source_rows_are_under_their_tables_retention(world: World, 
     assert "orphan-old" not in world.event_ids() and "orphan-new" in world.event_ids()
     assert world.source_keys("members", "reimbursements", "reimbursement_id") == []
     assert world.query(quarantined) == [("orphan-new",)]
+
+
+def _source_row(world: World, table: str, key: str, value: object, columns: str) -> list[tuple]:
+    with world.engines["members"].connect() as con:
+        return [tuple(r) for r in con.execute(sa.text(f"SELECT {columns} FROM {table} WHERE {key} = :v"), {"v": value})]
+
+
+def test_former_member_keeps_only_what_a_running_purpose_uses(world: World, policy: Policy):
+    """Membership ended 2 years ago to the day (D = AS_OF): IBAN, birth date and postal address have left the
+    member system and the active base for the restricted archive; one day later (ended 2 years + 1 day ago)
+    they are nowhere. Names and e-mail stay on both: marketing (3 years) still uses them."""
+    on_d, after_d = 30, 31
+    for member_id, end in ((on_d, "2024-11-01"), (after_d, "2024-10-31")):
+        _ended_member_rows(world, member_id, end)
+        with world.engines["members"].begin() as con:
+            con.execute(sa.text("UPDATE members SET iban = 'FR7630006000011234567890189', street = '1 rue X', "
+                                "postal_code = '75001', city = 'Paris', activity = 'etudiant' WHERE member_id = :m"),
+                        {"m": member_id})
+    world.nightly(policy)
+    wide = "email, iban, birth_date, street, postal_code, activity"
+    assert _source_row(world, "members", "member_id", on_d, wide) == [(f"m{on_d}@example.org",) + (None,) * 5]
+    assert _source_row(world, "members", "member_id", after_d, wide) == [(f"m{after_d}@example.org",) + (None,) * 5]
+    assert world.query(f"SELECT {wide} FROM raw.members WHERE member_id IN ({on_d}, {after_d})") == [
+        (f"m{on_d}@example.org",) + (None,) * 5, (f"m{after_d}@example.org",) + (None,) * 5]
+    assert world.query(f"SELECT member_id, iban, birth_date::VARCHAR, street, email FROM archive.members "
+                       f"WHERE member_id IN ({on_d}, {after_d})") == [
+        (on_d, "FR7630006000011234567890189", "2003-04-05", "1 rue X", None)]
+    reasons = world.query("SELECT column_group, state, reason FROM retention.column_status "
+                          f"WHERE dataset = 'members' AND record_key = '{after_d}' ORDER BY 1")
+    assert [(g, s) for g, s, _ in reasons] == [("customer_relationship+membership", "cleared"),
+                                               ("membership", "cleared")]
+    assert "membership: delete after 2026-10-31" in reasons[1][2]
+
+
+def test_ip_address_goes_after_its_own_period_page_view_stays(world: World, policy: Policy):
+    """The IP serves risk control only (12 months, CNIL logging recommendation): cleared from the log the day
+    after, while the page view stays for audience statistics (25 months)."""
+    world.events({"event_id": "ip-d", "visitor_id": "v9", "ts": dt.datetime(2025, 11, 1, 23), "url": "/",
+                  "ip_address": "10.0.0.7"},
+                 {"event_id": "ip-d1", "visitor_id": "v9", "ts": dt.datetime(2025, 10, 31, 23), "url": "/",
+                  "ip_address": "10.0.0.8"})
+    world.nightly(policy)
+    found = duckdb.sql(f"SELECT event_id, ip_address, url FROM read_parquet('{world.navigation}/events/**/*.parquet') "
+                       "WHERE event_id LIKE 'ip-%' ORDER BY 1").fetchall()
+    assert found == [("ip-d", "10.0.0.7", "/"), ("ip-d1", None, "/")]
+    assert world.query("SELECT event_id, ip_address FROM raw.navigation_events WHERE event_id LIKE 'ip-%' "
+                       "ORDER BY 1") == [("ip-d", "10.0.0.7"), ("ip-d1", None)]

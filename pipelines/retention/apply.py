@@ -25,6 +25,7 @@ from pipelines.audit import AuditLog
 from pipelines.policy.models import Dataset, Policy
 from pipelines.pushback import TARGET_SCHEMA, apply_decisions
 from pipelines.refresh import touched_tables
+from pipelines.retention.columns import ARCHIVED, CLEARED, ColumnGroup, column_groups, structural_columns
 from pipelines.retention.ledger import lit, q, quarantined_sql, table_exists
 
 # ledger status -> (warehouse step, source action)
@@ -64,13 +65,57 @@ def _settle_quarantined(con: duckdb.DuckDBPyConnection, ds: Dataset) -> int:
                        f"AND record->>{lit(ds.primary_key)} IN ({decided})").fetchall()[0][0]
 
 
+def _group_keys(group: ColumnGroup, state: str | None = None) -> str:
+    where = f" AND state = {lit(state)}" if state else ""
+    return (f"SELECT record_key FROM retention.column_status WHERE dataset = {lit(group.dataset)} "
+            f"AND column_group = {lit(group.name)}{where}")
+
+
+def _merge_into_archive(con: duckdb.DuckDBPyConnection, ds: Dataset, keys: str, columns: list[str]) -> int:
+    """Copy `columns` of the raw rows whose key is in `keys` into the archive, keeping what the archive already
+    holds where raw has nothing (a column group moved there earlier). Returns the rows new to the archive."""
+    raw, arc, pk = f"raw.{q(ds.name)}", f"archive.{q(ds.name)}", q(ds.primary_key)
+    follow = sorted(structural_columns(ds) & {c for (c,) in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'raw' AND table_name = ?",
+        [ds.name]).fetchall()})
+    added = con.execute(
+        f"INSERT INTO {arc} BY NAME SELECT {', '.join(q(c) for c in follow)} FROM {raw} "
+        f"WHERE CAST({pk} AS VARCHAR) IN ({keys}) AND {pk} NOT IN (SELECT {pk} FROM {arc})").fetchall()[0][0]
+    moved = [c for c in columns if c not in follow]
+    if moved:
+        con.execute(f"UPDATE {arc} SET {', '.join(f'{q(c)} = coalesce(r.{q(c)}, {arc}.{q(c)})' for c in moved)} "
+                    f"FROM {raw} r WHERE {arc}.{pk} = r.{pk} AND CAST(r.{pk} AS VARCHAR) IN ({keys})")
+    return added
+
+
+def _clear_groups(con: duckdb.DuckDBPyConnection, ds: Dataset, groups: list[ColumnGroup]) -> int:
+    """Column groups out of a kept record's stage: archived ones move to the archive, then both leave raw;
+    cleared ones are erased from raw and archive. Returns the cells-rows changed."""
+    changed = 0
+    raw, arc, pk = f"raw.{q(ds.name)}", f"archive.{q(ds.name)}", f"CAST({q(ds.primary_key)} AS VARCHAR)"
+    for group in groups:
+        columns = list(group.columns)
+        _merge_into_archive(con, ds, _group_keys(group, ARCHIVED), columns)
+        nulls = ", ".join(f"{q(c)} = NULL" for c in columns)
+        changed += con.execute(f"UPDATE {raw} SET {nulls} WHERE {pk} IN ({_group_keys(group)}) "
+                               f"AND {_identified(columns)}").fetchall()[0][0]
+        changed += con.execute(f"UPDATE {arc} SET {nulls} WHERE {pk} IN ({_group_keys(group, CLEARED)}) "
+                               f"AND {_identified(columns)}").fetchall()[0][0]
+    if groups:  # an archived group whose period ended leaves an empty shell beside the live record: drop it
+        clearable = [c for g in groups for c in g.columns]
+        con.execute(f"DELETE FROM {arc} WHERE {q(ds.primary_key)} IN (SELECT {q(ds.primary_key)} FROM {raw}) "
+                    f"AND NOT {_identified(clearable)}")
+    return changed
+
+
 def apply_in_warehouse(con: duckdb.DuckDBPyConnection, policy: Policy) -> WarehouseOutcome:
-    """Carry out retention.record_status in the warehouse, in one transaction."""
+    """Carry out retention.record_status and retention.column_status in the warehouse, in one transaction."""
     outcome = WarehouseOutcome()
     con.execute("CREATE SCHEMA IF NOT EXISTS archive")
     pending = {d for (d,) in con.execute(
-        "SELECT DISTINCT dataset FROM retention.record_status WHERE status IN ('archived', 'to_erase', 'to_anonymise')"
-    ).fetchall()}
+        "SELECT DISTINCT dataset FROM retention.record_status WHERE status IN ('archived', 'to_erase', 'to_anonymise') "
+        "UNION SELECT DISTINCT dataset FROM retention.column_status").fetchall()}
+    groups = column_groups(policy)
     con.execute("BEGIN")
     try:
         for ds in policy.datasets:
@@ -79,14 +124,14 @@ def apply_in_warehouse(con: duckdb.DuckDBPyConnection, policy: Policy) -> Wareho
             raw, arc, pk = f"raw.{q(ds.name)}", f"archive.{q(ds.name)}", f"CAST({q(ds.primary_key)} AS VARCHAR)"
             con.execute(f"CREATE TABLE IF NOT EXISTS {arc} AS SELECT * FROM {raw} WHERE false")
             rows = outcome.rows.setdefault(ds.name, {})
-            rows["archive"] = con.execute(
-                f"INSERT INTO {arc} BY NAME SELECT * FROM {raw} WHERE {pk} IN ({_keys(ds.name, 'archived')}) "
-                f"AND {pk} NOT IN (SELECT {pk} FROM {arc})").fetchall()[0][0]
+            all_columns = [c for (c,) in con.execute(f"SELECT column_name FROM (DESCRIBE {raw})").fetchall()]
+            rows["archive"] = _merge_into_archive(con, ds, _keys(ds.name, "archived"), all_columns)
             con.execute(f"DELETE FROM {raw} WHERE {pk} IN ({_keys(ds.name, 'archived')})")
             rows["erase"] = sum(
                 con.execute(f"DELETE FROM {table} WHERE {pk} IN ({_keys(ds.name, 'to_erase')})").fetchall()[0][0]
                 for table in (raw, arc))
             rows["quarantine"] = _settle_quarantined(con, ds)
+            rows["columns_cleared"] = _clear_groups(con, ds, [g for g in groups if g.dataset == ds.name])
             columns = ds.anonymised_columns
             if columns:
                 assignments = ", ".join(f"{q(c)} = NULL" for c in columns)
@@ -113,7 +158,7 @@ def decision_targets(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.d
         if not table_exists(con, "raw", ds.name):
             continue
         payload = json.dumps(sorted(ds.anonymised_columns))
-        relations = [f"raw.{q(ds.name)}", *(f"({x})" for x in [quarantined_sql(con, ds)] if x is not None)]
+        relations = _held_relations(con, ds)
         for status, (_, action) in STEPS.items():
             where = f" WHERE {_identified(ds.anonymised_columns)}" if action == "anonymise" else ""
             still_there = " UNION ALL ".join(
@@ -126,9 +171,35 @@ def decision_targets(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.d
                 FROM retention.record_status
                 WHERE dataset = '{ds.name}' AND status = '{status}'
                 AND record_key IN ({still_there})""")
+    parts += _column_targets(con, policy, as_of)
     if not parts:
         return pa.Table.from_pylist([], schema=TARGET_SCHEMA)
     return con.sql(" UNION ALL ".join(parts) + " ORDER BY decision_id, key_value").to_arrow_table()
+
+
+def _held_relations(con: duckdb.DuckDBPyConnection, ds: Dataset) -> list[str]:
+    """Where a source row of the dataset shows in the warehouse after ingest: raw.<table>, or quarantined."""
+    return [f"raw.{q(ds.name)}", *(f"({x})" for x in [quarantined_sql(con, ds)] if x is not None)]
+
+
+def _column_targets(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date) -> list[str]:
+    """Column groups out of their record's stage leave the source: one anonymise decision per group (its
+    columns nulled), only for rows that still hold a value in them."""
+    parts = []
+    for group in column_groups(policy):
+        ds = policy.dataset(group.dataset)
+        if not table_exists(con, "raw", ds.name):
+            continue
+        columns = list(group.columns)
+        still_there = " UNION ALL ".join(
+            f"SELECT CAST({q(ds.primary_key)} AS VARCHAR) FROM {r} WHERE {_identified(columns)}"
+            for r in _held_relations(con, ds))
+        parts.append(f"""
+            SELECT {lit(f'retention:{as_of.isoformat()}:{ds.name}:columns:{group.name}')} AS decision_id,
+                   {lit(ds.system)} AS system, {lit(ds.name)} AS table_name, {lit(ds.primary_key)} AS key_column,
+                   record_key AS key_value, 'anonymise' AS action, {lit(json.dumps(sorted(columns)))} AS payload
+            FROM ({_group_keys(group)}) WHERE record_key IN ({still_there})""")
+    return parts
 
 
 def table_order(policy: Policy) -> dict[str, list[str]]:
@@ -180,13 +251,16 @@ def residue(con: duckdb.DuckDBPyConnection, policy: Policy) -> dict[str, int]:
             continue
         pk = f"CAST({q(ds.primary_key)} AS VARCHAR)"
         identifying = _identified(ds.anonymised_columns)
-        relations = [f"raw.{q(ds.name)}", *(f"({x})" for x in [quarantined_sql(con, ds)] if x is not None)]
+        relations = _held_relations(con, ds)
         n = sum(con.execute(f"""
             SELECT count(*) FROM {relation} WHERE {pk} IN (
                 SELECT record_key FROM retention.record_status WHERE dataset = '{ds.name}'
                 AND status IN ('archived', 'to_erase'))
             OR ({pk} IN ({_keys(ds.name, 'to_anonymise')}) AND {identifying})""").fetchall()[0][0]
             for relation in relations)
+        n += sum(con.execute(f"SELECT count(*) FROM raw.{q(ds.name)} WHERE {pk} IN ({_group_keys(group)}) "
+                             f"AND {_identified(list(group.columns))}").fetchall()[0][0]
+                 for group in column_groups(policy) if group.dataset == ds.name)
         if n:
             left[ds.name] = n
     return left

@@ -19,21 +19,16 @@ from typing import get_args
 
 import duckdb
 
+from pipelines.duck import literal as lit
+from pipelines.duck import quote as q
 from pipelines.policy.models import Clock, Dataset, Policy, RetentionRule, SubjectType
+from pipelines.retention.columns import compute_columns
 from pipelines.retention.until import kept_on_sql, last_day_sql
 from pipelines.sources.schema import RESTRICTION_COLUMNS
 
 STATUSES = ("active", "archived", "to_erase", "to_anonymise", "legal_hold", "restricted")
 RESTRICTED_AT = RESTRICTION_COLUMNS[0]
 UNIDENTIFIED = "unidentified"
-
-
-def q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def lit(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
@@ -88,19 +83,36 @@ def _clock_value(clock: Clock) -> str:
     return values[0] if len(values) == 1 else f"greatest({', '.join(values)})"
 
 
-def _clock_sql(policy: Policy, name: str, sources: dict[str, str]) -> str:
-    """(clock_key, clock, is_open): per subject id, or per primary key of the clock table."""
+CLOCK_EVENTS = "retention.clock_events"
+
+
+def _clock_sql(policy: Policy, name: str, sources: dict[str, str], stored: bool) -> str:
+    """(clock_subject_type, clock_key, clock, is_open) per subject id, or per primary key of the clock table.
+
+    The rows of the clock table still held give the event; once they are gone (a contract erased at its own
+    date), the dated fact kept in retention.clock_events still times the records of the subject that remain.
+    An event that has not happened yet (a running contract) is open whatever an older fact says."""
     clock = policy.clocks[name]
     ds = policy.dataset(clock.table)
     value = _clock_value(clock)
     open_expr = f"({value}) IS NULL" if clock.open_when_null else "false"
     if clock.per == "record":
-        return (f"SELECT CAST({q(ds.primary_key)} AS VARCHAR) AS clock_key, {value} AS clock, "
-                f"{open_expr} AS is_open FROM ({sources[ds.name]})")
-    subject_type, subject_id = _subject_exprs(ds)
-    return (f"SELECT {subject_type} AS clock_subject_type, {subject_id} AS clock_key, "
-            f"CASE WHEN bool_or({open_expr}) THEN NULL ELSE {clock.aggregate}({value}) END AS clock, "
-            f"bool_or({open_expr}) AS is_open FROM ({sources[ds.name]}) GROUP BY ALL")
+        current = (f"SELECT NULL::VARCHAR AS clock_subject_type, CAST({q(ds.primary_key)} AS VARCHAR) AS clock_key, "
+                   f"{value} AS clock, {open_expr} AS is_open FROM ({sources[ds.name]})"
+                   if ds.name in sources else None)
+    else:
+        subject_type, subject_id = _subject_exprs(ds)
+        current = (f"SELECT {subject_type} AS clock_subject_type, {subject_id} AS clock_key, {value} AS clock, "
+                   f"{open_expr} AS is_open FROM ({sources[ds.name]}) WHERE {subject_id} IS NOT NULL"
+                   if ds.name in sources else None)
+    facts = (f"SELECT clock_subject_type, clock_key, clock, false AS is_open FROM {CLOCK_EVENTS} "
+             f"WHERE clock_name = {lit(name)}" if stored else None)
+    union = " UNION ALL ".join(x for x in (current, facts) if x) or (
+        "SELECT NULL::VARCHAR clock_subject_type, NULL::VARCHAR clock_key, NULL::TIMESTAMP clock, false is_open "
+        "WHERE false")
+    aggregate = clock.aggregate if clock.per == "subject" else "max"
+    return (f"SELECT clock_subject_type, clock_key, CASE WHEN bool_or(is_open) THEN NULL "
+            f"ELSE {aggregate}(clock) END AS clock, bool_or(is_open) AS is_open FROM ({union}) GROUP BY ALL")
 
 
 def _purpose_sql(policy: Policy, ds: Dataset, purpose: str, rule: RetentionRule, as_of: str, prefix: str) -> str:
@@ -191,18 +203,16 @@ def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pref
     """
     as_of_text = as_of.isoformat()
     sources = {ds.name: sql for ds in policy.datasets if (sql := source_sql(con, ds)) is not None}
+    stored = table_exists(con, *CLOCK_EVENTS.split("."))
     # Clocks and record lists as temp tables: each is read by several purposes, computed once.
-    helpers = {f"{prefix}_clock_{name}": _clock_sql(policy, name, sources)
-               for name, clock in policy.clocks.items() if clock.table in sources}
+    helpers = {f"{prefix}_clock_{name}": _clock_sql(policy, name, sources, stored) for name in policy.clocks}
     selects = []
     for ds in policy.datasets:
         if not ds.subjects or ds.name not in sources:
             continue
         helpers[f"{prefix}_records_{ds.name}"] = _records_sql(ds, sources[ds.name])
         for purpose in ds.purposes:
-            rule = policy.rule_for(purpose, ds.name)
-            if policy.clocks[rule.clock].table in sources:
-                selects.append(_purpose_sql(policy, ds, purpose, rule, as_of_text, prefix))
+            selects.append(_purpose_sql(policy, ds, purpose, policy.rule_for(purpose, ds.name), as_of_text, prefix))
     for name, sql in helpers.items():
         con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
     body = " UNION ALL ".join(selects) if selects else (
@@ -214,11 +224,6 @@ def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pref
     con.execute(f"CREATE OR REPLACE TEMP TABLE {prefix}_purposes AS {body}")
     restricted, held = _flags_sql(policy, sources)
     restricted, held = _person_wide(con, restricted, "restricted"), _person_wide(con, held)
-    clock_records = " UNION ALL ".join(
-        f"SELECT {lit(name)} AS clock_name, dataset, record_key, "
-        f"{'subject_id' if clock.per == 'subject' else 'record_key'} AS clock_key FROM {prefix}_records_{clock.table}"
-        for name, clock in policy.clocks.items() if f"{prefix}_records_{clock.table}" in helpers
-    ) or "SELECT NULL::VARCHAR clock_name, NULL::VARCHAR dataset, NULL::VARCHAR record_key, NULL::VARCHAR clock_key"
     systems = " ".join(f"WHEN {lit(ds.name)} THEN {lit(ds.system)}" for ds in policy.datasets)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {prefix}_flagged AS
@@ -240,24 +245,22 @@ def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pref
     """)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {prefix}_records AS
-        WITH
-        needed AS (
-            SELECT DISTINCT p.clock_name, p.clock_key
-            FROM {prefix}_purposes p JOIN {prefix}_flagged f USING (dataset, record_key)
-            WHERE f.outcome IN ('active', 'archived') OR f.is_restricted OR f.is_held
-        ),
-        clock_of AS (
-            SELECT cr.dataset, cr.record_key,
-                   string_agg(DISTINCT cr.clock_name, ', ' ORDER BY cr.clock_name) AS kept_for_clock
-            FROM ({clock_records}) cr JOIN needed n USING (clock_name, clock_key) GROUP BY ALL
-        )
-        SELECT f.*, CASE f.dataset {systems} END AS system, k.kept_for_clock,
+        SELECT f.*, CASE f.dataset {systems} END AS system,
                CASE WHEN f.is_restricted THEN 'restricted'
                     WHEN f.is_held AND f.outcome <> 'active' THEN 'legal_hold'
-                    WHEN k.kept_for_clock IS NOT NULL AND f.outcome IN ('to_erase', 'to_anonymise') THEN 'archived'
                     ELSE f.outcome END AS status
-        FROM {prefix}_flagged f LEFT JOIN clock_of k USING (dataset, record_key)
+        FROM {prefix}_flagged f
     """)
+    # The dated facts still timing a record that stays (closed events only: an open one is re-read every night).
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {prefix}_clock_facts AS
+        SELECT DISTINCT p.clock_name, k.clock_subject_type, p.clock_key, k.clock
+        FROM {prefix}_purposes p JOIN {prefix}_records r USING (dataset, record_key)
+        JOIN ({" UNION ALL ".join(f"SELECT {lit(n)} AS clock_name, * FROM {prefix}_clock_{n}" for n in policy.clocks)})
+             k ON k.clock_name = p.clock_name AND k.clock_key = p.clock_key
+        WHERE r.status NOT IN ('to_erase', 'to_anonymise') AND NOT k.is_open AND k.clock IS NOT NULL
+    """)
+    compute_columns(con, policy, prefix)
     con.execute(f"DROP TABLE {prefix}_flagged")
     for name in helpers:
         con.execute(f"DROP TABLE {name}")
@@ -267,9 +270,7 @@ STATUS_REASON = """CASE rec.status
         WHEN 'restricted' THEN 'subject restricted (GDPR art. 18): storage only, retention suspended'
         WHEN 'legal_hold' THEN 'open litigation: legal hold suspends ' || rec.outcome
         WHEN 'active' THEN 'kept in the active base by ' || array_to_string(rec.active_purposes, ', ')
-        WHEN 'archived' THEN CASE WHEN rec.outcome = 'archived'
-            THEN 'restricted archive for ' || array_to_string(rec.archive_purposes, ', ')
-            ELSE 'restricted archive: carries the ' || rec.kept_for_clock || ' event of records still held' END
+        WHEN 'archived' THEN 'restricted archive for ' || array_to_string(rec.archive_purposes, ', ')
         WHEN 'to_anonymise' THEN 'every purpose ended; one requires anonymisation'
         ELSE 'every purpose ended' END"""
 
@@ -283,7 +284,8 @@ PURPOSE_STATUS = """CASE WHEN rec.status = 'restricted' THEN 'restricted'
 
 
 def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date) -> None:
-    """(Re)write retention.ledger (subject × purpose × dataset) and retention.record_status for `as_of`.
+    """(Re)write retention.ledger (subject × purpose × dataset), retention.record_status, retention.column_status
+    (per kept record, the column groups that leave its stage, and why) and retention.clock_events for `as_of`.
 
     A dataset whose clock runs per record (navigation events, contributions) can put one subject's records in
     several statuses: the ledger then has one row per status, with the record count.
@@ -307,6 +309,11 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date)
         FROM _ret_purposes p JOIN _ret_records rec USING (dataset, record_key)
         GROUP BY p.subject_type, p.subject_id, p.purpose, p.dataset, {PURPOSE_STATUS}
     """, [as_of])
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _ret_new_columns AS
+        SELECT ?::DATE AS as_of, dataset, system, record_key, subject_type, subject_id, column_group, columns, state,
+               reason FROM _ret_columns""", [as_of])
+    con.execute("CREATE OR REPLACE TEMP TABLE _ret_new_clocks AS SELECT * FROM _ret_clock_facts")
     _ensure_tables(con)
     con.execute("BEGIN")
     try:
@@ -321,6 +328,11 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date)
                 SELECT (subject_type, subject_id, purpose, dataset, status) FROM _ret_new_ledger)""", [as_of])
         con.execute("INSERT INTO retention.record_status BY NAME SELECT * FROM _ret_new_status")
         con.execute("INSERT INTO retention.ledger BY NAME SELECT * FROM _ret_new_ledger")
+        # Column groups and clock facts are this run's whole picture (both only shrink as records go).
+        con.execute("DELETE FROM retention.column_status")
+        con.execute("INSERT INTO retention.column_status BY NAME SELECT * FROM _ret_new_columns")
+        con.execute(f"DELETE FROM {CLOCK_EVENTS}")
+        con.execute(f"INSERT INTO {CLOCK_EVENTS} BY NAME SELECT * FROM _ret_new_clocks")
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
@@ -330,7 +342,8 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date)
 def _ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
     """Create the ledger tables, replacing a copy left by an older layout (it is recomputed every run)."""
     con.execute("CREATE SCHEMA IF NOT EXISTS retention")
-    for table, source in (("ledger", "_ret_new_ledger"), ("record_status", "_ret_new_status")):
+    for table, source in (("ledger", "_ret_new_ledger"), ("record_status", "_ret_new_status"),
+                          ("column_status", "_ret_new_columns"), ("clock_events", "_ret_new_clocks")):
         wanted = [(row[0], row[1]) for row in con.execute(f"DESCRIBE {source}").fetchall()]
         found = [(c, t) for (c, t) in con.execute(
             "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'retention' "

@@ -1,0 +1,91 @@
+"""Column-level retention: a column's value lives as long as one of the purposes it serves (datasets.yaml).
+
+The clearable columns of a dataset fall into groups of identical purposes (members: iban, birth_date and
+activity serve membership only; email and names also serve customer relationship and marketing). The key, the
+subject and reference columns and the system columns follow the record. For a record that is kept (in the
+active base or in the archive), a group whose purposes have all left the record's stage is cleared there: out
+of the active base into the restricted archive while one of its purposes is archived, erased once all ended.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+
+from pipelines.duck import literal as lit
+from pipelines.duck import quote as q
+from pipelines.policy.models import Dataset, Policy
+
+# retention.column_status states; the record's own status (retention.record_status) says where it is kept.
+ARCHIVED, CLEARED = "archived", "cleared"
+
+
+@dataclass(frozen=True)
+class ColumnGroup:
+    dataset: str
+    purposes: tuple[str, ...]
+    columns: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return "+".join(self.purposes)
+
+
+def structural_columns(ds: Dataset) -> set[str]:
+    """Columns that follow the record whatever its purposes: key, subjects, references, system columns."""
+    return ({ds.primary_key} | {s.column for s in ds.subjects} | set(ds.references)
+            | {c.name for c in ds.columns if not c.purposes})
+
+
+def column_groups(policy: Policy) -> list[ColumnGroup]:
+    """Clearable column groups of every dataset about a person, only where a dataset has more than one."""
+    groups = []
+    for ds in policy.datasets:
+        if not ds.subjects:
+            continue
+        fixed = structural_columns(ds)
+        by_purposes: dict[tuple[str, ...], list[str]] = {}
+        for column in ds.columns:
+            if column.name not in fixed:
+                by_purposes.setdefault(tuple(sorted(column.purposes)), []).append(column.name)
+        if len(by_purposes) > 1:  # one group only: its purposes are the record's, record retention suffices
+            groups += [ColumnGroup(ds.name, p, tuple(cols)) for p, cols in sorted(by_purposes.items())]
+    return groups
+
+
+def groups_sql(groups: list[ColumnGroup]) -> str:
+    """The groups as a relation (dataset, column_group, purposes VARCHAR[], columns VARCHAR[])."""
+    if not groups:
+        return ("SELECT NULL::VARCHAR AS dataset, NULL::VARCHAR AS column_group, NULL::VARCHAR[] AS purposes, "
+                "NULL::VARCHAR[] AS columns WHERE false")
+    rows = ", ".join(f"({lit(g.dataset)}, {lit(g.name)}, [{', '.join(lit(p) for p in g.purposes)}], "
+                     f"[{', '.join(lit(c) for c in g.columns)}])" for g in groups)
+    return f"SELECT * FROM (VALUES {rows}) AS g(dataset, column_group, purposes, columns)"
+
+
+def compute_columns(con: duckdb.DuckDBPyConnection, policy: Policy, prefix: str) -> None:
+    """Temp table `{prefix}_columns`: per kept record, each column group that must leave the record's stage.
+
+    A group with no evaluated purpose for the record (its clock does not apply to this kind of subject) follows
+    the record. Holds and restrictions suspend clearing like every other step.
+    """
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {q(prefix + '_columns')} AS
+        WITH g AS ({groups_sql(column_groups(policy))}),
+        states AS (
+            SELECT p.dataset, p.record_key, g.column_group, any_value(g.columns) AS columns,
+                   CASE WHEN bool_or(p.purpose_status = 'active') THEN 'active'
+                        WHEN bool_or(p.purpose_status = 'archived') THEN {lit(ARCHIVED)}
+                        ELSE {lit(CLEARED)} END AS state,
+                   string_agg(p.purpose || ': ' || p.purpose_reason, '; ' ORDER BY p.purpose) AS why
+            FROM {q(prefix + '_purposes')} p JOIN g ON g.dataset = p.dataset AND list_contains(g.purposes, p.purpose)
+            GROUP BY ALL
+        )
+        SELECT s.dataset, r.system, s.record_key, r.subject_type, r.subject_id, s.column_group, s.columns, s.state,
+               CASE s.state WHEN {lit(ARCHIVED)} THEN 'moved to the restricted archive: '
+                    ELSE 'cleared, every purpose of these columns ended: ' END || s.why AS reason
+        FROM states s JOIN {q(prefix + '_records')} r USING (dataset, record_key)
+        WHERE (r.status = 'active' AND s.state IN ({lit(ARCHIVED)}, {lit(CLEARED)}))
+           OR (r.status = 'archived' AND s.state = {lit(CLEARED)})
+    """)
