@@ -23,7 +23,7 @@ import duckdb
 from pipelines.duck import quote
 from pipelines.policy.models import Policy
 from pipelines.pseudo.policy import POLICY_FILE, PseudonymisationPolicy
-from pipelines.retention.ledger import _clock_sql, source_sql
+from pipelines.retention.ledger import _clock_sql, source_sql, table_exists
 from pipelines.retention.until import kept_on_sql, last_day_sql
 
 
@@ -62,7 +62,9 @@ def _ended_sql(con: duckdb.DuckDBPyConnection, policy: Policy, purpose: str, as_
     if source is None:
         return None
     ended = f"NOT (k.clock IS NULL OR {kept_on_sql(_lit(as_of.isoformat()), last_day_sql('k.clock', rule.active))})"
-    clocks = _clock_sql(policy, rule.clock, {clock_ds.name: source})
+    # with the dated facts retention keeps once the clock's own rows are gone (a contract erased at its date)
+    clocks = _clock_sql(policy, rule.clock, {clock_ds.name: source}, stored=table_exists(con, "retention",
+                                                                                          "clock_events"))
     node_type = "k.clock_subject_type" if clock.per == "subject" else _lit(clock_ds.name)
     return (f"SELECT {_lit(purpose)} AS purpose, {node_type} AS node_type, k.clock_key AS node_value "
             f"FROM ({clocks}) k WHERE {ended}")

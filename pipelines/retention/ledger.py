@@ -86,7 +86,7 @@ def _clock_value(clock: Clock) -> str:
 CLOCK_EVENTS = "retention.clock_events"
 
 
-def _clock_sql(policy: Policy, name: str, sources: dict[str, str], stored: bool) -> str:
+def _clock_sql(policy: Policy, name: str, sources: dict[str, str], *, stored: bool) -> str:
     """(clock_subject_type, clock_key, clock, is_open) per subject id, or per primary key of the clock table.
 
     The rows of the clock table still held give the event; once they are gone (a contract erased at its own
@@ -205,7 +205,7 @@ def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pref
     sources = {ds.name: sql for ds in policy.datasets if (sql := source_sql(con, ds)) is not None}
     stored = table_exists(con, *CLOCK_EVENTS.split("."))
     # Clocks and record lists as temp tables: each is read by several purposes, computed once.
-    helpers = {f"{prefix}_clock_{name}": _clock_sql(policy, name, sources, stored) for name in policy.clocks}
+    helpers = {f"{prefix}_clock_{name}": _clock_sql(policy, name, sources, stored=stored) for name in policy.clocks}
     selects = []
     for ds in policy.datasets:
         if not ds.subjects or ds.name not in sources:
