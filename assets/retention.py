@@ -58,9 +58,12 @@ def _purpose_table(counts: dict[str, dict[str, int]]) -> str:
     key=LEDGER_KEY,
     group_name="retention",
     deps=LEDGER_DEPS,
-    description="Retention ledger: one row per subject × purpose × dataset (clock start, active until, archive "
-    "until, status active/archived/to_erase/to_anonymise/legal_hold/restricted, reason), computed in SQL "
-    "generated from policies/ for the run's as_of; retention.record_status holds the per-record outcome.",
+    description="Retention ledger: one row per subject × purpose × dataset (clock start, last day active, last "
+    "day archived, status active/archived/to_erase/to_anonymise/legal_hold/restricted, reason), computed in SQL "
+    "generated from policies/ for the run's as_of; retention.record_status holds the per-record outcome, "
+    "retention.column_status the column groups of kept records that go to the archive or are cleared (and why), "
+    "retention.clock_events the dated events still timing a kept record. Holds and restrictions reach the whole "
+    "person; it runs after the rights stage.",
     kinds={"duckdb", "sql"},
     owners=[OWNER],
     tags={"stage": "retention"},
@@ -77,11 +80,18 @@ def retention_ledger(
         counts = counts_by_purpose(con)
         rows = con.execute("SELECT count(*) FROM retention.ledger").fetchall()[0][0]
         records = dict(con.execute("SELECT status, count(*) FROM retention.record_status GROUP BY 1").fetchall())
+        column_groups: dict[str, dict[str, int]] = {}
+        for dataset, group, state, n in con.execute(
+                "SELECT dataset, column_group, state, count(*) FROM retention.column_status GROUP BY ALL ORDER BY ALL"
+        ).fetchall():
+            column_groups.setdefault(f"{dataset}: {group}", {})[state] = n
     return dg.MaterializeResult(metadata={
         "dagster/row_count": dg.MetadataValue.int(rows),
         "as_of": dg.MetadataValue.text(as_of.isoformat()),
         "policy_version": dg.MetadataValue.text(policy.version_label),
         "records_by_status": dg.MetadataValue.json(records),
+        # kept records whose column group left their stage: "dataset: purposes" -> archived / cleared records
+        "column_groups_out_of_stage": dg.MetadataValue.json(column_groups),
         "by_purpose": dg.MetadataValue.md(_purpose_table(counts)),
     })
 

@@ -132,3 +132,6 @@ def test_register_lists_purposes_transfers_and_erasure_limits():
     assert "| prospecting | prospects | 3 an(s) après" in text
     assert "| audience_analytics | cookie_consents | 13 mois après" in text
     assert "jours entiers: le dernier jour de la durée est conservé en entier; l'effacement a lieu le lendemain" in text
+    # column-level retention: what leaves a kept record with the purposes it served
+    assert "| members | birth_date, establishment_id, activity, iban | membership |" in text
+    assert "| navigation_events | ip_address | risk_control |" in text

@@ -303,6 +303,9 @@ def test_assets_materialise_with_ui_counts_and_reports(world: World, tmp_path: P
                             "compliance__policy_change_preview": {"config": {"as_of": AS_OF.isoformat()}}}},
     )
     assert result.success
+    ledger = result.asset_materializations_for_node("retention__ledger")[0].metadata
+    # the member gone 2.5 years ago keeps only what marketing uses: the rest of the row is cleared
+    assert ledger["column_groups_out_of_stage"].value["members: membership"] == {"cleared": 1}
     applied = result.asset_materializations_for_node("retention__applied")[0].metadata
     assert applied["erased_rows"].value > 0 and applied["anonymised_rows"].value == 1
     assert "| prospecting | 1 | 0 | 1 | 0 | 0 |" in applied["by_purpose"].value
@@ -395,14 +398,15 @@ def test_former_member_keeps_only_what_a_running_purpose_uses(world: World, poli
         _ended_member_rows(world, member_id, end)
         with world.engines["members"].begin() as con:
             con.execute(sa.text("UPDATE members SET iban = 'FR7630006000011234567890189', street = '1 rue X', "
-                                "postal_code = '75001', city = 'Paris', activity = 'etudiant' WHERE member_id = :m"),
+                                "postal_code = '75001', city = 'Paris', activity = 'etudiant', establishment_id = 3 "
+                                "WHERE member_id = :m"),
                         {"m": member_id})
     world.nightly(policy)
-    wide = "email, iban, birth_date, street, postal_code, activity"
-    assert _source_row(world, "members", "member_id", on_d, wide) == [(f"m{on_d}@example.org",) + (None,) * 5]
-    assert _source_row(world, "members", "member_id", after_d, wide) == [(f"m{after_d}@example.org",) + (None,) * 5]
+    wide = "email, iban, birth_date, street, postal_code, activity, establishment_id"
+    assert _source_row(world, "members", "member_id", on_d, wide) == [(f"m{on_d}@example.org",) + (None,) * 6]
+    assert _source_row(world, "members", "member_id", after_d, wide) == [(f"m{after_d}@example.org",) + (None,) * 6]
     assert world.query(f"SELECT {wide} FROM raw.members WHERE member_id IN ({on_d}, {after_d})") == [
-        (f"m{on_d}@example.org",) + (None,) * 5, (f"m{after_d}@example.org",) + (None,) * 5]
+        (f"m{on_d}@example.org",) + (None,) * 6, (f"m{after_d}@example.org",) + (None,) * 6]
     assert world.query(f"SELECT member_id, iban, birth_date::VARCHAR, street, email FROM archive.members "
                        f"WHERE member_id IN ({on_d}, {after_d})") == [
         (on_d, "FR7630006000011234567890189", "2003-04-05", "1 rue X", None)]
@@ -410,6 +414,7 @@ def test_former_member_keeps_only_what_a_running_purpose_uses(world: World, poli
                           f"WHERE dataset = 'members' AND record_key = '{after_d}' ORDER BY 1")
     assert [(g, s) for g, s, _ in reasons] == [("customer_relationship+membership", "cleared"),
                                                ("membership", "cleared")]
+    assert world.query(f"SELECT establishment_id FROM archive.members WHERE member_id = {on_d}") == [(3,)]
     assert "membership: delete after 2026-10-31" in reasons[1][2]
 
 

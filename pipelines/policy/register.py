@@ -11,6 +11,7 @@ from functools import cache
 from fideslang.default_taxonomy import DEFAULT_TAXONOMY
 
 from pipelines.policy.models import Policy, RetentionRule, duration_parts
+from pipelines.retention.columns import column_groups
 from pipelines.retention.until import WORDING_FR as UNTIL_WORDING_FR
 
 END_ACTIONS = {"delete": "suppression", "anonymise": "anonymisation irréversible"}
@@ -98,7 +99,14 @@ def render_register(policy: Policy) -> str:
                              f"{_cell(policy.clocks[rule.clock].description)} | {human_duration(rule.archive)} | "
                              f"{END_ACTIONS[rule.end_action]} |")
     lines += ["", f"Durées comptées en jours entiers: {UNTIL_WORDING_FR}.", "",
-              "Une procédure judiciaire en cours (dossier contentieux ouvert) suspend l'effacement; une "
-              "limitation (art. 18) le suspend aussi tant qu'elle dure.", "",
+              "Une procédure judiciaire en cours (dossier contentieux ouvert) ou une limitation (art. 18) suspend "
+              "l'effacement de toutes les données de la personne, dans tous les systèmes (liens d'identité).", "",
+              "### Conservation par colonne", "",
+              "Dans un enregistrement conservé, chaque colonne ne vit que tant qu'une des finalités qu'elle sert est "
+              "en base active ou en archive: passé ce délai, elle est vidée dans la source et la base active "
+              "(déplacée en archive intermédiaire pendant la durée d'archive de ses finalités, puis effacée).", "",
+              "| Jeu de données | Colonnes | Conservées tant que dure l'une de |", "|---|---|---|"]
+    lines += [f"| {g.dataset} | {', '.join(g.columns)} | {', '.join(g.purposes)} |" for g in column_groups(policy)]
+    lines += ["",
               "## Mesures de sécurité (art. 32)", ""] + [f"- {m}" for m in c.security_measures] + [""]
     return "\n".join(lines)

@@ -71,11 +71,12 @@ def _group_keys(group: ColumnGroup, state: str | None = None) -> str:
             f"AND column_group = {lit(group.name)}{where}")
 
 
-def _merge_into_archive(con: duckdb.DuckDBPyConnection, ds: Dataset, keys: str, columns: list[str]) -> int:
+def _merge_into_archive(con: duckdb.DuckDBPyConnection, policy: Policy, ds: Dataset, keys: str,
+                        columns: list[str]) -> int:
     """Copy `columns` of the raw rows whose key is in `keys` into the archive, keeping what the archive already
     holds where raw has nothing (a column group moved there earlier). Returns the rows new to the archive."""
     raw, arc, pk = f"raw.{q(ds.name)}", f"archive.{q(ds.name)}", q(ds.primary_key)
-    follow = sorted(structural_columns(ds) & {c for (c,) in con.execute(
+    follow = sorted(structural_columns(policy, ds) & {c for (c,) in con.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_schema = 'raw' AND table_name = ?",
         [ds.name]).fetchall()})
     added = con.execute(
@@ -88,14 +89,14 @@ def _merge_into_archive(con: duckdb.DuckDBPyConnection, ds: Dataset, keys: str, 
     return added
 
 
-def _clear_groups(con: duckdb.DuckDBPyConnection, ds: Dataset, groups: list[ColumnGroup]) -> int:
+def _clear_groups(con: duckdb.DuckDBPyConnection, policy: Policy, ds: Dataset, groups: list[ColumnGroup]) -> int:
     """Column groups out of a kept record's stage: archived ones move to the archive, then both leave raw;
     cleared ones are erased from raw and archive. Returns the cells-rows changed."""
     changed = 0
     raw, arc, pk = f"raw.{q(ds.name)}", f"archive.{q(ds.name)}", f"CAST({q(ds.primary_key)} AS VARCHAR)"
     for group in groups:
         columns = list(group.columns)
-        _merge_into_archive(con, ds, _group_keys(group, ARCHIVED), columns)
+        _merge_into_archive(con, policy, ds, _group_keys(group, ARCHIVED), columns)
         nulls = ", ".join(f"{q(c)} = NULL" for c in columns)
         changed += con.execute(f"UPDATE {raw} SET {nulls} WHERE {pk} IN ({_group_keys(group)}) "
                                f"AND {_identified(columns)}").fetchall()[0][0]
@@ -125,13 +126,13 @@ def apply_in_warehouse(con: duckdb.DuckDBPyConnection, policy: Policy) -> Wareho
             con.execute(f"CREATE TABLE IF NOT EXISTS {arc} AS SELECT * FROM {raw} WHERE false")
             rows = outcome.rows.setdefault(ds.name, {})
             all_columns = [c for (c,) in con.execute(f"SELECT column_name FROM (DESCRIBE {raw})").fetchall()]
-            rows["archive"] = _merge_into_archive(con, ds, _keys(ds.name, "archived"), all_columns)
+            rows["archive"] = _merge_into_archive(con, policy, ds, _keys(ds.name, "archived"), all_columns)
             con.execute(f"DELETE FROM {raw} WHERE {pk} IN ({_keys(ds.name, 'archived')})")
             rows["erase"] = sum(
                 con.execute(f"DELETE FROM {table} WHERE {pk} IN ({_keys(ds.name, 'to_erase')})").fetchall()[0][0]
                 for table in (raw, arc))
             rows["quarantine"] = _settle_quarantined(con, ds)
-            rows["columns_cleared"] = _clear_groups(con, ds, [g for g in groups if g.dataset == ds.name])
+            rows["columns_cleared"] = _clear_groups(con, policy, ds, [g for g in groups if g.dataset == ds.name])
             columns = ds.anonymised_columns
             if columns:
                 assignments = ", ".join(f"{q(c)} = NULL" for c in columns)

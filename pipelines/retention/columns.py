@@ -32,9 +32,11 @@ class ColumnGroup:
         return "+".join(self.purposes)
 
 
-def structural_columns(ds: Dataset) -> set[str]:
-    """Columns that follow the record whatever its purposes: key, subjects, references, system columns."""
-    return ({ds.primary_key} | {s.column for s in ds.subjects} | set(ds.references)
+def structural_columns(policy: Policy, ds: Dataset) -> set[str]:
+    """Columns that follow the record whatever its purposes: key, subjects, links to other records about a
+    person, system columns. (A link to reference data, such as a member's establishment, is an attribute.)"""
+    links = {c for c, target in ds.references.items() if policy.dataset(target.split(".")[0]).subjects}
+    return ({ds.primary_key} | {s.column for s in ds.subjects} | links
             | {c.name for c in ds.columns if not c.purposes})
 
 
@@ -44,7 +46,7 @@ def column_groups(policy: Policy) -> list[ColumnGroup]:
     for ds in policy.datasets:
         if not ds.subjects:
             continue
-        fixed = structural_columns(ds)
+        fixed = structural_columns(policy, ds)
         by_purposes: dict[tuple[str, ...], list[str]] = {}
         for column in ds.columns:
             if column.name not in fixed:
