@@ -20,6 +20,7 @@ from pipelines import settings
 from pipelines.audit import AuditLog
 from pipelines.policy.loader import load_policy_file
 from pipelines.policy.models import SLUG
+from pipelines.sqltext import literal
 
 ROLES_FILE = "roles.yaml"
 ARCHIVE_SCHEMA = "archive"
@@ -105,8 +106,7 @@ def open_archive(
     path = Path(warehouse_path) if warehouse_path else settings.warehouse_path()
     con = duckdb.connect()
     try:
-        escaped = str(path).replace("'", "''")
-        con.execute(f"ATTACH '{escaped}' AS warehouse (READ_ONLY)")
+        con.execute(f"ATTACH {literal(path)} AS warehouse (READ_ONLY)")
         tables = [
             name for (name,) in con.execute(
                 "SELECT table_name FROM duckdb_tables() WHERE database_name = 'warehouse' AND schema_name = ? "

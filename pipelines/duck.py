@@ -10,16 +10,6 @@ import duckdb
 from pipelines import settings
 
 
-def quote(name: str) -> str:
-    """Quote an identifier for DuckDB SQL."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def literal(value: str) -> str:
-    """Quote a text literal for DuckDB SQL."""
-    return "'" + value.replace("'", "''") + "'"
-
-
 def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> Any:
     """First column of the first row, reading the whole result (DuckDB 2 keeps unread results pending)."""
     rows = con.execute(sql, params or []).fetchall()

@@ -26,7 +26,8 @@ import duckdb
 import pyarrow as pa
 import sqlalchemy as sa
 
-from pipelines.duck import quote, scalar
+from pipelines.duck import scalar
+from pipelines.sqltext import ident, list_literal, literal
 
 QUARANTINE_DDL = """
 CREATE SCHEMA IF NOT EXISTS raw;
@@ -173,14 +174,15 @@ def read_sql_table_dbapi(engine: sa.Engine, table: sa.Table, batch_size: int = 2
 
 def _problems_sql(columns: dict[str, str], required: list[str], key: list[str], source: str) -> str:
     """One SQL expression listing everything wrong with a row ('' when nothing is)."""
-    checks = [f"CASE WHEN {quote(c)} IS NULL THEN 'missing {c}' END" for c in required]
+    checks = [f"CASE WHEN {ident(c)} IS NULL THEN {literal('missing ' + c)} END" for c in required]
     checks += [
-        f"CASE WHEN {quote(c)} IS NOT NULL AND TRY_CAST({quote(c)} AS {t}) IS NULL THEN 'bad {t.lower()} in {c}' END"
+        f"CASE WHEN {ident(c)} IS NOT NULL AND TRY_CAST({ident(c)} AS {t}) IS NULL "
+        f"THEN {literal(f'bad {t.lower()} in {c}')} END"
         for c, t in columns.items()
         if t != "VARCHAR"
     ]
     if key:
-        partition = ", ".join(quote(k) for k in key)
+        partition = ", ".join(ident(k) for k in key)
         checks.append(f"CASE WHEN count(*) OVER (PARTITION BY {partition}) > 1 THEN 'duplicate key' END")
     return f"SELECT *, concat_ws('; ', {', '.join(checks)}) AS _problems FROM {source}"
 
@@ -201,12 +203,12 @@ def load_typed(
     Without `replace_files` the table is replaced whole; with it, only the rows whose `source_file` is
     listed are replaced (incremental loads). One transaction: a crash leaves the previous state.
     """
-    target = f"raw.{quote(table)}"
+    target = f"raw.{ident(table)}"
     con.execute(QUARANTINE_DDL)
     con.execute(f"CREATE OR REPLACE TEMP TABLE _staged AS {_problems_sql(columns, required, key, source)}")
-    typed = ", ".join(f"TRY_CAST({quote(c)} AS {t}) AS {quote(c)}" for c, t in columns.items())
-    key_expr = " || '|' || ".join(f"coalesce(CAST({quote(k)} AS VARCHAR), '∅')" for k in key) or "NULL"
-    record = ", ".join(f"{quote(c)} := {quote(c)}" for c in columns)
+    typed = ", ".join(f"TRY_CAST({ident(c)} AS {t}) AS {ident(c)}" for c, t in columns.items())
+    key_expr = " || '|' || ".join(f"coalesce(CAST({ident(k)} AS VARCHAR), '∅')" for k in key) or "NULL"
+    record = ", ".join(f"{ident(c)} := {ident(c)}" for c in columns)
     con.execute("BEGIN TRANSACTION")
     try:
         if replace_files is None:
@@ -283,11 +285,11 @@ def ingest_parquet(
     forced = set(reread)
     changed = [p for p, st in stats.items() if p in forced or seen.get(p) != (st.st_size, st.st_mtime_ns)]
     stale = sorted(set(changed) | (set(seen) - set(stats)))
-    text_cols = ", ".join(f"CAST({quote(c)} AS VARCHAR) AS {quote(c)}" for c in columns)
+    text_cols = ", ".join(f"CAST({ident(c)} AS VARCHAR) AS {ident(c)}" for c in columns)
     source = (
-        f"(SELECT {text_cols}, filename AS source_file FROM read_parquet({_sql_list(changed)}, filename = true))"
+        f"(SELECT {text_cols}, filename AS source_file FROM read_parquet({list_literal(changed)}, filename = true))"
         if changed
-        else f"(SELECT {', '.join(f'NULL::VARCHAR AS {quote(c)}' for c in columns)}, NULL::VARCHAR AS source_file "
+        else f"(SELECT {', '.join(f'NULL::VARCHAR AS {ident(c)}' for c in columns)}, NULL::VARCHAR AS source_file "
         "WHERE false)"
     )
     con.execute(f"CREATE OR REPLACE TEMP VIEW _parquet_rows AS SELECT * FROM {source}")
@@ -309,10 +311,6 @@ def ingest_parquet(
         )
         con.unregister("_manifest")
     return replace(result, replaced_files=tuple(stale))
-
-
-def _sql_list(values: list[str]) -> str:
-    return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]"
 
 
 def navigation_columns(schema: pa.Schema) -> dict[str, str]:

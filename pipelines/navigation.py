@@ -17,6 +17,7 @@ import duckdb
 from pipelines.ingest import IngestResult, ingest_parquet, navigation_columns
 from pipelines.partitions import DAY_FOLDER_PATTERN, days_of_files
 from pipelines.sources.schema import COOKIE_CONSENT_SCHEMA, NAVIGATION_EVENT_SCHEMA, NAVIGATION_REQUIRED
+from pipelines.sqltext import literal
 
 NAVIGATION_TABLES = {
     "navigation_events": (NAVIGATION_EVENT_SCHEMA, list(NAVIGATION_REQUIRED), "events"),
@@ -47,7 +48,7 @@ def ingest_navigation_table(
 
 
 def _day_of(path_sql: str) -> str:
-    return f"regexp_extract({path_sql}, '{DAY_FOLDER_PATTERN}', 1)"
+    return f"regexp_extract({path_sql}, {literal(DAY_FOLDER_PATTERN)}, 1)"
 
 
 def day_counts(con: duckdb.DuckDBPyConnection, days: Collection[str]) -> dict[str, DayCounts]:

@@ -1,12 +1,13 @@
 """Transfers outside the EU/EEA (policy: "Transferts de données hors Union européenne"), sent once, as deltas.
 
 Everything comes from `policies/recipients.yaml`: a recipient with a `transfer` block receives, per purpose and
-dataset, exactly the columns it lists. A disclosure with a `condition` (e.g. the complaints handled by the
-Morocco provider) selects the rows, and the recipient's other disclosures only cover the subjects of those rows
-(the members whose complaints or settlements are sent). A row is only sent while the recipient's purpose is
-active for it, as the retention ledger computes it from the policy (`pipelines.retention.ledger.compute`: an
-open complaint, an unsettled claim); restricted and erased people are never sent (SPEC §4), whatever system
-flagged them (identity.person_links, pipelines.pseudo.tables).
+dataset, exactly the columns it lists. A disclosure with `where` conditions (column, operator, value, compiled
+with literals by pipelines.sqltext; e.g. the complaints handled by the Morocco provider) selects the rows, and
+the recipient's other disclosures only cover the subjects of those rows (the members whose complaints or
+settlements are sent). A row is only sent while the recipient's purpose is active for it, as the retention
+ledger computes it from the policy (`pipelines.retention.ledger.compute`: an open complaint, an unsettled
+claim); restricted and erased people are never sent (SPEC §4), whatever system flagged them
+(identity.person_links, pipelines.pseudo.tables).
 
 Each night a recipient gets only what changed since its last delivery (`transfers.delivered_rows` keeps, per
 row, what was last done with it and the hash of the columns sent):
@@ -37,12 +38,13 @@ from pathlib import Path
 import duckdb
 
 from pipelines.audit import AuditLog
-from pipelines.duck import quote, scalar
+from pipelines.duck import scalar
 from pipelines.durable import replace_durably
 from pipelines.policy.models import Dataset, Disclosure, Policy, Recipient
 from pipelines.pseudo.tables import exclusions_sql
 from pipelines.pushback.notices import read_notices, write_notices
 from pipelines.retention.ledger import compute as compute_purposes
+from pipelines.sqltext import ident, literal, transaction
 
 # Reasons of rights.exclusions that forbid a transfer: a restricted person's data is stored only (art. 18),
 # an erased person's data is gone. An objection to prospecting does not stop a complaint being handled.
@@ -135,29 +137,26 @@ def _table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bo
                   [schema, table]) > 0
 
 
-def _lit(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _current_sql(policy: Policy, disclosure: Disclosure, scoped: bool) -> str:
     """The rows of one disclosure the recipient should hold today: (part, record_key, subject, row_hash)."""
     dataset = policy.dataset(disclosure.dataset)
     column, subject_type = _subject(dataset)
-    subject = f"CAST(t.{quote(column)} AS VARCHAR)"
-    key = f"CAST(t.{quote(dataset.primary_key)} AS VARCHAR)"
+    subject = f"CAST(t.{ident(column)} AS VARCHAR)"
+    key = f"CAST(t.{ident(dataset.primary_key)} AS VARCHAR)"
     where = [f"{subject} IS NOT NULL",
-             f"{subject} NOT IN (SELECT node_value FROM _transfer_excluded WHERE node_type = {_lit(subject_type)})"]
-    if disclosure.condition:
-        where.append(f"({disclosure.condition})")
+             f"{subject} NOT IN (SELECT node_value FROM _transfer_excluded WHERE node_type = {literal(subject_type)})"]
+    if disclosure.where:
+        where.append(disclosure.where_sql("t"))
     if disclosure.purpose in dataset.purposes:  # the dataset serves the purpose: the ledger says if it still does
-        where.append(f"{key} IN (SELECT record_key FROM _transfer_purposes WHERE dataset = {_lit(dataset.name)} "
-                     f"AND purpose = {_lit(disclosure.purpose)} AND purpose_status = 'active')")
+        where.append(f"{key} IN (SELECT record_key FROM _transfer_purposes WHERE dataset = {literal(dataset.name)} "
+                     f"AND purpose = {literal(disclosure.purpose)} AND purpose_status = 'active')")
     if scoped:
-        where.append(f"{subject} IN (SELECT subject FROM _transfer_scope WHERE subject_type = {_lit(subject_type)})")
-    sent = ", ".join(f"{quote(c)} := t.{quote(c)}" for c in disclosure.columns)
-    return (f"SELECT {_lit(_part(disclosure))} AS part, {key} AS record_key, {_lit(subject_type)} AS subject_type, "
+        where.append(f"{subject} IN (SELECT subject FROM _transfer_scope WHERE subject_type = {literal(subject_type)})")
+    sent = ", ".join(f"{ident(c)} := t.{ident(c)}" for c in disclosure.columns)
+    return (f"SELECT {literal(_part(disclosure))} AS part, {key} AS record_key, "
+            f"{literal(subject_type)} AS subject_type, "
             f"{subject} AS subject_id, sha256(CAST(to_json(struct_pack({sent})) AS VARCHAR)) AS row_hash "
-            f"FROM raw.{quote(dataset.name)} t WHERE {' AND '.join(where)}")
+            f"FROM raw.{ident(dataset.name)} t WHERE {' AND '.join(where)}")
 
 
 def _present_sql(con: duckdb.DuckDBPyConnection, policy: Policy, recipient: Recipient) -> str:
@@ -167,9 +166,9 @@ def _present_sql(con: duckdb.DuckDBPyConnection, policy: Policy, recipient: Reci
         dataset = policy.dataset(disclosure.dataset)
         for schema in ("raw", "archive"):
             if _table_exists(con, schema, dataset.name):
-                parts.append(f"SELECT {_lit(_part(disclosure))} AS part, "
-                             f"CAST({quote(dataset.primary_key)} AS VARCHAR) AS record_key "
-                             f"FROM {schema}.{quote(dataset.name)}")
+                parts.append(f"SELECT {literal(_part(disclosure))} AS part, "
+                             f"CAST({ident(dataset.primary_key)} AS VARCHAR) AS record_key "
+                             f"FROM {schema}.{ident(dataset.name)}")
     return " UNION ".join(parts) or "SELECT NULL::VARCHAR AS part, NULL::VARCHAR AS record_key WHERE false"
 
 
@@ -185,8 +184,7 @@ def _write_atomically(folder: Path, name: str, write: Callable[[Path], None]) ->
 
 
 def _copy_csv(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
-    target = str(path).replace("'", "''")
-    con.execute(f"COPY ({query}) TO '{target}' (FORMAT csv, HEADER true)").fetchall()
+    con.execute(f"COPY ({query}) TO {literal(path)} (FORMAT csv, HEADER true)").fetchall()
 
 
 def _sha256(path: Path) -> str:
@@ -211,13 +209,13 @@ def _stage(con: duckdb.DuckDBPyConnection, policy: Policy, recipient: Recipient,
                 "purpose_status FROM _transfer_ledger_purposes")
     con.execute("DROP TABLE _transfer_ledger_purposes; DROP TABLE _transfer_ledger_records")
     # Subjects of the conditioned disclosures (the complaints, the Monaco settlements) bound the others.
-    drivers = [d for d in recipient.receives if d.condition]
+    drivers = [d for d in recipient.receives if d.where]
     con.execute("CREATE OR REPLACE TEMP TABLE _transfer_scope (subject_type VARCHAR, subject VARCHAR)")
     for disclosure in drivers:
         con.execute("INSERT INTO _transfer_scope SELECT DISTINCT subject_type, subject_id "
                     f"FROM ({_current_sql(policy, disclosure, scoped=False)})")
     current = " UNION ALL ".join(
-        _current_sql(policy, d, scoped=bool(drivers) and not d.condition) for d in recipient.receives)
+        _current_sql(policy, d, scoped=bool(drivers) and not d.where) for d in recipient.receives)
     con.execute(f"CREATE OR REPLACE TEMP TABLE _transfer_current AS {current}")
     on_end = DELETION if recipient.transfer and recipient.transfer.on_purpose_end == DELETION else RELEASED
     con.execute(f"""
@@ -228,20 +226,21 @@ def _stage(con: duckdb.DuckDBPyConnection, policy: Policy, recipient: Recipient,
             FROM transfers.delivered_rows WHERE recipient = $recipient AND as_of < $as_of GROUP BY ALL
         ),
         present AS ({_present_sql(con, policy, recipient)})
-        SELECT c.part, c.record_key, c.subject_type, c.subject_id, c.row_hash, '{SENT}' AS action
+        SELECT c.part, c.record_key, c.subject_type, c.subject_id, c.row_hash, {literal(SENT)} AS action
         FROM _transfer_current c LEFT JOIN last l USING (part, record_key)
-        WHERE l.action IS DISTINCT FROM '{SENT}' OR l.row_hash <> c.row_hash
+        WHERE l.action IS DISTINCT FROM {literal(SENT)} OR l.row_hash <> c.row_hash
         UNION ALL
         SELECT l.part, l.record_key, l.subject_type, l.subject_id, l.row_hash,
                CASE WHEN (l.subject_type, l.subject_id) IN (
                         SELECT (node_type, node_value) FROM _transfer_excluded WHERE reason = 'erased')
                       OR (l.part, l.record_key) NOT IN (SELECT (part, record_key) FROM present)
-                    THEN '{ERASURE_NOTICE}'
+                    THEN {literal(ERASURE_NOTICE)}
                     WHEN (l.subject_type, l.subject_id) IN (SELECT (node_type, node_value) FROM _transfer_excluded)
-                    THEN '{RESTRICTION_NOTICE}'
-                    ELSE '{on_end}' END
+                    THEN {literal(RESTRICTION_NOTICE)}
+                    ELSE {literal(on_end)} END
         FROM last l
-        WHERE l.action = '{SENT}' AND (l.part, l.record_key) NOT IN (SELECT (part, record_key) FROM _transfer_current)
+        WHERE l.action = {literal(SENT)}
+          AND (l.part, l.record_key) NOT IN (SELECT (part, record_key) FROM _transfer_current)
     """, {"recipient": recipient.key, "as_of": as_of})
 
 
@@ -271,24 +270,24 @@ def _write_files(con: duckdb.DuckDBPyConnection, policy: Policy, recipient: Reci
     for disclosure in recipient.receives:
         dataset = policy.dataset(disclosure.dataset)
         part = _part(disclosure)
-        rows = scalar(con, f"SELECT count(*) FROM _transfer_actions WHERE part = ? AND action = '{SENT}'", [part])
+        rows = scalar(con, "SELECT count(*) FROM _transfer_actions WHERE part = ? AND action = ?", [part, SENT])
         if not rows:
             continue
-        columns = ", ".join(f"t.{quote(c)}" for c in disclosure.columns)
-        query = (f"SELECT {columns} FROM raw.{quote(dataset.name)} t WHERE CAST(t.{quote(dataset.primary_key)} "
-                 f"AS VARCHAR) IN (SELECT record_key FROM _transfer_actions WHERE part = {_lit(part)} "
-                 f"AND action = '{SENT}') ORDER BY 1")
+        columns = ", ".join(f"t.{ident(c)}" for c in disclosure.columns)
+        query = (f"SELECT {columns} FROM raw.{ident(dataset.name)} t WHERE CAST(t.{ident(dataset.primary_key)} "
+                 f"AS VARCHAR) IN (SELECT record_key FROM _transfer_actions WHERE part = {literal(part)} "
+                 f"AND action = {literal(SENT)}) ORDER BY 1")
         name = f"{part}.csv"
         path = _write_atomically(folder, name, lambda temp, q=query: _copy_csv(con, q, temp))
         files.append(ExtractFile(disclosure.purpose, dataset.name, name, rows, list(disclosure.columns), _sha256(path)))
     deletions = None
-    n = scalar(con, f"SELECT count(*) FROM _transfer_actions WHERE action = '{DELETION}'")
+    n = scalar(con, f"SELECT count(*) FROM _transfer_actions WHERE action = {literal(DELETION)}")
     if n:
         keys = {_part(d): policy.dataset(d.dataset).primary_key for d in recipient.receives}
-        key_column = "CASE part " + " ".join(f"WHEN {_lit(p)} THEN {_lit(k)}" for p, k in keys.items()) + " END"
+        key_column = "CASE part " + " ".join(f"WHEN {literal(p)} THEN {literal(k)}" for p, k in keys.items()) + " END"
         query = (f"SELECT split_part(part, '__', 2) AS dataset, {key_column} AS key_column, record_key AS key_value, "
                  f"'end of purpose ' || split_part(part, '__', 1) || ': delete your copy (GDPR art. 28(3)(g))' "
-                 f"AS instruction FROM _transfer_actions WHERE action = '{DELETION}' ORDER BY ALL")
+                 f"AS instruction FROM _transfer_actions WHERE action = {literal(DELETION)} ORDER BY ALL")
         path = _write_atomically(folder, DELETIONS, lambda temp: _copy_csv(con, query, temp))
         deletions = {"file": DELETIONS, "rows": n, "sha256": _sha256(path)}
     return files, deletions
@@ -341,7 +340,7 @@ def _finish_recorded(con: duckdb.DuckDBPyConnection, recipient: Recipient, as_of
 
 def _held(con: duckdb.DuckDBPyConnection, recipient: str) -> int:
     return scalar(con, f"""SELECT count(*) FROM (SELECT arg_max(action, as_of) AS action FROM transfers.delivered_rows
-                          WHERE recipient = ? GROUP BY part, record_key) WHERE action = '{SENT}'""", [recipient])
+                          WHERE recipient = ? GROUP BY part, record_key) WHERE action = {literal(SENT)}""", [recipient])
 
 
 def build_transfer(
@@ -397,18 +396,13 @@ def build_transfer(
         text = json.dumps(manifest, indent=2, ensure_ascii=False)
         path = _write_atomically(folder, MANIFEST, lambda temp: temp.write_text(text, encoding="utf-8"))
         manifest_sha = _sha256(path)
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         con.execute("INSERT INTO transfers.delivered_rows SELECT $recipient, $as_of, part, record_key, subject_type, "
                     "subject_id, row_hash, action FROM _transfer_actions", {"recipient": recipient.key, "as_of": as_of})
         con.execute("INSERT INTO transfers.deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now(), false)",
                     [delivery, recipient.key, as_of, str(folder) if folder else None, sum(f.rows for f in files),
                      counts.get(DELETION, 0), notices, transfer.mechanism, list(transfer.safeguards),
                      policy.version_label, manifest_sha])
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
     report = _finish_recorded(con, recipient, as_of, audit, excluded)
     return TransferReport(**{**{k: getattr(report, k) for k in report.__dataclass_fields__},
                              "already_delivered": False, "counts": counts})

@@ -235,6 +235,7 @@ from pathlib import Path
 import pyarrow as pa
 import sqlalchemy as sa
 from pipelines.bench.pushback import erasure_targets
+from pipelines.policy.models import Condition
 from pipelines.pushback import NoticeRule, apply_decisions, make_targets
 members_url, nav_dir, outbox = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 n = int(sys.argv[4])
@@ -245,7 +246,7 @@ nav = make_targets([{"decision_id": f"erase:{m}", "system": "navigation", "table
                      "key_column": "member_id", "key_value": str(m), "action": "erase"} for m in (1, 3)])
 targets = pa.concat_tables([erasure_targets(range(1, n + 1)), restrict, nav])
 morocco = NoticeRule("morocco_complaints_provider", "members", "member_id", "interactions", ("erase",),
-                     "handled_by", "morocco_complaints_provider")
+                     (Condition(column="handled_by", value="morocco_complaints_provider"),))
 report = apply_decisions(targets, members=sa.create_engine(members_url), navigation_dir=nav_dir,
                          outbox_dir=outbox, tokenise=lambda v: "t-" + v, notice_rules=[morocco],
                          now=dt.datetime(2026, 11, 1, 12))

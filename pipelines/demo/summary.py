@@ -8,6 +8,7 @@ import dagster as dg
 import duckdb
 
 from pipelines import settings
+from pipelines.sqltext import qualified
 
 
 def _table_counts(path: Path) -> list[tuple[str, int]]:
@@ -19,7 +20,7 @@ def _table_counts(path: Path) -> list[tuple[str, int]]:
             "WHERE table_type = 'BASE TABLE' ORDER BY table_schema, table_name"
         ).fetchall()
         return [
-            (f"{schema}.{name}", con.execute(f'SELECT count(*) FROM "{schema}"."{name}"').fetchone()[0])
+            (f"{schema}.{name}", con.execute(f"SELECT count(*) FROM {qualified(schema, name)}").fetchone()[0])
             for schema, name in tables
         ]
 

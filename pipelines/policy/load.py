@@ -13,7 +13,7 @@ from fideslang.default_taxonomy import DEFAULT_TAXONOMY
 
 from pipelines.policy.loader import PolicyError, format_key_path, load_policy_file, locate
 from pipelines.policy.models import DatasetsFile, Policy, PurposesFile, RecipientsFile
-from pipelines.sources.schema import COOKIE_CONSENT_SCHEMA, NAVIGATION_EVENT_SCHEMA, SQL_SYSTEMS
+from pipelines.sources.schema import COOKIE_CONSENT_SCHEMA, DIRECT_IDENTIFIERS, NAVIGATION_EVENT_SCHEMA, SQL_SYSTEMS
 
 PURPOSES_FILE = "purposes.yaml"
 DATASETS_FILE = "datasets.yaml"
@@ -97,7 +97,7 @@ class _Checker:
         for i, hold in enumerate(self.d.legal_holds):
             ds = self.tables.get(hold.table)
             if ds is None or not ds.subjects or ds.column(hold.column) is None:
-                self.fail(DATASETS_FILE, ("legal_holds", i),
+                self.fail(DATASETS_FILE, ("legal_holds", i, "column"),
                           f"{hold.table}.{hold.column} is not a declared column of a dataset with a subject")
 
     def _datasets(self) -> None:
@@ -116,6 +116,10 @@ class _Checker:
                 if column.name not in real:
                     self.fail(DATASETS_FILE, (*here, "columns", j, "name"),
                               f"column {column.name!r} does not exist in {ds.system}.{ds.name} (schema.py)")
+                if column.name in DIRECT_IDENTIFIERS.get(ds.name, ()) and column.identifying != "direct":
+                    self.fail(DATASETS_FILE, (*here, "columns", j, "identifying"),
+                              f"{ds.name}.{column.name} is a direct identifier (schema.py DIRECT_IDENTIFIERS): "
+                              "it must stay `identifying: direct`")
                 if column.category not in fides_categories():
                     self.fail(DATASETS_FILE, (*here, "columns", j, "category"),
                               f"unknown data category {column.category!r} (not a fideslang data_category key)")
@@ -172,6 +176,10 @@ class _Checker:
                     if ds.column(column) is None:
                         self.fail(RECIPIENTS_FILE, (*here, "columns", k),
                                   f"column {column!r} is not declared in dataset {ds.name!r}")
+                for k, condition in enumerate(disclosure.where):
+                    if ds.column(condition.column) is None:
+                        self.fail(RECIPIENTS_FILE, (*here, "where", k, "column"),
+                                  f"column {condition.column!r} is not declared in dataset {ds.name!r}")
             if recipient.country != "FR" and recipient.transfer is None and recipient.country not in EU_EEA:
                 self.fail(RECIPIENTS_FILE, ("recipients", i, "transfer"),
                           f"recipient in {recipient.country} (outside the EU/EEA) needs a transfer safeguard")

@@ -43,6 +43,8 @@ def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
     """1-based line of the deepest node of `loc` found in the composed YAML tree."""
     line = node.start_mark.line + 1 if node is not None else None
     for part in loc:
+        if part == "[key]":  # pydantic's marker for a refused mapping key: the line is the key's
+            break
         if isinstance(node, yaml.MappingNode):
             node = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):

@@ -15,8 +15,14 @@ from typing import Annotated, Literal
 
 import pydantic
 
+from pipelines import sqltext
+
 _DURATION = re.compile(r"^P(?!$)(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)D)?$")
-SLUG = r"^[a-z][a-z0-9_]*$"
+SLUG = sqltext.NAME_PATTERN
+# Every table, column, clock, purpose and recipient name of a policy file: it reaches SQL and file names.
+Name = Annotated[str, pydantic.StringConstraints(pattern=SLUG)]
+# A retention period longer than this is a typo (P99999Y), not a policy.
+MAX_DURATION_YEARS = 100
 SubjectType = Literal["member", "prospect", "visitor"]
 System = Literal["members", "prospects", "navigation"]
 
@@ -24,6 +30,12 @@ System = Literal["members", "prospects", "navigation"]
 def _check_duration(value: str) -> str:
     if not isinstance(value, str) or not _DURATION.match(value):
         raise ValueError(f"{value!r} is not an ISO-8601 duration in years/months/days such as P3Y, P25M or P0D")
+    years, months, days = duration_parts(value)
+    # Measured from 1 January 2000 so P100Y, P1200M and P36525D all end exactly at the bound.
+    year, month = divmod(years * 12 + months, 12)
+    limit = dt.date(2000 + MAX_DURATION_YEARS, 1, 1)
+    if year > MAX_DURATION_YEARS or days > (limit - dt.date(2000 + year, month + 1, 1)).days:
+        raise ValueError(f"{value!r} is longer than {MAX_DURATION_YEARS} years: not a plausible retention period")
     return value
 
 
@@ -41,8 +53,7 @@ def duration_parts(value: str) -> tuple[int, int, int]:
 
 def sql_interval(value: str) -> str:
     """A DuckDB INTERVAL literal for an ISO-8601 duration (calendar arithmetic: P1Y from 29 Feb is 28 Feb)."""
-    years, months, days = duration_parts(value)
-    return f"INTERVAL '{years} years {months} months {days} days'"
+    return sqltext.interval(*duration_parts(value))
 
 
 class _Strict(pydantic.BaseModel):
@@ -84,7 +95,7 @@ class Purpose(_Strict):
     data_categories: list[str] = pydantic.Field(min_length=1)
     retention: RetentionRule
     # A dataset whose own clock differs (e.g. the suppression list inside prospecting).
-    dataset_rules: dict[str, RetentionRule] = {}
+    dataset_rules: dict[Name, RetentionRule] = {}
 
 
 class Controller(_Strict):
@@ -104,7 +115,7 @@ class PurposesFile(_Versioned):
 
 
 class Column(_Strict):
-    name: str
+    name: Name
     category: str
     # direct: names, contacts, birth date, IP, documents; key: an id that points at the person;
     # quasi: combinable attributes (postal code, city, timestamps, free text). All three go at anonymisation.
@@ -119,19 +130,19 @@ class Column(_Strict):
 
 
 class Subject(_Strict):
-    column: str
+    column: Name
     type: SubjectType
 
 
 class Dataset(_Strict):
-    name: str
+    name: Name
     system: System
     description: str
-    primary_key: str
+    primary_key: Name
     # Ordered: the first non-null column names the row's subject (campaign selections: prospect or member).
     subjects: list[Subject] = []
-    references: dict[str, str] = {}  # column -> table.column, as in Fides datasets
-    rectifiable: list[str] = []  # what a rectification request (art. 16) may correct or complete
+    references: dict[Name, str] = {}  # column -> table.column, as in Fides datasets
+    rectifiable: list[Name] = []  # what a rectification request (art. 16) may correct or complete
 
     columns: list[Column] = pydantic.Field(min_length=1)
 
@@ -148,8 +159,8 @@ class Dataset(_Strict):
     @classmethod
     def _ref_shape(cls, value: dict[str, str]) -> dict[str, str]:
         for column, target in value.items():
-            if target.count(".") != 1:
-                raise ValueError(f"reference {column} -> {target!r} must be written table.column")
+            if target.count(".") != 1 or not all(sqltext.is_name(part) for part in target.split(".")):
+                raise ValueError(f"reference {column} -> {target!r} must be written table.column (plain names)")
         return value
 
     @cached_property
@@ -168,25 +179,59 @@ class Clock(_Strict):
     """The event that starts a retention clock, declared so the ledger SQL can be generated from it."""
 
     description: str
-    table: str
-    columns: list[str] = pydantic.Field(min_length=1)  # several: the latest of them (greatest)
+    table: Name
+    columns: list[Name] = pydantic.Field(min_length=1)  # several: the latest of them (greatest)
     per: Literal["subject", "record"]
     aggregate: Literal["max", "min"] = "max"  # per subject: over the subject's rows
     open_when_null: bool = False  # a null value means the event has not happened yet (e.g. contract running)
     transform: Literal["year_end"] | None = None  # fiscal_year 2024 -> 2024-12-31
 
 
-class LegalHold(_Strict):
-    """Rows of `table` whose `column` equals `equals` put their subject on legal hold (erasure suspended)."""
+Operator = Literal["equals", "not_equals", "in", "not_in", "below", "at_most", "above", "at_least", "is_null",
+                   "is_not_null"]
+Value = str | int | float | bool | dt.date
+
+
+class Condition(_Strict):
+    """`column operator value`, compiled by `pipelines.sqltext` with the value as a literal, never as SQL text.
+
+    equals / not_equals / in / not_in compare the column as text; below / at_most / above / at_least compare it
+    in its own type; is_null / is_not_null take no value."""
+
+    column: Name
+    operator: Operator = "equals"
+    value: Value | list[Value] | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _value_fits(self) -> Condition:
+        listed = isinstance(self.value, list)
+        if self.operator in ("is_null", "is_not_null"):
+            if self.value is not None:
+                raise ValueError(f"{self.operator} takes no value")
+        elif self.operator in ("in", "not_in"):
+            if not listed or not self.value:
+                raise ValueError(f"{self.operator} takes a non-empty list of values")
+        elif self.value is None or listed:
+            raise ValueError(f"{self.operator} takes one value")
+        return self
+
+    def sql(self, alias: str | None = None) -> str:
+        return sqltext.condition(self.column, self.operator, self.value, alias=alias)
+
+    def describe(self) -> str:
+        return f"{self.column} {self.operator.replace('_', ' ')}" + (
+            "" if self.value is None else f" {self.value}")
+
+
+class LegalHold(Condition):
+    """Rows of `table` meeting the condition put their subject on legal hold (erasure suspended)."""
 
     description: str
-    table: str
-    column: str
-    equals: str
+    table: Name
 
 
 class DatasetsFile(_Versioned):
-    clocks: dict[str, Clock]
+    clocks: dict[Name, Clock]
     legal_holds: list[LegalHold] = []
     datasets: list[Dataset] = pydantic.Field(min_length=1)
 
@@ -205,10 +250,14 @@ class Transfer(_Strict):
 
 
 class Disclosure(_Strict):
-    purpose: str
-    dataset: str
-    columns: list[str] = pydantic.Field(min_length=1)
-    condition: str | None = None
+    purpose: Name
+    dataset: Name
+    columns: list[Name] = pydantic.Field(min_length=1)
+    # Only the rows meeting every condition are disclosed (structured: no SQL text in policy files).
+    where: list[Condition] = []
+
+    def where_sql(self, alias: str | None = None) -> str:
+        return sqltext.all_of(c.sql(alias) for c in self.where)
 
 
 class Recipient(_Strict):

@@ -80,7 +80,8 @@ def render_register(policy: Policy) -> str:
               "|---|---|---|---|"]
     for r in policy.recipients:
         received = "; ".join(f"{x.purpose}: {x.dataset} ({', '.join(x.columns)})"
-                             + (f" si {x.condition}" if x.condition else "") for x in r.receives)
+                             + (f" si {' et '.join(c.describe() for c in x.where)}" if x.where else "")
+                             for x in r.receives)
         lines.append(f"| {_cell(r.name)} | {r.kind} | {r.country} | {_cell(received) or 'sur réquisition'} |")
     lines += ["", "## Transferts hors Union européenne", "",
               "| Destinataire | Pays | Décision d'adéquation | Mécanisme | Garanties |", "|---|---|---|---|---|"]

@@ -17,6 +17,7 @@ import duckdb
 
 from pipelines.pseudo.kanon import achieved_k_sql
 from pipelines.pseudo.policy import PseudonymisationPolicy
+from pipelines.sqltext import ident, literal
 
 CATALOGUE = "catalogue"
 # Shapes that are identifiers whatever table they came from.
@@ -26,22 +27,14 @@ IDENTIFIER_PATTERNS = {
 }
 
 
-def sql_string(value: str | Path) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 @contextmanager
 def attached(analytics: Path, warehouse: Path | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """In-memory connection with the analytics file as `pub` (and the warehouse as `wh`), read-only."""
     con = duckdb.connect()
     try:
-        con.execute(f"ATTACH {sql_string(analytics)} AS pub (READ_ONLY)")
+        con.execute(f"ATTACH {literal(analytics)} AS pub (READ_ONLY)")
         if warehouse is not None:
-            con.execute(f"ATTACH {sql_string(warehouse)} AS wh (READ_ONLY)")
+            con.execute(f"ATTACH {literal(warehouse)} AS wh (READ_ONLY)")
         yield con
     finally:
         con.close()
@@ -57,7 +50,7 @@ def published_columns(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
 def identifier_leaks(con: duckdb.DuckDBPyConnection, policy: PseudonymisationPolicy) -> list[str]:
     """Columns of `pub` holding a warehouse identifier value or an identifier-shaped value."""
     sources = [
-        f"SELECT CAST({quote(column)} AS VARCHAR) AS v FROM wh.raw.{quote(table)}"
+        f"SELECT CAST({ident(column)} AS VARCHAR) AS v FROM wh.raw.{ident(table)}"
         for table, columns in policy.direct_identifiers.items()
         for column in columns
     ]
@@ -72,11 +65,11 @@ def identifier_leaks(con: duckdb.DuckDBPyConnection, policy: PseudonymisationPol
         """
     )
     values = " UNION ALL ".join(
-        f"SELECT {sql_string(t)} AS table_name, {sql_string(c)} AS column_name, "
-        f"lower(trim(CAST({quote(c)} AS VARCHAR))) AS v FROM pub.main.{quote(t)}"
+        f"SELECT {literal(t)} AS table_name, {literal(c)} AS column_name, "
+        f"lower(trim(CAST({ident(c)} AS VARCHAR))) AS v FROM pub.main.{ident(t)}"
         for t, c in published_columns(con)
     )
-    shapes = " OR ".join(f"regexp_matches(v, {sql_string(p)})" for p in IDENTIFIER_PATTERNS.values())
+    shapes = " OR ".join(f"regexp_matches(v, {literal(p)})" for p in IDENTIFIER_PATTERNS.values())
     rows = con.execute(
         f"""
         WITH published AS ({values})
@@ -100,7 +93,7 @@ def k_anonymity_problems(con: duckdb.DuckDBPyConnection, policy: Pseudonymisatio
         if name not in tables:
             problems.append(f"{name}: table missing from the analytics file")
             continue
-        achieved = con.execute(achieved_k_sql(f"pub.main.{quote(name)}", table)).fetchall()[0][0]
+        achieved = con.execute(achieved_k_sql(f"pub.main.{ident(name)}", table)).fetchall()[0][0]
         if achieved is not None and achieved < policy.k_of(name):
             problems.append(f"{name}: a class has {achieved} people, k = {policy.k_of(name)}")
     return problems

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pipelines.sqltext import literal
+
 SUPPRESSED = "*"
 
 
@@ -30,7 +32,7 @@ def _age_band(col: str, width: str) -> str:
 
 
 def _date_label(fmt: str) -> Callable[[str, str], str]:
-    return lambda col, _: f"strftime({col}, '{fmt}')"
+    return lambda col, _: f"strftime({col}, {literal(fmt)})"
 
 
 def _quarter(col: str, _: str) -> str:
@@ -68,7 +70,7 @@ def _grid(col: str, degrees: str) -> str:
 # name -> (expression builder, whether the level takes a parameter, parameter type)
 _LEVELS: dict[str, tuple[Callable[[str, str], str], type | None]] = {
     "keep": (lambda col, _: f"CAST({col} AS VARCHAR)", None),
-    "suppress": (lambda col, _: f"'{SUPPRESSED}'", None),
+    "suppress": (lambda col, _: literal(SUPPRESSED), None),
     "column": (lambda _, other: f"CAST({other} AS VARCHAR)", str),
     "age_band": (_age_band, int),
     "day": (_date_label("%Y-%m-%d"), None),

@@ -28,6 +28,7 @@ import duckdb
 from pipelines.pseudo.generalise import level_sql
 from pipelines.pseudo.lattice import Node, height, layer, predecessors
 from pipelines.pseudo.policy import ColumnPolicy, TablePolicy
+from pipelines.sqltext import ident, literal
 
 RUNNER_UPS = 3
 
@@ -67,10 +68,6 @@ def bound(sql: str, params: dict[str, object]) -> dict[str, object]:
     return {name: value for name, value in params.items() if re.search(rf"\${name}\b", sql)}
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def class_columns(table: TablePolicy) -> list[ColumnPolicy]:
     roles = ("quasi_identifier",) if table.kind == "rows" else ("quasi_identifier", "attribute")
     return table.by_role(*roles)
@@ -79,21 +76,21 @@ def class_columns(table: TablePolicy) -> list[ColumnPolicy]:
 def subject_sql(table: TablePolicy) -> str:
     """Expression over the prepared base counting people: the token (rows) or the counted source column."""
     subject = table.column(table.subject)
-    return _q(subject.name) if table.kind == "rows" else _q(subject.source)
+    return ident(subject.name) if table.kind == "rows" else ident(subject.source)
 
 
 def column_sql(column: ColumnPolicy, level: int) -> str:
     if column.role == "pseudonym":
-        return _q(column.name)
+        return ident(column.name)
     if column.role == "measure":
-        source = _q(column.source)
+        source = ident(column.source)
         if column.aggregate == "count_distinct":
             return f"count(DISTINCT {source})"
         if column.aggregate == "count":
             return f"count({source})"
         # Sums and means of amounts and scores: two decimals, not float noise.
         return f"round({column.aggregate}({source}), 2)"
-    return level_sql(column.levels[level], _q(column.source))
+    return level_sql(column.levels[level], ident(column.source))
 
 
 def flagged_sql(
@@ -107,14 +104,14 @@ def flagged_sql(
     part = f"PARTITION BY {', '.join(keys)}"
     shares, small = [], [f"count(DISTINCT {subject}) OVER ({part}) < {k}"]
     for i, rule in enumerate(table.l_diversity):
-        s = _q(rule.column)
+        s = ident(rule.column)
         if rule.measure == "distinct":
             small.append(f"count(DISTINCT {s}) OVER ({part}) < {rule.l}")
             continue
         # Entropy of the class's sensitive values (shares of its rows): -sum(p ln p) >= ln l.
         shares.append(f"sum({weight}) OVER ({part}, {s}) / sum({weight}) OVER ({part}) AS _share{i}")
         small.append(f"-sum({weight} * ln(_share{i})) OVER ({part}) / sum({weight}) OVER ({part}) "
-                     f"< {math.log(rule.l) - 1e-9!r}")
+                     f"< {literal(math.log(rule.l) - 1e-9)}")
     inner = f"SELECT *, {', '.join(shares)} FROM {relation}" if shares else f"SELECT * FROM {relation}"
     return f"SELECT *, ({' OR '.join(small)}) AS _small FROM ({inner})"
 
@@ -132,11 +129,11 @@ class Lattice:
         self.heights = tuple(len(c.levels) - 1 for c in self.qis)
         self.relation = f"_lattice_{uuid.uuid4().hex}"
         levels = [
-            f"{level_sql(level, _q(c.source))} AS q{i}_{j}"
+            f"{level_sql(level, ident(c.source))} AS q{i}_{j}"
             for i, c in enumerate(self.qis) for j, level in enumerate(c.levels)
         ]
         fixed = [f"{column_sql(c, 0)} AS a{j}" for j, c in enumerate(self.fixed)]
-        sensitive = [f"{column_sql(table.column(r.column), 0)} AS {_q(r.column)}" for r in table.l_diversity]
+        sensitive = [f"{column_sql(table.column(r.column), 0)} AS {ident(r.column)}" for r in table.l_diversity]
         select = ", ".join([*levels, *fixed, *sensitive, f"{subject_sql(table)} AS _subject"])
         # The roll-up every node is counted from: rows that no level of any column tells apart are one row.
         sql = f"CREATE OR REPLACE TEMP TABLE {self.relation} AS SELECT {select}, count(*) AS n FROM {base} GROUP BY ALL"
@@ -223,7 +220,7 @@ def search(lattice: Lattice) -> Search:
 
 def anonymised_sql(base: str, table: TablePolicy, levels: dict[str, int], k: int) -> str:
     """SELECT producing the published table: generalised, and without the classes under k (or l)."""
-    select = ", ".join(f"{column_sql(c, levels[c.name])} AS {_q(c.name)}" for c in table.columns)
+    select = ", ".join(f"{column_sql(c, levels[c.name])} AS {ident(c.name)}" for c in table.columns)
     if table.kind == "aggregate":
         keys = ", ".join(column_sql(c, levels[c.name]) for c in class_columns(table))
         return (
@@ -231,18 +228,18 @@ def anonymised_sql(base: str, table: TablePolicy, levels: dict[str, int], k: int
             f"HAVING count(DISTINCT {subject_sql(table)}) >= {k} ORDER BY ALL"
         )
     # Generalise once, then count people (and sensitive values) per class over the generalised columns.
-    keys = [_q(c.name) for c in class_columns(table)]
-    flagged = flagged_sql("generalised", keys, _q(table.subject), k, table)
-    columns = ", ".join(_q(c.name) for c in table.columns)
+    keys = [ident(c.name) for c in class_columns(table)]
+    flagged = flagged_sql("generalised", keys, ident(table.subject), k, table)
+    columns = ", ".join(ident(c.name) for c in table.columns)
     return f"WITH generalised AS (SELECT {select} FROM {base}) SELECT {columns} FROM ({flagged}) WHERE NOT _small"
 
 
 def achieved_k_sql(relation: str, table: TablePolicy) -> str:
     """Smallest class size of a published table (NULL when empty), computed on the published columns only."""
     if table.kind == "aggregate":
-        return f"SELECT min({_q(table.subject)}) FROM {relation}"
-    keys = ", ".join(_q(c.name) for c in class_columns(table))
-    people = f"SELECT count(DISTINCT {_q(table.subject)}) AS people FROM {relation} GROUP BY {keys}"
+        return f"SELECT min({ident(table.subject)}) FROM {relation}"
+    keys = ", ".join(ident(c.name) for c in class_columns(table))
+    people = f"SELECT count(DISTINCT {ident(table.subject)}) AS people FROM {relation} GROUP BY {keys}"
     return f"SELECT min(people) FROM ({people})"
 
 

@@ -14,8 +14,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from pipelines import settings
-from pipelines.policy.loader import load_policy_file
+from pipelines.policy.loader import PolicyError, load_policy_file, locate
 from pipelines.pseudo.generalise import parse_level
+from pipelines.sources.schema import DIRECT_IDENTIFIERS
 
 Role = Literal["pseudonym", "quasi_identifier", "attribute", "measure"]
 ExclusionReason = Literal["restricted", "objection", "objection_prospecting", "erased"]
@@ -146,5 +147,16 @@ class PseudonymisationPolicy(_Strict):
 
 
 def load_pseudonymisation_policy(path: Path | None = None) -> PseudonymisationPolicy:
-    """Load and validate the policy (default: policies/pseudonymisation.yaml); PolicyError if it is wrong."""
-    return load_policy_file(path or settings.policies_dir() / POLICY_FILE, PseudonymisationPolicy)
+    """Load and validate the policy (default: policies/pseudonymisation.yaml); PolicyError if it is wrong.
+
+    The direct identifiers the source schema marks cannot be left out of `direct_identifiers`."""
+    path = path or settings.policies_dir() / POLICY_FILE
+    policy = load_policy_file(path, PseudonymisationPolicy)
+    for table, columns in DIRECT_IDENTIFIERS.items():
+        missing = [c for c in columns if c not in policy.direct_identifiers.get(table, ())]
+        if missing:
+            loc = ("direct_identifiers", table)
+            raise PolicyError(path, ".".join(loc), f"{', '.join(missing)} of {table} are direct identifiers "
+                              "(schema.py DIRECT_IDENTIFIERS) and cannot be removed from the list",
+                              line=locate(path, loc) or locate(path, loc[:1]))
+    return policy

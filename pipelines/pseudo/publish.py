@@ -17,12 +17,13 @@ from pathlib import Path
 import duckdb
 
 from pipelines.policy.models import Policy
-from pipelines.pseudo.checks import CATALOGUE, quote, sql_string, validate_analytics_file
+from pipelines.pseudo.checks import CATALOGUE, validate_analytics_file
 from pipelines.pseudo.kanon import KAnonymityReport, anonymise, runner_ups_json
 from pipelines.pseudo.policy import PseudonymisationPolicy, TablePolicy
 from pipelines.pseudo.purposes import prepare_purpose_tables
 from pipelines.pseudo.tables import BUILDERS, REQUIRED_TABLES, domain_exclusions_sql, exclusions_sql
 from pipelines.pseudo.tokens import normalise_sql, tokenise_table
+from pipelines.sqltext import ident, literal
 
 
 class PublicationRefused(RuntimeError):
@@ -62,11 +63,11 @@ def _prepare(con: duckdb.DuckDBPyConnection, name: str, table: TablePolicy, key:
     con.execute(f"CREATE OR REPLACE TEMP TABLE _base_{name} AS {BUILDERS[name](table.domain)}")
     prepared, joins, tokens = f"_prep_{name}", [], []
     for i, column in enumerate(table.by_role("pseudonym")):
-        normalised = normalise_sql(column.normalise, quote(column.source))
+        normalised = normalise_sql(column.normalise, ident(column.source))
         tokenise_table(con, f"_tok_{name}_{i}", f"SELECT {normalised} AS value FROM _base_{name}", key)
-        on = normalise_sql(column.normalise, "b." + quote(column.source))
+        on = normalise_sql(column.normalise, "b." + ident(column.source))
         joins.append(f"JOIN _tok_{name}_{i} t{i} ON t{i}.value = {on}")
-        tokens.append(f"t{i}.token AS {quote(column.name)}")
+        tokens.append(f"t{i}.token AS {ident(column.name)}")
     select = ", ".join(["b.*", *tokens])
     # Inner joins: a row whose pseudonym source normalises to nothing has no person to count, so it goes.
     con.execute(f"CREATE OR REPLACE TEMP TABLE {prepared} AS SELECT {select} FROM _base_{name} b {' '.join(joins)}")
@@ -127,10 +128,10 @@ def build_candidate(
         uses_key = bool(table.by_role("pseudonym"))
         prepared = _prepare(con, name, table, domain_keys[table.domain] if uses_key else None)
         kanon = anonymise(
-            con, prepared, f"cand.main.{quote(name)}", table, policy.k_of(name), policy.max_suppression_ratio,
+            con, prepared, f"cand.main.{ident(name)}", table, policy.k_of(name), policy.max_suppression_ratio,
             {"as_of": as_of},
         )
-        rows = con.execute(f"SELECT count(*) FROM cand.main.{quote(name)}").fetchall()[0][0]
+        rows = con.execute(f"SELECT count(*) FROM cand.main.{ident(name)}").fetchall()[0][0]
         reports[name] = TableReport(rows=rows, kanon=kanon, key_version=key_version if uses_key else None)
     _write_catalogue(con, policy, reports)
     return reports, excluded
@@ -155,8 +156,8 @@ def publish_analytics(
     try:
         con = duckdb.connect()
         try:
-            con.execute(f"ATTACH {sql_string(warehouse)} AS wh (READ_ONLY)")
-            con.execute(f"ATTACH {sql_string(candidate)} AS cand")
+            con.execute(f"ATTACH {literal(warehouse)} AS wh (READ_ONLY)")
+            con.execute(f"ATTACH {literal(candidate)} AS cand")
             con.execute("USE wh")
             reports, excluded = build_candidate(con, policy, domain_keys, key_version, as_of, purposes)
             con.execute("USE memory")

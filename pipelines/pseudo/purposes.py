@@ -20,19 +20,15 @@ import datetime as dt
 
 import duckdb
 
-from pipelines.duck import quote
 from pipelines.policy.models import Policy
 from pipelines.pseudo.policy import POLICY_FILE, PseudonymisationPolicy
 from pipelines.retention.ledger import _clock_sql, source_sql, table_exists
 from pipelines.retention.until import kept_on_sql, last_day_sql
+from pipelines.sqltext import ident, literal
 
 
 class PurposeMismatch(ValueError):
     """policies/pseudonymisation.yaml asks for something policies/purposes.yaml does not allow."""
-
-
-def _lit(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def check_purposes(policy: Policy, pseudo: PseudonymisationPolicy) -> None:
@@ -61,12 +57,12 @@ def _ended_sql(con: duckdb.DuckDBPyConnection, policy: Policy, purpose: str, as_
     source = source_sql(con, clock_ds)
     if source is None:
         return None
-    ended = f"NOT (k.clock IS NULL OR {kept_on_sql(_lit(as_of.isoformat()), last_day_sql('k.clock', rule.active))})"
+    ended = f"NOT (k.clock IS NULL OR {kept_on_sql(literal(as_of.isoformat()), last_day_sql('k.clock', rule.active))})"
     # with the dated facts retention keeps once the clock's own rows are gone (a contract erased at its date)
     clocks = _clock_sql(policy, rule.clock, {clock_ds.name: source}, stored=table_exists(con, "retention",
                                                                                           "clock_events"))
-    node_type = "k.clock_subject_type" if clock.per == "subject" else _lit(clock_ds.name)
-    return (f"SELECT {_lit(purpose)} AS purpose, {node_type} AS node_type, k.clock_key AS node_value "
+    node_type = "k.clock_subject_type" if clock.per == "subject" else literal(clock_ds.name)
+    return (f"SELECT {literal(purpose)} AS purpose, {node_type} AS node_type, k.clock_key AS node_value "
             f"FROM ({clocks}) k WHERE {ended}")
 
 
@@ -87,11 +83,11 @@ def prepare_purpose_tables(con: duckdb.DuckDBPyConnection, policy: Policy, pseud
         for p in table.purposes:
             for node_type in _covers(policy, p):
                 covering[node_type] = covering.get(node_type, 0) + 1
-        needed = "CASE node_type " + " ".join(f"WHEN {_lit(t)} THEN {n}" for t, n in covering.items()) + " END"
+        needed = "CASE node_type " + " ".join(f"WHEN {literal(t)} THEN {n}" for t, n in covering.items()) + " END"
         body = " UNION ALL ".join(parts) if parts else (
             "SELECT NULL::VARCHAR AS purpose, NULL::VARCHAR AS node_type, NULL::VARCHAR AS node_value WHERE false")
         # Out only when every listed purpose that speaks for the node has ended for it.
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {quote('_ended_' + name)} AS SELECT node_type, node_value "
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {ident('_ended_' + name)} AS SELECT node_type, node_value "
                     f"FROM ({body}) GROUP BY node_type, node_value HAVING count(DISTINCT purpose) = {needed}")
     rows = [(code, category) for category, codes in pseudo.act_categories.items() for code in codes]
     con.execute("CREATE OR REPLACE TEMP TABLE _act_categories (act_code VARCHAR PRIMARY KEY, act_category VARCHAR)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pipelines.normalise import email_sql, phone_sql
+from pipelines.sqltext import ident, in_list
 
 # Warehouse tables the builders and the identifier check read; `rights.exclusions` is optional.
 RAW_INPUTS = (
@@ -45,16 +46,15 @@ def exclusions_sql(with_rights_table: bool) -> str:
 
 
 def domain_exclusions_sql(domain: str, reasons: tuple[str, ...]) -> str:
-    listed = ", ".join(f"'{reason}'" for reason in reasons) or "NULL"
     return (
-        f"CREATE OR REPLACE TEMP TABLE _excluded_{domain} AS "
-        f"SELECT DISTINCT node_type, node_value FROM _exclusions WHERE reason IN ({listed})"
+        f"CREATE OR REPLACE TEMP TABLE {ident('_excluded_' + domain)} AS "
+        f"SELECT DISTINCT node_type, node_value FROM _exclusions WHERE reason IN {in_list(reasons)}"
     )
 
 
 def _kept(domain: str, node_type: str, value_sql: str) -> str:
     return (
-        f"NOT EXISTS (SELECT 1 FROM _excluded_{domain} x "
+        f"NOT EXISTS (SELECT 1 FROM {ident('_excluded_' + domain)} x "
         f"WHERE x.node_type = {node_type} AND x.node_value = CAST({value_sql} AS VARCHAR))"
     )
 

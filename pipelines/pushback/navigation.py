@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from pipelines.durable import replace_durably
 from pipelines.pushback.sql import NoticeRule
+from pipelines.sqltext import all_of, ident, list_literal
 
 MANIFEST_NAME = "_privacy_applied_decisions.json"
 TABLE_DIRS = {"navigation_events": "events", "cookie_consents": "consents"}
@@ -73,8 +74,8 @@ def _matches(con: duckdb.DuckDBPyConnection, files: list[Path], key_column: str,
     paths = [str(f) for f in files]
     return con.sql(
         f"SELECT t.decision_id, t.key_value, e.filename "
-        f"FROM read_parquet({paths}, filename = true, hive_partitioning = false) e"
-        f" JOIN group_targets t ON CAST(e.{key_column} AS VARCHAR) = t.key_value {extra_where}"
+        f"FROM read_parquet({list_literal(paths)}, filename = true, hive_partitioning = false) e"
+        f" JOIN group_targets t ON CAST(e.{ident(key_column)} AS VARCHAR) = t.key_value {extra_where}"
     )
 
 
@@ -98,7 +99,7 @@ def _notices(con: duckdb.DuckDBPyConnection, files: list[Path], group: dict[str,
         if (rule.system, rule.table_name, rule.key_column) != ("navigation", group["table_name"], group["key_column"]) \
                 or group["action"] not in rule.actions:
             continue
-        where = f"WHERE CAST(e.{rule.column} AS VARCHAR) = '{rule.value}'" if rule.column else ""
+        where = f"WHERE {all_of(c.sql('e') for c in rule.where)}"
         pairs = _matches(con, files, group["key_column"], where).aggregate("decision_id, key_value").fetchall()
         found += [{"recipient": rule.recipient, "decision_id": d, "action": group["action"],
                    "key_column": group["key_column"], "key_value": k} for d, k in pairs]

@@ -13,7 +13,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,7 +24,6 @@ OUTBOX_FILE = "notices.jsonl"
 # Art. 19 names rectification, erasure and restriction; lifting a restriction is told to the same recipients.
 NOTICE_ACTIONS = {"rectification": ("rectify",), "erasure": ("erase", "anonymise"),
                   "restriction": ("restrict", "lift_restriction")}
-_CONDITION = re.compile(r"^\s*(\w+)\s*=\s*'([^']*)'\s*$")
 
 
 def notice_rules(policy: Policy) -> tuple[NoticeRule, ...]:
@@ -35,15 +33,11 @@ def notice_rules(policy: Policy) -> tuple[NoticeRule, ...]:
     rules = []
     for recipient in policy.recipients:
         actions = tuple(a for kind in recipient.notified_of for a in NOTICE_ACTIONS[kind])
-        conditioned = [d for d in recipient.receives if d.condition]
+        conditioned = [d for d in recipient.receives if d.where]
         for disclosure in conditioned or recipient.receives:
             dataset = policy.dataset(disclosure.dataset)
-            match = _CONDITION.match(disclosure.condition or "")
-            if disclosure.condition and match is None:
-                raise ValueError(f"recipient {recipient.key}: condition {disclosure.condition!r} is not "
-                                 "\"column = 'value'\"")
-            column, value = match.groups() if match else (None, None)
-            rules += [NoticeRule(recipient.key, dataset.system, subject.column, dataset.name, actions, column, value)
+            rules += [NoticeRule(recipient.key, dataset.system, subject.column, dataset.name, actions,
+                                 tuple(disclosure.where))
                       for subject in dataset.subjects if actions]
     return tuple(rules)
 

@@ -18,7 +18,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import sqlalchemy as sa
 
+from pipelines.policy.models import Condition
 from pipelines.pushback.targets import ACTIONS
+from pipelines.sqltext import bound_condition
 
 APPLIED_TABLE = "privacy_applied_decisions"
 STAGING_TABLE = "privacy_decision_staging"
@@ -76,15 +78,14 @@ class Group:
 @dataclass(frozen=True)
 class NoticeRule:
     """A recipient owed an art. 19 notice for `actions` on a subject (targets keyed by `key_column` in
-    `system`): when the subject has a row in `table_name` (disclosed to it), where `column` = `value` if set."""
+    `system`): when the subject has a row in `table_name` (disclosed to it) meeting every condition of `where`."""
 
     recipient: str
     system: str
     key_column: str
     table_name: str
     actions: tuple[str, ...]
-    column: str | None = None
-    value: str | None = None
+    where: tuple[Condition, ...] = ()
 
 
 @dataclass
@@ -218,8 +219,8 @@ def _collect_notices(con: sa.Connection, metadata: sa.MetaData, system: str, bat
         # An uncorrelated IN: the holder's keys are read once and hashed. A correlated EXISTS scanned the holder
         # once per staged row where its key column has no index (SQLite): quadratic at scale.
         disclosed = sa.select(sa.cast(holder.c[rule.key_column], sa.Text))
-        if rule.column is not None:
-            disclosed = disclosed.where(holder.c[rule.column] == rule.value)
+        for c in rule.where:
+            disclosed = disclosed.where(bound_condition(holder.c[c.column], c.operator, c.value))
         query = query.where(staging.c.key_value.in_(disclosed))
         found += [
             {"recipient": rule.recipient, "decision_id": r.decision_id, "action": r.action,

@@ -32,6 +32,7 @@ from pipelines.sources.schema import (
     NAVIGATION_REQUIRED,
     SQL_SYSTEMS,
 )
+from pipelines.sqltext import ident, literal
 
 CATALOGUE_TABLE = "catalogue"
 PSEUDONYM_ROLE = "pseudonym"
@@ -90,10 +91,6 @@ def raw_table_specs() -> list[RawTableSpec]:
     return specs
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _source_text_flags(engine: sa.Engine, system: str, spec: RawTableSpec) -> pd.DataFrame:
     """Per source row: its key and, for each date column, whether the source held non-blank text."""
     table = SQL_SYSTEMS[system].tables[spec.table]
@@ -112,16 +109,16 @@ def check_raw_table(
     con: duckdb.DuckDBPyConnection, spec: RawTableSpec, source_engine: sa.Engine | None = None
 ) -> SuiteOutcome:
     """Run the raw-table suite on `raw.<table>`; with `source_engine`, also compare dates to the source text."""
-    years = [f"year({_q(c)}) AS {_q(c + YEAR_SUFFIX)}" for c in spec.temporal]
-    columns = [_q(c) for c in dict.fromkeys([*spec.keys, *spec.required, *spec.emails])]
-    query = f"SELECT {', '.join(columns + years)} FROM raw.{_q(spec.table)}"
+    years = [f"year({ident(c)}) AS {ident(c + YEAR_SUFFIX)}" for c in spec.temporal]
+    columns = [ident(c) for c in dict.fromkeys([*spec.keys, *spec.required, *spec.emails])]
+    query = f"SELECT {', '.join(columns + years)} FROM raw.{ident(spec.table)}"
     compared = source_engine is not None and spec.system in SQL_SYSTEMS and bool(spec.temporal)
     if compared:
         flags = _source_text_flags(source_engine, spec.system, spec)
         con.register("_source_flags", flags)
         try:
-            on = " AND ".join(f"r.{_q(k)} = s.{_q(k)}" for k in spec.keys)
-            flag_cols = ", ".join(f"s.{_q(c + HAD_TEXT_SUFFIX)}" for c in spec.temporal)
+            on = " AND ".join(f"r.{ident(k)} = s.{ident(k)}" for k in spec.keys)
+            flag_cols = ", ".join(f"s.{ident(c + HAD_TEXT_SUFFIX)}" for c in spec.temporal)
             frame = con.sql(f"SELECT r.*, {flag_cols} FROM ({query}) r JOIN _source_flags s ON {on}").df()
         finally:
             con.unregister("_source_flags")
@@ -155,12 +152,13 @@ def _catalogue_frame(con: duckdb.DuckDBPyConnection, columns: pd.DataFrame) -> p
     looks_like_token = set()
     for table, group in text.groupby("table_name"):
         tests = ", ".join(
-            f"count({_q(c)}) > 0 AND count(*) FILTER (WHERE NOT regexp_full_match({_q(c)}, '{TOKEN_FULL_MATCH}')) = 0"
+            f"count({ident(c)}) > 0 AND count(*) FILTER "
+            f"(WHERE NOT regexp_full_match({ident(c)}, {literal(TOKEN_FULL_MATCH)})) = 0"
             for c in group["column_name"]
         )
-        flags = con.execute(f"SELECT {tests} FROM {_q(table)}").fetchall()[0]
+        flags = con.execute(f"SELECT {tests} FROM {ident(table)}").fetchall()[0]
         looks_like_token |= {(table, c) for c, flag in zip(group["column_name"], flags, strict=True) if flag}
-    catalogue = con.sql(f"SELECT table_name, column_name, role FROM {_q(CATALOGUE_TABLE)}").df()
+    catalogue = con.sql(f"SELECT table_name, column_name, role FROM {ident(CATALOGUE_TABLE)}").df()
     frame = published[["table_name", "column_name"]].merge(catalogue, on=["table_name", "column_name"], how="left")
     pairs = list(zip(frame["table_name"], frame["column_name"], strict=True))
     frame["looks_like_token"] = [pair in looks_like_token for pair in pairs]
@@ -182,8 +180,8 @@ def check_analytics_identifiers(path: Path) -> list[SuiteOutcome]:
         outcomes = []
         for table, column in text[["table_name", "column_name"]].itertuples(index=False):
             frame = con.sql(
-                f"SELECT DISTINCT {_q(column)} FROM {_q(table)} "
-                f"WHERE NOT regexp_full_match({_q(column)}, '{TOKEN_FULL_MATCH}')"
+                f"SELECT DISTINCT {ident(column)} FROM {ident(table)} "
+                f"WHERE NOT regexp_full_match({ident(column)}, {literal(TOKEN_FULL_MATCH)})"
             ).df()
             outcomes.append(run_suite(frame, analytics_identifier_suite(str(table), [column])))
     return outcomes
@@ -199,12 +197,12 @@ def check_analytics_tokens(path: Path) -> list[SuiteOutcome]:
         if CATALOGUE_TABLE not in set(columns["table_name"]):
             raise MissingCatalogueError(f"the analytics file has no `{CATALOGUE_TABLE}` table")
         pseudonyms = con.execute(
-            f"SELECT table_name, column_name FROM {_q(CATALOGUE_TABLE)} WHERE role = ?", [PSEUDONYM_ROLE]
+            f"SELECT table_name, column_name FROM {ident(CATALOGUE_TABLE)} WHERE role = ?", [PSEUDONYM_ROLE]
         ).df()
         outcomes = []
         for table, group in pseudonyms.groupby("table_name", sort=True):
             names = group["column_name"].tolist()
-            frame = con.sql(f"SELECT {', '.join(_q(c) for c in names)} FROM {_q(table)}").df()
+            frame = con.sql(f"SELECT {', '.join(ident(c) for c in names)} FROM {ident(table)}").df()
             outcomes.append(run_suite(frame, analytics_token_suite(str(table), names)))
         outcomes.append(run_suite(_catalogue_frame(con, columns), analytics_catalogue_suite()))
     return outcomes

@@ -26,7 +26,9 @@ from pipelines.policy.models import Dataset, Policy
 from pipelines.pushback import TARGET_SCHEMA, apply_decisions
 from pipelines.refresh import touched_tables
 from pipelines.retention.columns import ARCHIVED, CLEARED, ColumnGroup, column_groups, structural_columns
-from pipelines.retention.ledger import lit, q, quarantined_sql, table_exists
+from pipelines.retention.ledger import quarantined_sql, table_exists
+from pipelines.sqltext import ident as q
+from pipelines.sqltext import literal, transaction
 
 # ledger status -> (warehouse step, source action)
 STEPS = {"archived": ("archive", "erase"), "to_erase": ("erase", "erase"), "to_anonymise": ("anonymise", "anonymise")}
@@ -41,7 +43,8 @@ class WarehouseOutcome:
 
 
 def _keys(dataset: str, status: str) -> str:
-    return f"SELECT record_key FROM retention.record_status WHERE dataset = '{dataset}' AND status = '{status}'"
+    return (f"SELECT record_key FROM retention.record_status WHERE dataset = {literal(dataset)} "
+            f"AND status = {literal(status)}")
 
 
 def _identified(columns: list[str]) -> str:
@@ -61,14 +64,15 @@ def _settle_quarantined(con: duckdb.DuckDBPyConnection, ds: Dataset) -> int:
                 f"WHERE CAST({pk} AS VARCHAR) IN ({_keys(ds.name, 'archived')}) "
                 f"AND {pk} NOT IN (SELECT {pk} FROM archive.{q(ds.name)})")
     decided = " UNION ALL ".join(_keys(ds.name, status) for status in STEPS)
-    return con.execute(f"DELETE FROM raw.quarantine WHERE system = {lit(ds.system)} AND table_name = {lit(ds.name)} "
-                       f"AND record->>{lit(ds.primary_key)} IN ({decided})").fetchall()[0][0]
+    return con.execute(f"DELETE FROM raw.quarantine WHERE system = {literal(ds.system)} "
+                       f"AND table_name = {literal(ds.name)} "
+                       f"AND record->>{literal(ds.primary_key)} IN ({decided})").fetchall()[0][0]
 
 
 def _group_keys(group: ColumnGroup, state: str | None = None) -> str:
-    where = f" AND state = {lit(state)}" if state else ""
-    return (f"SELECT record_key FROM retention.column_status WHERE dataset = {lit(group.dataset)} "
-            f"AND column_group = {lit(group.name)}{where}")
+    where = f" AND state = {literal(state)}" if state else ""
+    return (f"SELECT record_key FROM retention.column_status WHERE dataset = {literal(group.dataset)} "
+            f"AND column_group = {literal(group.name)}{where}")
 
 
 def _merge_into_archive(con: duckdb.DuckDBPyConnection, policy: Policy, ds: Dataset, keys: str,
@@ -117,8 +121,7 @@ def apply_in_warehouse(con: duckdb.DuckDBPyConnection, policy: Policy) -> Wareho
         "SELECT DISTINCT dataset FROM retention.record_status WHERE status IN ('archived', 'to_erase', 'to_anonymise') "
         "UNION SELECT DISTINCT dataset FROM retention.column_status").fetchall()}
     groups = column_groups(policy)
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         for ds in policy.datasets:
             if ds.name not in pending or not table_exists(con, "raw", ds.name):
                 continue
@@ -140,10 +143,6 @@ def apply_in_warehouse(con: duckdb.DuckDBPyConnection, policy: Policy) -> Wareho
                     con.execute(f"UPDATE {table} SET {assignments} WHERE {pk} IN ({_keys(ds.name, 'to_anonymise')}) "
                                 f"AND {_identified(columns)}").fetchall()[0][0]
                     for table in (raw, arc))
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
     return outcome
 
 
@@ -166,11 +165,12 @@ def decision_targets(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.d
                 f"SELECT CAST({q(ds.primary_key)} AS VARCHAR) FROM {r}{where}" for r in relations)
             decision = f"retention:{as_of.isoformat()}:{ds.name}:{status}"
             parts.append(f"""
-                SELECT '{decision}' AS decision_id, '{ds.system}' AS system, '{ds.name}' AS table_name,
-                       '{ds.primary_key}' AS key_column, record_key AS key_value, '{action}' AS action,
-                       {"'" + payload + "'" if action == 'anonymise' else 'NULL'} AS payload
+                SELECT {literal(decision)} AS decision_id, {literal(ds.system)} AS system,
+                       {literal(ds.name)} AS table_name, {literal(ds.primary_key)} AS key_column,
+                       record_key AS key_value, {literal(action)} AS action,
+                       {literal(payload if action == 'anonymise' else None)}::VARCHAR AS payload
                 FROM retention.record_status
-                WHERE dataset = '{ds.name}' AND status = '{status}'
+                WHERE dataset = {literal(ds.name)} AND status = {literal(status)}
                 AND record_key IN ({still_there})""")
     parts += _column_targets(con, policy, as_of)
     if not parts:
@@ -196,9 +196,10 @@ def _column_targets(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.da
             f"SELECT CAST({q(ds.primary_key)} AS VARCHAR) FROM {r} WHERE {_identified(columns)}"
             for r in _held_relations(con, ds))
         parts.append(f"""
-            SELECT {lit(f'retention:{as_of.isoformat()}:{ds.name}:columns:{group.name}')} AS decision_id,
-                   {lit(ds.system)} AS system, {lit(ds.name)} AS table_name, {lit(ds.primary_key)} AS key_column,
-                   record_key AS key_value, 'anonymise' AS action, {lit(json.dumps(sorted(columns)))} AS payload
+            SELECT {literal(f'retention:{as_of.isoformat()}:{ds.name}:columns:{group.name}')} AS decision_id,
+                   {literal(ds.system)} AS system, {literal(ds.name)} AS table_name,
+                   {literal(ds.primary_key)} AS key_column,
+                   record_key AS key_value, 'anonymise' AS action, {literal(json.dumps(sorted(columns)))} AS payload
             FROM ({_group_keys(group)}) WHERE record_key IN ({still_there})""")
     return parts
 
@@ -255,7 +256,7 @@ def residue(con: duckdb.DuckDBPyConnection, policy: Policy) -> dict[str, int]:
         relations = _held_relations(con, ds)
         n = sum(con.execute(f"""
             SELECT count(*) FROM {relation} WHERE {pk} IN (
-                SELECT record_key FROM retention.record_status WHERE dataset = '{ds.name}'
+                SELECT record_key FROM retention.record_status WHERE dataset = {literal(ds.name)}
                 AND status IN ('archived', 'to_erase'))
             OR ({pk} IN ({_keys(ds.name, 'to_anonymise')}) AND {identifying})""").fetchall()[0][0]
             for relation in relations)

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import duckdb
 
-from pipelines.duck import literal as lit
-from pipelines.duck import quote as q
 from pipelines.policy.models import Dataset, Policy
+from pipelines.sqltext import ident as q
+from pipelines.sqltext import list_literal
+from pipelines.sqltext import literal as lit
 
 # retention.column_status states; the record's own status (retention.record_status) says where it is kept.
 ARCHIVED, CLEARED = "archived", "cleared"
@@ -61,8 +62,8 @@ def groups_sql(groups: list[ColumnGroup]) -> str:
     if not groups:
         return ("SELECT NULL::VARCHAR AS dataset, NULL::VARCHAR AS column_group, NULL::VARCHAR[] AS purposes, "
                 "NULL::VARCHAR[] AS columns WHERE false")
-    rows = ", ".join(f"({lit(g.dataset)}, {lit(g.name)}, [{', '.join(lit(p) for p in g.purposes)}], "
-                     f"[{', '.join(lit(c) for c in g.columns)}])" for g in groups)
+    rows = ", ".join(f"({lit(g.dataset)}, {lit(g.name)}, {list_literal(g.purposes)}, {list_literal(g.columns)})"
+                     for g in groups)
     return f"SELECT * FROM (VALUES {rows}) AS g(dataset, column_group, purposes, columns)"
 
 

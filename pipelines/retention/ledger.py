@@ -19,12 +19,13 @@ from typing import get_args
 
 import duckdb
 
-from pipelines.duck import literal as lit
-from pipelines.duck import quote as q
 from pipelines.policy.models import Clock, Dataset, Policy, RetentionRule, SubjectType
 from pipelines.retention.columns import compute_columns
 from pipelines.retention.until import kept_on_sql, last_day_sql
 from pipelines.sources.schema import RESTRICTION_COLUMNS
+from pipelines.sqltext import ident as q
+from pipelines.sqltext import literal as lit
+from pipelines.sqltext import transaction
 
 STATUSES = ("active", "archived", "to_erase", "to_anonymise", "legal_hold", "restricted")
 RESTRICTED_AT = RESTRICTION_COLUMNS[0]
@@ -121,14 +122,14 @@ def _purpose_sql(policy: Policy, ds: Dataset, purpose: str, rule: RetentionRule,
     if clock.per == "subject":
         clock_types = sorted({s.type for s in clock_ds.subjects})
         key = "r.subject_id"
-        join = (f"LEFT JOIN {prefix}_clock_{rule.clock} k ON k.clock_key = r.subject_id "
+        join = (f"LEFT JOIN {q(prefix + '_clock_' + rule.clock)} k ON k.clock_key = r.subject_id "
                 f"AND k.clock_subject_type = r.subject_type")
         where = f"WHERE r.subject_type IN ({', '.join(lit(t) for t in clock_types)})"
     else:
         target = f"{clock.table}.{clock_ds.primary_key}"
         ref = next((c for c, t in ds.references.items() if t == target), None)
         key = "r.record_key" if clock.table == ds.name else f"r.{q('_ref_' + str(ref))}"
-        join, where = f"LEFT JOIN {prefix}_clock_{rule.clock} k ON k.clock_key = {key}", ""
+        join, where = f"LEFT JOIN {q(prefix + '_clock_' + rule.clock)} k ON k.clock_key = {key}", ""
     active_until = last_day_sql("k.clock", rule.active)
     archive_until = last_day_sql("k.clock", rule.active, rule.archive)
     ended = "to_anonymise" if rule.end_action == "anonymise" else "to_erase"
@@ -150,7 +151,7 @@ def _purpose_sql(policy: Policy, ds: Dataset, purpose: str, rule: RetentionRule,
                          THEN 'archive through ' || strftime({archive_until}, '%Y-%m-%d')
                     ELSE {lit(rule.end_action + ' after ')} || strftime({archive_until}, '%Y-%m-%d') END
                  || {lit(f' ({rule.describe()})')} AS purpose_reason
-        FROM {prefix}_records_{ds.name} r {join} {where}"""
+        FROM {q(prefix + '_records_' + ds.name)} r {join} {where}"""
 
 
 def _records_sql(ds: Dataset, source: str) -> str:
@@ -177,7 +178,7 @@ def _flags_sql(policy: Policy, sources: dict[str, str]) -> tuple[str, str]:
         for hold in policy.datasets_file.legal_holds:
             if hold.table == ds.name:
                 held.append(f"SELECT {subject_type} AS subject_type, {subject_id} AS subject_id "
-                            f"FROM ({sources[ds.name]}) WHERE CAST({q(hold.column)} AS VARCHAR) = {lit(hold.equals)}")
+                            f"FROM ({sources[ds.name]}) WHERE {hold.sql()}")
     empty = "SELECT NULL::VARCHAR AS subject_type, NULL::VARCHAR AS subject_id WHERE false"
     return " UNION ".join(restricted) or empty, " UNION ".join(held) or empty
 
@@ -252,11 +253,13 @@ def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pref
         FROM {prefix}_flagged f
     """)
     # The dated facts still timing a record that stays (closed events only: an open one is re-read every night).
+    clocks = " UNION ALL ".join(f"SELECT {lit(n)} AS clock_name, * FROM {q(prefix + '_clock_' + n)}"
+                                for n in policy.clocks)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {prefix}_clock_facts AS
         SELECT DISTINCT p.clock_name, k.clock_subject_type, p.clock_key, k.clock
         FROM {prefix}_purposes p JOIN {prefix}_records r USING (dataset, record_key)
-        JOIN ({" UNION ALL ".join(f"SELECT {lit(n)} AS clock_name, * FROM {prefix}_clock_{n}" for n in policy.clocks)})
+        JOIN ({clocks})
              k ON k.clock_name = p.clock_name AND k.clock_key = p.clock_key
         WHERE r.status NOT IN ('to_erase', 'to_anonymise') AND NOT k.is_open AND k.clock IS NOT NULL
     """)
@@ -315,8 +318,7 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date)
                reason FROM _ret_columns""", [as_of])
     con.execute("CREATE OR REPLACE TEMP TABLE _ret_new_clocks AS SELECT * FROM _ret_clock_facts")
     _ensure_tables(con)
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         # Re-running the same as_of: what an earlier run already erased or anonymised is no longer found, but
         # it is still this date's decision, so it stays in the ledger and the second run changes nothing.
         con.execute("""
@@ -333,10 +335,6 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date)
         con.execute("INSERT INTO retention.column_status BY NAME SELECT * FROM _ret_new_columns")
         con.execute(f"DELETE FROM {CLOCK_EVENTS}")
         con.execute(f"INSERT INTO {CLOCK_EVENTS} BY NAME SELECT * FROM _ret_new_clocks")
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
 
 
 def _ensure_tables(con: duckdb.DuckDBPyConnection) -> None:

@@ -20,11 +20,11 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import sqlalchemy as sa
 
-from pipelines.duck import quote
 from pipelines.policy.models import Policy
 from pipelines.rights.intake import table_exists
 from pipelines.rights.scope import subject_tables
 from pipelines.sources.schema import SQL_SYSTEMS
+from pipelines.sqltext import ident
 
 WAREHOUSE_SCHEMAS = ("raw", "archive")
 NAVIGATION_DIRS = {"navigation_events": "events", "cookie_consents": "consents"}
@@ -47,7 +47,7 @@ def _source_rows(engines: dict[str, sa.Engine | None], navigation_dir: Path | No
     with duckdb.connect() as con:
         return con.sql(
             f"SELECT * FROM read_parquet($files, hive_partitioning = false) "
-            f"WHERE CAST({quote(key_column)} AS VARCHAR) IN (SELECT unnest($keys))",
+            f"WHERE CAST({ident(key_column)} AS VARCHAR) IN (SELECT unnest($keys))",
             params={"files": [str(f) for f in files], "keys": keys}).to_arrow_table()
 
 
@@ -88,7 +88,7 @@ def write_access_bundle(con: duckdb.DuckDBPyConnection, policy: Policy, *, reque
         for schema in WAREHOUSE_SCHEMAS:
             if table_exists(con, schema, st.table_name):
                 located[f"warehouse.{schema}.{st.table_name}"] = con.sql(
-                    f"SELECT * FROM {schema}.{quote(st.table_name)} WHERE CAST({quote(st.key_column)} AS VARCHAR) "
+                    f"SELECT * FROM {schema}.{ident(st.table_name)} WHERE CAST({ident(st.key_column)} AS VARCHAR) "
                     "IN (SELECT unnest($keys))", params={"keys": keys}).to_arrow_table()
         for location, rows in located.items():
             if rows is not None and rows.num_rows:

@@ -17,6 +17,7 @@ import duckdb
 from pipelines.duck import scalar
 from pipelines.normalise import email_sql
 from pipelines.rights.intent import ensure_intent_schema
+from pipelines.sqltext import in_list
 
 # The rights of the policy ("Quels sont vos droits ?") as request types -> how each is carried out.
 REQUEST_TYPES = {
@@ -147,8 +148,8 @@ def intake(con: duckdb.DuckDBPyConnection, now: str) -> None:
             SELECT f.*, p.person_id AS kept_person, p.matched_by AS kept_matched_by, p.reason AS kept_reason,
                    p.due_date AS kept_due_date, p.decision_id, p.state_changed_at, p.state AS previous_state,
                    CASE
-                       WHEN p.state IN {CARRIED_STATES} THEN p.state
-                       WHEN f.source_status IN {TERMINAL_STATES} THEN f.source_status
+                       WHEN p.state IN {in_list(CARRIED_STATES)} THEN p.state
+                       WHEN f.source_status IN {in_list(TERMINAL_STATES)} THEN f.source_status
                        WHEN f.invalid IS NOT NULL THEN 'needs_human'
                        WHEN f.identity_verified_at IS NULL THEN 'received'
                        WHEN f.flag IS NOT NULL THEN 'needs_human'
@@ -159,16 +160,16 @@ def intake(con: duckdb.DuckDBPyConnection, now: str) -> None:
         SELECT request_id, request_type,
                -- a closed or pending request keeps the person it was decided for (erasure removes the links);
                -- nobody is linked to a request before its identity proof is checked
-               CASE WHEN previous_state IN {CARRIED_STATES} THEN kept_person
+               CASE WHEN previous_state IN {in_list(CARRIED_STATES)} THEN kept_person
                     WHEN state = 'verified' THEN candidate END AS person_id,
-               CASE WHEN previous_state IN {CARRIED_STATES} THEN kept_matched_by
+               CASE WHEN previous_state IN {in_list(CARRIED_STATES)} THEN kept_matched_by
                     WHEN state = 'verified' THEN matched_by END AS matched_by,
                received_at, identity_verified_at,
                coalesce(CAST(received_at + INTERVAL 1 MONTH AS DATE), kept_due_date,
                         CAST($now + INTERVAL 1 MONTH AS DATE)) AS due_date,
                state,
                CASE
-                   WHEN previous_state IN {CARRIED_STATES} THEN kept_reason
+                   WHEN previous_state IN {in_list(CARRIED_STATES)} THEN kept_reason
                    WHEN state = 'needs_human' THEN coalesce(invalid, flag)
                    WHEN state = 'received' THEN 'identity not verified yet: nothing is executed'
                END AS reason,

@@ -42,7 +42,6 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from pipelines.audit import AuditLog, subject_token
-from pipelines.duck import quote
 from pipelines.ingest import duckdb_type
 from pipelines.policy.models import Policy
 from pipelines.pushback import TARGET_SCHEMA, apply_decisions, make_targets
@@ -62,6 +61,7 @@ from pipelines.rights.intent import (
 )
 from pipelines.rights.scope import CONSENT_COLUMN, SubjectTable, legal_hold_sql, subject_tables
 from pipelines.sources.schema import SQL_SYSTEMS, rights_requests
+from pipelines.sqltext import ident, in_list, literal, transaction
 
 EXCLUDING = {"erasure": "erased", "objection": "objection", "objection_prospecting": "objection_prospecting"}
 IN_FORCE = ("decided", "executed", "confirmed")
@@ -106,13 +106,14 @@ def _set_based_targets(con: duckdb.DuckDBPyConnection, now: str) -> pa.Table:
            OR (n.request_type IN ('restriction', 'lift_restriction') AND s.restrictable)
         UNION ALL
         SELECT n.decision_id, s.system, s.table_name, s.key_column, n.node_value, 'rectify',
-               '{{"{CONSENT_COLUMN}": false}}'
+               {literal(json.dumps({CONSENT_COLUMN: False}))}
         FROM _nodes n JOIN _subject_tables s ON s.node_type = n.node_type
         WHERE n.request_type = 'objection_prospecting' AND NOT s.marketing_only AND s.key_column = s.primary_key
           AND s.table_name IN (SELECT table_name FROM _consent_tables)
         UNION ALL
-        SELECT DISTINCT n.decision_id, 'prospects', '{SUPPRESSION_TABLE}', 'contact_hash', sha256(n.node_value),
-               'suppress', CAST(json_object('channel', n.node_type, 'objected_at', '{now}',
+        SELECT DISTINCT n.decision_id, 'prospects', {literal(SUPPRESSION_TABLE)}, 'contact_hash',
+               sha256(n.node_value), 'suppress',
+               CAST(json_object('channel', n.node_type, 'objected_at', {literal(now)},
                                             'source_request_id', CAST(n.request_id AS VARCHAR)) AS VARCHAR)
         FROM _nodes n WHERE n.request_type = 'objection_prospecting' AND n.node_type IN ('email', 'phone')
     """).to_arrow_table().cast(TARGET_SCHEMA)
@@ -188,18 +189,18 @@ def _archive_kept(con: duckdb.DuckDBPyConnection, policy: Policy, tables: list[S
     for t in tables:
         if not table_exists(con, "raw", t.table_name):
             continue
-        raw, key = f"raw.{quote(t.table_name)}", f"CAST({quote(t.key_column)} AS VARCHAR)"
+        raw, key = f"raw.{ident(t.table_name)}", f"CAST({ident(t.key_column)} AS VARCHAR)"
         rules = ([("true", t.kept_reason)] if t.kept_reason else []) + [
             # a person under a hold keeps every row of the hold's table, not only the matching ones
-            (f"n.person_id IN (SELECT n2.person_id FROM _nodes n2 JOIN {raw} h ON CAST(h.{quote(t.key_column)} AS "
-             f"VARCHAR) = n2.node_value AND n2.node_type = '{t.node_type}' WHERE {condition})", reason)
+            (f"n.person_id IN (SELECT n2.person_id FROM _nodes n2 JOIN {raw} h ON CAST(h.{ident(t.key_column)} AS "
+             f"VARCHAR) = n2.node_value AND n2.node_type = {literal(t.node_type)} WHERE {condition})", reason)
             for condition, reason in holds.get(t.table_name, [])]
         for condition, reason in rules:
-            matched = (f"FROM {raw} r JOIN _nodes n ON {key} = n.node_value AND n.node_type = '{t.node_type}' "
+            matched = (f"FROM {raw} r JOIN _nodes n ON {key} = n.node_value AND n.node_type = {literal(t.node_type)} "
                        f"WHERE n.request_type = 'erasure' AND {condition}")
-            run_sql(con, f"INSERT INTO _kept SELECT n.decision_id, '{t.table_name}', ?, count(*) {matched} "
+            run_sql(con, f"INSERT INTO _kept SELECT n.decision_id, {literal(t.table_name)}, ?, count(*) {matched} "
                         "GROUP BY n.decision_id", [reason])
-            archive, pk = f"archive.{quote(t.table_name)}", quote(t.primary_key)
+            archive, pk = f"archive.{ident(t.table_name)}", ident(t.primary_key)
             run_sql(con, f"CREATE TABLE IF NOT EXISTS {archive} AS SELECT * FROM {raw} WHERE false")
             run_sql(con, f"INSERT INTO {archive} BY NAME SELECT DISTINCT r.* {matched} "
                         f"AND r.{pk} NOT IN (SELECT {pk} FROM {archive})")
@@ -216,13 +217,14 @@ def _erase_in_warehouse(con: duckdb.DuckDBPyConnection, tables: list[SubjectTabl
         FROM rights.decision_targets t JOIN rights.decisions d USING (decision_id)
         WHERE t.action = 'erase' AND list_contains(?, t.decision_id)""", [decision_ids])
     for t in tables:
-        keys = (f"SELECT key_value FROM _erased WHERE system = '{t.system}' AND table_name = '{t.table_name}' "
-                f"AND key_column = '{t.key_column}'")
-        key = f"CAST({quote(t.key_column)} AS VARCHAR)"
+        keys = (f"SELECT key_value FROM _erased WHERE system = {literal(t.system)} "
+                f"AND table_name = {literal(t.table_name)} "
+                f"AND key_column = {literal(t.key_column)}")
+        key = f"CAST({ident(t.key_column)} AS VARCHAR)"
         if table_exists(con, "raw", t.table_name):
-            run_sql(con, f"DELETE FROM raw.{quote(t.table_name)} WHERE {key} IN ({keys})")
+            run_sql(con, f"DELETE FROM raw.{ident(t.table_name)} WHERE {key} IN ({keys})")
         if table_exists(con, "archive", t.table_name) and not t.kept_reason and t.table_name not in hold_tables:
-            run_sql(con, f"DELETE FROM archive.{quote(t.table_name)} WHERE {key} IN ({keys})")
+            run_sql(con, f"DELETE FROM archive.{ident(t.table_name)} WHERE {key} IN ({keys})")
     run_sql(con, """
         DELETE FROM identity.person_links WHERE person_id IN (SELECT person_id FROM _erased
                                                             WHERE request_type = 'erasure')
@@ -233,11 +235,12 @@ def _erase_in_warehouse(con: duckdb.DuckDBPyConnection, tables: list[SubjectTabl
 
 def _rebuild_exclusions(con: duckdb.DuckDBPyConnection) -> None:
     """rights.exclusions from the requests in force; a restriction holds until a later lift_restriction."""
+    reasons = " ".join(f"WHEN {literal(k)} THEN {literal(v)}" for k, v in EXCLUDING.items())
     run_sql(con, f"""
         CREATE OR REPLACE TABLE rights.exclusions AS
         WITH in_force AS (
             SELECT person_id, request_type, received_at, state_changed_at FROM rights.requests
-            WHERE state IN {IN_FORCE} AND person_id IS NOT NULL
+            WHERE state IN {in_list(IN_FORCE)} AND person_id IS NOT NULL
         ),
         restrictions AS (
             SELECT person_id,
@@ -249,9 +252,9 @@ def _rebuild_exclusions(con: duckdb.DuckDBPyConnection) -> None:
         SELECT person_id, 'restricted' AS reason, since FROM restrictions
         WHERE restricted IS NOT NULL AND (lifted IS NULL OR lifted < restricted)
         UNION ALL
-        SELECT person_id, CASE request_type {" ".join(f"WHEN '{k}' THEN '{v}'" for k, v in EXCLUDING.items())} END,
+        SELECT person_id, CASE request_type {reasons} END,
                min(state_changed_at)
-        FROM in_force WHERE request_type IN {tuple(EXCLUDING)} GROUP BY ALL
+        FROM in_force WHERE request_type IN {in_list(EXCLUDING)} GROUP BY ALL
     """)
 
 
@@ -304,42 +307,41 @@ def process_rights(
     # 1. Decide: the targets, the archive copies of what an obligation keeps, the states and their audit
     # entries in one warehouse transaction; then the audit log. If it cannot be appended, nothing is pushed.
     bundles: list[Path] = []
-    run_sql(con, "BEGIN")
-    _archive_kept(con, policy, tables)  # before the sources lose the rows
-    kept = {}
-    for decision_id, table_name, reason, n in run_sql(con, "SELECT * FROM _kept ORDER BY 1, 2"):
-        kept.setdefault(decision_id, []).append(f"{n} row(s) of {table_name} kept in the restricted archive: "
-                                                f"{reason}")
-    actionable = run_sql(con, "SELECT request_id, request_type, new_decision_id, person_id FROM _actionable "
-                             "ORDER BY request_id")
-    nodes_of = {}
-    for request_id, node_type, value in run_sql(con,
-            "SELECT request_id, node_type, node_value FROM _nodes WHERE request_type = 'access'"):
-        nodes_of.setdefault(request_id, []).append((node_type, value))
-    for request_id, request_type, decision_id, person_id in actionable:  # one per request, not per row
-        if request_id in refused:
-            results[request_id] = _Result("refused", refused[request_id], decision_id)
-        elif request_type == "access":
-            try:
-                path = write_access_bundle(con, policy, request_id=request_id,
-                                           subject_token=token(f"person:{person_id}"),
-                                           nodes=nodes_of.get(request_id, []),
-                                           engines={"members": members, "prospects": prospects},
-                                           navigation_dir=navigation_dir, exports_dir=exports_dir)
-            except SOURCE_ERRORS as exc:
-                results[request_id] = _Result("verified", f"bundle not written, retried next run: "
-                                                          f"{_unavailable('a source', exc)}")
-                continue
-            bundles.append(path)
-            results[request_id] = _Result("answered", f"export bundle {path.name}", decision_id)
-        else:
-            reason = "; ".join(kept.get(decision_id, [])) or None
-            if request_type != "objection" and not target_counts.get(decision_id):
-                reason = "no record of the person at the sources for this right; exclusions apply"
-            results[request_id] = _Result("decided", reason, decision_id, target_counts.get(decision_id, 0))
-    record_targets(con, targets)
-    _save(con, results, now_text, "SELECT * FROM _intake", token, target_summary(targets, token))
-    run_sql(con, "COMMIT")
+    with transaction(con):
+        _archive_kept(con, policy, tables)  # before the sources lose the rows
+        kept = {}
+        for decision_id, table_name, reason, n in run_sql(con, "SELECT * FROM _kept ORDER BY 1, 2"):
+            kept.setdefault(decision_id, []).append(f"{n} row(s) of {table_name} kept in the restricted archive: "
+                                                    f"{reason}")
+        actionable = run_sql(con, "SELECT request_id, request_type, new_decision_id, person_id FROM _actionable "
+                                 "ORDER BY request_id")
+        nodes_of = {}
+        for request_id, node_type, value in run_sql(con,
+                "SELECT request_id, node_type, node_value FROM _nodes WHERE request_type = 'access'"):
+            nodes_of.setdefault(request_id, []).append((node_type, value))
+        for request_id, request_type, decision_id, person_id in actionable:  # one per request, not per row
+            if request_id in refused:
+                results[request_id] = _Result("refused", refused[request_id], decision_id)
+            elif request_type == "access":
+                try:
+                    path = write_access_bundle(con, policy, request_id=request_id,
+                                               subject_token=token(f"person:{person_id}"),
+                                               nodes=nodes_of.get(request_id, []),
+                                               engines={"members": members, "prospects": prospects},
+                                               navigation_dir=navigation_dir, exports_dir=exports_dir)
+                except SOURCE_ERRORS as exc:
+                    results[request_id] = _Result("verified", f"bundle not written, retried next run: "
+                                                              f"{_unavailable('a source', exc)}")
+                    continue
+                bundles.append(path)
+                results[request_id] = _Result("answered", f"export bundle {path.name}", decision_id)
+            else:
+                reason = "; ".join(kept.get(decision_id, [])) or None
+                if request_type != "objection" and not target_counts.get(decision_id):
+                    reason = "no record of the person at the sources for this right; exclusions apply"
+                results[request_id] = _Result("decided", reason, decision_id, target_counts.get(decision_id, 0))
+        record_targets(con, targets)
+        _save(con, results, now_text, "SELECT * FROM _intake", token, target_summary(targets, token))
     flush_audit(con, audit)
 
     # 2. Push every pending decision (this run's and any an earlier run left) from its recorded targets.
@@ -354,10 +356,9 @@ def process_rights(
     applied = [d for d, *_ in pending if d not in failed]
     later = {request_id: _Result("executed", f"push-back not confirmed: {failed[d]}", d, n) if d in failed
              else _Result("confirmed", reason, d, n) for d, request_id, reason, n in pending}
-    run_sql(con, "BEGIN")
-    _erase_in_warehouse(con, tables, {h for h, _, _ in legal_hold_sql(policy, "h")}, applied)
-    _save(con, later, now_text, "SELECT *, state AS previous_state FROM rights.requests", token, {})
-    run_sql(con, "COMMIT")
+    with transaction(con):
+        _erase_in_warehouse(con, tables, {h for h, _, _ in legal_hold_sql(policy, "h")}, applied)
+        _save(con, later, now_text, "SELECT *, state AS previous_state FROM rights.requests", token, {})
     flush_audit(con, audit)
     _mirror_status(con, members)
     day = as_of or (now or dt.datetime.now(dt.UTC)).date()
@@ -421,20 +422,20 @@ def _save(con: duckdb.DuckDBPyConnection, results: dict[int, _Result], now: str,
                i.due_date, coalesce(r.state, i.state) AS state,
                CASE WHEN r.request_id IS NULL THEN i.reason ELSE r.reason END AS reason, i.needs_human, i.details,
                coalesce(r.decision_id, i.decision_id) AS decision_id,
-               CASE WHEN coalesce(r.state, i.state) IS DISTINCT FROM i.previous_state THEN TIMESTAMP '{now}'
+               CASE WHEN coalesce(r.state, i.state) IS DISTINCT FROM i.previous_state THEN TIMESTAMP {literal(now)}
                     ELSE i.state_changed_at END AS state_changed_at,
                i.previous_state, r.targets
         FROM ({base}) i LEFT JOIN _results r USING (request_id)""")
     run_sql(con, "DELETE FROM rights.requests")
     run_sql(con, "INSERT INTO rights.requests BY NAME SELECT * EXCLUDE (previous_state, targets) FROM _final")
-    status = " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in DECISION_STATUS.items())
+    status = " ".join(f"WHEN {literal(k)} THEN {literal(v)}" for k, v in DECISION_STATUS.items())
     run_sql(con, f"""
         INSERT OR REPLACE INTO rights.decisions
         SELECT f.decision_id, f.request_id, f.person_id, f.request_type, coalesce(f.targets, d.targets, 0),
                CASE f.state {status} ELSE 'decided' END,
                CASE WHEN f.state = 'executed' THEN d.reason ELSE f.reason END,  -- the failure is the request's
-               coalesce(d.decided_at, TIMESTAMP '{now}'),
-               CASE WHEN f.state IN {TERMINAL_STATES} THEN TIMESTAMP '{now}' END
+               coalesce(d.decided_at, TIMESTAMP {literal(now)}),
+               CASE WHEN f.state IN {in_list(TERMINAL_STATES)} THEN TIMESTAMP {literal(now)} END
         FROM _final f LEFT JOIN rights.decisions d USING (decision_id)
         WHERE f.request_id IN (SELECT request_id FROM _results) AND f.state <> 'verified'""")
     confirmed_objections = ("FROM _final WHERE request_type = 'objection' AND state = 'confirmed' "
@@ -443,7 +444,7 @@ def _save(con: duckdb.DuckDBPyConnection, results: dict[int, _Result], now: str,
     run_sql(con, f"DELETE FROM rights.objections WHERE request_id IN (SELECT request_id {confirmed_objections})")
     run_sql(con, f"""
         INSERT INTO rights.objections
-        SELECT person_id, unnest(from_json(details -> 'purposes', '["VARCHAR"]')), TIMESTAMP '{now}', request_id
+        SELECT person_id, unnest(from_json(details -> 'purposes', '["VARCHAR"]')), TIMESTAMP {literal(now)}, request_id
         {confirmed_objections}""")
     _rebuild_exclusions(con)
     con.unregister("_results")

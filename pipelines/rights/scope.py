@@ -64,5 +64,5 @@ def subject_tables(policy: Policy) -> list[SubjectTable]:
 
 def legal_hold_sql(policy: Policy, alias: str) -> list[tuple[str, str, str]]:
     """(table, SQL condition over the table aliased `alias`, reason) per declared legal hold."""
-    return [(h.table, f"CAST({alias}.{h.column} AS VARCHAR) = '{h.equals}'",
+    return [(h.table, h.sql(alias),
              f"art. 17(3)(e) legal claims: {h.description}") for h in policy.datasets_file.legal_holds]

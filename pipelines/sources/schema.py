@@ -234,3 +234,14 @@ COOKIE_CONSENT_SCHEMA = pa.schema([
 NAVIGATION_REQUIRED = ("event_id", "visitor_id", "ts")
 
 SQL_SYSTEMS: dict[str, sa.MetaData] = {"members": member_metadata, "prospects": prospect_metadata}
+
+# Columns that identify the person a row is about by themselves (name, contact, birth date, bank account,
+# document number, IP address). The policy files cannot stop treating them so: datasets.yaml must mark them
+# `identifying: direct` and pseudonymisation.yaml must list them under `direct_identifiers` (refused at load).
+DIRECT_IDENTIFIERS: dict[str, tuple[str, ...]] = {
+    "members": ("first_name", "last_name", "email", "phone", "street", "birth_date", "iban"),
+    "id_documents": ("doc_number",),
+    "rights_requests": ("email",),
+    "prospects": ("first_name", "last_name", "email", "phone"),
+    "navigation_events": ("ip_address",),
+}
