@@ -25,6 +25,8 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
+from pipelines.sqltext import ident, literal, qualified
+
 # Read from the wall clock when the pipeline acted: compared to the day (the runs compared ran the same day).
 # The ledger's clocks are here because an objection's clock starts when the objection was recorded.
 WALL_CLOCK_TIMES = frozenset({
@@ -103,7 +105,7 @@ class _Reader:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
             for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"):
-                cursor = con.execute(f'SELECT * FROM "{table}"')
+                cursor = con.execute(f"SELECT * FROM {ident(table)}")
                 names = [d[0] for d in cursor.description]
                 rows = [repr([_field(table, n, v) for n, v in zip(names, row, strict=True)]) for row in cursor]
                 out[f"source {path.name}:{table}"] = f"{len(rows)} rows {_digest(rows)}"
@@ -124,10 +126,10 @@ class _Reader:
                     "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position", [schema, table]
                 ).fetchall()
                 select = ", ".join(self._column_sql(table, c, t) for c, t in columns)
-                names = ", ".join(f'"{c}"' for c, _ in columns)
+                names = ", ".join(ident(c) for c, _ in columns)
                 count, total = con.execute(
-                    f'SELECT count(*), coalesce(sum(hash(struct_pack({names}))), 0) '
-                    f'FROM (SELECT {select} FROM "{schema}"."{table}")'
+                    f"SELECT count(*), coalesce(sum(hash(struct_pack({names}))), 0) "
+                    f"FROM (SELECT {select} FROM {qualified(schema, table)})"
                 ).fetchall()[0]
                 out[f"{path.stem} {schema}.{table}"] = f"{count} rows {total}"
         finally:
@@ -135,15 +137,14 @@ class _Reader:
         return out
 
     def _column_sql(self, table: str, column: str, data_type: str) -> str:
-        quoted = f'"{column}"'
+        quoted = ident(column)
         kind = _kind(table, column)
         if kind == "id":
             return f"{quoted} IS NOT NULL AS {quoted}"
         if kind == "time":
             return f"left(CAST({quoted} AS VARCHAR), 10) AS {quoted}"
         if data_type in ("VARCHAR", "JSON"):
-            folder = str(self.data_dir).replace("'", "''")
-            return f"replace(CAST({quoted} AS VARCHAR), '{folder}', '<data>') AS {quoted}"
+            return f"replace(CAST({quoted} AS VARCHAR), {literal(self.data_dir)}, '<data>') AS {quoted}"
         return quoted
 
 
