@@ -6,6 +6,7 @@ import dagster as dg
 
 from pipelines.duck import scalar
 from pipelines.identity import resolve_identities
+from pipelines.policy.resource import PoliciesResource
 from pipelines.resources import WarehouseResource
 
 
@@ -14,15 +15,17 @@ from pipelines.resources import WarehouseResource
     group_name="identity",
     deps=[dg.AssetKey(["raw", t]) for t in ("members", "prospects", "navigation_events")],
     description="Identity graph: person_id ↔ member ids, prospect ids, visitor cookies, normalised e-mails "
-    "and E.164 phones. Every erasure, restriction or objection reaches all of a person's records through it.",
+    "and E.164 phones, joined only by the rules of datasets.yaml `identity` (a contact several members share "
+    "is flagged in identity.ambiguities, never a merge). Every erasure, restriction or objection reaches all "
+    "of a person's records through it.",
     kinds={"duckdb"},
     owners=["team:data-engineering"],
     tags={"stage": "identity"},
     pool="warehouse",
 )
-def person_links(warehouse: WarehouseResource) -> dg.MaterializeResult:
+def person_links(warehouse: WarehouseResource, policies: PoliciesResource) -> dg.MaterializeResult:
     with warehouse.connect() as con:
-        stats = resolve_identities(con)
+        stats = resolve_identities(con, policies.load().datasets_file.identity)
         rows = scalar(con, "SELECT count(*) FROM identity.person_links")
     metadata = {k: dg.MetadataValue.int(v) for k, v in stats.items()}
     return dg.MaterializeResult(metadata={"dagster/row_count": dg.MetadataValue.int(rows), **metadata})

@@ -1,32 +1,40 @@
-"""Identity resolution: one person id per human across the member system, prospecting and navigation.
+"""Identity resolution: one person id per human across the member system, prospecting and navigation,
+joined only through the rules the policy declares (datasets.yaml `identity`), never by accident.
 
-Records (member, prospect, visitor) and contacts (normalised e-mail, E.164 phone) are nodes; a record
-is linked to its contacts, and a visitor to the member it logged in as. Connected components are found
-by label propagation in SQL (each round is one set-based statement; rounds ≈ the graph's diameter).
-The person id is a hash of the component's smallest node, so it carries no identifier itself.
+- Every member record is a person of its own: two members are never merged through a contact.
+- Prospects sharing a declared contact with each other are one prospect group (connected components by
+  label propagation in SQL, one set-based statement per round).
+- A prospect group joins the member it shares a declared contact with, when that contact is held by
+  exactly one member and the group points at exactly one member; otherwise it stays a person of its own.
+- A visitor joins the member it logged in as, when it logged in as exactly one member.
+
+`identity.person_links(person_id, node_type, node_value, shared)` lists each person's records (member,
+prospect, visitor) and contacts (email, phone, normalised); `shared` marks a contact several people hold (a
+family phone, a shared mailbox), which no right may act on for one of them. `identity.ambiguities(person_id,
+node_type, node_value, reason)` lists, per person, what is near them but not theirs for sure: shared
+contacts, and prospects or visitors that point at several members. The person id is a hash of the person's
+anchor record, so it carries no identifier itself.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import duckdb
 
 from pipelines.duck import scalar
 from pipelines.normalise import email_sql, phone_sql
+from pipelines.policy.models import IdentityRule
 
-_EDGES_SQL = f"""
-CREATE OR REPLACE TEMP TABLE _edges AS
-WITH contact_edges AS (
-    SELECT 'member:' || member_id AS a, 'email:' || {email_sql('email')} AS b FROM raw.members
-    UNION ALL SELECT 'member:' || member_id, 'phone:' || {phone_sql('phone')} FROM raw.members
-    UNION ALL SELECT 'prospect:' || prospect_id, 'email:' || {email_sql('email')} FROM raw.prospects
-    UNION ALL SELECT 'prospect:' || prospect_id, 'phone:' || {phone_sql('phone')} FROM raw.prospects
-    UNION ALL SELECT DISTINCT 'visitor:' || visitor_id, 'member:' || member_id
-        FROM raw.navigation_events WHERE member_id IS NOT NULL
-    UNION ALL SELECT 'member:' || member_id, 'member:' || member_id FROM raw.members
-    UNION ALL SELECT 'prospect:' || prospect_id, 'prospect:' || prospect_id FROM raw.prospects
-    UNION ALL SELECT DISTINCT 'visitor:' || visitor_id, 'visitor:' || visitor_id FROM raw.navigation_events
-)
-SELECT DISTINCT a, b FROM contact_edges WHERE a IS NOT NULL AND b IS NOT NULL
+_CONTACTS_SQL = f"""
+CREATE OR REPLACE TEMP TABLE _contacts AS
+SELECT * FROM (
+    SELECT 'member' AS record_type, CAST(member_id AS VARCHAR) AS record, 'email' AS contact_type,
+           {email_sql('email')} AS contact FROM raw.members
+    UNION ALL SELECT 'member', CAST(member_id AS VARCHAR), 'phone', {phone_sql('phone')} FROM raw.members
+    UNION ALL SELECT 'prospect', CAST(prospect_id AS VARCHAR), 'email', {email_sql('email')} FROM raw.prospects
+    UNION ALL SELECT 'prospect', CAST(prospect_id AS VARCHAR), 'phone', {phone_sql('phone')} FROM raw.prospects
+) WHERE contact IS NOT NULL
 """
 
 _PROPAGATE_SQL = """
@@ -42,13 +50,16 @@ GROUP BY l.node, l.label
 """
 
 
-def resolve_identities(con: duckdb.DuckDBPyConnection, max_rounds: int = 50) -> dict[str, int]:
-    """Write `identity.person_links(person_id, node_type, node_value)`; return counts for metadata."""
-    con.execute(_EDGES_SQL)
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE _labels AS "
-        "SELECT node, node AS label FROM (SELECT a AS node FROM _edges UNION SELECT b FROM _edges)"
-    )
+def _prospect_groups(con: duckdb.DuckDBPyConnection, through: list[str], max_rounds: int) -> int:
+    """Temp table `_groups(prospect, grp)`: prospects joined by the declared contacts; returns the rounds."""
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _edges AS
+        SELECT 'prospect:' || record AS a, contact_type || ':' || contact AS b FROM _contacts
+        WHERE record_type = 'prospect' AND list_contains(?, contact_type)
+        UNION ALL SELECT 'prospect:' || CAST(prospect_id AS VARCHAR), 'prospect:' || CAST(prospect_id AS VARCHAR)
+        FROM raw.prospects""", [through])
+    con.execute("CREATE OR REPLACE TEMP TABLE _labels AS "
+                "SELECT node, node AS label FROM (SELECT a AS node FROM _edges UNION SELECT b FROM _edges)")
     rounds = 0
     for rounds in range(1, max_rounds + 1):  # noqa: B007 - the count is reported
         con.execute(_PROPAGATE_SQL)
@@ -58,18 +69,88 @@ def resolve_identities(con: duckdb.DuckDBPyConnection, max_rounds: int = 50) -> 
             break
     else:
         raise RuntimeError(f"identity resolution did not converge in {max_rounds} rounds")
-    con.execute("CREATE SCHEMA IF NOT EXISTS identity")
-    con.execute(
-        """
-        CREATE OR REPLACE TABLE identity.person_links AS
-        SELECT 'p_' || substr(sha256(label), 1, 20) AS person_id,
-               split_part(node, ':', 1) AS node_type,
-               substr(node, strpos(node, ':') + 1) AS node_value
-        FROM _labels
-        ORDER BY person_id, node_type
-        """
-    )
+    con.execute("CREATE OR REPLACE TEMP TABLE _groups AS SELECT substr(node, 10) AS prospect, label AS grp "
+                "FROM _labels WHERE node LIKE 'prospect:%'")
     con.execute("DROP TABLE _labels; DROP TABLE _next; DROP TABLE _edges")
+    return rounds
+
+
+def resolve_identities(con: duckdb.DuckDBPyConnection, rules: Sequence[IdentityRule] | None = None,
+                       max_rounds: int = 50) -> dict[str, int]:
+    """Write `identity.person_links` and `identity.ambiguities` (see module doc); return counts for metadata.
+    `rules` default to those of the project's policies (datasets.yaml `identity`)."""
+    if rules is None:
+        from pipelines import settings
+        from pipelines.policy.load import load_policy  # only here: the policy loader imports fideslang (slow)
+
+        rules = load_policy(settings.policies_dir()).datasets_file.identity
+    to_member = sorted({r.through for r in rules if r.records == ("prospect", "member")})
+    between_prospects = sorted({r.through for r in rules if r.records == ("prospect", "prospect")})
+    login = any(r.records == ("visitor", "member") for r in rules)
+    con.execute(_CONTACTS_SQL)
+    rounds = _prospect_groups(con, between_prospects, max_rounds)
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _member_contacts AS
+        SELECT contact_type, contact, min(record) AS member, count(DISTINCT record) AS members
+        FROM _contacts WHERE record_type = 'member' GROUP BY ALL""")
+    # a prospect group joins a member only when all its declared contacts point at one single member
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _group_members AS
+        SELECT g.grp, count(DISTINCT mc.member) AS members, min(mc.member) AS member
+        FROM _groups g JOIN _contacts c ON c.record_type = 'prospect' AND c.record = g.prospect
+        JOIN _member_contacts mc USING (contact_type, contact)
+        WHERE mc.members = 1 AND list_contains(?, c.contact_type) GROUP BY g.grp""", [to_member])
+    visits = ("SELECT DISTINCT visitor_id AS visitor, CAST(member_id AS VARCHAR) AS member FROM raw.navigation_events "
+              "WHERE member_id IS NOT NULL" if login else
+              "SELECT CAST(NULL AS VARCHAR) AS visitor, CAST(NULL AS VARCHAR) AS member WHERE false")
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _visitor_members AS
+        SELECT visitor, count(DISTINCT member) AS members, min(member) AS member FROM ({visits}) GROUP BY visitor""")
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _records AS
+        -- a member id the navigation log names is a member record too (its row may be in quarantine)
+        SELECT 'member' AS node_type, member AS node_value, 'member:' || member AS anchor FROM (
+            SELECT CAST(member_id AS VARCHAR) AS member FROM raw.members UNION SELECT member FROM ({visits}))
+        UNION ALL
+        SELECT 'prospect', g.prospect, CASE WHEN gm.members = 1 THEN 'member:' || gm.member ELSE g.grp END
+        FROM _groups g LEFT JOIN _group_members gm USING (grp)
+        UNION ALL
+        SELECT 'visitor', v.visitor_id, CASE WHEN vm.members = 1 THEN 'member:' || vm.member
+                                             ELSE 'visitor:' || v.visitor_id END
+        FROM (SELECT DISTINCT visitor_id FROM raw.navigation_events WHERE visitor_id IS NOT NULL) v
+        LEFT JOIN _visitor_members vm ON vm.visitor = v.visitor_id""")
+    con.execute("CREATE SCHEMA IF NOT EXISTS identity")
+    con.execute("""
+        CREATE OR REPLACE TABLE identity.person_links AS
+        WITH nodes AS (
+            SELECT 'p_' || substr(sha256(anchor), 1, 20) AS person_id, node_type, node_value FROM _records
+            UNION
+            SELECT 'p_' || substr(sha256(r.anchor), 1, 20), c.contact_type, c.contact
+            FROM _records r JOIN _contacts c ON c.record_type = r.node_type AND c.record = r.node_value
+        )
+        SELECT *, node_type IN ('email', 'phone')
+                  AND count(*) OVER (PARTITION BY node_type, node_value) > 1 AS shared
+        FROM nodes ORDER BY person_id, node_type, node_value""")
+    con.execute("""
+        CREATE OR REPLACE TABLE identity.ambiguities AS
+        SELECT person_id, node_type, node_value,
+               'the ' || node_type || ' is held by another person too' AS reason
+        FROM identity.person_links WHERE shared
+        UNION ALL
+        SELECT DISTINCT l.person_id, 'prospect', g.prospect,
+               'a prospect record shares a contact with this member but is not theirs for sure'
+        FROM _groups g LEFT JOIN _group_members gm USING (grp)
+        JOIN _contacts c ON c.record_type = 'prospect' AND c.record = g.prospect
+        JOIN _contacts m ON m.record_type = 'member' AND m.contact_type = c.contact_type AND m.contact = c.contact
+        JOIN identity.person_links l ON l.node_type = 'member' AND l.node_value = m.record
+        WHERE list_contains($to_member, c.contact_type) AND (coalesce(gm.members, 0) <> 1 OR gm.member <> m.record)
+        UNION ALL
+        SELECT DISTINCT l.person_id, 'visitor', v.visitor, 'a visitor logged in as this member and another one'
+        FROM _visitor_members vm JOIN (""" + visits + """) v USING (visitor)
+        JOIN identity.person_links l ON l.node_type = 'member' AND l.node_value = v.member
+        WHERE vm.members > 1""", {"to_member": to_member})
+    con.execute("DROP TABLE _contacts; DROP TABLE _groups; DROP TABLE _member_contacts; DROP TABLE _group_members; "
+                "DROP TABLE _visitor_members; DROP TABLE _records")
     stats = con.execute(
         """
         SELECT count(DISTINCT person_id),
@@ -78,11 +159,11 @@ def resolve_identities(con: duckdb.DuckDBPyConnection, max_rounds: int = 50) -> 
                count(*) FILTER (WHERE node_type = 'visitor'),
                (SELECT count(*) FROM (
                     SELECT person_id FROM identity.person_links GROUP BY person_id
-                    HAVING bool_or(node_type = 'member') AND bool_or(node_type = 'prospect')))
+                    HAVING bool_or(node_type = 'member') AND bool_or(node_type = 'prospect'))),
+               (SELECT count(DISTINCT person_id) FROM identity.ambiguities)
         FROM identity.person_links
         """
     ).fetchall()[0]
-    keys = (
-        "persons", "persons_with_member_record", "prospect_records", "visitor_records", "prospects_linked_to_members"
-    )
+    keys = ("persons", "persons_with_member_record", "prospect_records", "visitor_records",
+            "prospects_linked_to_members", "persons_with_ambiguities")
     return {**dict(zip(keys, stats, strict=True)), "propagation_rounds": rounds}

@@ -63,6 +63,6 @@ def refresh_from_sources(
             ingest_navigation_table(con, navigation_dir, table)
         else:
             ingest_sql_table(con, engines[system], system, SQL_SYSTEMS[system].tables[table])
-    resolve_identities(con)
+    resolve_identities(con, policy.datasets_file.identity)
     build_ledger(con, policy, as_of)
     return [table for _, table in touched]

@@ -7,9 +7,9 @@ after `as_of`. Columns are drawn with numpy and assembled with Arrow compute; Fa
 
 The data carries the edge cases the privacy pipeline must handle: memberships ended at every age, unpaid
 contributions and sued debts, open and closed litigation, Monaco health professionals, complaints handled in
-Morocco, prospects who became members (same contact, other formatting), duplicated prospects, old inbound
-contacts, visitors without consent, rights requests of every type (some unverified, some unmatched), and
-a few malformed rows that ingestion must quarantine.
+Morocco, prospects who became members (same contact, other formatting), duplicated prospects, siblings on one
+family phone, two members sharing one mailbox, old inbound contacts, visitors without consent, rights requests
+of every type (some unverified, some unmatched), and a few malformed rows that ingestion must quarantine.
 """
 
 from __future__ import annotations
@@ -67,6 +67,9 @@ _YEAR = 365
 _INSERT_BATCH = 250_000
 # Below this size starting a second Python process costs more than it saves.
 _PARALLEL_FROM_MEMBERS = 50_000
+# Member indices (member_id - 1) planted with shared contacts: identity must not merge them.
+_SIBLINGS = (1, 2)  # one family phone
+_SHARED_MAILBOX = (3, 4)  # one e-mail address
 # Subscriber-number ranges (see phone_numbers) kept apart so only deliberate duplicates share a phone.
 _PROSPECT_PHONE_BASE = 10_000_000
 _REQUEST_PHONE_BASE = 90_000_000
@@ -159,11 +162,20 @@ def _members(rng: np.random.Generator, words: vocab.Vocabulary, n: int, today: i
     sep = pick([".", "_", ""], weighted_choice(rng, [60, 15, 25], n))
     email = concat(first_slug, sep, last_slug, pa.array(ids).cast(pa.string()), "@", _email_domains(rng, n))
     email = with_nulls(email, rng.random(n) < 0.02)
+    # A shared mailbox: two members use one address (a household's); no random draw, so every other column
+    # stays as it was.
+    home = pc.coalesce(email[_SHARED_MAILBOX[0]], pa.scalar("famille.martin@exemple.fr"))
+    email = pc.if_else(null_mask(n, list(_SHARED_MAILBOX)), home, email)
     typed_email = replace_where(email, rng.random(n) < 0.04, messy_emails(rng, email))
 
     phone_digit = np.where(rng.random(n) < 0.7, 6, 7)
     phone_number = phone_numbers(ids)
     phone_null = rng.random(n) < 0.03
+    # Siblings on the family phone: the second has the last name and the phone of the first.
+    first_sibling, second_sibling = _SIBLINGS
+    phone_digit[second_sibling], phone_number[second_sibling] = phone_digit[first_sibling], phone_number[first_sibling]
+    phone_null[list(_SIBLINGS)] = False
+    last = pc.if_else(null_mask(n, [second_sibling]), last[first_sibling], last)
     phone = with_nulls(format_phones(rng, phone_digit, phone_number), phone_null)
 
     city = _cities(rng, n)
@@ -380,6 +392,11 @@ def _litigation_cases(rng: np.random.Generator, m: _Members, today: int) -> tupl
     return table, owner[is_open]
 
 
+def _held_eraser(under_legal_hold: np.ndarray) -> int:
+    """The member under legal hold whose erasure is planted: not one of the shared-contact members."""
+    return int(under_legal_hold[~np.isin(under_legal_hold, _SIBLINGS + _SHARED_MAILBOX)][0])
+
+
 def _rights_requests(
     rng: np.random.Generator, m: _Members, today: int, under_legal_hold: np.ndarray
 ) -> tuple[pa.Table, np.ndarray, np.ndarray]:
@@ -392,7 +409,7 @@ def _rights_requests(
     row = np.arange(k)
     kind = np.where(row < len(RIGHTS_TYPES), row % len(RIGHTS_TYPES), rng.integers(0, len(RIGHTS_TYPES), k))
     subject = rng.choice(m.n, k, replace=k > m.n)
-    subject[RIGHTS_TYPES.index("erasure")] = under_legal_hold[0]
+    subject[RIGHTS_TYPES.index("erasure")] = _held_eraser(under_legal_hold)
     has_email = pc.is_valid(m.email.take(pa.array(subject))).to_numpy(zero_copy_only=False)
     by_email = (rng.random(k) < 0.45) & has_email
     nobody = row >= k - 2
@@ -547,20 +564,25 @@ def _campaign_selections(rng: np.random.Generator, campaigns: pa.Table, members:
 def _suppression_list(rng: np.random.Generator, prospects: pa.Table, today: int) -> tuple[pa.Table, pa.Table]:
     """Hashed contacts of prospects who objected; their marketing consent is withdrawn accordingly."""
     total = prospects.num_rows
-    objected = rng.choice(total, max(5, round(total * 0.005)), replace=False)
+    reachable = np.flatnonzero(pc.or_(pc.is_valid(prospects["email"]), pc.is_valid(prospects["phone"]))
+                               .to_numpy(zero_copy_only=False))
+    objected = rng.choice(reachable, max(5, round(total * 0.005)), replace=False)
     by_phone = rng.random(len(objected)) < 0.3
     contact = pa.table({
         "by_phone": by_phone,
-        "contact": replace_where(prospects["email"].take(objected).combine_chunks(), by_phone,
-                                 prospects["phone"].take(objected).combine_chunks()),
+        "email": prospects["email"].take(objected).combine_chunks(),
+        "phone": prospects["phone"].take(objected).combine_chunks(),
         "objected": timestamp_text(at_office_hours(rng, today - rng.integers(1, 4 * _YEAR, len(objected)))),
     })
     with duckdb.connect() as con:
         con.register("objections", contact)
+        # by phone, or by e-mail when the prospect left only that (and the other way round): each is listed
         hashed = con.sql(
-            f"""SELECT sha256(CASE WHEN by_phone THEN {phone_sql('contact')} ELSE {email_sql('contact')} END) AS h,
-                       CASE WHEN by_phone THEN 'phone' ELSE 'email' END AS channel, objected
-                FROM objections WHERE h IS NOT NULL"""
+            f"""SELECT sha256(CASE WHEN phoned THEN {phone_sql('phone')} ELSE {email_sql('email')} END) AS h,
+                       CASE WHEN phoned THEN 'phone' ELSE 'email' END AS channel, objected
+                FROM (SELECT *, (by_phone OR {email_sql('email')} IS NULL) AND {phone_sql('phone')} IS NOT NULL
+                                 AS phoned FROM objections)
+                WHERE h IS NOT NULL"""
         ).to_arrow_table()
     suppression = pa.table({
         "suppression_id": np.arange(1, hashed.num_rows + 1),
@@ -736,7 +758,9 @@ def _member_system(run: _Run) -> dict[str, int]:
 def _prospecting_and_navigation(run: _Run) -> dict[str, int]:
     rng, words, today, _, m = run.start()
     _, under_legal_hold = _litigation_cases(rng["litigation_cases"], m, today)  # the same stream: same members
-    prospects = _prospects(rng["prospects"], words, m, today, under_legal_hold[:1])
+    # the held erasure reaches a prospect record; so does the sibling not named by the test's request
+    converted_first = np.array([_held_eraser(under_legal_hold), _SIBLINGS[1]])
+    prospects = _prospects(rng["prospects"], words, m, today, converted_first)
     suppression, prospects = _suppression_list(rng["suppression_list"], prospects, today)
     campaigns = _campaigns(rng["campaigns"], today)
     prospect_tables = {

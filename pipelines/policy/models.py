@@ -230,9 +230,27 @@ class LegalHold(Condition):
     table: Name
 
 
+class IdentityRule(_Strict):
+    """Two records are one person when this rule joins them: a visitor logged in as a member, or a prospect
+    sharing a contact (normalised e-mail or phone) with a member or another prospect. A contact held by
+    several members never joins anything: two members are never one person through a contact."""
+
+    description: str
+    records: tuple[Literal["visitor", "prospect"], Literal["member", "prospect"]]
+    through: Literal["login", "email", "phone"]
+
+    @pydantic.model_validator(mode="after")
+    def _supported(self) -> IdentityRule:
+        if (self.records[0] == "visitor") != (self.through == "login") or self.records == ("visitor", "prospect"):
+            raise ValueError(f"identity rule {self.records} through {self.through}: a visitor joins a member "
+                             "through login; prospects join through email or phone")
+        return self
+
+
 class DatasetsFile(_Versioned):
     clocks: dict[Name, Clock]
     legal_holds: list[LegalHold] = []
+    identity: list[IdentityRule] = []  # none: every record is a person of its own
     datasets: list[Dataset] = pydantic.Field(min_length=1)
 
 

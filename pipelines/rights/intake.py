@@ -1,10 +1,10 @@
-"""Rights-request intake: match each request of `raw.rights_requests` to one person, compute its deadline,
-and carry its state over from the previous run.
+"""Rights-request intake: validate each request of `raw.rights_requests` (and those ingestion quarantined),
+match it to one person, compute its deadline, and carry its state over from the previous run.
 
 A request names its subject by member id and/or e-mail; both are matched through `identity.person_links`
-(the e-mail normalised as in pipelines.normalise). Nothing is guessed: no match, a member id and an
-e-mail naming different people, an unknown member id, or an e-mail shared by several member records are
-flagged for a human with the reason. Deadline: one month after receipt (art. 12(3)).
+(the e-mail normalised as in pipelines.normalise). The member id decides. Nothing is guessed: no match, a
+member id and an e-mail naming different people, an unknown member id, or an e-mail alone held by several
+people are flagged for a human with the reason. Deadline: one month after receipt (art. 12(3)).
 """
 
 from __future__ import annotations
@@ -124,25 +124,28 @@ def intake(con: duckdb.DuckDBPyConnection, now: str) -> None:
             JOIN identity.person_links l ON l.node_type = 'email' AND l.node_value = r.email_key
         ),
         matched AS (
-            SELECT request_id, count(DISTINCT person_id) AS people, min(person_id) AS person_id
-            FROM (SELECT * FROM by_member UNION SELECT * FROM by_email) GROUP BY request_id
-        ),
-        member_records AS (
-            SELECT person_id, count(*) AS n FROM identity.person_links WHERE node_type = 'member' GROUP BY person_id
+            SELECT r.request_id, min(m.person_id) AS member_person, count(DISTINCT e.person_id) AS email_people,
+                   min(e.person_id) AS email_person, coalesce(bool_or(e.person_id = m.person_id), false) AS agree
+            FROM req r LEFT JOIN by_member m USING (request_id) LEFT JOIN by_email e USING (request_id)
+            GROUP BY r.request_id
         ),
         flagged AS (
-            SELECT r.*, m.person_id AS candidate,
+            -- the member id decides; an e-mail alone must designate exactly one person (a shared mailbox
+            -- designates several: a human says whose request it is)
+            SELECT r.*, coalesce(m.member_person, m.email_person) AS candidate,
                 CASE WHEN r.member_key IS NOT NULL THEN 'member_id' ELSE 'email' END AS matched_by,
                 CASE
                     WHEN r.member_key IS NULL AND r.email_key IS NULL THEN 'no subject given (member id or e-mail)'
-                    WHEN coalesce(m.people, 0) = 0 THEN 'no record of any system matches the member id or e-mail'
-                    WHEN m.people > 1 THEN 'the member id and the e-mail designate different people'
-                    WHEN r.member_key IS NOT NULL AND r.request_id NOT IN (SELECT request_id FROM by_member)
+                    WHEN r.member_key IS NOT NULL AND m.member_person IS NULL AND m.email_people > 0
                         THEN 'the member id matches no member; only the e-mail does'
-                    WHEN r.member_key IS NULL AND coalesce(mr.n, 0) > 1
-                        THEN 'the e-mail matches several member records'
+                    WHEN m.member_person IS NULL AND m.email_people = 0
+                        THEN 'no record of any system matches the member id or e-mail'
+                    WHEN m.member_person IS NOT NULL AND m.email_people > 0 AND NOT m.agree
+                        THEN 'the member id and the e-mail designate different people'
+                    WHEN m.member_person IS NULL AND m.email_people > 1
+                        THEN 'the e-mail is held by several people (e.g. a shared mailbox): whose request is it?'
                 END AS flag
-            FROM req r LEFT JOIN matched m USING (request_id) LEFT JOIN member_records mr ON mr.person_id = m.person_id
+            FROM req r JOIN matched m USING (request_id)
         ),
         decided AS (
             SELECT f.*, p.person_id AS kept_person, p.matched_by AS kept_matched_by, p.reason AS kept_reason,

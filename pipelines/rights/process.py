@@ -90,7 +90,8 @@ def _stage(con: duckdb.DuckDBPyConnection, tables: list[SubjectTable]) -> None:
     run_sql(con, """
         CREATE OR REPLACE TEMP TABLE _nodes AS
         SELECT a.request_id, a.request_type, a.new_decision_id AS decision_id, a.person_id, l.node_type, l.node_value
-        FROM _actionable a JOIN identity.person_links l USING (person_id)""")
+        FROM _actionable a JOIN identity.person_links l USING (person_id)
+        WHERE NOT l.shared  -- a contact several people hold is acted on for none of them""")
 
 
 def _set_based_targets(con: duckdb.DuckDBPyConnection, now: str) -> pa.Table:
@@ -319,6 +320,10 @@ def process_rights(
         for request_id, node_type, value in run_sql(con,
                 "SELECT request_id, node_type, node_value FROM _nodes WHERE request_type = 'access'"):
             nodes_of.setdefault(request_id, []).append((node_type, value))
+        # what is near the person but not theirs for sure is left untouched, for a human (identity.ambiguities)
+        ambiguous = dict(run_sql(con, "SELECT a.request_id, count(*) || ' left for a human: ' || "
+                                      "string_agg(DISTINCT m.reason, '; ' ORDER BY m.reason) FROM _actionable a "
+                                      "JOIN identity.ambiguities m USING (person_id) GROUP BY 1"))
         for request_id, request_type, decision_id, person_id in actionable:  # one per request, not per row
             if request_id in refused:
                 results[request_id] = _Result("refused", refused[request_id], decision_id)
@@ -334,12 +339,14 @@ def process_rights(
                                                               f"{_unavailable('a source', exc)}")
                     continue
                 bundles.append(path)
-                results[request_id] = _Result("answered", f"export bundle {path.name}", decision_id)
+                results[request_id] = _Result("answered", _joined(f"export bundle {path.name}",
+                                                                  ambiguous.get(request_id)), decision_id)
             else:
                 reason = "; ".join(kept.get(decision_id, [])) or None
                 if request_type != "objection" and not target_counts.get(decision_id):
                     reason = "no record of the person at the sources for this right; exclusions apply"
-                results[request_id] = _Result("decided", reason, decision_id, target_counts.get(decision_id, 0))
+                results[request_id] = _Result("decided", _joined(reason, ambiguous.get(request_id)), decision_id,
+                                              target_counts.get(decision_id, 0))
         record_targets(con, targets)
         _save(con, results, now_text, "SELECT * FROM _intake", token, target_summary(targets, token))
     flush_audit(con, audit)
@@ -375,6 +382,10 @@ def process_rights(
 # A source that cannot be reached or written leaves its decisions pending for the next run; anything else
 # (a bug, a bad target) stops the run.
 SOURCE_ERRORS = (sa.exc.SQLAlchemyError, OSError, duckdb.Error, pa.ArrowException)
+
+
+def _joined(*parts: str | None) -> str | None:
+    return " | ".join(p for p in parts if p) or None
 
 
 def _unavailable(system: str, exc: Exception) -> str:
