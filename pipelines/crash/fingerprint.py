@@ -6,7 +6,8 @@ outbox (art. 19 notices, transfer extracts) and of the access-request exports, t
 files in the data folder (a leftover temporary file or DuckDB WAL shows there).
 
 Wall-clock processing values differ between any two runs: the fields named in WALL_CLOCK_TIMES are compared to
-the day, those in RUN_IDS by presence only (set or not), nothing else. A name is a column or JSON key in any
+the day, those in RUN_IDS by presence only (set or not), the JSON text of EMBEDDED_TIMES with its times cut to
+the day, nothing else. A name is a column or JSON key in any
 table, or `table.column` for one table (the table's bare name: `members` is the source table and its raw and
 archive copies; a JSON-lines file's table is its stem). The scenario's own data folder, which appears in
 recorded file paths, is read as `<data>`. JSON-lines files (notices, audit log) are compared as multisets of
@@ -19,6 +20,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -36,15 +38,20 @@ WALL_CLOCK_TIMES = frozenset({
     "prospects.restricted_at", "suppression_list.objected_at", "ledger.clock_start", "ledger.active_until",
     "ledger.archive_until", "audit.ts", "notices.created_at",
 })
-# Drawn afresh by each run, or chained over those times: compared by presence only.
-RUN_IDS = frozenset({"run_id", "batch_id", "ingested_files.mtime_ns", "audit.hash", "audit.prev_hash"})
+# Drawn afresh by each run, chained over those times, or saying which run did it: compared by presence only.
+# `digest` is the audit's SHA-256 of a rights decision's targets, whose payloads hold the objection time.
+RUN_IDS = frozenset({"run_id", "batch_id", "ingested_files.mtime_ns", "audit.hash", "audit.prev_hash",
+                     "audit.digest", "audit.newly_applied"})
+# JSON text columns whose values embed wall-clock times (an objection's `objected_at`): times cut to the day.
+EMBEDDED_TIMES = frozenset({"decision_targets.payload", "pushback_targets.payload", "privacy_decision_staging.payload"})
+_TIME_OF_DAY = r"(\d{4}-\d{2}-\d{2})[ T]\d{2}:\d{2}:\d{2}(\.\d+)?"
 # (The audit log's head anchor, `audit.jsonl.head`, is the table `audit` too: its `ts` and `hash` are reduced.)
 # Written for people, with the time they were produced in their text: not compared.
 NOT_COMPARED = ("reports",)
 
 
 def _kind(table: str, name: str) -> str | None:
-    for kind, names in (("time", WALL_CLOCK_TIMES), ("id", RUN_IDS)):
+    for kind, names in (("time", WALL_CLOCK_TIMES), ("id", RUN_IDS), ("embedded", EMBEDDED_TIMES)):
         if name in names or f"{table}.{name}" in names:
             return kind
     return None
@@ -56,15 +63,17 @@ def _field(table: str, name: str, value: object) -> object:
         return value is not None
     if kind == "time" and value is not None:
         return str(value)[:10]
-    return _blank(table, value) if isinstance(value, dict | list) else value
+    if kind == "embedded" and isinstance(value, str):
+        return re.sub(_TIME_OF_DAY, r"\1", value)
+    return blank_json(table, value) if isinstance(value, dict | list) else value
 
 
-def _blank(table: str, value: object) -> object:
+def blank_json(table: str, value: object) -> object:
     """A JSON value with its wall-clock fields reduced (see _field), at any depth."""
     if isinstance(value, dict):
         return {k: _field(table, k, v) for k, v in value.items()}
     if isinstance(value, list):  # rows listed in no guaranteed order (an export bundle): compared as a multiset
-        return sorted((_blank(table, v) for v in value), key=lambda v: json.dumps(v, sort_keys=True))
+        return sorted((blank_json(table, v) for v in value), key=lambda v: json.dumps(v, sort_keys=True))
     return value
 
 
@@ -82,11 +91,11 @@ class _Reader:
     def file(self, path: Path) -> str:
         table = path.name.split(".")[0]
         if path.suffix == ".jsonl":
-            entries = [json.dumps(_blank(table, json.loads(line)), sort_keys=True)
+            entries = [json.dumps(blank_json(table, json.loads(line)), sort_keys=True)
                        for line in self.text(path).splitlines() if line]
             return f"{len(entries)} entries {_digest(entries)}"
         if path.suffix in (".json", ".head"):
-            return _digest([json.dumps(_blank(table, json.loads(self.text(path))), sort_keys=True)])
+            return _digest([json.dumps(blank_json(table, json.loads(self.text(path))), sort_keys=True)])
         if path.suffix == ".csv":
             rows = list(csv.reader(io.StringIO(self.text(path))))
             header = rows[0] if rows else []
@@ -143,6 +152,8 @@ class _Reader:
             return f"{quoted} IS NOT NULL AS {quoted}"
         if kind == "time":
             return f"left(CAST({quoted} AS VARCHAR), 10) AS {quoted}"
+        if kind == "embedded":
+            return f"regexp_replace({quoted}, '{_TIME_OF_DAY}', '\\1', 'g') AS {quoted}"
         if data_type in ("VARCHAR", "JSON"):
             return f"replace(CAST({quoted} AS VARCHAR), {literal(self.data_dir)}, '<data>') AS {quoted}"
         return quoted

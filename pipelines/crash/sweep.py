@@ -56,6 +56,10 @@ class Outcome:
     fingerprint: dict[str, str] = field(default_factory=dict)
 
     @property
+    def folder(self) -> str:
+        return self.point.name.replace(" ", "-").replace("%", "pct").replace("'", "")
+
+    @property
     def matches(self) -> bool:
         return self.rerun == "SUCCESS" and not self.differing and not self.note
 
@@ -128,8 +132,8 @@ def _kill_at(world: World, launch: Launch, point: KillPoint) -> bool:
 
 def run_point(workdir: Path, sources: Path, as_of: dt.date, point: KillPoint) -> Outcome:
     """Kill the nightly at `point` (and its re-runs at `point.then`...), launch it once more, fingerprint."""
-    world = World(workdir / point.name.replace(" ", "-").replace("%", "pct"), sources, as_of)
     outcome = Outcome(point)
+    world = World(workdir / outcome.folder, sources, as_of)
     killed: list[str] = []
     kill: KillPoint | None = point
     while kill is not None:

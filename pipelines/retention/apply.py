@@ -26,6 +26,7 @@ from pipelines.policy.models import Dataset, Policy
 from pipelines.pushback import TARGET_SCHEMA, apply_decisions
 from pipelines.refresh import touched_tables
 from pipelines.retention.columns import ARCHIVED, CLEARED, ColumnGroup, column_groups, structural_columns
+from pipelines.retention.intent import forget_confirmed, record_targets
 from pipelines.retention.ledger import quarantined_sql, table_exists
 from pipelines.sqltext import ident as q
 from pipelines.sqltext import literal, transaction
@@ -229,19 +230,23 @@ def apply_retention(
     outbox_dir: Path | None,
     audit: AuditLog | None = None,
 ) -> RetentionOutcome:
-    """Push the ledger's decisions to the sources, then carry them out in the warehouse.
+    """Record the push-back targets, carry the ledger out in the warehouse, then push the targets to the sources.
 
-    A source decision that is not confirmed is not recorded as applied there: the next run re-ingests those
-    rows, targets them again and retries; the warehouse side is deterministic and simply re-applied.
+    In that order so that a run killed anywhere loses nothing: archived rows are in the archive before they
+    leave a source, and targets recorded before a source changes are pushed again as recorded by the next run
+    (pipelines.retention.intent) until every source confirms them; the warehouse side is deterministic and
+    simply re-applied.
     """
-    targets = decision_targets(con, policy, as_of)
+    owed = record_targets(con, decision_targets(con, policy, as_of))
+    warehouse = apply_in_warehouse(con, policy)
     confirmed, failed, touched = 0, {}, set()
-    if targets.num_rows:
-        report = apply_decisions(targets, members=members, prospects=prospects, navigation_dir=navigation_dir,
+    if owed.num_rows:
+        report = apply_decisions(owed, members=members, prospects=prospects, navigation_dir=navigation_dir,
                                  outbox_dir=outbox_dir, audit=audit, table_order=table_order(policy))
+        forget_confirmed(con, report.confirmed)
         confirmed, failed = len(report.confirmed), dict(report.failed)
-        touched = touched_tables(targets, report)
-    return RetentionOutcome(apply_in_warehouse(con, policy), targets.num_rows, confirmed, failed, touched)
+        touched = touched_tables(owed, report)
+    return RetentionOutcome(warehouse, owed.num_rows, confirmed, failed, touched)
 
 
 def residue(con: duckdb.DuckDBPyConnection, policy: Policy) -> dict[str, int]:
