@@ -36,7 +36,7 @@ WALL_CLOCK_TIMES = frozenset({
     "executed_at", "confirmed_at", "recorded_at", "state_changed_at",
     "decisions.closed_at", "exclusions.since", "objections.since", "members.restricted_at",
     "prospects.restricted_at", "suppression_list.objected_at", "ledger.clock_start", "ledger.active_until",
-    "ledger.archive_until", "audit.ts", "notices.created_at",
+    "ledger.archive_until", "clock_events.clock", "audit.ts", "notices.created_at",
 })
 # Drawn afresh by each run, chained over those times, or saying which run did it: compared by presence only.
 # `digest` is the audit's SHA-256 of a rights decision's targets, whose payloads hold the objection time.

@@ -31,6 +31,7 @@ class KillPoint:
     name: str
     at_s: float | None = None  # seconds after launch
     after_commit: int | None = None  # the k-th push-back commit seen in the sources (1-based)
+    of_kind: str | None = None  # count only commits of decisions of this kind (retention, rights)
     then: KillPoint | None = None  # kill the re-run too, at this point, before the last (plain) re-run
 
 
@@ -64,14 +65,17 @@ class Outcome:
         return self.rerun == "SUCCESS" and not self.differing and not self.note
 
 
-def _commit_changes(previous: tuple[int, int, int], current: tuple[int, int, int]) -> list[str]:
-    return [name for name, a, b in zip(SOURCE_NAMES, previous, current, strict=True) if a != b]
+def _commit_changes(previous: tuple[frozenset[str], ...], current: tuple[frozenset[str], ...]) -> list[str]:
+    """'<source> (<kind>)' per source that recorded new decisions, kind from their ids (retention, rights)."""
+    return [f"{name} ({'+'.join(sorted({d.split(':')[0] for d in b - a}))})"
+            for name, a, b in zip(SOURCE_NAMES, previous, current, strict=True) if b - a]
 
 
-def _watch(world: World, launch: Launch, stop_after: int | None) -> list[tuple[float, str]]:
-    """Poll the sources while the run lives; with `stop_after`, kill it as soon as that many commits are seen."""
+def _watch(world: World, launch: Launch, stop_after: int | None, kind: str | None = None) -> list[tuple[float, str]]:
+    """Poll the sources while the run lives; with `stop_after`, kill it as soon as that many commits (of
+    decisions of `kind`, if given) are seen."""
     seen: list[tuple[float, str]] = []
-    previous = world.source_commits() or (0, 0, 0)
+    previous = world.source_commits() or (frozenset(), frozenset(), frozenset())
     while launch.process.poll() is None:
         time.sleep(POLL_S)
         current = world.source_commits()
@@ -79,7 +83,8 @@ def _watch(world: World, launch: Launch, stop_after: int | None) -> list[tuple[f
             continue
         seen += [(time.monotonic() - launch.started, name) for name in _commit_changes(previous, current)]
         previous = current
-        if stop_after is not None and len(seen) >= stop_after:
+        counted = [s for _, s in seen if kind is None or f"({kind}" in s or f"+{kind}" in s]
+        if stop_after is not None and len(counted) >= stop_after:
             world.kill(launch)
             break
     return seen
@@ -122,7 +127,7 @@ def run_baseline(workdir: Path, sources: Path, as_of: dt.date) -> Baseline:
 def _kill_at(world: World, launch: Launch, point: KillPoint) -> bool:
     """Kill the run at `point`; False when it ended on its own first."""
     if point.after_commit is not None:
-        _watch(world, launch, point.after_commit)
+        _watch(world, launch, point.after_commit, point.of_kind)
     else:
         while launch.process.poll() is None and time.monotonic() - launch.started < (point.at_s or 0):
             time.sleep(POLL_S)

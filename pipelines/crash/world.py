@@ -98,21 +98,27 @@ class World:
             return "timeout"
         return f"exit {code}"
 
-    def source_commits(self) -> tuple[int, int, int] | None:
-        """What push-back has committed, read from the sources themselves: decisions recorded as applied in
-        the member system and the prospecting platform, and the navigation manifest's modification time
-        (None while a source is locked by a writer: ask again)."""
-        counts = []
+    def source_commits(self) -> tuple[frozenset[str], ...] | None:
+        """What push-back has committed, read from the sources themselves: the decision ids recorded as applied
+        in the member system, the prospecting platform and the navigation manifest (None while a source is
+        locked by a writer or a file is being swapped: ask again)."""
+        applied = []
         for name in ("members.db", "prospects.db"):
             try:
                 con = sqlite3.connect(f"file:{self.data / 'sources' / name}?mode=ro", uri=True, timeout=0.2)
                 try:
-                    counts.append(con.execute("SELECT count(*) FROM privacy_applied_decisions").fetchone()[0])
+                    rows = con.execute("SELECT decision_id FROM privacy_applied_decisions").fetchall()
                 finally:
                     con.close()
             except sqlite3.OperationalError as error:
                 if "no such table" not in str(error):
                     return None
-                counts.append(0)  # no push-back yet
+                rows = []  # no push-back yet
+            applied.append(frozenset(r[0] for r in rows))
         manifest = self.data / "sources" / "navigation" / "_privacy_applied_decisions.json"
-        return counts[0], counts[1], manifest.stat().st_mtime_ns if manifest.exists() else 0
+        try:
+            applied.append(frozenset(json.loads(manifest.read_text())["decisions"]) if manifest.exists()
+                           else frozenset())
+        except (OSError, ValueError):
+            return None
+        return tuple(applied)
