@@ -44,6 +44,7 @@ RUN_IDS = frozenset({"run_id", "batch_id", "ingested_files.mtime_ns", "audit.has
                      "audit.digest", "audit.newly_applied"})
 # JSON text columns whose values embed wall-clock times (an objection's `objected_at`): times cut to the day.
 EMBEDDED_TIMES = frozenset({"decision_targets.payload", "pushback_targets.payload", "privacy_decision_staging.payload"})
+_DAY_ONLY = r"\1"  # the date group of _TIME_OF_DAY
 _TIME_OF_DAY = r"(\d{4}-\d{2}-\d{2})[ T]\d{2}:\d{2}:\d{2}(\.\d+)?"
 # (The audit log's head anchor, `audit.jsonl.head`, is the table `audit` too: its `ts` and `hash` are reduced.)
 # Written for people, with the time they were produced in their text: not compared.
@@ -64,7 +65,7 @@ def _field(table: str, name: str, value: object) -> object:
     if kind == "time" and value is not None:
         return str(value)[:10]
     if kind == "embedded" and isinstance(value, str):
-        return re.sub(_TIME_OF_DAY, r"\1", value)
+        return re.sub(_TIME_OF_DAY, _DAY_ONLY, value)
     return blank_json(table, value) if isinstance(value, dict | list) else value
 
 
@@ -153,7 +154,7 @@ class _Reader:
         if kind == "time":
             return f"left(CAST({quoted} AS VARCHAR), 10) AS {quoted}"
         if kind == "embedded":
-            return f"regexp_replace({quoted}, '{_TIME_OF_DAY}', '\\1', 'g') AS {quoted}"
+            return f"regexp_replace({quoted}, {literal(_TIME_OF_DAY)}, {literal(_DAY_ONLY)}, 'g') AS {quoted}"
         if data_type in ("VARCHAR", "JSON"):
             return f"replace(CAST({quoted} AS VARCHAR), {literal(self.data_dir)}, '<data>') AS {quoted}"
         return quoted
