@@ -131,6 +131,11 @@ def test_each_right_ends_as_the_law_says(world: World):
         assert world.wh(f"SELECT count(*) FROM raw.{table} WHERE member_id IN ({members})") == [(0,)]
     # the legal obligation keeps the accounting entries, only in the restricted archive
     assert world.wh(f"SELECT count(*) FROM archive.accounting_entries WHERE member_id IN ({members})")[0][0] > 0
+    # and the person is told what was kept, where and why (art. 17(3)(b))
+    answer = json.loads((world.root / "exports" / str(erasure["request_id"]) / "erasure-answer.json").read_text())
+    kept = {k["data"]: k for k in answer["kept"]}
+    assert "accounting_entries" in kept and "legal obligation" in kept["accounting_entries"]["why"]
+    assert "restricted archive" in kept["accounting_entries"]["where"] and kept["accounting_entries"]["rows"] > 0
     events = pq.read_table(world.navigation / "events").to_pylist()
     assert not [e for e in events if e["visitor_id"] in erasure["nodes"].get("visitor", [])]
     assert world.wh("SELECT count(*) FROM identity.person_links WHERE person_id = ?", [erasure["person_id"]]) == [(0,)]
@@ -257,3 +262,23 @@ def test_overdue_and_due_soon_requests_are_counted(world: World):
     # asking for the identity proof suspends the clock: not late, counted apart
     assert awaiting_id not in summary["overdue_request_ids"] and summary["awaiting_identity"] >= 1
     assert summary["due_within_7_days"] >= 1 and outcome.overdue == summary["overdue"]
+
+
+@pytest.mark.parametrize("world", ["sqlite"], indirect=True)  # backend-neutral: SQLite suffices
+def test_portability_gives_what_the_person_provided_per_source(world: World):
+    member = world.src("members", "SELECT member_id FROM members ORDER BY member_id LIMIT 1 OFFSET 20")[0][0]
+    with world.engines["members"].begin() as con:
+        con.execute(sa.text("INSERT INTO rights_requests (request_id, member_id, request_type, received_at, "
+                            "identity_verified_at, status) VALUES (9401, :m, 'portability', '2026-10-20 09:00:00', "
+                            "'2026-10-21 09:00:00', 'received')"), {"m": member})
+    world.ingest()
+    outcome = world.process()
+    assert world.wh("SELECT state FROM rights.requests WHERE request_id = 9401") == [("answered",)]
+    bundle = json.loads((world.root / "exports" / "9401" / "bundle.json").read_text())
+    assert bundle["kind"].startswith("portability") and outcome.bundles
+    assert all(location.startswith("source.") for location in bundle["tables"])  # per source, no warehouse copy
+    members = bundle["tables"]["source.members.members"]["rows"]
+    assert [r["member_id"] for r in members] == [member]
+    # what the person gave under the contract, not the system's bookkeeping nor data kept for other bases
+    assert {"email", "phone", "iban"} <= set(members[0]) and not {"created_at", "restricted_at"} & set(members[0])
+    assert "source.members.litigation_cases" not in bundle["tables"]

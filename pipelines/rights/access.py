@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from pipelines.policy.models import Policy
 from pipelines.rights.intake import table_exists
-from pipelines.rights.scope import subject_tables
+from pipelines.rights.scope import portable_columns, subject_tables
 from pipelines.sources.schema import SQL_SYSTEMS
 from pipelines.sqltext import ident
 
@@ -68,8 +68,10 @@ def _policy_notes(policy: Policy, table: str) -> dict[str, object]:
 
 def write_access_bundle(con: duckdb.DuckDBPyConnection, policy: Policy, *, request_id: int,
                         subject_token: str, nodes: list[tuple[str, str]], engines: dict[str, sa.Engine | None],
-                        navigation_dir: Path | None, exports_dir: Path) -> Path:
-    """Write the bundle of one request; `nodes` are the person's (node_type, node_value) identity links."""
+                        navigation_dir: Path | None, exports_dir: Path, portability: bool = False) -> Path:
+    """Write the bundle of one request; `nodes` are the person's (node_type, node_value) identity links.
+    `portability` (art. 20): only what the person provided, per source (no warehouse copy), each table cut
+    to its portable columns (pipelines.rights.scope.portable_columns), as JSON and CSV."""
     by_type: dict[str, list[str]] = {}
     for node_type, value in nodes:
         by_type.setdefault(node_type, []).append(value)
@@ -85,7 +87,12 @@ def write_access_bundle(con: duckdb.DuckDBPyConnection, policy: Policy, *, reque
             continue
         located = {f"source.{st.system}.{st.table_name}": _source_rows(
             engines, navigation_dir, st.system, st.table_name, st.key_column, keys)}
-        for schema in WAREHOUSE_SCHEMAS:
+        if portability:
+            rows = located[f"source.{st.system}.{st.table_name}"]
+            located = {f"source.{st.system}.{st.table_name}": rows.select(
+                [c for c in portable_columns(policy, st.table_name) if c in rows.column_names])
+                if rows is not None else None}
+        for schema in WAREHOUSE_SCHEMAS if not portability else ():
             if table_exists(con, schema, st.table_name):
                 located[f"warehouse.{schema}.{st.table_name}"] = con.sql(
                     f"SELECT * FROM {schema}.{ident(st.table_name)} WHERE CAST({ident(st.key_column)} AS VARCHAR) "
@@ -101,6 +108,7 @@ def write_access_bundle(con: duckdb.DuckDBPyConnection, policy: Policy, *, reque
         tables[location] = {"rows": rows.to_pylist(), **_policy_notes(policy, table_of[location])}
     bundle = {
         "request_id": request_id,
+        "kind": "portability (art. 20)" if portability else "access (art. 15)",
         "subject_token": subject_token,
         "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "controller": policy.purposes_file.controller.name,

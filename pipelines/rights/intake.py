@@ -25,6 +25,7 @@ REQUEST_TYPES = {
     "rectification": "rectification", "completion": "rectification",  # art. 16: correct or complete
     "erasure": "erasure", "restriction": "restriction", "lift_restriction": "lift_restriction",
     "objection": "objection", "objection_prospecting": "objection_prospecting",
+    "portability": "portability",  # art. 20: what the person provided, machine-readable
 }
 TERMINAL_STATES = ("confirmed", "answered", "refused")
 # a decision recorded and not yet confirmed by every source: the next run pushes it from its recorded targets

@@ -4,12 +4,14 @@
                    token_key, now=None) -> RightsOutcome
 
 Per verified, matched request (decision id "rights:<request_id>:<request_type>"):
-- access: an export bundle (pipelines.rights.access) -> answered;
+- access (or "interrogation"): an export bundle (pipelines.rights.access) -> answered;
+- portability (art. 20): the same machinery, only what the person provided, per source -> answered;
 - rectification: the corrected values of `details` written to the person's own records (members,
   prospects: the columns each has) by push-back `rectify`;
 - erasure: every row of the person in every source and in raw.* deleted; rows a legal obligation keeps
   (policy: art. 6(1)(c) purposes with an archive) or a legal hold covers are first copied to the restricted
-  archive.* schema, with the reason in rights.decisions; the person's identity links go too;
+  archive.* schema, with the reason in rights.decisions and rights.kept; the person's identity links go too;
+  the answer tells the person what was kept and why (pipelines.rights.answer);
 - restriction / lift_restriction: the restriction flag set / cleared at the source;
 - objection_prospecting: rows serving only direct marketing deleted (campaign selections, the prospect
   record), marketing consent set to false on the person's other records, SHA-256 of each normalised
@@ -50,6 +52,7 @@ from pipelines.pushback.targets import SUPPRESSION_TABLE
 from pipelines.refresh import refresh_from_sources, touched_tables
 from pipelines.retention.apply import table_order
 from pipelines.rights.access import write_access_bundle
+from pipelines.rights.answer import record_kept, write_erasure_answers
 from pipelines.rights.intake import TERMINAL_STATES, ensure_schema, intake, run_sql, table_exists
 from pipelines.rights.intent import (
     AUDIT_KEY,
@@ -318,7 +321,8 @@ def process_rights(
                                  "ORDER BY request_id")
         nodes_of = {}
         for request_id, node_type, value in run_sql(con,
-                "SELECT request_id, node_type, node_value FROM _nodes WHERE request_type = 'access'"):
+                "SELECT request_id, node_type, node_value FROM _nodes WHERE request_type IN ('access', "
+                "'portability')"):
             nodes_of.setdefault(request_id, []).append((node_type, value))
         # what is near the person but not theirs for sure is left untouched, for a human (identity.ambiguities)
         ambiguous = dict(run_sql(con, "SELECT a.request_id, count(*) || ' left for a human: ' || "
@@ -327,13 +331,14 @@ def process_rights(
         for request_id, request_type, decision_id, person_id in actionable:  # one per request, not per row
             if request_id in refused:
                 results[request_id] = _Result("refused", refused[request_id], decision_id)
-            elif request_type == "access":
+            elif request_type in ("access", "portability"):
                 try:
                     path = write_access_bundle(con, policy, request_id=request_id,
                                                subject_token=token(f"person:{person_id}"),
                                                nodes=nodes_of.get(request_id, []),
                                                engines={"members": members, "prospects": prospects},
-                                               navigation_dir=navigation_dir, exports_dir=exports_dir)
+                                               navigation_dir=navigation_dir, exports_dir=exports_dir,
+                                               portability=request_type == "portability")
                 except SOURCE_ERRORS as exc:
                     results[request_id] = _Result("verified", f"bundle not written, retried next run: "
                                                               f"{_unavailable('a source', exc)}")
@@ -348,6 +353,7 @@ def process_rights(
                 results[request_id] = _Result("decided", _joined(reason, ambiguous.get(request_id)), decision_id,
                                               target_counts.get(decision_id, 0))
         record_targets(con, targets)
+        record_kept(con)
         _save(con, results, now_text, "SELECT * FROM _intake", token, target_summary(targets, token))
     flush_audit(con, audit)
 
@@ -363,6 +369,11 @@ def process_rights(
     applied = [d for d, *_ in pending if d not in failed]
     later = {request_id: _Result("executed", f"push-back not confirmed: {failed[d]}", d, n) if d in failed
              else _Result("confirmed", reason, d, n) for d, request_id, reason, n in pending}
+    # the person is told what was kept and why (art. 17(3)); rewritten alike if this run dies before recording
+    persons = dict(run_sql(con, "SELECT decision_id, person_id FROM rights.decisions WHERE list_contains(?, "
+                                "decision_id)", [applied]))
+    write_erasure_answers(con, applied, exports_dir, {d: token(f"person:{p}") for d, p in persons.items()},
+                          now_text)
     with transaction(con):
         _erase_in_warehouse(con, tables, {h for h, _, _ in legal_hold_sql(policy, "h")}, applied)
         _save(con, later, now_text, "SELECT *, state AS previous_state FROM rights.requests", token, {})

@@ -40,6 +40,18 @@ def _legal_obligations(policy: Policy) -> dict[str, str]:
             if p.legal_basis.article_6 == LEGAL_OBLIGATION and any(duration_parts(p.retention.archive))}
 
 
+PORTABLE_BASES = ("6(1)(a)", "6(1)(b)")  # art. 20(1)(a): consent or contract
+
+
+def portable_columns(policy: Policy, table: str) -> list[str]:
+    """Art. 20: the columns of `table` holding data the person provided (or their use of the service
+    produced) for a processing based on consent or contract, plus the row's key; not system bookkeeping."""
+    ds = policy.dataset(table)
+    bases = {p.key for p in policy.purposes if p.legal_basis.article_6 in PORTABLE_BASES}
+    return [c.name for c in ds.columns if c.name == ds.primary_key
+            or (not c.category.startswith("system") and bases & set(c.purposes))]
+
+
 def subject_tables(policy: Policy) -> list[SubjectTable]:
     obligations = _legal_obligations(policy)
     marketing = marketing_purposes(policy)
