@@ -6,6 +6,7 @@ checks are exposed as blocking asset checks on the published file, so nothing do
 that would leak. Key material never enters config, metadata or logs: only the key version does.
 """
 
+import json
 from dataclasses import asdict
 
 import dagster as dg
@@ -13,7 +14,7 @@ from pydantic import Field
 
 from assets.retention import as_of_date
 from pipelines.policy.resource import PoliciesResource
-from pipelines.pseudo.checks import CATALOGUE, validate_analytics_file
+from pipelines.pseudo.checks import CATALOGUE, attached, release_problems, validate_analytics_file
 from pipelines.pseudo.keys import PseudonymisationKeyResource
 from pipelines.pseudo.policy import POLICY_FILE, PseudonymisationPolicy, load_pseudonymisation_policy
 from pipelines.pseudo.publish import PublicationReport, publish_analytics
@@ -72,7 +73,23 @@ def _specs() -> list[dg.AssetSpec]:
 def _table_metadata(report: PublicationReport, name: str, policy: PseudonymisationPolicy) -> dict:
     table = report.tables[name]
     kanon = table.kanon
-    return {
+    cells = {} if kanon.cells is None else {
+        "cells_suppressed_under_k": dg.MetadataValue.int(kanon.cells.primary),
+        "cells_suppressed_complementary": dg.MetadataValue.int(kanon.cells.complementary),
+        "total_rows_published": dg.MetadataValue.int(kanon.cells.totals),
+    }
+    quality = table.quality
+    release = {
+        "distinct_values_kept": dg.MetadataValue.json(quality.distinct_kept),
+        "prosecutor_risk_max": dg.MetadataValue.float(quality.prosecutor_max),
+        "prosecutor_risk_avg": dg.MetadataValue.float(quality.prosecutor_avg),
+        "journalist_risk_max": dg.MetadataValue.float(quality.journalist_max),
+        "journalist_risk_avg": dg.MetadataValue.float(quality.journalist_avg),
+        f"share_rows_in_classes_under_{policy.report.small_class}": dg.MetadataValue.float(quality.small_class_share),
+        "quasi_identifiers_fully_suppressed": dg.MetadataValue.int(quality.quasi_identifiers_fully_suppressed),
+        "analyst_query_error": dg.MetadataValue.json({n: asdict(e) for n, e in quality.queries.items()}),
+    }
+    return cells | release | {
         "dagster/row_count": dg.MetadataValue.int(table.rows),
         "k": dg.MetadataValue.int(kanon.k),
         "achieved_k": dg.MetadataValue.int(kanon.achieved_k or 0),
@@ -165,9 +182,36 @@ no_direct_identifiers = _file_check(
 )
 k_anonymity = _file_check(
     "k_anonymity",
-    "Every row-level table is k-anonymous on its quasi-identifiers and every aggregate cell counts at least k "
-    "people (k from policies/pseudonymisation.yaml).",
+    "Every row-level table is k-anonymous on its quasi-identifiers (and l-diverse where declared) and every "
+    "aggregate cell counts at least k people (k, l from policies/pseudonymisation.yaml).",
 )
+@dg.asset_check(
+    asset=CATALOGUE_KEY,
+    name="release_utility_and_risk",
+    blocking=False,
+    description="The release's utility and risk report (catalogue `release_report`) is within the thresholds "
+    "of policies/pseudonymisation.yaml `report` (prosecutor risk, analyst query error) and every table's row "
+    "suppression within its budget. Warns: k, l and identifiers are the blocking checks.",
+    pool="warehouse",
+)
+def release_utility_and_risk(analytics: AnalyticsFileResource, policies: PoliciesResource) -> dg.AssetCheckResult:
+    policy = _policy(policies)
+    with attached(analytics.resolved_path) as con:
+        problems = release_problems(con, policy)
+        figures = dict(con.execute(
+            f"SELECT DISTINCT table_name, release_report FROM pub.main.{CATALOGUE} ORDER BY 1"
+        ).fetchall())
+    return dg.AssetCheckResult(
+        passed=not problems,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "problems": dg.MetadataValue.int(len(problems)),
+            "details": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none"),
+            "release_report": dg.MetadataValue.json({t: json.loads(r) for t, r in figures.items()}),
+        },
+    )
+
+
 catalogue_complete = _file_check(
     "catalogue_complete",
     "Every published table and column is described in the catalogue, and the catalogue describes nothing else.",

@@ -7,15 +7,23 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from assets.analytics import CATALOGUE_KEY, analytics_file, catalogue_complete, k_anonymity, no_direct_identifiers
+from assets.analytics import (
+    CATALOGUE_KEY,
+    analytics_file,
+    catalogue_complete,
+    k_anonymity,
+    no_direct_identifiers,
+    release_utility_and_risk,
+)
 from pipelines.policy.resource import PoliciesResource
 from pipelines.pseudo.keys import KEY_ENV, VERSION_ENV, PseudonymisationKeyResource, derive_domain_key
+from pipelines.pseudo.policy import load_pseudonymisation_policy
 from pipelines.pseudo.tokens import hmac_pads
 from pipelines.resources import AnalyticsFileResource, WarehouseResource
 from tests.test_analytics_publish import build_warehouse
 
 HEX_KEY = "c3" * 16 + "5a" * 16
-ASSETS = [analytics_file, no_direct_identifiers, k_anonymity, catalogue_complete]
+ASSETS = [analytics_file, no_direct_identifiers, k_anonymity, catalogue_complete, release_utility_and_risk]
 
 
 @pytest.fixture(autouse=True)
@@ -31,6 +39,10 @@ def _resources(tmp_path: Path, key_file: Path) -> dict:
         "pseudonymisation_key": PseudonymisationKeyResource(key_file=str(key_file)),
         "policies": PoliciesResource(),
     }
+
+
+def _policy_tables() -> list[str]:
+    return list(load_pseudonymisation_policy().tables)
 
 
 def _key_file(tmp_path: Path) -> Path:
@@ -65,8 +77,15 @@ def test_materialisation_publishes_checks_and_leaks_no_key(tmp_path: Path, capfd
         )
         assert result.success
         checks = result.get_asset_check_evaluations()
-        assert {c.check_name for c in checks} == {"no_direct_identifiers", "k_anonymity", "catalogue_complete"}
-        assert all(c.passed for c in checks)
+        assert {c.check_name for c in checks} == {"no_direct_identifiers", "k_anonymity", "catalogue_complete",
+                                                  "release_utility_and_risk"}
+        assert all(c.passed for c in checks if c.check_name != "release_utility_and_risk")
+        release = next(c for c in checks if c.check_name == "release_utility_and_risk")
+        figures = release.metadata["release_report"].value
+        assert set(figures) == set(_policy_tables())
+        assert all(0 <= t["prosecutor_max"] <= 0.2 and 0 <= t["suppression_ratio"] <= 1 for t in figures.values())
+        # Numbers only: no published value travels in the report.
+        assert all(isinstance(e["mean_relative_error"], float) for t in figures.values() for e in t["queries"].values())
         members = next(
             m for m in result.get_asset_materialization_events()
             if m.asset_key == dg.AssetKey(["analytics", "members_pseudo"])
@@ -74,7 +93,7 @@ def test_materialisation_publishes_checks_and_leaks_no_key(tmp_path: Path, capfd
         assert members["achieved_k"].value >= members["k"].value == 5
         assert {"rows_suppressed", "suppression_ratio", "generalisation_loss", "key_version", "runner_up_nodes",
                 "lattice_nodes", "lattice_nodes_counted"} <= set(members)
-        assert members["lattice_nodes_counted"].value <= members["lattice_nodes"].value == 4 * 2 * 3 * 3 * 4
+        assert members["lattice_nodes_counted"].value <= members["lattice_nodes"].value == 3 * 1 * 2 * 2 * 5
         catalogue = next(
             m for m in result.get_asset_materialization_events() if m.asset_key == CATALOGUE_KEY
         ).materialization.metadata

@@ -99,7 +99,7 @@ def build_warehouse(path: Path) -> Path:
         {"event_id": f"{v}-{d}", "visitor_id": v,
          "member_id": RESTRICTED_MEMBER if v == "v005" else (int(v[1:]) if v < "v020" else None),
          "ts": pd.Timestamp("2026-11-20 09:00") + pd.Timedelta(hours=d),
-         "url": f"https://www.mutuelle-sem.fr/garanties?email={v}@exemple.fr&x=1",
+         "url": f"https://www.mutuelle-sem.fr/{'garanties' if d % 2 else 'contact'}?email={v}@exemple.fr&x=1",
          "ip_address": f"10.0.{int(v[1:])}.{d + 1}", "user_agent": "Mozilla/5.0",
          "latitude": 48.85, "longitude": 2.35}
         for v in visitors for d in range(4)
@@ -248,8 +248,9 @@ def test_navigation_keeps_consenting_visitors_and_page_paths_only(warehouse, tmp
     assert token("statistics", "v030") in visitors
     assert token("statistics", "v003") not in visitors  # never consented
     assert token("statistics", "v004") not in visitors  # withdrew consent
-    assert read(analytics, "SELECT DISTINCT page, day, area FROM navigation_pseudo") == [
-        ("/garanties", "2026-11-20", "48.50,2.00")  # south-west corner of the 0.5-degree cell
+    assert read(analytics, "SELECT DISTINCT page, day, area FROM navigation_pseudo ORDER BY ALL") == [
+        ("/contact", "2026-11-20", "48.50,2.00"),  # south-west corner of the 0.5-degree cell
+        ("/garanties", "2026-11-20", "48.50,2.00"),
     ]
 
 
@@ -311,4 +312,5 @@ def test_key_rotation_retokenises_everything_and_records_the_version(warehouse, 
     assert token("statistics", "1", version=2) in v2
     versions = read(analytics, "SELECT table_name, key_version FROM catalogue GROUP BY ALL ORDER BY ALL")
     assert dict(versions) == {"marketing_audience": 2, "members_pseudo": 2, "navigation_pseudo": 2,
-                              "reimbursement_stats": None, "survey_stats": None}
+                              "reimbursement_stats": None, "survey_stats": None, "audience_daily": None,
+                              "audience_weekly_area": None}

@@ -83,7 +83,11 @@ def test_nightly_job_runs_everything_passes_every_check_and_a_second_run_changes
     failed = {e.asset_check_key.name: e for e in evaluations if not e.passed}
     # The generator plants requests that match nobody and have waited over a month for a human: the deadline
     # check must say so (and name them) while every other guarantee holds.
-    assert set(failed) <= {"no_overdue_rights_request"}
+    # The release's utility thresholds are set for the real membership: at 400 members the report warns
+    # (non-blocking, names what is over); every privacy guarantee (identifiers, k, l) must still pass.
+    assert set(failed) <= {"no_overdue_rights_request", "release_utility_and_risk"}
+    if "release_utility_and_risk" in failed:
+        assert failed["release_utility_and_risk"].severity == dg.AssetCheckSeverity.WARN
     if failed:
         overdue = failed["no_overdue_rights_request"].metadata["overdue_request_ids"].value
         with duckdb.connect(str(project_env.warehouse), read_only=True) as con:
@@ -156,8 +160,9 @@ def _assert_excluded_people_are_absent_from_analytics(env) -> None:
     with duckdb.connect(str(env.analytics), read_only=True) as con:
         member_tokens = {t for (t,) in con.execute("SELECT member_token FROM members_pseudo").fetchall()}
         contact_tokens = {t for (t,) in con.execute("SELECT contact_token FROM marketing_audience").fetchall()}
-    # the recomputed tokens are the published ones: most members still held are found by their token
-    assert sum(_token("statistics", str(m)) in member_tokens for m in remaining) > len(remaining) // 2
+    # the recomputed tokens are the published ones: every published token is that of a member still held
+    # (how many are published depends on the generalisation the small test population allows)
+    assert member_tokens and member_tokens <= {_token("statistics", str(m)) for m in remaining}
     erased = [m for kind, m, _ in done if kind == "erasure" and m is not None]
     objectors = [normalise_email(e) for kind, _, e in done if kind == "objection_prospecting" and e]
     assert erased and objectors, "the generated requests include executed erasures and prospecting objections"

@@ -597,35 +597,73 @@ def _suppression_list(rng: np.random.Generator, prospects: pa.Table, today: int)
     return suppression, prospects
 
 
+# Traffic assumption (stated in the README): a member opens the site about once every two months, other
+# people (prospects, parents, anonymous readers) add half as many visits again, 3 pages per visit on average;
+# more visits at the start of the academic year. At 10,000 members: ~250 visits and ~750 page views a day.
+VISITS_PER_MEMBER_MONTH = 0.5
+OTHER_VISITS_SHARE = 0.5
+MONTH_WEIGHTS = (1.0, 0.9, 0.8, 0.8, 0.8, 1.0, 1.2, 1.6, 2.0, 1.6, 1.1, 0.8)  # January .. December
+COOKIE_DAYS = 395  # a visitor cookie lives at most 13 months, not extended by visits (CNIL)
+LOG_DAYS = 913
+
+
+def _visit_days(rng: np.random.Generator, today: int, n: int) -> np.ndarray:
+    """Days of n visits over the last LOG_DAYS days, weighted by month of the year."""
+    days = np.arange(today - LOG_DAYS, today)
+    month = days.astype("datetime64[D]").astype("datetime64[M]").astype(np.int64) % 12
+    weights = np.asarray(MONTH_WEIGHTS)[month]
+    return rng.choice(days, size=n, p=weights / weights.sum())
+
+
 def _navigation(rng: np.random.Generator, members: int, today: int) -> tuple[pa.Table, pa.Table]:
-    """Ten events per member over the last ~30 months, by cookie visitors (~30% of events logged in)."""
-    visitors, events = max(50, 2 * members), 10 * members
+    """Visits of members and other people over ~30 months, 1 to ~10 pages each, by 13-month cookies."""
+    people = members + round(members * OTHER_VISITS_SHARE)
+    visits = max(200, round(members * (1 + OTHER_VISITS_SHARE) * VISITS_PER_MEMBER_MONTH * LOG_DAYS / 30.4))
+    activity = rng.gamma(0.8, 1.0, people)  # some people visit far more often than others
+    person = rng.choice(people, size=visits, p=activity / activity.sum())
+    day = _visit_days(rng, today, visits).astype(np.int64)
+    start = day * SECONDS_PER_DAY + rng.integers(6 * 3600, 24 * 3600, visits)
+    # A person browses from a phone or a computer; each device's cookie is renewed every COOKIE_DAYS days.
+    device = (rng.random(visits) < 0.35).astype(np.int64)
+    phase = rng.integers(0, COOKIE_DAYS, 2 * people)
+    cookie_key = person * 2 + device
+    epoch = (day - (today - LOG_DAYS) + phase[cookie_key]) // COOKIE_DAYS  # 0..3 over the log
+    keys, visitor_of_visit = np.unique(cookie_key * 16 + epoch, return_inverse=True)
+    visitors = len(keys)
     visitor_id = random_uuids(rng, visitors)
-    visitor_member = pa.array(rng.integers(1, members + 1, visitors), mask=rng.random(visitors) >= 0.35)
-    city = _cities(rng, visitors)
+    visitor_person = keys // 32
+    member_of_person = np.where(np.arange(people) < members, np.arange(people) + 1, 0)
+    logged_in_visit = (member_of_person[person] > 0) & (rng.random(visits) < 0.45)
+
+    pages = 1 + rng.geometric(0.5, visits)
+    events = int(pages.sum())
+    visit = np.repeat(np.arange(visits), pages)
+    first_of_visit = np.repeat(np.cumsum(pages) - pages, pages)
+    step = np.arange(events) - first_of_visit
+    ts = start[visit] + step * rng.integers(20, 150, events)
+    order = np.argsort(ts, kind="stable")
+    ts, visit = ts[order], visit[order]
+    who = visitor_of_visit[visit]
+
+    city = _cities(rng, people)[visitor_person]
     octets = [pa.array(rng.integers(1, 255, visitors)).cast(pa.string()) for _ in range(3)]
     ip = concat(pick([str(o) for o in vocab.IP_FIRST_OCTETS], rng.integers(0, len(vocab.IP_FIRST_OCTETS), visitors)),
                 ".", octets[0], ".", octets[1], ".", octets[2])
     agent = rng.integers(0, len(vocab.USER_AGENTS), visitors)
     latitude = np.array([c[2] for c in vocab.CITIES])[city] + rng.normal(0, 0.02, visitors)
     longitude = np.array([c[3] for c in vocab.CITIES])[city] + rng.normal(0, 0.02, visitors)
-
-    now = today * SECONDS_PER_DAY
-    ts = np.sort(now - rng.integers(1, 913 * SECONDS_PER_DAY, events))
-    who = rng.integers(0, visitors, events)
-    by = pa.array(who)
-    logged_in = rng.random(events) < 0.86
     paths, path_weights = zip(*vocab.URL_PATHS, strict=True)
     referrers, referrer_weights = zip(*vocab.REFERRERS, strict=True)
     no_visitor = null_mask(events, rng.choice(events, _malformed_count(events), replace=False))
+    member_id = member_of_person[person[visit]]
     columns = {
         "event_id": random_uuids(rng, events),
         "visitor_id": visitor_id.take(pa.array(who, mask=no_visitor)),
-        "member_id": visitor_member.take(pa.array(who, mask=~logged_in)),
+        "member_id": pa.array(member_id, mask=~logged_in_visit[visit]),
         "ts": pa.array(ts * 1_000_000 + rng.integers(0, 1_000_000, events), pa.timestamp("us")),
         "url": dictionary([vocab.SITE + p for p in paths], weighted_choice(rng, path_weights, events)),
         "referrer": dictionary(referrers, weighted_choice(rng, referrer_weights, events)),
-        "ip_address": ip.take(by),
+        "ip_address": ip.take(pa.array(who)),
         "user_agent": dictionary(vocab.USER_AGENTS, agent[who]),
         "city": dictionary([c[0] for c in vocab.CITIES], city[who]),
         "latitude": np.round(latitude[who], 5),
@@ -633,16 +671,16 @@ def _navigation(rng: np.random.Generator, members: int, today: int) -> tuple[pa.
     }
     event_table = pa.table([columns[f.name] for f in NAVIGATION_EVENT_SCHEMA], names=NAVIGATION_EVENT_SCHEMA.names)
 
-    # Consent banner answered just before the first visit: 75% accept analytics, 15% refuse, 10% never
-    # answer; 5% change their mind later (the latest answer counts).
-    seen, first_event = np.unique(who, return_index=True)
-    first_seen = now - rng.integers(1, 913 * SECONDS_PER_DAY, visitors)
-    first_seen[seen] = ts[first_event]
-    answer = weighted_choice(rng, [75, 15, 10], visitors)
+    # Consent banner answered just before the visitor's first page view: 70% accept analytics, 20% refuse,
+    # 10% never answer; 5% change their mind later (the latest answer counts).
+    first_seen = np.full(visitors, np.iinfo(np.int64).max)
+    np.minimum.at(first_seen, who, ts)
+    answer = weighted_choice(rng, [70, 20, 10], visitors)
     answered = np.flatnonzero(answer < 2)
     changed = answered[rng.random(len(answered)) < 0.05]
     visitor = np.concatenate([answered, changed])
     analytics = np.concatenate([answer[answered] == 0, answer[changed] != 0])
+    now = today * SECONDS_PER_DAY
     first_at = first_seen[answered] - rng.integers(1, 120, len(answered))
     later_at = between(rng, first_seen[changed], np.full(len(changed), now - 1))
     rows = len(visitor)

@@ -3,19 +3,23 @@
 - no direct identifier: every value of every column, as text, is semi-joined against every value of the
   warehouse's direct-identifier columns listed in the policy (trimmed, lower-case) and every normalised
   e-mail and E.164 phone of the identity graph; values shaped like an e-mail or IPv4 address are refused;
-- k-anonymity: each table's smallest class (row tables) or cell (aggregates) has at least k people;
+- k-anonymity: each table's smallest class (row tables) or cell (aggregates) has at least k people, and
+  every class of a row table meets the table's l-diversity rules;
+- release figures (not a publication check: an asset check that warns): the catalogue's per-table release
+  report within the policy's thresholds and the table's suppression budget;
 - catalogue: every published table and column is described in `catalogue`, and nothing else is there.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
 
-from pipelines.pseudo.kanon import achieved_k_sql
+from pipelines.pseudo.kanon import achieved_k_sql, class_columns, flagged_sql
 from pipelines.pseudo.policy import PseudonymisationPolicy
 from pipelines.sqltext import ident, literal
 
@@ -96,6 +100,34 @@ def k_anonymity_problems(con: duckdb.DuckDBPyConnection, policy: Pseudonymisatio
         achieved = con.execute(achieved_k_sql(f"pub.main.{ident(name)}", table)).fetchall()[0][0]
         if achieved is not None and achieved < policy.k_of(name):
             problems.append(f"{name}: a class has {achieved} people, k = {policy.k_of(name)}")
+        if table.l_diversity:
+            keys = [ident(c.name) for c in class_columns(table)]
+            flagged = flagged_sql(f"pub.main.{ident(name)}", keys, ident(table.subject), 1, table)
+            uniform = con.execute(f"SELECT count(*) FROM ({flagged}) WHERE _small").fetchall()[0][0]
+            if uniform:
+                rules = ", ".join(f"{r.column} {r.measure} l={r.l}" for r in table.l_diversity)
+                problems.append(f"{name}: {uniform} row(s) in classes not diverse enough ({rules})")
+    return problems
+
+
+def release_problems(con: duckdb.DuckDBPyConnection, policy: PseudonymisationPolicy) -> list[str]:
+    """Release figures (catalogue `release_report`) beyond the policy's thresholds or a table's budget."""
+    reports = dict(con.execute(f"SELECT DISTINCT table_name, release_report FROM pub.main.{CATALOGUE}").fetchall())
+    rules, problems = policy.report, []
+    for name in policy.tables:
+        if name not in reports:
+            problems.append(f"{name}: no release report in the catalogue")
+            continue
+        report = json.loads(reports[name])
+        if report["suppression_ratio"] > policy.suppression_budget(name):
+            problems.append(f"{name}: {report['suppression_ratio']:.2%} of rows suppressed, budget "
+                            f"{policy.suppression_budget(name):.2%}")
+        if report["prosecutor_max"] > rules.max_prosecutor_risk:
+            problems.append(f"{name}: prosecutor risk {report['prosecutor_max']} > {rules.max_prosecutor_risk}")
+        for query, error in report["queries"].items():
+            if error["mean_relative_error"] > rules.max_query_error:
+                problems.append(f"{name}: query '{query}' is off by {error['mean_relative_error']:.1%} on average "
+                                f"(threshold {rules.max_query_error:.0%})")
     return problems
 
 

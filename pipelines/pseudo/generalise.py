@@ -6,9 +6,11 @@ A column's hierarchy in policies/pseudonymisation.yaml is a list of levels, fine
 - ``column:<other>``: the value of another column of the table's base (e.g. an establishment's kind);
 - ``age_band:<years>``: age at the run's as-of date (bound as ``$as_of``) in bands of that width;
 - ``day`` / ``week`` / ``month`` / ``quarter`` / ``year``: a date or timestamp truncated, as a label;
+- ``years:<n>``: the n-year period of a date, aligned on multiples of n (``2020-2024`` for n = 5);
 - ``departement``: French postal code to département (2A/2B for Corsica, 3 digits overseas and Monaco);
 - ``postal_zone``: the first digit of the postal code;
 - ``url_path``: a URL without scheme, host, query string or fragment;
+- ``url_section``: the first segment of that path (``/espace-adherent/documents`` -> ``/espace-adherent``);
 - ``grid:<degrees>``: a [latitude, longitude] pair as the south-west corner of its cell in a grid of that
   many degrees (cells of a grid whose size is a multiple of another's contain whole cells of it).
 
@@ -18,6 +20,7 @@ one value of the next (day -> month -> quarter, not day -> week -> month; grid 0
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from pipelines.sqltext import literal
@@ -37,6 +40,11 @@ def _date_label(fmt: str) -> Callable[[str, str], str]:
 
 def _quarter(col: str, _: str) -> str:
     return f"CAST(year({col}) AS VARCHAR) || '-Q' || CAST(quarter({col}) AS VARCHAR)"
+
+
+def _years(col: str, n: str) -> str:
+    lo = f"(CAST(floor(year({col}) / {n}) AS INTEGER) * {n})"
+    return f"CAST({lo} AS VARCHAR) || '-' || CAST({lo} + {n} - 1 AS VARCHAR)"
 
 
 def _departement(col: str, _: str) -> str:
@@ -59,6 +67,10 @@ def _url_path(col: str, _: str) -> str:
     return f"CASE WHEN {col} IS NOT NULL THEN coalesce(nullif({path}, ''), '/') END"
 
 
+def _url_section(col: str, _: str) -> str:
+    return f"regexp_extract({_url_path(col, '')}, '^/[^/]*')"
+
+
 def _grid(col: str, degrees: str) -> str:
     def snap(i: int) -> str:
         # floor, not round, so that cells nest; "+ 0.0" turns IEEE -0.0 into 0.0 (one label per area).
@@ -78,9 +90,11 @@ _LEVELS: dict[str, tuple[Callable[[str, str], str], type | None]] = {
     "month": (_date_label("%Y-%m"), None),
     "quarter": (_quarter, None),
     "year": (_date_label("%Y"), None),
+    "years": (_years, int),
     "departement": (_departement, None),
     "postal_zone": (_postal_zone, None),
     "url_path": (_url_path, None),
+    "url_section": (_url_section, None),
     "grid": (_grid, float),
 }
 
@@ -112,3 +126,8 @@ def level_sql(level: str, column: str) -> str:
     """DuckDB expression generalising `column` at `level` (VARCHAR; NULL stays NULL except for suppress)."""
     name, param = parse_level(level)
     return _LEVELS[name][0](column, param)
+
+
+def bound(sql: str, params: dict[str, object]) -> dict[str, object]:
+    """The subset of `params` that `sql` references (DuckDB refuses unused named parameters)."""
+    return {name: value for name, value in params.items() if re.search(rf"\${name}\b", sql)}

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import uuid
 from dataclasses import asdict, dataclass
 
 import duckdb
 
-from pipelines.pseudo.generalise import level_sql
+from pipelines.pseudo.cells import CellReport, publish_cells
+from pipelines.pseudo.generalise import bound, level_sql
 from pipelines.pseudo.lattice import Node, height, layer, predecessors
 from pipelines.pseudo.policy import ColumnPolicy, TablePolicy
 from pipelines.sqltext import ident, literal
@@ -52,6 +52,7 @@ class KAnonymityReport:
     runner_ups: tuple[NodeResult, ...] = ()
     nodes_in_lattice: int = 1
     nodes_evaluated: int = 1
+    cells: CellReport | None = None  # aggregate tables: cells suppressed (primary, complementary), totals
 
     @property
     def suppression_ratio(self) -> float:
@@ -62,10 +63,6 @@ def runner_ups_json(report: KAnonymityReport) -> str:
     """The next-best nodes of the search, as JSON (levels, loss, rows suppressed)."""
     return json.dumps([asdict(node) for node in report.runner_ups])
 
-
-def bound(sql: str, params: dict[str, object]) -> dict[str, object]:
-    """The subset of `params` that `sql` references (DuckDB refuses unused named parameters)."""
-    return {name: value for name, value in params.items() if re.search(rf"\${name}\b", sql)}
 
 
 def class_columns(table: TablePolicy) -> list[ColumnPolicy]:
@@ -218,15 +215,9 @@ def search(lattice: Lattice) -> Search:
     return Search(chosen=chosen, rows_suppressed=rows, ranked=ranked, evaluated=len(evaluated))
 
 
-def anonymised_sql(base: str, table: TablePolicy, levels: dict[str, int], k: int) -> str:
-    """SELECT producing the published table: generalised, and without the classes under k (or l)."""
+def anonymised_rows_sql(base: str, table: TablePolicy, levels: dict[str, int], k: int) -> str:
+    """SELECT producing a published row-level table: generalised, without the classes under k (or l)."""
     select = ", ".join(f"{column_sql(c, levels[c.name])} AS {ident(c.name)}" for c in table.columns)
-    if table.kind == "aggregate":
-        keys = ", ".join(column_sql(c, levels[c.name]) for c in class_columns(table))
-        return (
-            f"SELECT {select} FROM {base} GROUP BY {keys} "
-            f"HAVING count(DISTINCT {subject_sql(table)}) >= {k} ORDER BY ALL"
-        )
     # Generalise once, then count people (and sensitive values) per class over the generalised columns.
     keys = [ident(c.name) for c in class_columns(table)]
     flagged = flagged_sql("generalised", keys, ident(table.subject), k, table)
@@ -261,8 +252,15 @@ def anonymise(
     levels = {c.name: 0 for c in table.columns} | {
         c.name: level for c, level in zip(lattice.qis, found.chosen, strict=True)
     }
-    sql = f"CREATE TABLE {target} AS {anonymised_sql(base, table, levels, k)}"
-    con.execute(sql, bound(sql, params))
+    cells = None
+    if table.kind == "aggregate":
+        cells = publish_cells(
+            con, base, target, table, {c.name: column_sql(c, levels[c.name]) for c in class_columns(table)},
+            {c.name: column_sql(c, 0) for c in table.by_role("measure")}, subject_sql(table), k, params,
+        )
+    else:
+        sql = f"CREATE TABLE {target} AS {anonymised_rows_sql(base, table, levels, k)}"
+        con.execute(sql, bound(sql, params))
     achieved = con.execute(achieved_k_sql(target, table)).fetchall()[0][0]
     runner_ups = tuple(
         NodeResult(levels=lattice.names(node), loss=lattice.loss(node), rows_suppressed=rows)
@@ -272,11 +270,12 @@ def anonymise(
         k=k,
         achieved_k=None if achieved is None else int(achieved),
         rows_in=lattice.total,
-        rows_suppressed=found.rows_suppressed,
+        rows_suppressed=cells.rows_suppressed if cells else found.rows_suppressed,
         levels={c.name: c.levels[levels[c.name]] for c in class_columns(table)},
         generalisation_loss=lattice.loss(found.chosen),
         loss_measure=table.loss,
         runner_ups=runner_ups,
         nodes_in_lattice=math.prod(h + 1 for h in lattice.heights),
         nodes_evaluated=found.evaluated,
+        cells=cells,
     )

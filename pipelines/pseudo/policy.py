@@ -67,6 +67,15 @@ class DiversityPolicy(_Strict):
     measure: Literal["distinct", "entropy"] = "distinct"
 
 
+class SmallCellPolicy(_Strict):
+    """How an aggregate table handles cells under k: suppressed, and with `totals_over` a total row per
+    value of the other dimensions (that column set to `*`) plus complementary suppression, so that no
+    total minus the published cells gives back a single suppressed cell."""
+
+    method: Literal["suppress"] = "suppress"
+    totals_over: Name | None = None
+
+
 class TablePolicy(_Strict):
     kind: Literal["rows", "aggregate"]
     domain: str
@@ -83,6 +92,8 @@ class TablePolicy(_Strict):
     # averaged with the columns' weights.
     loss: Literal["ncp", "height"] = "ncp"
     l_diversity: tuple[DiversityPolicy, ...] = ()
+    max_suppression_ratio: float | None = Field(default=None, ge=0, le=1)  # default: the policy's
+    small_cells: SmallCellPolicy | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> TablePolicy:
@@ -103,6 +114,10 @@ class TablePolicy(_Strict):
                 raise ValueError("an aggregate table publishes no pseudonym")
         if not any(c.role == "quasi_identifier" for c in self.columns):
             raise ValueError("declare at least one quasi_identifier: k-anonymity is measured on them")
+        over = self.small_cells.totals_over if self.small_cells else None
+        dimension = over is None or (over in by_name and by_name[over].role in ("quasi_identifier", "attribute"))
+        if self.small_cells and (self.kind != "aggregate" or not dimension):
+            raise ValueError("small_cells is for aggregate tables; totals_over must name one of its dimensions")
         for rule in self.l_diversity:
             if self.kind != "rows" or rule.column not in by_name or by_name[rule.column].role != "attribute":
                 raise ValueError(f"l_diversity column {rule.column!r} must be an attribute of a row-level table")
@@ -113,6 +128,14 @@ class TablePolicy(_Strict):
 
     def column(self, name: str) -> ColumnPolicy:
         return next(c for c in self.columns if c.name == name)
+
+
+class ReportPolicy(_Strict):
+    """Thresholds of the utility and risk report of each release (pipelines/pseudo/report.py)."""
+
+    small_class: int = Field(default=10, ge=2)  # the report counts rows in classes under this many people
+    max_prosecutor_risk: float = Field(default=0.2, gt=0, le=1)
+    max_query_error: float = Field(default=0.5, ge=0)  # mean relative error of each standard analyst query
 
 
 class DomainPolicy(_Strict):
@@ -131,6 +154,7 @@ class PseudonymisationPolicy(_Strict):
     act_categories: dict[Name, tuple[str, ...]] = {}
     health_detail: tuple[Name, ...] = ()
     tables: dict[Name, TablePolicy]
+    report: ReportPolicy = ReportPolicy()
 
     @model_validator(mode="after")
     def _domains_known(self) -> PseudonymisationPolicy:
@@ -144,6 +168,11 @@ class PseudonymisationPolicy(_Strict):
 
     def k_of(self, table: str) -> int:
         return self.tables[table].k or self.default_k
+
+    def suppression_budget(self, table: str) -> float:
+        """Share of a table's rows that may be suppressed (the table's own budget, else the policy's)."""
+        own = self.tables[table].max_suppression_ratio
+        return self.max_suppression_ratio if own is None else own
 
 
 def load_pseudonymisation_policy(path: Path | None = None) -> PseudonymisationPolicy:

@@ -9,6 +9,7 @@ the published file untouched. Domain keys are only ever bound as query parameter
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -21,9 +22,12 @@ from pipelines.pseudo.checks import CATALOGUE, validate_analytics_file
 from pipelines.pseudo.kanon import KAnonymityReport, anonymise, runner_ups_json
 from pipelines.pseudo.policy import PseudonymisationPolicy, TablePolicy
 from pipelines.pseudo.purposes import prepare_purpose_tables
+from pipelines.pseudo.report import ReleaseQuality, measure_release
 from pipelines.pseudo.tables import BUILDERS, REQUIRED_TABLES, domain_exclusions_sql, exclusions_sql
 from pipelines.pseudo.tokens import normalise_sql, tokenise_table
 from pipelines.sqltext import ident, literal
+
+POPULATION = "population"
 
 
 class PublicationRefused(RuntimeError):
@@ -40,6 +44,7 @@ class TableReport:
     rows: int
     kanon: KAnonymityReport
     key_version: int | None
+    quality: ReleaseQuality
 
 
 @dataclass
@@ -84,6 +89,7 @@ def _write_catalogue(
             reports[name].kanon.levels.get(column.name, column.aggregate), table.description,
             reports[name].kanon.loss_measure, reports[name].kanon.generalisation_loss,
             reports[name].kanon.rows_suppressed, runner_ups_json(reports[name].kanon),
+            json.dumps(reports[name].quality.as_dict()),
         )
         for name, table in policy.tables.items()
         for column in table.columns
@@ -93,7 +99,8 @@ def _write_catalogue(
         CREATE TABLE cand.main.{CATALOGUE} (
             table_name VARCHAR, column_name VARCHAR, role VARCHAR, token_domain VARCHAR, description VARCHAR,
             key_version INTEGER, k INTEGER, table_kind VARCHAR, generalisation VARCHAR, table_description VARCHAR,
-            loss_measure VARCHAR, information_loss DOUBLE, rows_suppressed BIGINT, runner_up_nodes JSON
+            loss_measure VARCHAR, information_loss DOUBLE, rows_suppressed BIGINT, runner_up_nodes JSON,
+            release_report JSON
         )
         """
     )
@@ -120,6 +127,8 @@ def build_candidate(
     prepare_purpose_tables(con, purposes, policy, as_of)
     for domain, rules in policy.domains.items():
         con.execute(domain_exclusions_sql(domain, rules.excluded_reasons))
+    # The journalist's population: each table's records with nobody excluded (an empty exclusion list).
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _excluded_{POPULATION} (node_type VARCHAR, node_value VARCHAR)")
     excluded = dict(con.execute(
         "SELECT reason, count(DISTINCT (node_type, node_value)) FROM _exclusions GROUP BY reason"
     ).fetchall())
@@ -128,11 +137,21 @@ def build_candidate(
         uses_key = bool(table.by_role("pseudonym"))
         prepared = _prepare(con, name, table, domain_keys[table.domain] if uses_key else None)
         kanon = anonymise(
-            con, prepared, f"cand.main.{ident(name)}", table, policy.k_of(name), policy.max_suppression_ratio,
+            con, prepared, f"cand.main.{ident(name)}", table, policy.k_of(name), policy.suppression_budget(name),
             {"as_of": as_of},
         )
         rows = con.execute(f"SELECT count(*) FROM cand.main.{ident(name)}").fetchall()[0][0]
-        reports[name] = TableReport(rows=rows, kanon=kanon, key_version=key_version if uses_key else None)
+        population = None
+        if table.kind == "rows":
+            population = f"_pop_{name}"
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {population} AS {BUILDERS[name](POPULATION)}")
+        quality = measure_release(
+            con, name, table, kanon, f"cand.main.{ident(name)}", prepared, population, policy.report,
+            {"as_of": as_of},
+        )
+        reports[name] = TableReport(
+            rows=rows, kanon=kanon, key_version=key_version if uses_key else None, quality=quality
+        )
     _write_catalogue(con, policy, reports)
     return reports, excluded
 

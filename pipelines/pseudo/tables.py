@@ -163,6 +163,8 @@ def marketing_base(domain: str) -> str:
 BUILDERS: dict[str, Callable[[str], str]] = {
     "members_pseudo": members_base,
     "navigation_pseudo": navigation_base,
+    "audience_daily": navigation_base,
+    "audience_weekly_area": navigation_base,
     "reimbursement_stats": reimbursements_base,
     "survey_stats": surveys_base,
     "marketing_audience": marketing_base,
