@@ -16,7 +16,7 @@ from pipelines.resources import (
     WarehouseResource,
 )
 from pipelines.retention.apply import apply_retention, residue
-from pipelines.retention.ledger import build_ledger, counts_by_purpose
+from pipelines.retention.ledger import build_ledger, counts_by_purpose, fallback_clocks
 
 OWNER = "team:data-engineering"
 PARIS = ZoneInfo("Europe/Paris")
@@ -161,3 +161,22 @@ def nothing_past_retention(warehouse: WarehouseResource, policies: PoliciesResou
     with warehouse.connect(read_only=True) as con:
         left = residue(con, policy)
     return dg.AssetCheckResult(passed=not left, metadata={"records_left": dg.MetadataValue.json(left)})
+
+
+@dg.asset_check(
+    asset=LEDGER_KEY,
+    name="no_clock_from_fallback",
+    description="Lists the records whose retention clock comes from a declared fallback because the date the "
+    "clock needs is missing (a litigation case closed without a final-decision date: timed from the first night "
+    "it was seen closed). Warns until the date is filled in at the source.",
+    pool="warehouse",
+)
+def no_clock_from_fallback(warehouse: WarehouseResource, policies: PoliciesResource) -> dg.AssetCheckResult:
+    policy = policies.load()
+    with warehouse.connect(read_only=True) as con:
+        found = fallback_clocks(con, policy)
+    return dg.AssetCheckResult(
+        passed=not found, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"records_by_clock": dg.MetadataValue.json(found),
+                  "fallbacks": dg.MetadataValue.json({name: policy.clocks[name].fallback.description
+                                                      for name in found})})

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from assets.compliance_register import policy_change_preview, processing_register
-from assets.retention import nothing_past_retention, retention_applied, retention_ledger
+from assets.retention import no_clock_from_fallback, nothing_past_retention, retention_applied, retention_ledger
 from pipelines.identity import resolve_identities
 from pipelines.policy.load import load_policy
 from pipelines.policy.models import Policy
@@ -32,7 +32,7 @@ from pipelines.resources import (
     WarehouseResource,
 )
 from pipelines.retention.apply import apply_retention
-from pipelines.retention.ledger import build_ledger
+from pipelines.retention.ledger import build_ledger, fallback_clocks
 from pipelines.settings import PROJECT_ROOT
 from pipelines.sources.schema import (
     COOKIE_CONSENT_SCHEMA,
@@ -297,7 +297,8 @@ def test_assets_materialise_with_ui_counts_and_reports(world: World, tmp_path: P
         "compliance": ComplianceStoreResource(data_dir=str(tmp_path / "compliance")),
     }
     result = dg.materialize(
-        [retention_ledger, retention_applied, nothing_past_retention, processing_register, policy_change_preview],
+        [retention_ledger, retention_applied, nothing_past_retention, no_clock_from_fallback, processing_register,
+         policy_change_preview],
         resources=resources,
         run_config={"ops": {"retention__ledger": {"config": {"as_of": AS_OF.isoformat()}},
                             "compliance__policy_change_preview": {"config": {"as_of": AS_OF.isoformat()}}}},
@@ -310,7 +311,8 @@ def test_assets_materialise_with_ui_counts_and_reports(world: World, tmp_path: P
     assert applied["erased_rows"].value > 0 and applied["anonymised_rows"].value == 1
     assert "| prospecting | 1 | 0 | 1 | 0 | 0 |" in applied["by_purpose"].value
     checks = result.get_asset_check_evaluations()
-    assert [c.passed for c in checks] == [True]
+    assert sorted((c.check_name, c.passed) for c in checks) == [
+        ("no_clock_from_fallback", True), ("nothing_past_retention_in_active_base", True)]
     reports = tmp_path / "compliance" / "reports"
     assert "Registre des activités de traitement" in (reports / "processing_register.md").read_text()
     assert "No record would change status" in (reports / "policy_change_preview.md").read_text()
@@ -431,3 +433,44 @@ def test_ip_address_goes_after_its_own_period_page_view_stays(world: World, poli
     assert found == [("ip-d", "10.0.0.7", "/"), ("ip-d1", None, "/")]
     assert world.query("SELECT event_id, ip_address FROM raw.navigation_events WHERE event_id LIKE 'ip-%' "
                        "ORDER BY 1") == [("ip-d", "10.0.0.7"), ("ip-d1", None)]
+
+
+def test_closed_case_without_decision_date_is_timed_from_the_night_it_is_first_seen_closed(
+        world: World, policy: Policy):
+    """Not kept forever, not erased at once: the first night it is seen closed starts its clock (kept as a fact),
+    the next night it is in the restricted archive for 2 years, and the check names it."""
+    world.insert("members", "litigation_cases", {"case_id": 5, "member_id": ENDED, "status": "closed",
+                                                 "opened_at": "2019-01-01 09:00:00", "subject": "impayés"})
+    world.nightly(policy)
+    assert world.query("SELECT status FROM retention.record_status WHERE dataset = 'litigation_cases' "
+                       "AND record_key = '5'") == [("active",)]
+    with duckdb.connect(str(world.warehouse), read_only=True) as con:
+        assert fallback_clocks(con, policy) == {"litigation_final_decision": ["5"]}
+    world.ingest()
+    with duckdb.connect(str(world.warehouse)) as con:
+        build_ledger(con, policy, AS_OF + dt.timedelta(days=1))
+        apply_retention(con, policy, AS_OF + dt.timedelta(days=1), members=world.engines["members"],
+                        prospects=world.engines["prospects"], navigation_dir=world.navigation,
+                        outbox_dir=world.root / "outbox")
+    assert world.query("SELECT clock_start::DATE, archive_until, status FROM retention.ledger "
+                       f"WHERE dataset = 'litigation_cases' AND subject_id = '{ENDED}'") == [
+        (AS_OF, dt.date(2028, 11, 1), "archived")]
+    assert world.query("SELECT case_id FROM archive.litigation_cases") == [(5,)]
+    assert world.source_keys("members", "litigation_cases", "case_id") == [1]
+
+
+def test_sued_debt_holds_the_member_until_the_recovery_closes_without_a_case(world: World, policy: Policy):
+    """Two members gone for 7 years, each with a debt taken to court and no litigation case: the one whose
+    recovery is still open keeps everything (legal hold); the one whose judgment was enforced is erased."""
+    for member_id, closed in ((40, None), (41, "2021-03-01 10:00:00")):
+        _ended_member_rows(world, member_id, "2019-06-30")
+        world.insert("members", "debt_recoveries", {"recovery_id": member_id, "member_id": member_id,
+                                                    "contribution_id": member_id, "opened_at": "2019-08-01 10:00:00",
+                                                    "closed_at": closed, "sued": True})
+    world.nightly(policy)
+    assert 40 in world.source_keys("members", "members", "member_id")
+    assert 40 in world.source_keys("members", "debt_recoveries", "member_id")
+    assert 41 not in world.source_keys("members", "members", "member_id")
+    assert 41 not in world.source_keys("members", "debt_recoveries", "member_id")
+    assert world.query("SELECT DISTINCT status FROM retention.record_status WHERE subject_id = '40'") == [
+        ("legal_hold",)]

@@ -94,11 +94,17 @@ class _Checker:
                               f"column {column!r} is not declared in dataset {clock.table!r}")
             if clock.per == "subject" and not ds.subjects:
                 self.fail(DATASETS_FILE, ("clocks", name, "per"), f"dataset {clock.table!r} declares no subject")
+            if clock.fallback is not None and ds.column(clock.fallback.column) is None:
+                self.fail(DATASETS_FILE, ("clocks", name, "fallback", "column"),
+                          f"column {clock.fallback.column!r} is not declared in dataset {clock.table!r}")
         for i, hold in enumerate(self.d.legal_holds):
             ds = self.tables.get(hold.table)
             if ds is None or not ds.subjects or ds.column(hold.column) is None:
                 self.fail(DATASETS_FILE, ("legal_holds", i, "column"),
                           f"{hold.table}.{hold.column} is not a declared column of a dataset with a subject")
+            if ds is not None and hold.until_set is not None and ds.column(hold.until_set) is None:
+                self.fail(DATASETS_FILE, ("legal_holds", i, "until_set"),
+                          f"column {hold.until_set!r} is not declared in dataset {hold.table!r}")
 
     def _datasets(self) -> None:
         schema = source_columns()

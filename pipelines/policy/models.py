@@ -175,18 +175,6 @@ class Dataset(_Strict):
         return [c.name for c in self.columns if c.identifying != "none"]
 
 
-class Clock(_Strict):
-    """The event that starts a retention clock, declared so the ledger SQL can be generated from it."""
-
-    description: str
-    table: Name
-    columns: list[Name] = pydantic.Field(min_length=1)  # several: the latest of them (greatest)
-    per: Literal["subject", "record"]
-    aggregate: Literal["max", "min"] = "max"  # per subject: over the subject's rows
-    open_when_null: bool = False  # a null value means the event has not happened yet (e.g. contract running)
-    transform: Literal["year_end"] | None = None  # fiscal_year 2024 -> 2024-12-31
-
-
 Operator = Literal["equals", "not_equals", "in", "not_in", "below", "at_most", "above", "at_least", "is_null",
                    "is_not_null"]
 Value = str | int | float | bool | dt.date
@@ -223,11 +211,38 @@ class Condition(_Strict):
             "" if self.value is None else f" {self.value}")
 
 
-class LegalHold(Condition):
-    """Rows of `table` meeting the condition put their subject on legal hold (erasure suspended)."""
+class ClockFallback(Condition):
+    """Rows meeting the condition whose clock columns are empty (a closed case without a final-decision date)
+    start their clock the first night the pipeline sees them so (kept in retention.clock_events), not never."""
+
+    description: str
+
+
+class Clock(_Strict):
+    """The event that starts a retention clock, declared so the ledger SQL can be generated from it."""
 
     description: str
     table: Name
+    columns: list[Name] = pydantic.Field(min_length=1)  # several: the latest of them (greatest)
+    per: Literal["subject", "record"]
+    aggregate: Literal["max", "min"] = "max"  # per subject: over the subject's rows
+    open_when_null: bool = False  # a null value means the event has not happened yet (e.g. contract running)
+    transform: Literal["year_end"] | None = None  # fiscal_year 2024 -> 2024-12-31
+    fallback: ClockFallback | None = None
+
+
+class LegalHold(Condition):
+    """Rows of `table` meeting the condition put their subject on legal hold (erasure suspended), until
+    `until_set` (if given) has a value on the row (e.g. the judgment enforced and the recovery closed)."""
+
+    description: str
+    table: Name
+    until_set: Name | None = None
+
+    def where_sql(self, alias: str | None = None) -> str:
+        """SQL condition over a row of `table` (aliased `alias`) that keeps its subject on hold."""
+        until = [sqltext.condition(self.until_set, "is_null", alias=alias)] if self.until_set else []
+        return sqltext.all_of([self.sql(alias), *until])
 
 
 class IdentityRule(_Strict):

@@ -87,33 +87,55 @@ def _clock_value(clock: Clock) -> str:
 CLOCK_EVENTS = "retention.clock_events"
 
 
-def _clock_sql(policy: Policy, name: str, sources: dict[str, str], *, stored: bool) -> str:
+def _clock_sql(policy: Policy, name: str, sources: dict[str, str], *, stored: bool,
+               as_of: dt.date | None = None) -> str:
     """(clock_subject_type, clock_key, clock, is_open) per subject id, or per primary key of the clock table.
 
     The rows of the clock table still held give the event; once they are gone (a contract erased at its own
     date), the dated fact kept in retention.clock_events still times the records of the subject that remain.
-    An event that has not happened yet (a running contract) is open whatever an older fact says."""
+    An event that has not happened yet (a running contract) is open whatever an older fact says. A row the
+    clock's declared fallback covers (a case closed without a decision date) starts on the night it is first
+    seen so: `as_of` tonight, then the fact kept from that night."""
     clock = policy.clocks[name]
     ds = policy.dataset(clock.table)
     value = _clock_value(clock)
-    open_expr = f"({value}) IS NULL" if clock.open_when_null else "false"
-    if clock.per == "record":
-        current = (f"SELECT NULL::VARCHAR AS clock_subject_type, CAST({q(ds.primary_key)} AS VARCHAR) AS clock_key, "
-                   f"{value} AS clock, {open_expr} AS is_open FROM ({sources[ds.name]})"
-                   if ds.name in sources else None)
-    else:
-        subject_type, subject_id = _subject_exprs(ds)
-        current = (f"SELECT {subject_type} AS clock_subject_type, {subject_id} AS clock_key, {value} AS clock, "
-                   f"{open_expr} AS is_open FROM ({sources[ds.name]}) WHERE {subject_id} IS NOT NULL"
-                   if ds.name in sources else None)
-    facts = (f"SELECT clock_subject_type, clock_key, clock, false AS is_open FROM {CLOCK_EVENTS} "
+    fallback = f"({value}) IS NULL AND {clock.fallback.sql()}" if clock.fallback else "false"
+    open_expr = f"({value}) IS NULL AND NOT ({fallback})" if clock.open_when_null else "false"
+    seen = f"TIMESTAMP {lit(as_of.isoformat())}" if as_of else "NULL::TIMESTAMP"
+    current = None
+    if ds.name in sources:
+        subject_type, subject_id = ((_subject_exprs(ds)) if clock.per == "subject"
+                                    else ("NULL::VARCHAR", f"CAST({q(ds.primary_key)} AS VARCHAR)"))
+        current = (f"SELECT {subject_type} AS clock_subject_type, {subject_id} AS clock_key, "
+                   f"CASE WHEN {fallback} THEN {seen} ELSE {value} END AS clock, "
+                   f"CASE WHEN {fallback} THEN 2 ELSE 0 END AS origin, {open_expr} AS is_open "
+                   f"FROM ({sources[ds.name]}) WHERE {subject_id} IS NOT NULL")
+    facts = (f"SELECT clock_subject_type, clock_key, clock, 1 AS origin, false AS is_open FROM {CLOCK_EVENTS} "
              f"WHERE clock_name = {lit(name)}" if stored else None)
     union = " UNION ALL ".join(x for x in (current, facts) if x) or (
-        "SELECT NULL::VARCHAR clock_subject_type, NULL::VARCHAR clock_key, NULL::TIMESTAMP clock, false is_open "
-        "WHERE false")
+        "SELECT NULL::VARCHAR clock_subject_type, NULL::VARCHAR clock_key, NULL::TIMESTAMP clock, 0 origin, "
+        "false is_open WHERE false")
     aggregate = clock.aggregate if clock.per == "subject" else "max"
+    # the event the rows still show, else the fact kept, else the night a fallback row was first seen
+    best = ", ".join(f"{aggregate}(clock) FILTER (origin = {o})" for o in (0, 1, 2))
     return (f"SELECT clock_subject_type, clock_key, CASE WHEN bool_or(is_open) THEN NULL "
-            f"ELSE {aggregate}(clock) END AS clock, bool_or(is_open) AS is_open FROM ({union}) GROUP BY ALL")
+            f"ELSE coalesce({best}) END AS clock, bool_or(is_open) AS is_open FROM ({union}) GROUP BY ALL")
+
+
+def fallback_clocks(con: duckdb.DuckDBPyConnection, policy: Policy) -> dict[str, list[str]]:
+    """Clock name -> keys of the rows timed by the clock's fallback (no date where one is expected)."""
+    found = {}
+    for name, clock in policy.clocks.items():
+        ds = policy.dataset(clock.table)
+        source = source_sql(con, ds) if clock.fallback else None
+        if source is None:
+            continue
+        keys = [k for (k,) in con.execute(
+            f"SELECT CAST({q(ds.primary_key)} AS VARCHAR) FROM ({source}) WHERE ({_clock_value(clock)}) IS NULL "
+            f"AND {clock.fallback.sql()} ORDER BY 1").fetchall()]
+        if keys:
+            found[name] = keys
+    return found
 
 
 def _purpose_sql(policy: Policy, ds: Dataset, purpose: str, rule: RetentionRule, as_of: str, prefix: str) -> str:
@@ -178,7 +200,7 @@ def _flags_sql(policy: Policy, sources: dict[str, str]) -> tuple[str, str]:
         for hold in policy.datasets_file.legal_holds:
             if hold.table == ds.name:
                 held.append(f"SELECT {subject_type} AS subject_type, {subject_id} AS subject_id "
-                            f"FROM ({sources[ds.name]}) WHERE {hold.sql()}")
+                            f"FROM ({sources[ds.name]}) WHERE {hold.where_sql()}")
     empty = "SELECT NULL::VARCHAR AS subject_type, NULL::VARCHAR AS subject_id WHERE false"
     return " UNION ".join(restricted) or empty, " UNION ".join(held) or empty
 
@@ -206,7 +228,8 @@ def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pref
     sources = {ds.name: sql for ds in policy.datasets if (sql := source_sql(con, ds)) is not None}
     stored = table_exists(con, *CLOCK_EVENTS.split("."))
     # Clocks and record lists as temp tables: each is read by several purposes, computed once.
-    helpers = {f"{prefix}_clock_{name}": _clock_sql(policy, name, sources, stored=stored) for name in policy.clocks}
+    helpers = {f"{prefix}_clock_{name}": _clock_sql(policy, name, sources, stored=stored, as_of=as_of)
+               for name in policy.clocks}
     selects = []
     for ds in policy.datasets:
         if not ds.subjects or ds.name not in sources:

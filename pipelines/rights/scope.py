@@ -76,5 +76,5 @@ def subject_tables(policy: Policy) -> list[SubjectTable]:
 
 def legal_hold_sql(policy: Policy, alias: str) -> list[tuple[str, str, str]]:
     """(table, SQL condition over the table aliased `alias`, reason) per declared legal hold."""
-    return [(h.table, h.sql(alias),
+    return [(h.table, h.where_sql(alias),
              f"art. 17(3)(e) legal claims: {h.description}") for h in policy.datasets_file.legal_holds]
