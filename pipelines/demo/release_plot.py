@@ -58,11 +58,11 @@ def markdown(reports: dict[str, dict], days: list[tuple[str, int]], last: str, s
 
 
 def plot(reports: dict[str, dict], days: list[tuple[str, int]], last: str, out: Path) -> None:
-    fig, (top, middle, bottom) = plt.subplots(3, 1, figsize=(10, 11))
+    fig, (top, middle, bottom) = plt.subplots(3, 1, figsize=(12, 11))
     start = dt.date.fromisoformat(last) - dt.timedelta(days=89)
     recent = [(dt.date.fromisoformat(d), v) for d, v in days if dt.date.fromisoformat(d) >= start]
     top.bar([d for d, _ in recent], [v for _, v in recent], color="#3b6ea8")
-    top.set_title(f"Daily audience (distinct consenting visitors), last 90 days: {len(recent)} days published")
+    top.set_title(f"Daily audience (consenting visitors), last 90 days: {len(recent)} days published")
     top.set_ylabel("visitors")
     names = list(reports)
     width = 0.27
@@ -77,6 +77,7 @@ def plot(reports: dict[str, dict], days: list[tuple[str, int]], last: str, out: 
     queries = [(f"{q} ({n})", e["mean_relative_error"]) for n in names for q, e in reports[n]["queries"].items()]
     bottom.barh([q for q, _ in queries], [e for _, e in queries], color="#c0504d")
     bottom.set_title("Standard analyst queries: mean relative error vs the warehouse")
+    bottom.tick_params(axis="y", labelsize=8)
     bottom.invert_yaxis()
     fig.tight_layout()
     fig.savefig(out, dpi=90)
