@@ -474,3 +474,21 @@ def test_sued_debt_holds_the_member_until_the_recovery_closes_without_a_case(wor
     assert 41 not in world.source_keys("members", "debt_recoveries", "member_id")
     assert world.query("SELECT DISTINCT status FROM retention.record_status WHERE subject_id = '40'") == [
         ("legal_hold",)]
+
+
+def test_objection_of_the_night_ends_marketing_for_the_whole_person(world: World, policy: Policy):
+    """The member gone 2.5 years ago is kept only for marketing (3 years); an objection the rights stage put in
+    force tonight ends that purpose before retention runs, so the member row leaves the source, while the same
+    member without objection (see test_contract_goes_at_its_own_date...) keeps name and e-mail."""
+    world.ingest()
+    with duckdb.connect(str(world.warehouse)) as con:
+        person = con.execute("SELECT person_id FROM identity.person_links WHERE node_type = 'member' "
+                             f"AND node_value = '{LEFT_RECENTLY}'").fetchall()[0][0]
+        con.execute("CREATE SCHEMA rights")
+        con.execute("CREATE TABLE rights.exclusions AS SELECT ? AS person_id, 'objection' AS reason, "
+                    "TIMESTAMP '2026-10-31 23:00:00' AS since", [person])
+    world.nightly(policy)
+    assert LEFT_RECENTLY not in world.source_keys("members", "members", "member_id")
+    reason = world.query("SELECT reason FROM retention.ledger WHERE purpose = 'communication_marketing' "
+                         f"AND subject_id = '{LEFT_RECENTLY}' AND dataset = 'members'")
+    assert reason[0][0].startswith("objection to direct marketing in force (GDPR art. 21(3))")

@@ -22,14 +22,17 @@ import duckdb
 from pipelines.policy.models import Clock, Dataset, Policy, RetentionRule, SubjectType
 from pipelines.retention.columns import compute_columns
 from pipelines.retention.until import kept_on_sql, last_day_sql
+from pipelines.rights.scope import marketing_purposes
 from pipelines.sources.schema import RESTRICTION_COLUMNS
 from pipelines.sqltext import ident as q
+from pipelines.sqltext import in_list, transaction
 from pipelines.sqltext import literal as lit
-from pipelines.sqltext import transaction
 
 STATUSES = ("active", "archived", "to_erase", "to_anonymise", "legal_hold", "restricted")
 RESTRICTED_AT = RESTRICTION_COLUMNS[0]
 UNIDENTIFIED = "unidentified"
+# rights.exclusions reasons that are objections to direct marketing (pipelines.rights.process)
+OBJECTION_REASONS = ("objection", "objection_prospecting")
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
@@ -205,6 +208,23 @@ def _flags_sql(policy: Policy, sources: dict[str, str]) -> tuple[str, str]:
     return " UNION ".join(restricted) or empty, " UNION ".join(held) or empty
 
 
+def _end_marketing_on_objection(con: duckdb.DuckDBPyConnection, policy: Policy, prefix: str) -> None:
+    """Art. 21(3): once the rights stage has an objection to direct marketing in force, the marketing purposes
+    of the whole person end that night (what only they kept goes; the suppression list keeps the objection)."""
+    marketing = sorted(marketing_purposes(policy))
+    linked = table_exists(con, "rights", "exclusions") and table_exists(con, "identity", "person_links")
+    if not marketing or not linked:
+        return
+    status = {"anonymise": "to_anonymise", "delete": "to_erase"}
+    ended = " ".join(f"WHEN {lit(p)} THEN {lit(status[policy.purpose(p).retention.end_action])}" for p in marketing)
+    con.execute(f"""
+        UPDATE {q(prefix + '_purposes')} SET purpose_status = CASE purpose {ended} END,
+               purpose_reason = 'objection to direct marketing in force (GDPR art. 21(3)): marketing stopped'
+        WHERE purpose IN {in_list(marketing)} AND (subject_type, subject_id) IN (
+            SELECT (node_type, node_value) FROM identity.person_links WHERE person_id IN (
+                SELECT person_id FROM rights.exclusions WHERE reason IN {in_list(OBJECTION_REASONS)}))""")
+
+
 def _person_wide(con: duckdb.DuckDBPyConnection, flagged: str, rights_reason: str | None = None) -> str:
     """Every record of every person `flagged` names (member rows, linked prospects, visitors logged in as the
     member), through identity.person_links, plus the persons rights.exclusions lists with `rights_reason`."""
@@ -246,6 +266,7 @@ def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pref
         "active_until, NULL::DATE archive_until, NULL::VARCHAR purpose_status, NULL::VARCHAR purpose_reason "
         "WHERE false")
     con.execute(f"CREATE OR REPLACE TEMP TABLE {prefix}_purposes AS {body}")
+    _end_marketing_on_objection(con, policy, prefix)
     restricted, held = _flags_sql(policy, sources)
     restricted, held = _person_wide(con, restricted, "restricted"), _person_wide(con, held)
     systems = " ".join(f"WHEN {lit(ds.name)} THEN {lit(ds.system)}" for ds in policy.datasets)
