@@ -2,9 +2,10 @@
 
 import dagster as dg
 
-from pipelines.ingest import IngestResult, ingest_sql_table
+from pipelines.ingest import IngestResult, ingest_sql_table, quarantine_fields
 from pipelines.navigation import DayCounts, day_counts, ingest_navigation_table
 from pipelines.partitions import NAVIGATION_DAYS, current_partitions, days_of_files
+from pipelines.policy.resource import PoliciesResource
 from pipelines.resources import NavigationSourceResource, SqlSourceResource, WarehouseResource
 from pipelines.sources.schema import SQL_SYSTEMS
 
@@ -39,10 +40,11 @@ def _sql_system_assets(system: str, source_resource_key: str) -> dg.AssetsDefini
         specs=specs,
         can_subset=True,
         pool="warehouse",
-        required_resource_keys={"warehouse", source_resource_key},
+        required_resource_keys={"warehouse", source_resource_key, "policies"},
     )
     def _ingest(context: dg.AssetExecutionContext):
         warehouse: WarehouseResource = context.resources.warehouse
+        policy = context.resources.policies.load()
         source: SqlSourceResource = getattr(context.resources, source_resource_key)
         engine = source.engine()
         selected = {key.path[-1] for key in context.selected_asset_keys}
@@ -50,7 +52,7 @@ def _sql_system_assets(system: str, source_resource_key: str) -> dg.AssetsDefini
             for table in metadata.sorted_tables:
                 if table.name not in selected:
                     continue
-                result = ingest_sql_table(con, engine, system, table)
+                result = ingest_sql_table(con, engine, system, table, quarantine_fields(policy, table.name))
                 if result.quarantined:
                     context.log.warning(f"{table.name}: {result.quarantined} row(s) quarantined (see raw.quarantine)")
                 yield dg.MaterializeResult(asset_key=["raw", table.name], metadata=_metadata(result))
@@ -78,11 +80,14 @@ ingest_prospects = _sql_system_assets("prospects", "prospect_source")
     backfill_policy=dg.BackfillPolicy.single_run(),
 )
 def navigation_events(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource, navigation: NavigationSourceResource
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, navigation: NavigationSourceResource,
+    policies: PoliciesResource,
 ) -> dg.MaterializeResult:
     days = context.partition_keys if context.has_partition_key or context.has_partition_key_range else []
+    fields = quarantine_fields(policies.load(), "navigation_events")
     with warehouse.connect() as con:
-        result = ingest_navigation_table(con, navigation.resolved_path, "navigation_events", reread_days=days)
+        result = ingest_navigation_table(con, navigation.resolved_path, "navigation_events", reread_days=days,
+                                         fields=fields)
         counts = day_counts(con, {*days, *days_of_files(result.replaced_files)})
     partitions = current_partitions()
     caught_up = [c for day, c in counts.items() if day not in days and day in partitions]
@@ -124,7 +129,10 @@ def _day_metadata(counts: DayCounts, how: str) -> dict[str, dg.MetadataValue]:
     tags={"stage": "ingest", "source_system": "navigation"},
     pool="warehouse",
 )
-def cookie_consents(warehouse: WarehouseResource, navigation: NavigationSourceResource) -> dg.MaterializeResult:
+def cookie_consents(
+    warehouse: WarehouseResource, navigation: NavigationSourceResource, policies: PoliciesResource
+) -> dg.MaterializeResult:
+    fields = quarantine_fields(policies.load(), "cookie_consents")
     with warehouse.connect() as con:
-        result = ingest_navigation_table(con, navigation.resolved_path, "cookie_consents")
+        result = ingest_navigation_table(con, navigation.resolved_path, "cookie_consents", fields=fields)
     return dg.MaterializeResult(metadata=_metadata(result))

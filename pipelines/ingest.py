@@ -6,9 +6,16 @@ append-only Parquet partitioned by day: only new or rewritten day files are read
 size and mtime is the watermark).
 
 Every value is read as text and cast in DuckDB with TRY_CAST, so a value that breaks the declared
-schema (schema.py) sends its row to `raw.quarantine` with the reason instead of failing the run. SQLite and
-PostgreSQL sources are read through ADBC, which hands Arrow batches over from C; any other source goes
-through its SQLAlchemy DB-API driver.
+schema (schema.py) sends its row to `raw.quarantine` with the reason instead of failing the run. The
+quarantine keeps only what is needed to handle the row (`QuarantineFields`): in `record` its key, the ids of
+the people it is about (so erasure and restriction reach it), the dates its retention runs from (retention
+applies to quarantined source rows too) and what identifies no one; in `fix` the offending values, masked for
+direct identifiers, which a person needs to fix it. Never the rest of the row (names, e-mails, IBAN, care
+acts). A row quarantined again by a later ingest keeps the time it was first quarantined and, once its `fix`
+was cleared at the end of its period (policies/own_records.yaml, pipelines.purge), stays cleared.
+
+SQLite and PostgreSQL sources are read through ADBC, which hands Arrow batches over from C; any other source
+goes through its SQLAlchemy DB-API driver.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from pipelines.duck import scalar
+from pipelines.policy.models import Policy
 from pipelines.sqltext import ident, list_literal, literal
 
 QUARANTINE_DDL = """
@@ -35,6 +43,9 @@ CREATE TABLE IF NOT EXISTS raw.quarantine (
     system VARCHAR, table_name VARCHAR, record_key VARCHAR, reason VARCHAR, record JSON,
     quarantined_at TIMESTAMP
 );
+ALTER TABLE raw.quarantine ADD COLUMN IF NOT EXISTS fix JSON;
+ALTER TABLE raw.quarantine ADD COLUMN IF NOT EXISTS fix_cleared_on DATE;
+ALTER TABLE raw.quarantine ADD COLUMN IF NOT EXISTS restricted BOOLEAN;
 CREATE TABLE IF NOT EXISTS raw.ingested_files (
     path VARCHAR PRIMARY KEY, size BIGINT, mtime_ns BIGINT, ingested_at TIMESTAMP
 );
@@ -45,6 +56,32 @@ _SA_TO_DUCKDB = {sa.Integer: "BIGINT", sa.Float: "DOUBLE", sa.Boolean: "BOOLEAN"
 _SQLITE_BATCH_ROWS = adbc_driver_sqlite.StatementOptions.BATCH_ROWS.value
 # Names the column marking the SQLite reader's leading row (see _with_type_sentinel).
 _SENTINEL = "_adbc_type_sentinel"
+
+
+@dataclass(frozen=True)
+class QuarantineFields:
+    """What raw.quarantine keeps of a bad row besides its reason: the `kept` columns always (its key, the ids of
+    the people it is about, its source file, and what handling it needs without identifying anyone), the
+    offending values in full for `shown` columns, else masked to their last 4 characters. The default keeps the
+    key columns only and masks every offending value."""
+
+    kept: tuple[str, ...] = ()
+    shown: tuple[str, ...] = ()
+
+
+def quarantine_fields(policy: Policy, table: str) -> QuarantineFields:
+    """From policies/: kept = the primary key, ids (`identifying: key`) and references, the columns that time
+    the row's retention or hold it (clocks, legal holds: retention applies to quarantined rows too), and the
+    columns that identify no one and are not health data (a request's type, a status); shown = all but direct
+    identifiers."""
+    ds = policy.dataset(table)
+    kept = [ds.primary_key, *(c.name for c in ds.columns if c.identifying == "key"), *ds.references,
+            *(c for clock in policy.clocks.values() if clock.table == table for c in clock.columns),
+            *(h.column for h in policy.datasets_file.legal_holds if h.table == table),
+            *(c.name for c in ds.columns
+              if c.identifying == "none" and not c.category.startswith("user.health_and_medical"))]
+    return QuarantineFields(kept=tuple(dict.fromkeys(kept)),
+                            shown=tuple(c.name for c in ds.columns if c.identifying != "direct"))
 
 
 @dataclass(frozen=True)
@@ -187,6 +224,28 @@ def _problems_sql(columns: dict[str, str], required: list[str], key: list[str], 
     return f"SELECT *, concat_ws('; ', {', '.join(checks)}) AS _problems FROM {source}"
 
 
+def _quarantine_sql(columns: dict[str, str], key: list[str], fields: QuarantineFields | None) -> tuple[str, str]:
+    """SQL JSON (record, fix) of what the quarantine keeps of a staged row (see QuarantineFields)."""
+    fields = fields or QuarantineFields(kept=tuple(key))
+    kept = [c for c in dict.fromkeys([*fields.kept, "source_file"]) if c in columns]
+    record = [f"struct_pack(k := {literal(c)}, v := CAST({ident(c)} AS VARCHAR))" for c in kept]
+    fix = []
+    for c, t in columns.items():
+        if c in kept or t == "VARCHAR":
+            continue
+        value = f"CAST({ident(c)} AS VARCHAR)"
+        shown = value if c in fields.shown else f"{literal('…')} || right({value}, 4)"
+        fix.append(f"struct_pack(k := {literal(c)}, v := CASE WHEN TRY_CAST({ident(c)} AS {t}) IS NULL "
+                   f"THEN {shown} END)")
+
+    def as_json(entries: list[str]) -> str:
+        if not entries:
+            return "NULL::JSON"
+        return f"to_json(map_from_entries(list_filter([{', '.join(entries)}], lambda x: x.v IS NOT NULL)))"
+
+    return as_json(record), as_json(fix)
+
+
 def load_typed(
     con: duckdb.DuckDBPyConnection,
     source: str,
@@ -197,8 +256,9 @@ def load_typed(
     required: list[str],
     key: list[str],
     replace_files: list[str] | None = None,
+    fields: QuarantineFields | None = None,
 ) -> IngestResult:
-    """Cast `source` (a relation of text columns) into `raw.<table>`, quarantining bad rows.
+    """Cast `source` (a relation of text columns) into `raw.<table>`, quarantining bad rows (minimised).
 
     Without `replace_files` the table is replaced whole; with it, only the rows whose `source_file` is
     listed are replaced (incremental loads). One transaction: a crash leaves the previous state.
@@ -208,9 +268,24 @@ def load_typed(
     con.execute(f"CREATE OR REPLACE TEMP TABLE _staged AS {_problems_sql(columns, required, key, source)}")
     typed = ", ".join(f"TRY_CAST({ident(c)} AS {t}) AS {ident(c)}" for c, t in columns.items())
     key_expr = " || '|' || ".join(f"coalesce(CAST({ident(k)} AS VARCHAR), '∅')" for k in key) or "NULL"
-    record = ", ".join(f"{ident(c)} := {ident(c)}" for c in columns)
+    record, fix = _quarantine_sql(columns, key, fields)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _quarantined AS SELECT ?::VARCHAR AS system, ?::VARCHAR AS table_name, "
+        f"{key_expr} AS record_key, _problems AS reason, {record} AS record, {fix} AS fix "
+        "FROM _staged WHERE _problems <> ''",
+        [system, table],
+    )
     con.execute("BEGIN TRANSACTION")
     try:
+        # The rows this call replaces: when each was first quarantined, whether its fix was cleared.
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _first_seen AS SELECT record_key, reason, CAST(record AS VARCHAR) AS record, "
+            "min(quarantined_at) AS quarantined_at, min(fix_cleared_on) AS fix_cleared_on FROM raw.quarantine "
+            "WHERE system = ? AND table_name = ? "
+            + ("" if replace_files is None else "AND list_contains(?, record->>'source_file') ")
+            + "GROUP BY ALL",
+            [system, table] if replace_files is None else [system, table, replace_files],
+        )
         if replace_files is None:
             con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT {typed} FROM _staged WHERE _problems = ''")
             con.execute("DELETE FROM raw.quarantine WHERE system = ? AND table_name = ?", [system, table])
@@ -224,16 +299,18 @@ def load_typed(
             )
             con.execute(f"INSERT INTO {target} SELECT {typed} FROM _staged WHERE _problems = ''")
         con.execute(
-            f"INSERT INTO raw.quarantine SELECT ?, ?, {key_expr}, _problems, to_json(struct_pack({record})), "
-            "now() FROM _staged WHERE _problems <> ''",
-            [system, table],
+            "INSERT INTO raw.quarantine (system, table_name, record_key, reason, record, fix, quarantined_at, "
+            "fix_cleared_on) SELECT q.system, q.table_name, q.record_key, q.reason, q.record, "
+            "CASE WHEN f.fix_cleared_on IS NULL THEN q.fix END, coalesce(f.quarantined_at, now()), f.fix_cleared_on "
+            "FROM _quarantined q LEFT JOIN _first_seen f ON f.record_key IS NOT DISTINCT FROM q.record_key "
+            "AND f.reason = q.reason AND f.record IS NOT DISTINCT FROM CAST(q.record AS VARCHAR)"
         )
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
         raise
     finally:
-        con.execute("DROP TABLE IF EXISTS _staged")
+        con.execute("DROP TABLE IF EXISTS _staged; DROP TABLE IF EXISTS _quarantined; DROP TABLE IF EXISTS _first_seen")
     rows = scalar(con, f"SELECT count(*) FROM {target}")
     quarantined = scalar(
         con, "SELECT count(*) FROM raw.quarantine WHERE system = ? AND table_name = ?", [system, table]
@@ -241,8 +318,9 @@ def load_typed(
     return IngestResult(table=table, rows=rows, quarantined=quarantined)
 
 
-def ingest_sql_table(con: duckdb.DuckDBPyConnection, engine: sa.Engine, system: str, table: sa.Table) -> IngestResult:
-    """Full copy of one SQL source table into `raw.<table>`."""
+def ingest_sql_table(con: duckdb.DuckDBPyConnection, engine: sa.Engine, system: str, table: sa.Table,
+                     fields: QuarantineFields | None = None) -> IngestResult:
+    """Full copy of one SQL source table into `raw.<table>`; `fields`: what a quarantined row keeps."""
     arrow = read_sql_table(engine, table)
     con.register("_source_rows", arrow)
     try:
@@ -254,6 +332,7 @@ def ingest_sql_table(con: duckdb.DuckDBPyConnection, engine: sa.Engine, system: 
             columns={c.name: duckdb_type(c) for c in table.columns},
             required=[c.name for c in table.columns if c.primary_key or c.info.get("required")],
             key=[c.name for c in table.primary_key.columns],
+            fields=fields,
         )
     finally:
         con.unregister("_source_rows")
@@ -267,6 +346,7 @@ def ingest_parquet(
     columns: dict[str, str],
     required: list[str],
     reread: Collection[str] = (),
+    fields: QuarantineFields | None = None,
 ) -> IngestResult:
     """Incremental copy of a folder of Parquet files: only new, rewritten or removed files are handled.
 
@@ -295,7 +375,7 @@ def ingest_parquet(
     con.execute(f"CREATE OR REPLACE TEMP VIEW _parquet_rows AS SELECT * FROM {source}")
     result = load_typed(
         con, "_parquet_rows", system="navigation", table=table, columns={**columns, "source_file": "VARCHAR"},
-        required=required, key=[], replace_files=stale,
+        required=required, key=[], replace_files=stale, fields=fields,
     )
     con.execute("DELETE FROM raw.ingested_files WHERE list_contains(?, path)", [stale])
     if changed:

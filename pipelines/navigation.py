@@ -14,7 +14,7 @@ from pathlib import Path
 
 import duckdb
 
-from pipelines.ingest import IngestResult, ingest_parquet, navigation_columns
+from pipelines.ingest import IngestResult, QuarantineFields, ingest_parquet, navigation_columns
 from pipelines.partitions import DAY_FOLDER_PATTERN, days_of_files
 from pipelines.sources.schema import COOKIE_CONSENT_SCHEMA, NAVIGATION_EVENT_SCHEMA, NAVIGATION_REQUIRED
 from pipelines.sqltext import literal
@@ -36,14 +36,16 @@ class DayCounts:
 
 
 def ingest_navigation_table(
-    con: duckdb.DuckDBPyConnection, navigation_dir: Path, table: str, reread_days: Collection[str] = ()
+    con: duckdb.DuckDBPyConnection, navigation_dir: Path, table: str, reread_days: Collection[str] = (),
+    fields: QuarantineFields | None = None,
 ) -> IngestResult:
-    """Bring `raw.<table>` in line with the log's files; the files of `reread_days` are read again."""
+    """Bring `raw.<table>` in line with the log's files; the files of `reread_days` are read again; `fields`:
+    what a quarantined row keeps."""
     schema, required, folder = NAVIGATION_TABLES[table]
     root = navigation_dir / folder
     reread = [str(f) for day in reread_days for f in sorted((root / f"day={day}").glob("*.parquet"))]
     return ingest_parquet(
-        con, root, table=table, columns=navigation_columns(schema), required=required, reread=reread
+        con, root, table=table, columns=navigation_columns(schema), required=required, reread=reread, fields=fields
     )
 
 

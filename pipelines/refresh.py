@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from pipelines.identity import resolve_identities
-from pipelines.ingest import ingest_sql_table
+from pipelines.ingest import ingest_sql_table, quarantine_fields
 from pipelines.navigation import NAVIGATION_TABLES, ingest_navigation_table
 from pipelines.policy.models import Policy
 from pipelines.pushback import PushbackReport
@@ -33,13 +33,15 @@ def touched_tables(targets: pa.Table, report: PushbackReport) -> set[tuple[str, 
     return set(zip(pairs["system"].to_pylist(), pairs["table_name"].to_pylist(), strict=True))
 
 
-def ingest_all(con: duckdb.DuckDBPyConnection, engines: dict[str, sa.Engine], navigation_dir: Path) -> None:
-    """Every source table into `raw` (what the `sources` assets do, for tests, the benchmark and scripts)."""
+def ingest_all(con: duckdb.DuckDBPyConnection, engines: dict[str, sa.Engine], navigation_dir: Path,
+               policy: Policy) -> None:
+    """Every source table into `raw` (what the `sources` assets do, for tests, the benchmark and scripts); the
+    policy says what a quarantined row keeps."""
     for system, metadata in SQL_SYSTEMS.items():
         for table in metadata.sorted_tables:
-            ingest_sql_table(con, engines[system], system, table)
+            ingest_sql_table(con, engines[system], system, table, quarantine_fields(policy, table.name))
     for table in NAVIGATION_TABLES:
-        ingest_navigation_table(con, navigation_dir, table)
+        ingest_navigation_table(con, navigation_dir, table, fields=quarantine_fields(policy, table))
 
 
 def refresh_from_sources(
@@ -59,10 +61,11 @@ def refresh_from_sources(
     if not touched:
         return []
     for system, table in touched:
+        fields = quarantine_fields(policy, table)
         if system == "navigation":
-            ingest_navigation_table(con, navigation_dir, table)
+            ingest_navigation_table(con, navigation_dir, table, fields=fields)
         else:
-            ingest_sql_table(con, engines[system], system, SQL_SYSTEMS[system].tables[table])
+            ingest_sql_table(con, engines[system], system, SQL_SYSTEMS[system].tables[table], fields)
     resolve_identities(con, policy.datasets_file.identity)
     build_ledger(con, policy, as_of)
     return [table for _, table in touched]

@@ -164,7 +164,7 @@ class World:
 
     def nightly(self, as_of: dt.date) -> None:
         with duckdb.connect(str(self.warehouse)) as con:
-            ingest_all(con, self.engines, self.navigation)
+            ingest_all(con, self.engines, self.navigation, POLICY)
             resolve_identities(con)
             build_ledger(con, POLICY, as_of)
             outcome = apply_retention(con, POLICY, as_of, members=self.engines["members"],

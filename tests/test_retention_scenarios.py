@@ -64,7 +64,7 @@ class World:
 
     def ingest(self) -> None:
         with duckdb.connect(str(self.warehouse)) as con:
-            ingest_all(con, self.engines, self.navigation)
+            ingest_all(con, self.engines, self.navigation, load_policy(PROJECT_ROOT / "policies"))
             resolve_identities(con)
 
     def events(self, *rows: dict[str, object]) -> None:

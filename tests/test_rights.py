@@ -49,7 +49,7 @@ class World:
 
     def ingest(self) -> None:
         with duckdb.connect(str(self.warehouse)) as con:
-            ingest_all(con, self.engines, self.navigation)
+            ingest_all(con, self.engines, self.navigation, load_policy(Path("policies")))
             resolve_identities(con)
 
     def process(self) -> RightsOutcome:

@@ -21,8 +21,10 @@ def bench_generator_and_ingest(members: int, workdir: Path) -> dict:
     from pipelines.demo.generate import generate
     from pipelines.duck import connect_warehouse
     from pipelines.identity import resolve_identities
+    from pipelines.policy.load import load_policy
     from pipelines.refresh import ingest_all
     from pipelines.resources import SqlSourceResource
+    from pipelines.settings import PROJECT_ROOT
     from pipelines.sources.schema import SQL_SYSTEMS
 
     sources = workdir / "sources"
@@ -36,7 +38,7 @@ def bench_generator_and_ingest(members: int, workdir: Path) -> dict:
             system: SqlSourceResource(system=system, url=f"sqlite:///{sources / (system + '.db')}").engine()
             for system in SQL_SYSTEMS
         }
-        ingest_all(con, engines, sources / "navigation")
+        ingest_all(con, engines, sources / "navigation", load_policy(PROJECT_ROOT / "policies"))
         ingested = time.perf_counter() - started
         started = time.perf_counter()
         identity = resolve_identities(con)

@@ -1,0 +1,65 @@
+"""Stage "compliance": retention of the pipeline's own records (quarantine, access bundles, transfer deliveries,
+art. 19 notices), a thin wrapper over pipelines.purge; periods come from policies/own_records.yaml."""
+
+import dagster as dg
+
+from assets.quality_checks import WAREHOUSE_POOL
+from assets.retention import RetentionConfig, as_of_date
+from assets.transfers import transfer_assets
+from pipelines.audit import AuditLog
+from pipelines.policy.own_records import OWN_RECORDS_FILE, load_own_records_policy
+from pipelines.policy.resource import PoliciesResource
+from pipelines.purge import purge_own_records
+from pipelines.resources import ComplianceStoreResource, WarehouseResource
+from pipelines.sources.schema import SQL_SYSTEMS
+
+OWN_RECORDS_KEY = dg.AssetKey(["compliance", "own_records_retention"])
+# After everything that writes the records it purges: ingest (quarantine), rights (bundles, notices),
+# retention push-back (notices) and the transfers (deliveries).
+UPSTREAM = [
+    *(dg.AssetKey(["raw", t]) for metadata in SQL_SYSTEMS.values() for t in metadata.tables),
+    dg.AssetKey(["raw", "navigation_events"]),
+    dg.AssetKey(["raw", "cookie_consents"]),
+    dg.AssetKey(["identity", "person_links"]),
+    dg.AssetKey(["rights", "exclusions"]),
+    dg.AssetKey(["retention", "applied"]),
+    *(a.key for a in transfer_assets),
+]
+
+
+@dg.asset(
+    key=OWN_RECORDS_KEY,
+    group_name="compliance",
+    deps=UPSTREAM,
+    description=f"Applies policies/{OWN_RECORDS_FILE} as of the run's day: raw.quarantine rows past their period "
+    "(or of an erased person) are let go and remembered by fingerprint only, a restricted person's are flagged; "
+    "access bundles and transfer deliveries lose their data past `keep` and keep their proof (hashes, dates) "
+    "until `proof_keep`; art. 19 notices lose their subject token, then go. Audited when anything changed.",
+    kinds={"duckdb", "json"},
+    owners=["team:data-engineering", "team:dpo"],
+    tags={"stage": "retention"},
+    pool=WAREHOUSE_POOL,
+)
+def own_records_retention(
+    context: dg.AssetExecutionContext,
+    config: RetentionConfig,
+    warehouse: WarehouseResource,
+    compliance: ComplianceStoreResource,
+    policies: PoliciesResource,
+) -> dg.MaterializeResult:
+    as_of = as_of_date(config.as_of, context.run.tags)
+    rules = load_own_records_policy(policies.resolved_path)
+    with warehouse.connect() as con:
+        report = purge_own_records(
+            con, policies.load(), rules, as_of, exports_dir=compliance.exports_dir,
+            outbox_dir=compliance.outbox_dir, audit=AuditLog(compliance.audit_log_path))
+    return dg.MaterializeResult(metadata={
+        "as_of": dg.MetadataValue.text(as_of.isoformat()),
+        **{name: dg.MetadataValue.int(n) for name, n in vars(report).items()},
+        "periods": dg.MetadataValue.json({
+            store: {"keep": rule.keep, "proof_keep": rule.proof_keep}
+            for store, rule in (("quarantine", rules.quarantine), ("access_exports", rules.access_exports),
+                                ("transfer_extracts", rules.transfer_extracts), ("notices", rules.notices))
+        }),
+        **compliance.audit_head_metadata(),
+    })
