@@ -40,6 +40,7 @@ from pipelines.policy.own_records import OwnRecordRule, OwnRecordsPolicy
 from pipelines.pseudo.tables import exclusions_sql
 from pipelines.pushback.notices import OUTBOX_FILE
 from pipelines.retention.until import kept_on_sql, last_day_sql
+from pipelines.sqltext import literal, transaction
 from pipelines.transfers import MANIFEST
 
 PROOF = "proof.json"
@@ -62,17 +63,13 @@ class PurgeReport:
         return any(v for k, v in asdict(self).items() if k != "quarantine_restricted")
 
 
-def _lit(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _due(con: duckdb.DuckDBPyConnection, clocks: dict[str, dt.date], rule: OwnRecordRule, as_of: dt.date
          ) -> tuple[set[str], set[str]]:
     """(items past `keep`, items past `proof_keep`) among `clocks` (item -> clock day), as of `as_of`."""
     if not clocks:
         return set(), set()
     con.register("_own_clocks", pa.table({"item": list(clocks), "clock": list(clocks.values())}))
-    day = _lit(as_of.isoformat())
+    day = literal(as_of)
     proof = f"NOT {kept_on_sql(day, last_day_sql('clock', rule.proof_keep))}" if rule.proof_keep else "false"
     try:
         rows = con.execute(f"SELECT item, NOT {kept_on_sql(day, last_day_sql('clock', rule.keep))}, {proof} "
@@ -85,7 +82,7 @@ def _due(con: duckdb.DuckDBPyConnection, clocks: dict[str, dt.date], rule: OwnRe
 def _subject_match(policy: Policy, node: str) -> str:
     """SQL: quarantine row `q` carries one of the ids of `node` (a row of _exclusions)."""
     pairs = sorted({(s.column, s.type) for d in policy.datasets for s in d.subjects})
-    return " OR ".join(f"({node}.node_type = {_lit(t)} AND {node}.node_value = q.record->>{_lit(c)})"
+    return " OR ".join(f"({node}.node_type = {literal(t)} AND {node}.node_value = q.record->>{literal(c)})"
                        for c, t in pairs) or "false"
 
 
@@ -100,21 +97,16 @@ def purge_quarantine(con: duckdb.DuckDBPyConnection, policy: Policy, rule: OwnRe
         con.execute(exclusions_sql(bool(with_rights)))
     else:
         con.execute("CREATE OR REPLACE TEMP TABLE _exclusions (node_type VARCHAR, node_value VARCHAR, reason VARCHAR)")
-    expired = f"NOT {kept_on_sql(_lit(as_of.isoformat()), last_day_sql('quarantined_at', rule.keep))}"
+    expired = f"NOT {kept_on_sql(literal(as_of), last_day_sql('quarantined_at', rule.keep))}"
     erased = f"EXISTS (SELECT 1 FROM _exclusions x WHERE x.reason = 'erased' AND ({_subject_match(policy, 'x')}))"
     restricted = (f"EXISTS (SELECT 1 FROM _exclusions x WHERE x.reason = 'restricted' "
                   f"AND ({_subject_match(policy, 'x')}))")
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         report.quarantine_erased += con.execute(f"DELETE FROM raw.quarantine q WHERE {erased}").fetchall()[0][0]
         report.quarantine_fix_cleared += con.execute(
             f"UPDATE raw.quarantine SET fix = NULL, fix_cleared_on = ? WHERE fix_cleared_on IS NULL AND {expired}",
             [as_of]).fetchall()[0][0]
         con.execute(f"UPDATE raw.quarantine q SET restricted = {restricted}")
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
     report.quarantine_restricted = scalar(con, "SELECT count(*) FROM raw.quarantine WHERE restricted")
 
 
