@@ -78,7 +78,7 @@ def test_a_crafted_clock_key_is_refused_by_the_loader_naming_file_and_key(tmp_pa
 def test_the_preview_job_on_a_crafted_proposal_fails_and_copies_nothing(tmp_path, sandbox):
     engines = {s: sa.create_engine(f"sqlite:///{sandbox.sources / (s + '.db')}") for s in SQL_SYSTEMS}
     with duckdb.connect(str(sandbox.warehouse)) as con:
-        ingest_all(con, engines, sandbox.sources / "navigation")
+        ingest_all(con, engines, sandbox.sources / "navigation", load_policy(PROJECT_ROOT / "policies"))
     leak = tmp_path / "leak.csv"
     proposed = _copy(tmp_path, "datasets.yaml", _leaking_clock(leak), folder="proposed")
     result = dg.materialize(
@@ -128,7 +128,7 @@ def test_a_quote_in_a_legal_hold_value_is_a_literal_and_holds_the_person_through
             "'2026-10-21 10:00:00', '{}', 'received')"), {"m": member_id, "e": email})
     engines = {"members": engine, "prospects": sa.create_engine(f"sqlite:///{sandbox.sources / 'prospects.db'}")}
     with duckdb.connect(str(sandbox.warehouse)) as con:
-        ingest_all(con, engines, sandbox.sources / "navigation")
+        ingest_all(con, engines, sandbox.sources / "navigation", policy)
         resolve_identities(con)
         outcome = process_rights(
             con, policy, members=engines["members"], prospects=engines["prospects"],
