@@ -77,7 +77,7 @@ def quarantine_fields(policy: Policy, table: str) -> QuarantineFields:
     ds = policy.dataset(table)
     kept = [ds.primary_key, *(c.name for c in ds.columns if c.identifying == "key"), *ds.references,
             *(c for clock in policy.clocks.values() if clock.table == table for c in clock.columns),
-            *(h.column for h in policy.datasets_file.legal_holds if h.table == table),
+            *(c for h in policy.datasets_file.legal_holds if h.table == table for c in (h.column, h.until_set) if c),
             *(c.name for c in ds.columns
               if c.identifying == "none" and not c.category.startswith("user.health_and_medical"))]
     return QuarantineFields(kept=tuple(dict.fromkeys(kept)),
