@@ -1,6 +1,7 @@
 """The crash harness on the test population (pipelines/crash): the nightly, launched as the schedule launches it,
-SIGKILLed right after a push-back commit to a source, killed again right after the next commit of its re-run,
-then simply launched again, ends in the same state as an uninterrupted run. `make crash` runs the full sweep.
+SIGKILLed right after a retention push-back commit to a source, killed again right after the next commit of its
+re-run, then simply launched again, ends in the same state as an uninterrupted run. `make crash` runs the full
+sweep.
 
 The uninterrupted run and the killed ones run side by side (separate worlds) to keep the suite short.
 """
@@ -14,12 +15,14 @@ from pipelines.crash.fingerprint import blank_json
 from pipelines.crash.sweep import KillPoint, compare, run_baseline, run_point, table
 from tests.conftest import TEST_AS_OF
 
-# Push-back writes the member system first, then the other sources: the first kill leaves the erasures and
-# restrictions applied to the members and not to the prospects or the navigation log; the second kills the
-# re-run right after it has caught up one more source.
+# Retention push-back writes the member system first, then the navigation log and the prospecting platform: the
+# first kill leaves the retention decisions applied to the members and not to the other sources; the second
+# kills the re-run right after it has pushed one more source (rights decisions, pushed earlier in the run, are
+# all applied by then).
 TWICE_MID_PUSHBACK = KillPoint(
-    "after the first source commit, then after the re-run's first commit",
+    "after the first retention commit, then after the re-run's first commit",
     after_commit=1,
+    of_kind="retention",
     then=KillPoint("re-run after its first commit", after_commit=1),
 )
 
@@ -33,7 +36,7 @@ def test_killed_twice_during_pushback_the_nightly_ends_as_if_uninterrupted(gener
     print(table([outcome]))
     assert baseline.outcome.startswith("SUCCESS") and len(baseline.commits) >= 3, baseline.commits
     assert not outcome.note, outcome.note
-    assert len(outcome.killed_during) == 2 and "between steps" not in outcome.killed_during
+    assert outcome.killed_during == ["retention__applied", "retention__applied"]
     # Both killed runs held the warehouse slot: the re-runs marked them failed and went through.
     assert outcome.killed_run_status == "FAILURE, FAILURE"
     assert outcome.rerun == "SUCCESS"
