@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import pytest
 import yaml
 from dagster._core.events import DagsterEventType
 from dagster._core.launcher import WorkerStatus
@@ -146,3 +147,14 @@ def test_after_a_kill_the_daemon_fails_the_dead_run_and_the_next_scheduled_run_c
             os.killpg(daemon.pid, signal.SIGKILL)
             daemon.wait()
         log.close()
+
+
+@pytest.mark.parametrize("path", ["dagster.yaml", "deploy/dagster.production.yaml"])
+def test_both_instances_monitor_runs_and_free_dead_runs_slots_within_two_minutes(path):
+    config = yaml.safe_load((PROJECT / path).read_text())
+    monitoring = config["run_monitoring"]
+    assert monitoring["enabled"] and monitoring["max_resume_run_attempts"] == 0
+    # Found dead at the next poll, its slots freed at the poll after the grace period: about 1.5 min at worst.
+    assert monitoring["poll_interval_seconds"] * 2 + monitoring["free_slots_after_run_end_seconds"] <= 120
+    if path == "dagster.yaml":  # Dagster's default launcher cannot tell a dead run; ours can
+        assert config["run_launcher"] == {"module": "pipelines.dead_runs", "class": "LocalRunLauncher"}
