@@ -7,8 +7,13 @@ person no longer resolves through identity, and ends in the state of an uninterr
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -196,5 +201,52 @@ def test_damaged_audit_log_stops_the_run_before_any_source_change(sandbox, unint
     log.write_bytes(intact)  # the operator restores the log
     world.ingest()
     world.process()
+    assert_each_decision_audited_once(world)
+    assert fingerprint(world) == uninterrupted
+
+
+KILLED_RUN = """
+import sys
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from pipelines.sources.schema import SQL_SYSTEMS
+from tests.test_rights import World
+
+root = Path(sys.argv[1])
+World(root, {s: sa.create_engine(f"sqlite:///{root / 'sources' / (s + '.db')}") for s in SQL_SYSTEMS}).process()
+"""
+
+
+def test_run_killed_after_the_member_system_committed_is_finished_by_the_next(sandbox, uninterrupted):
+    """SIGKILL while the navigation log is rewritten: the member system has committed, the prospecting
+    platform has not; the plain re-run ends as the uninterrupted run."""
+    world = World(sandbox.root, {s: sa.create_engine(f"sqlite:///{sandbox.sources / (s + '.db')}")
+                                 for s in SQL_SYSTEMS})
+    world.ingest()
+    request_id, prospect_ids = _erasure_reaching_prospects(world)
+    marker = sandbox.root / "paused"
+    run = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(sandbox.root)], start_new_session=True,
+                           env={**os.environ, pushback.PAUSE_ENV: "navigation_file",
+                                pushback.PAUSE_MARKER_ENV: str(marker)})
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), "the run never reached the navigation rewrite"
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+    assert world.src("members", "SELECT count(*) FROM members WHERE member_id IN (SELECT member_id FROM "
+                     "rights_requests WHERE request_id = :r)", r=request_id) == [(0,)]
+    assert world.src("prospects", f"SELECT count(*) FROM prospects WHERE prospect_id IN ({', '.join(prospect_ids)})"
+                     ) == [(len(prospect_ids),)]
+    decision = f"rights:{request_id}:erasure"
+    assert audit_trail(world)[("rights.decided", decision)] == 1  # audited before any source changed
+
+    world.ingest()  # the member is gone: the person no longer resolves through identity
+    world.process()
+    assert world.wh("SELECT state FROM rights.requests WHERE request_id = ?", [request_id]) == [("confirmed",)]
     assert_each_decision_audited_once(world)
     assert fingerprint(world) == uninterrupted
