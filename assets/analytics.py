@@ -12,14 +12,17 @@ from dataclasses import asdict
 import dagster as dg
 from pydantic import Field
 
-from assets.retention import as_of_date
-from pipelines.policy.resource import PoliciesResource
+from pipelines.orchestration.resources import (
+    AnalyticsFileResource,
+    PoliciesResource,
+    PseudonymisationKeyResource,
+    WarehouseResource,
+)
+from pipelines.orchestration.runs import as_of_date
 from pipelines.pseudo.checks import CATALOGUE, attached, release_problems, validate_analytics_file
-from pipelines.pseudo.keys import PseudonymisationKeyResource
 from pipelines.pseudo.policy import POLICY_FILE, PseudonymisationPolicy, load_pseudonymisation_policy
 from pipelines.pseudo.publish import PublicationReport, publish_analytics
 from pipelines.pseudo.tables import BUILDERS, REQUIRED_TABLES
-from pipelines.resources import AnalyticsFileResource, WarehouseResource
 
 OWNER = "team:data-engineering"
 GROUP = "pseudonymised"

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.retention import RAW_KEYS, as_of_date
+from assets.retention import RAW_KEYS
+from pipelines.orchestration.resources import ComplianceStoreResource, PoliciesResource, WarehouseResource
+from pipelines.orchestration.runs import as_of_date
 from pipelines.policy.load import load_policy
 from pipelines.policy.preview import preview, render_preview
 from pipelines.policy.register import render_register
-from pipelines.policy.resource import PoliciesResource
-from pipelines.resources import ComplianceStoreResource, WarehouseResource
 
 OWNER = "team:data-engineering"
 PROPOSED_SUBDIR = "proposed"

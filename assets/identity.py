@@ -6,8 +6,7 @@ import dagster as dg
 
 from pipelines.duck import scalar
 from pipelines.identity import resolve_identities
-from pipelines.policy.resource import PoliciesResource
-from pipelines.resources import WarehouseResource
+from pipelines.orchestration.resources import PoliciesResource, WarehouseResource
 
 
 @dg.asset(

@@ -4,9 +4,14 @@ import dagster as dg
 
 from pipelines.ingest import IngestResult, ingest_sql_table, quarantine_fields
 from pipelines.navigation import DayCounts, day_counts, ingest_navigation_table
-from pipelines.partitions import NAVIGATION_DAYS, current_partitions, days_of_files
-from pipelines.policy.resource import PoliciesResource
-from pipelines.resources import NavigationSourceResource, SqlSourceResource, WarehouseResource
+from pipelines.navigation_days import days_of_files
+from pipelines.orchestration.partitions import NAVIGATION_DAYS, current_partitions
+from pipelines.orchestration.resources import (
+    NavigationSourceResource,
+    PoliciesResource,
+    SqlSourceResource,
+    WarehouseResource,
+)
 from pipelines.sources.schema import SQL_SYSTEMS
 
 OWNER = "team:data-engineering"

@@ -7,10 +7,9 @@ from assets.quality_checks import WAREHOUSE_POOL
 from assets.retention import RetentionConfig, as_of_date
 from assets.transfers import transfer_assets
 from pipelines.audit import AuditLog
+from pipelines.orchestration.resources import ComplianceStoreResource, PoliciesResource, WarehouseResource
 from pipelines.policy.own_records import OWN_RECORDS_FILE, load_own_records_policy
-from pipelines.policy.resource import PoliciesResource
 from pipelines.purge import purge_own_records
-from pipelines.resources import ComplianceStoreResource, WarehouseResource
 from pipelines.sources.schema import SQL_SYSTEMS
 
 OWN_RECORDS_KEY = dg.AssetKey(["compliance", "own_records_retention"])

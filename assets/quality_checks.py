@@ -10,7 +10,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.retention import LEDGER_KEY, RetentionConfig, as_of_date
+from assets.retention import LEDGER_KEY
+from pipelines.orchestration.resources import AnalyticsFileResource, SqlSourceResource, WarehouseResource
+from pipelines.orchestration.runs import RetentionConfig, as_of_date
 from pipelines.quality.checks import (
     RawTableSpec,
     check_analytics_identifiers,
@@ -20,7 +22,6 @@ from pipelines.quality.checks import (
     raw_table_specs,
 )
 from pipelines.quality.gx_runner import SuiteOutcome
-from pipelines.resources import AnalyticsFileResource, SqlSourceResource, WarehouseResource
 
 SOURCE_RESOURCE_KEYS = {"members": "member_source", "prospects": "prospect_source"}
 # The catalogue asset stands for the analytics file as a whole (assets/analytics.py): checking the file there

@@ -1,26 +1,24 @@
 """Stage "retention": the per-purpose ledger for an `as_of` date, and its application in warehouse and sources."""
 
-import datetime as dt
-from zoneinfo import ZoneInfo
 
 import dagster as dg
 
-from pipelines.audit import AuditLog
-from pipelines.policy.load import source_columns
-from pipelines.policy.resource import PoliciesResource
-from pipelines.refresh import refresh_from_sources
-from pipelines.resources import (
+from pipelines.orchestration.resources import (
     ComplianceStoreResource,
     NavigationSourceResource,
+    PoliciesResource,
+    PseudonymisationKeyResource,
     SqlSourceResource,
     WarehouseResource,
+    core_context,
 )
+from pipelines.orchestration.runs import RetentionConfig, as_of_date
+from pipelines.policy.load import source_columns
+from pipelines.refresh import refresh_from_sources
 from pipelines.retention.apply import apply_retention, residue
 from pipelines.retention.ledger import build_ledger, counts_by_purpose, fallback_clocks
 
 OWNER = "team:data-engineering"
-PARIS = ZoneInfo("Europe/Paris")
-AS_OF_TAG = "sem/as_of"
 LEDGER_KEY = dg.AssetKey(["retention", "ledger"])
 APPLIED_KEY = dg.AssetKey(["retention", "applied"])
 RAW_KEYS = [dg.AssetKey(["raw", table]) for (_, table) in source_columns()]
@@ -30,17 +28,6 @@ LEDGER_DEPS = [*RAW_KEYS, dg.AssetKey(["identity", "person_links"]), dg.AssetKey
 # ledger status -> what the UI shows for the run
 SHOWN = {"active": "active", "archived": "archived", "to_erase": "erased", "to_anonymise": "anonymised",
          "legal_hold": "on_hold", "restricted": "on_hold"}
-
-
-class RetentionConfig(dg.Config):
-    """The day retention is evaluated for (ISO date); empty = the run's `sem/as_of` tag, else today (Paris)."""
-
-    as_of: str | None = None
-
-
-def as_of_date(value: str | None, tags: dict[str, str]) -> dt.date:
-    value = value or tags.get(AS_OF_TAG)
-    return dt.date.fromisoformat(value) if value else dt.datetime.now(PARIS).date()
 
 
 def _purpose_table(counts: dict[str, dict[str, int]]) -> str:
@@ -112,18 +99,16 @@ def retention_ledger(
 def retention_applied(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, policies: PoliciesResource,
     member_source: SqlSourceResource, prospect_source: SqlSourceResource, navigation: NavigationSourceResource,
-    compliance: ComplianceStoreResource,
+    compliance: ComplianceStoreResource, pseudonymisation_key: PseudonymisationKeyResource,
 ) -> dg.MaterializeResult:
-    policy = policies.load()
-    audit = AuditLog(compliance.audit_log_path)
+    ctx = core_context(policies, pseudonymisation_key, compliance, navigation)
+    policy, audit = ctx.policy, ctx.audit
     with warehouse.connect() as con:
         as_of = con.execute("SELECT max(as_of) FROM retention.record_status").fetchall()[0][0]
         if as_of is None:
             raise dg.Failure("retention.record_status is empty: materialise retention/ledger first")
         engines = {"members": member_source.engine(), "prospects": prospect_source.engine()}
-        outcome = apply_retention(
-            con, policy, as_of, members=engines["members"], prospects=engines["prospects"],
-            navigation_dir=navigation.resolved_path, outbox_dir=compliance.outbox_dir, audit=audit)
+        outcome = apply_retention(con, ctx, as_of, members=engines["members"], prospects=engines["prospects"])
         counts = counts_by_purpose(con)
         reread = refresh_from_sources(con, outcome.touched, engines=engines,
                                       navigation_dir=navigation.resolved_path, policy=policy, as_of=as_of)

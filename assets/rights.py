@@ -3,17 +3,17 @@
 
 import dagster as dg
 
-from assets.retention import as_of_date
 from pipelines.audit import AUDIT_DOMAIN, AuditLog
-from pipelines.policy.load import source_columns
-from pipelines.policy.resource import PoliciesResource
-from pipelines.pseudo.keys import PseudonymisationKeyResource
-from pipelines.resources import (
+from pipelines.orchestration.resources import (
     ComplianceStoreResource,
     NavigationSourceResource,
+    PoliciesResource,
+    PseudonymisationKeyResource,
     SqlSourceResource,
     WarehouseResource,
 )
+from pipelines.orchestration.runs import as_of_date
+from pipelines.policy.load import source_columns
 from pipelines.rights.intake import run_sql, table_exists
 from pipelines.rights.process import deadline_summary, process_rights
 

@@ -4,11 +4,14 @@ professionals), thin wrappers over pipelines.transfers; columns, rows and safegu
 import dagster as dg
 
 from assets.quality_checks import WAREHOUSE_POOL
-from assets.retention import RetentionConfig, as_of_date
 from pipelines.audit import AUDIT_DOMAIN, AuditLog, subject_token
-from pipelines.policy.resource import PoliciesResource
-from pipelines.pseudo.keys import PseudonymisationKeyResource
-from pipelines.resources import ComplianceStoreResource, WarehouseResource
+from pipelines.orchestration.resources import (
+    ComplianceStoreResource,
+    PoliciesResource,
+    PseudonymisationKeyResource,
+    WarehouseResource,
+)
+from pipelines.orchestration.runs import RetentionConfig, as_of_date
 from pipelines.sources.schema import SQL_SYSTEMS
 from pipelines.transfers import build_transfer
 

@@ -16,7 +16,6 @@ from typing import Literal
 import duckdb
 import pydantic
 
-from pipelines import settings
 from pipelines.audit import AuditLog
 from pipelines.policy.loader import load_policy_file
 from pipelines.policy.models import SLUG
@@ -69,9 +68,9 @@ class AccessDenied(PermissionError):
     """The role may not read the store, or a required reason is missing."""
 
 
-def load_roles(path: Path | None = None) -> RolesFile:
-    """Load policies/roles.yaml; a bad file is refused with file, key and line (PolicyError)."""
-    return load_policy_file(path or settings.policies_dir() / ROLES_FILE, RolesFile)
+def load_roles(path: Path) -> RolesFile:
+    """Load a roles file (policies/roles.yaml); a bad file is refused with file, key and line (PolicyError)."""
+    return load_policy_file(path, RolesFile)
 
 
 def can_read(roles: RolesFile, role: str, store: Store, recipient: str | None = None) -> bool:
@@ -96,14 +95,13 @@ def open_archive(
     reason: str,
     *,
     actor: str | None = None,
-    warehouse_path: Path | None = None,
-    roles: RolesFile | None = None,
-    audit: AuditLog | None = None,
+    warehouse_path: Path,
+    roles: RolesFile,
+    audit: AuditLog,
 ) -> duckdb.DuckDBPyConnection:
     """A read-only connection on the restricted archive, for a role allowed to read it, with a reason; logged."""
-    roles = roles or load_roles()
     _require(roles, role, "archive", reason)
-    path = Path(warehouse_path) if warehouse_path else settings.warehouse_path()
+    path = Path(warehouse_path)
     con = duckdb.connect()
     try:
         con.execute(f"ATTACH {literal(path)} AS warehouse (READ_ONLY)")
@@ -114,7 +112,7 @@ def open_archive(
             ).fetchall()
         ]
         # Logged before the caller can read anything: an access that is not in the audit trail did not happen.
-        (audit or AuditLog()).append(
+        audit.append(
             "archive.read", actor=actor or role, reason=reason.strip(),
             details={"role": role, "tables": tables, "warehouse": path.name},
         )
@@ -127,8 +125,7 @@ def open_archive(
     return con
 
 
-def open_analytics(role: str, *, analytics_path: Path | None = None, roles: RolesFile | None = None):
+def open_analytics(role: str, *, analytics_path: Path, roles: RolesFile) -> duckdb.DuckDBPyConnection:
     """A read-only connection on the analysts' pseudonymised file, for a role allowed to read it."""
-    roles = roles or load_roles()
     _require(roles, role, "analytics", None)
-    return duckdb.connect(str(analytics_path or settings.analytics_path()), read_only=True)
+    return duckdb.connect(str(analytics_path), read_only=True)

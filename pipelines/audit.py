@@ -42,7 +42,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-from pipelines import settings
 from pipelines.durable import replace_durably
 
 GENESIS_HASH = "0" * 64
@@ -56,13 +55,6 @@ class AuditLogError(RuntimeError):
 class Head(NamedTuple):
     seq: int
     hash: str
-
-
-def audit_token_key() -> bytes:
-    """The audit domain key, derived from the configured master key (never stored)."""
-    from pipelines.pseudo.keys import derive_domain_key, key_version_from_env, load_master_key
-
-    return derive_domain_key(load_master_key(), AUDIT_DOMAIN, key_version_from_env())
 
 
 def subject_token(value: str, key: bytes) -> str:
@@ -95,8 +87,8 @@ class VerifyResult:
 class AuditLog:
     """Appends entries under an exclusive file lock, so concurrent writers keep one chain."""
 
-    def __init__(self, path: Path | None = None, actor: str = "pipeline") -> None:
-        self.path = Path(path) if path else settings.audit_log_path()
+    def __init__(self, path: Path, actor: str = "pipeline") -> None:
+        self.path = Path(path)
         self.actor = actor
 
     def append(self, action: str, *, subject_token: str | None = None, decision_id: str | None = None,
@@ -148,10 +140,10 @@ class AuditLog:
         return written
 
 
-def current_head(path: Path | None = None) -> Head:
+def current_head(path: Path) -> Head:
     """(seq, hash) of the last entry of the log, (0, GENESIS_HASH) when there is none: the value to publish
     elsewhere (it identifies no one) for `verify --expect-head`. Reads the tail only; it verifies nothing."""
-    path = Path(path) if path else settings.audit_log_path()
+    path = Path(path)
     if not path.exists():
         return Head(0, GENESIS_HASH)
     with open(path, "rb") as fh:
@@ -258,17 +250,22 @@ def verify(path: Path, *, check_anchor: bool = True, expect_heads: Iterable[str]
     return VerifyResult(True, count, anchor_seq=anchor.seq if anchor else None)
 
 
+# The CLI reads no configuration: where `make demo` writes the log; any other log is named on the command line.
+DEFAULT_CLI_PATH = Path("data/audit/audit.jsonl")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.audit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("verify", help="verify the hash chain, its head anchor and published heads")
-    check.add_argument("path", nargs="?", type=Path, default=None)
+    check.add_argument("path", nargs="?", type=Path, default=DEFAULT_CLI_PATH,
+                       help=f"the audit log (default {DEFAULT_CLI_PATH}, relative to the project folder)")
     check.add_argument("--expect-head", action="append", default=[], metavar="HASH",
                        help="a head hash published earlier; fails unless it is an entry of the chain (repeatable)")
     check.add_argument("--no-anchor", action="store_true",
                        help="do not read the head anchor (a copy of the log made without it)")
     args = parser.parse_args(argv)
-    path = args.path or settings.audit_log_path()
+    path = args.path
     result = verify(path, check_anchor=not args.no_anchor, expect_heads=args.expect_head)
     if not result.ok:
         if result.line is None:

@@ -14,8 +14,8 @@ import dagster as dg
 
 import assets as assets_package
 import sensors as sensors_package
-from pipelines.jobs import ALL_JOBS, MULTIPROCESS_EXECUTOR
-from pipelines.resources import default_resources
+from pipelines.orchestration.jobs import ALL_JOBS, MULTIPROCESS_EXECUTOR
+from pipelines.orchestration.resources import default_resources
 
 
 def _modules(package: ModuleType) -> list[ModuleType]:

@@ -7,8 +7,6 @@ from typing import Any
 
 import duckdb
 
-from pipelines import settings
-
 
 def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> Any:
     """First column of the first row, reading the whole result (DuckDB 2 keeps unread results pending)."""
@@ -16,10 +14,10 @@ def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = 
     return rows[0][0] if rows else None
 
 
-def connect_warehouse(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open the warehouse with DuckDB's memory capped (`SEM_DUCKDB_MEMORY_LIMIT`, default half the machine).
+def connect_warehouse(path: Path, read_only: bool = False, memory_limit: str = "50%") -> duckdb.DuckDBPyConnection:
+    """Open the warehouse with DuckDB's memory capped at `memory_limit` (the resource passes SEM_DUCKDB_MEMORY_LIMIT).
 
     DuckDB's own default (80 %) left too little beside the Arrow tables the same process builds: a 1 M-member
     retention pass was killed out of memory. Past its limit DuckDB spills to a temporary folder beside the file.
     """
-    return duckdb.connect(str(path), read_only=read_only, config={"memory_limit": settings.duckdb_memory_limit()})
+    return duckdb.connect(str(path), read_only=read_only, config={"memory_limit": memory_limit})

@@ -75,15 +75,10 @@ def _prospect_groups(con: duckdb.DuckDBPyConnection, through: list[str], max_rou
     return rounds
 
 
-def resolve_identities(con: duckdb.DuckDBPyConnection, rules: Sequence[IdentityRule] | None = None,
+def resolve_identities(con: duckdb.DuckDBPyConnection, rules: Sequence[IdentityRule],
                        max_rounds: int = 50) -> dict[str, int]:
     """Write `identity.person_links` and `identity.ambiguities` (see module doc); return counts for metadata.
-    `rules` default to those of the project's policies (datasets.yaml `identity`)."""
-    if rules is None:
-        from pipelines import settings
-        from pipelines.policy.load import load_policy  # only here: the policy loader imports fideslang (slow)
-
-        rules = load_policy(settings.policies_dir()).datasets_file.identity
+    `rules` are the policy's (datasets.yaml `identity`)."""
     to_member = sorted({r.through for r in rules if r.records == ("prospect", "member")})
     between_prospects = sorted({r.through for r in rules if r.records == ("prospect", "prospect")})
     login = any(r.records == ("visitor", "member") for r in rules)

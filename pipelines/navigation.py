@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 
 from pipelines.ingest import IngestResult, QuarantineFields, ingest_parquet, navigation_columns
-from pipelines.partitions import DAY_FOLDER_PATTERN, days_of_files
+from pipelines.navigation_days import DAY_FOLDER_PATTERN, days_of_files
 from pipelines.sources.schema import COOKIE_CONSENT_SCHEMA, NAVIGATION_EVENT_SCHEMA, NAVIGATION_REQUIRED
 from pipelines.sqltext import literal
 

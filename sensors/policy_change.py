@@ -13,9 +13,9 @@ from pathlib import Path
 
 import dagster as dg
 
+from pipelines.orchestration.resources import PoliciesResource
 from pipelines.policy.load import load_policy
 from pipelines.policy.loader import PolicyError
-from pipelines.policy.resource import PoliciesResource
 
 PREVIEW_KEY = dg.AssetKey(["compliance", "policy_change_preview"])
 PROPOSED_SUBDIR = "proposed"

@@ -12,13 +12,12 @@ import json
 import dagster as dg
 import sqlalchemy as sa
 
-from assets.retention import PARIS
-from pipelines.partitions import nightly_partition
-from pipelines.resources import SqlSourceResource
+from pipelines.orchestration.partitions import nightly_partition
+from pipelines.orchestration.resources import SqlSourceResource
+from pipelines.orchestration.runs import PARIS, RIGHTS_JOB
 from pipelines.rights.intake import TERMINAL_STATES
 from pipelines.sources.schema import rights_requests
 
-RIGHTS_JOB = "rights_job"
 REQUESTS_TAG = "sem/rights_requests"
 
 

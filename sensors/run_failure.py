@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from pipelines.resources import ComplianceStoreResource
+from pipelines.orchestration.resources import ComplianceStoreResource
 
 ALERTS_FILE = "alerts.jsonl"
 

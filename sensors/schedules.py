@@ -12,10 +12,9 @@ import datetime as dt
 
 import dagster as dg
 
-from assets.retention import AS_OF_TAG, PARIS
+from pipelines.orchestration.runs import AS_OF_TAG, NIGHTLY_JOB, PARIS
 from sensors.policy_change import PREVIEW_KEY
 
-NIGHTLY_JOB = "nightly_job"
 # The preview's `as_of` is the day a proposal is previewed for (by default its effective date), not the run's
 # day; it reads the run's day from the tag.
 OWN_AS_OF = {PREVIEW_KEY.to_python_identifier()}
@@ -37,7 +36,7 @@ def as_of_run_config(job: dg.JobDefinition | None, as_of: dt.date) -> dict:
 @dg.schedule(
     name="nightly_schedule",
     cron_schedule="30 1 * * *",
-    execution_timezone="Europe/Paris",
+    execution_timezone=PARIS.key,
     job_name=NIGHTLY_JOB,
     description="Every night at 01:30 Europe/Paris: the whole pipeline, as of the scheduled day, with the "
     "navigation day that has just ended as the run's partition.",

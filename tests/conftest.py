@@ -62,6 +62,25 @@ TEST_MEMBERS = 400
 TEST_KEY_HEX = "5e" * 32  # test-only master key; production keys come from the environment or a 0600 file
 
 
+def identity_rules() -> list:
+    """The shipped policy's identity rules (datasets.yaml `identity`)."""
+    from pipelines.orchestration.settings import PROJECT_ROOT
+    from pipelines.policy.load import load_policy
+
+    return load_policy(PROJECT_ROOT / "policies").datasets_file.identity
+
+
+def core_context(root: Path, policy: object, navigation: Path) -> object:
+    """The privacy core's explicit inputs for a test: the test key, an audit log and folders under `root`."""
+    from pipelines.audit import AuditLog
+    from pipelines.context import CoreContext, Paths
+    from pipelines.pseudo.keys import KeyProvider
+
+    return CoreContext(policy=policy, keys=KeyProvider(bytes.fromhex(TEST_KEY_HEX)),
+                       audit=AuditLog(root / "audit" / "audit.jsonl"),
+                       paths=Paths(navigation=navigation, outbox=root / "outbox", exports=root / "exports"))
+
+
 @pytest.fixture(scope="session")
 def generated_sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The three source systems, generated once per test worker (read-only: copy before changing)."""
@@ -93,7 +112,7 @@ class Sandbox:
         return self.root / "analytics.duckdb"
 
     def resources(self) -> dict[str, object]:
-        from pipelines.resources import (
+        from pipelines.orchestration.resources import (
             AnalyticsFileResource,
             ComplianceStoreResource,
             NavigationSourceResource,

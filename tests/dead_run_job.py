@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import dagster as dg
-
 from pipelines.dead_runs import clearing_multiprocess_executor
 
 

@@ -6,10 +6,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipelines import settings
 from pipelines.access import AccessDenied, can_read, load_roles, open_analytics, open_archive
 from pipelines.audit import AuditLog, verify
+from pipelines.orchestration import settings
 from pipelines.policy.loader import PolicyError
+
+ROLES = settings.policies_dir() / "roles.yaml"
 
 
 @pytest.fixture
@@ -34,7 +36,7 @@ def _entries(audit: AuditLog) -> list[dict]:
 
 
 def test_policy_roles_give_analysts_only_the_analytics_file():
-    roles = load_roles()
+    roles = load_roles(ROLES)
     assert {r.key for r in roles.roles} >= {"data_engineer", "analyst", "dpo", "complaints_provider"}
     stores = ("warehouse", "archive", "analytics", "audit_log", "outbox")
     assert [s for s in stores if can_read(roles, "analyst", s)] == ["analytics"]
@@ -45,7 +47,7 @@ def test_policy_roles_give_analysts_only_the_analytics_file():
 
 def test_dpo_with_a_reason_reads_the_archive_read_only_and_the_access_is_logged(warehouse, audit):
     con = open_archive("dpo", "Réquisition judiciaire n° 2026-114", actor="dpo.sil", warehouse_path=warehouse,
-                       audit=audit)
+                       roles=load_roles(ROLES), audit=audit)
     assert con.execute("SELECT entry_id, fiscal_year FROM accounting_entries").fetchall() == [(7, 2019)]
     with pytest.raises(duckdb.Error):
         con.execute("DELETE FROM accounting_entries")
@@ -63,22 +65,22 @@ def test_dpo_with_a_reason_reads_the_archive_read_only_and_the_access_is_logged(
 @pytest.mark.parametrize(("role", "reason"), [("analyst", "étude"), ("data_engineer", "debug"), ("dpo", "  ")])
 def test_archive_refused_without_the_right_or_a_reason_and_nothing_is_read(warehouse, audit, role, reason):
     with pytest.raises(AccessDenied):
-        open_archive(role, reason, warehouse_path=warehouse, audit=audit)
+        open_archive(role, reason, warehouse_path=warehouse, roles=load_roles(ROLES), audit=audit)
     assert _entries(audit) == []
 
 
 def test_unknown_role_is_refused(warehouse, audit):
     with pytest.raises(AccessDenied, match="unknown role"):
-        open_archive("intern", "curiosité", warehouse_path=warehouse, audit=audit)
+        open_archive("intern", "curiosité", warehouse_path=warehouse, roles=load_roles(ROLES), audit=audit)
 
 
 def test_analytics_door_is_for_analysts_not_complaints_provider(tmp_path):
     path = tmp_path / "analytics.duckdb"
     duckdb.connect(str(path)).close()
-    with open_analytics("analyst", analytics_path=path) as con:
+    with open_analytics("analyst", analytics_path=path, roles=load_roles(ROLES)) as con:
         assert con.execute("SELECT 1").fetchall() == [(1,)]
     with pytest.raises(AccessDenied):
-        open_analytics("complaints_provider", analytics_path=path)
+        open_analytics("complaints_provider", analytics_path=path, roles=load_roles(ROLES))
 
 
 def test_a_bad_roles_file_is_refused_with_its_key(tmp_path):

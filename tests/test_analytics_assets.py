@@ -15,11 +15,16 @@ from assets.analytics import (
     no_direct_identifiers,
     release_utility_and_risk,
 )
-from pipelines.policy.resource import PoliciesResource
-from pipelines.pseudo.keys import KEY_ENV, VERSION_ENV, PseudonymisationKeyResource, derive_domain_key
+from pipelines.orchestration.resources import (
+    AnalyticsFileResource,
+    PoliciesResource,
+    PseudonymisationKeyResource,
+    WarehouseResource,
+)
+from pipelines.orchestration.settings import KEY_ENV, PROJECT_ROOT, VERSION_ENV
+from pipelines.pseudo.keys import derive_domain_key
 from pipelines.pseudo.policy import load_pseudonymisation_policy
 from pipelines.pseudo.tokens import hmac_pads
-from pipelines.resources import AnalyticsFileResource, WarehouseResource
 from tests.test_analytics_publish import build_warehouse
 
 HEX_KEY = "c3" * 16 + "5a" * 16
@@ -42,7 +47,7 @@ def _resources(tmp_path: Path, key_file: Path) -> dict:
 
 
 def _policy_tables() -> list[str]:
-    return list(load_pseudonymisation_policy().tables)
+    return list(load_pseudonymisation_policy(PROJECT_ROOT / "policies" / "pseudonymisation.yaml").tables)
 
 
 def _key_file(tmp_path: Path) -> Path:

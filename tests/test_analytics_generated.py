@@ -8,22 +8,24 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipelines import settings
 from pipelines.demo.generate import generate
 from pipelines.identity import resolve_identities
 from pipelines.ingest import ingest_parquet, ingest_sql_table, navigation_columns
+from pipelines.orchestration import settings
+from pipelines.orchestration.resources import SqlSourceResource
+from pipelines.orchestration.settings import PROJECT_ROOT
 from pipelines.policy.load import load_policy
 from pipelines.pseudo.checks import validate_analytics_file
 from pipelines.pseudo.keys import derive_domain_key
 from pipelines.pseudo.policy import load_pseudonymisation_policy
 from pipelines.pseudo.publish import publish_analytics
-from pipelines.resources import SqlSourceResource
 from pipelines.sources.schema import (
     COOKIE_CONSENT_SCHEMA,
     NAVIGATION_EVENT_SCHEMA,
     NAVIGATION_REQUIRED,
     SQL_SYSTEMS,
 )
+from tests.conftest import identity_rules
 
 AS_OF = dt.date(2026, 11, 27)
 
@@ -46,12 +48,12 @@ def generated_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ingest_parquet(con, navigation / "consents", table="cookie_consents",
                        columns=navigation_columns(COOKIE_CONSENT_SCHEMA),
                        required=["consent_id", "visitor_id", "consented_at"])
-        resolve_identities(con)
+        resolve_identities(con, identity_rules())
     return warehouse
 
 
 def test_generated_data_publishes_a_file_that_passes_every_check(generated_warehouse: Path, tmp_path: Path) -> None:
-    policy = load_pseudonymisation_policy()
+    policy = load_pseudonymisation_policy(PROJECT_ROOT / "policies" / "pseudonymisation.yaml")
     master = bytes(range(32))
     keys = {d: derive_domain_key(master, d, 1) for d in policy.domains}
     analytics = tmp_path / "analytics.duckdb"

@@ -11,14 +11,16 @@ import duckdb
 import pandas as pd
 import pytest
 
-from pipelines import settings
 from pipelines.identity import resolve_identities
+from pipelines.orchestration import settings
+from pipelines.orchestration.settings import PROJECT_ROOT
 from pipelines.policy.load import load_policy
 from pipelines.pseudo import tables
 from pipelines.pseudo.checks import validate_analytics_file
 from pipelines.pseudo.keys import derive_domain_key
 from pipelines.pseudo.policy import load_pseudonymisation_policy
 from pipelines.pseudo.publish import PublicationRefused, publish_analytics
+from tests.conftest import identity_rules
 
 AS_OF = dt.date(2026, 11, 27)
 MASTER = bytes.fromhex("a1" * 32)
@@ -123,7 +125,7 @@ def build_warehouse(path: Path) -> Path:
         con.register("frame", frame)
         con.execute(f"CREATE TABLE raw.{name} AS SELECT * FROM frame")
         con.unregister("frame")
-    resolve_identities(con)
+    resolve_identities(con, identity_rules())
     con.close()
     return path
 
@@ -157,7 +159,7 @@ def warehouse(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def policy():
-    return load_pseudonymisation_policy()
+    return load_pseudonymisation_policy(PROJECT_ROOT / "policies" / "pseudonymisation.yaml")
 
 
 def publish(warehouse: Path, analytics: Path, policy, version: int = 1):

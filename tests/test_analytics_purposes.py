@@ -8,7 +8,8 @@ import datetime as dt
 import duckdb
 import pytest
 
-from pipelines import settings
+from pipelines.orchestration import settings
+from pipelines.orchestration.settings import PROJECT_ROOT
 from pipelines.policy.load import load_policy
 from pipelines.pseudo.policy import load_pseudonymisation_policy
 from pipelines.pseudo.purposes import PurposeMismatch, check_purposes
@@ -19,7 +20,7 @@ DAY = dt.timedelta(days=1)
 
 @pytest.fixture
 def policy():
-    return load_pseudonymisation_policy()
+    return load_pseudonymisation_policy(PROJECT_ROOT / "policies" / "pseudonymisation.yaml")
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Runs whose process was killed: found and cleared with nobody intervening (pipelines/dead_runs.py).
+"""Runs whose process was killed: found and cleared with nobody intervening (pipelines/orchestration/dead_runs.py).
 
 A real run (tests/dead_run_job.py: one step in the `warehouse` pool, the nightly's run-queue tag) is launched
 with `dagster job execute` on an instance made from the project's dagster.yaml, SIGKILLed inside its step,
@@ -20,8 +20,8 @@ import yaml
 from dagster._core.events import DagsterEventType
 from dagster._core.launcher import WorkerStatus
 
-from pipelines.dead_runs import CLEARED_TAG, LocalRunLauncher, clear_dead_claims
-from pipelines.worker_process import worker_alive
+from pipelines.orchestration.dead_runs import CLEARED_TAG, LocalRunLauncher, clear_dead_claims
+from pipelines.orchestration.worker_process import worker_alive
 
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

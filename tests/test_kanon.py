@@ -9,7 +9,8 @@ import duckdb
 import pandas as pd
 import pytest
 
-from pipelines import settings
+from pipelines.orchestration import settings
+from pipelines.orchestration.settings import PROJECT_ROOT
 from pipelines.policy.loader import PolicyError
 from pipelines.pseudo.kanon import anonymise
 from pipelines.pseudo.policy import PseudonymisationPolicy, TablePolicy, load_pseudonymisation_policy
@@ -131,7 +132,7 @@ def test_bad_policy_is_refused_with_key_and_reason(tmp_path: Path, mutate, key: 
 
 
 def test_shipped_policy_declares_k_and_identifiers() -> None:
-    policy: PseudonymisationPolicy = load_pseudonymisation_policy()
+    policy: PseudonymisationPolicy = load_pseudonymisation_policy(PROJECT_ROOT / "policies" / "pseudonymisation.yaml")
     assert all(policy.k_of(name) >= 5 for name in policy.tables)
     assert {"email", "phone", "birth_date", "iban"} <= set(policy.direct_identifiers["members"])
     assert policy.direct_identifiers["navigation_events"] == ("ip_address",)

@@ -7,15 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.pseudo.keys import (
-    KEY_ENV,
-    VERSION_ENV,
-    PseudonymisationKeyError,
-    PseudonymisationKeyResource,
-    derive_domain_key,
-    ensure_demo_key,
-    load_master_key,
-)
+from pipelines.orchestration.resources import PseudonymisationKeyResource
+from pipelines.orchestration.settings import KEY_ENV, VERSION_ENV, load_master_key
+from pipelines.pseudo.keys import PseudonymisationKeyError, derive_domain_key, ensure_demo_key
 
 HEX_KEY = "5f" * 32
 

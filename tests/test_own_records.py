@@ -14,14 +14,13 @@ import duckdb
 import pytest
 
 from assets.own_records import own_records_retention
-from pipelines import settings
 from pipelines.audit import AuditLog, verify
 from pipelines.ingest import load_typed, quarantine_fields
+from pipelines.orchestration import settings
+from pipelines.orchestration.resources import ComplianceStoreResource, PoliciesResource, WarehouseResource
 from pipelines.policy.load import load_policy
 from pipelines.policy.own_records import load_own_records_policy
-from pipelines.policy.resource import PoliciesResource
 from pipelines.purge import AUDIT_ACTION, PROOF, purge_own_records
-from pipelines.resources import ComplianceStoreResource, WarehouseResource
 
 DAY = dt.timedelta(days=1)
 MEMBER_COLUMNS = {"member_id": "BIGINT", "first_name": "VARCHAR", "email": "VARCHAR", "postal_code": "VARCHAR",

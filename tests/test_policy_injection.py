@@ -18,18 +18,17 @@ import sqlalchemy as sa
 import yaml
 
 from assets.compliance_register import policy_change_preview
-from pipelines.audit import AuditLog, audit_token_key
+from pipelines.audit import AuditLog
 from pipelines.identity import resolve_identities
+from pipelines.orchestration.resources import ComplianceStoreResource, PoliciesResource, WarehouseResource
+from pipelines.orchestration.settings import PROJECT_ROOT, audit_token_key
 from pipelines.policy.load import load_policy
 from pipelines.policy.loader import PolicyError
-from pipelines.policy.resource import PoliciesResource
 from pipelines.pseudo.policy import load_pseudonymisation_policy
 from pipelines.refresh import ingest_all
-from pipelines.resources import ComplianceStoreResource, WarehouseResource
 from pipelines.rights.process import process_rights
-from pipelines.settings import PROJECT_ROOT
 from pipelines.sources.schema import SQL_SYSTEMS
-from tests.conftest import TEST_AS_OF
+from tests.conftest import TEST_AS_OF, identity_rules
 from tests.test_transfers import MOROCCO, World
 
 POLICIES = PROJECT_ROOT / "policies"
@@ -129,7 +128,7 @@ def test_a_quote_in_a_legal_hold_value_is_a_literal_and_holds_the_person_through
     engines = {"members": engine, "prospects": sa.create_engine(f"sqlite:///{sandbox.sources / 'prospects.db'}")}
     with duckdb.connect(str(sandbox.warehouse)) as con:
         ingest_all(con, engines, sandbox.sources / "navigation", policy)
-        resolve_identities(con)
+        resolve_identities(con, identity_rules())
         outcome = process_rights(
             con, policy, members=engines["members"], prospects=engines["prospects"],
             navigation_dir=sandbox.sources / "navigation", exports_dir=tmp_path / "exports",

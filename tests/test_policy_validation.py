@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipelines.orchestration.settings import PROJECT_ROOT
 from pipelines.policy.load import load_policy, source_columns
 from pipelines.policy.loader import PolicyError
 from pipelines.policy.register import render_register
-from pipelines.settings import PROJECT_ROOT
 
 POLICIES = PROJECT_ROOT / "policies"
 

@@ -19,17 +19,25 @@ import pytest
 import sqlalchemy as sa
 
 from pipelines.bench.pushback import erasure_targets, seed_members, seed_prospects
+from pipelines.orchestration.settings import PROJECT_ROOT
+from pipelines.policy.load import load_policy
 from pipelines.pushback import apply_decisions, make_targets
 from pipelines.pushback.navigation import MANIFEST_NAME
-from pipelines.pushback.notices import read_notices
+from pipelines.pushback.notices import notice_rules, read_notices
 from pipelines.sources.schema import NAVIGATION_EVENT_SCHEMA, member_metadata, prospect_metadata
 
 NOW = dt.datetime(2026, 11, 1, 12, 0, 0)
 PEOPLE = 40
 
 
+RULES = notice_rules(load_policy(PROJECT_ROOT / "policies"))
+
+
 def plain_token(value: str) -> str:
     return "t-" + value
+
+
+NOTICES = {"notice_rules": RULES, "tokenise": plain_token}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -72,7 +80,7 @@ def test_erasure_removes_the_people_everywhere_and_nobody_else(sources, tmp_path
     members, _ = sources
     before = count(members, "SELECT count(*) FROM contracts")
     report = apply_decisions(erasure_targets([3, 7, 10]), members=members, outbox_dir=tmp_path,
-                             tokenise=plain_token, now=NOW)
+                             tokenise=plain_token, now=NOW, notice_rules=RULES)
     assert report.ok and sorted(report.confirmed) == ["erase:10", "erase:3", "erase:7"]
     for table in ("members", "contracts", "reimbursements", "interactions", "accounting_entries"):
         assert count(members, f"SELECT count(*) FROM {table} WHERE member_id IN (3, 7, 10)") == 0
@@ -92,10 +100,10 @@ def test_second_run_changes_nothing_and_applies_nothing_twice(sources, tmp_path)
          "payload": {"channel": "email", "source_request_id": "9"}},
     ])])
     first = apply_decisions(targets, members=members, prospects=prospects, outbox_dir=tmp_path,
-                            tokenise=plain_token, now=NOW)
+                            tokenise=plain_token, now=NOW, notice_rules=RULES)
     state = (dump(members, member_metadata), dump(prospects, prospect_metadata))
     second = apply_decisions(targets, members=members, prospects=prospects, outbox_dir=tmp_path,
-                             tokenise=plain_token, now=NOW + dt.timedelta(days=1))
+                             tokenise=plain_token, now=NOW + dt.timedelta(days=1), notice_rules=RULES)
     assert first.skipped == [] and sorted(second.skipped) == sorted(first.confirmed)
     assert second.applied == {"members": [], "prospects": []} and second.ok
     assert (dump(members, member_metadata), dump(prospects, prospect_metadata)) == state
@@ -117,9 +125,9 @@ def test_restrict_lift_anonymise_rectify_and_suppress_end_states(sources, tmp_pa
         target("s11", "cd" * 32, "suppress", {"channel": "phone", "objected_at": "2026-10-30 09:00:00"},
                system="prospects", table="suppression_list", column="contact_hash"),
         target("s11", "11", "erase", system="prospects", table="campaign_selections", column="prospect_id"),
-    ]), members=members, prospects=prospects, outbox_dir=tmp_path, tokenise=plain_token, now=NOW)
+    ]), members=members, prospects=prospects, outbox_dir=tmp_path, tokenise=plain_token, now=NOW, notice_rules=RULES)
     lifted = apply_decisions(make_targets([target("l6", "6", "lift_restriction")]), members=members,
-                             outbox_dir=tmp_path, tokenise=plain_token, now=NOW)
+                             outbox_dir=tmp_path, tokenise=plain_token, now=NOW, notice_rules=RULES)
     assert lifted.confirmed == ["l6"]
     with members.connect() as con:
         rows = {r.member_id: r for r in con.execute(sa.text(
@@ -137,10 +145,10 @@ def test_restrict_lift_anonymise_rectify_and_suppress_end_states(sources, tmp_pa
 
 def test_confirmation_reports_a_decision_whose_effect_is_not_in_the_source(sources, tmp_path):
     members, _ = sources
-    apply_decisions(erasure_targets([12]), members=members, outbox_dir=tmp_path, tokenise=plain_token)
+    apply_decisions(erasure_targets([12]), members=members, outbox_dir=tmp_path, **NOTICES)
     with members.begin() as con:  # e.g. a legacy import brings the person back
         con.execute(sa.text("INSERT INTO members (member_id, email) VALUES (12, 'back@example.org')"))
-    report = apply_decisions(erasure_targets([12]), members=members, outbox_dir=tmp_path, tokenise=plain_token)
+    report = apply_decisions(erasure_targets([12]), members=members, outbox_dir=tmp_path, **NOTICES)
     assert report.skipped == ["erase:12"]
     assert list(report.failed) == ["erase:12"] and "members" in report.failed["erase:12"]
 
@@ -150,7 +158,7 @@ def test_recipients_get_one_art19_notice_without_identifiers(sources, tmp_path):
     # seed: interactions of members 7, 14, ... are handled in Morocco; reimbursements of 10, 20, ... in Monaco
     for _ in range(2):
         apply_decisions(erasure_targets([7, 10, 11]), members=members, outbox_dir=tmp_path,
-                        tokenise=plain_token)
+                        tokenise=plain_token, notice_rules=RULES)
     notices = read_notices(tmp_path)
     # policies/recipients.yaml: the mailing processor receives every member's contact details
     assert sorted((n["recipient"], n["decision_id"]) for n in notices) == [
@@ -166,9 +174,9 @@ def test_unknown_action_or_column_is_refused_before_touching_the_source(sources,
     bad = [{"decision_id": "x", "system": "members", "table_name": "members", "key_column": "member_id",
             "key_value": "1", "action": "anonymise", "payload": ["no_such_column"]}]
     with pytest.raises(ValueError, match="no_such_column"):
-        apply_decisions(make_targets(bad), members=members, outbox_dir=tmp_path)
+        apply_decisions(make_targets(bad), members=members, outbox_dir=tmp_path, **NOTICES)
     with pytest.raises(ValueError, match="unknown action"):
-        apply_decisions(make_targets([{**bad[0], "action": "shred"}]), members=members, outbox_dir=tmp_path)
+        apply_decisions(make_targets([{**bad[0], "action": "shred"}]), members=members, outbox_dir=tmp_path, **NOTICES)
     assert dump(members, member_metadata) == state
 
 
@@ -207,7 +215,7 @@ def navigation_targets() -> pa.Table:
 def test_navigation_files_are_rewritten_and_recorded_once(tmp_path):
     root = tmp_path / "navigation"
     write_navigation(root)
-    report = apply_decisions(navigation_targets(), navigation_dir=root, outbox_dir=tmp_path, tokenise=plain_token)
+    report = apply_decisions(navigation_targets(), navigation_dir=root, outbox_dir=tmp_path, **NOTICES)
     events = read_events(root).to_pylist()
     assert report.ok and report.rows_affected["navigation"] == 3 * 4 + 3 * 4
     assert not [e for e in events if e["visitor_id"] == "v1"]
@@ -217,7 +225,7 @@ def test_navigation_files_are_rewritten_and_recorded_once(tmp_path):
     assert read_events(root).schema == NAVIGATION_EVENT_SCHEMA
     assert not list(root.rglob("*.tmp"))
     mtimes = {f: f.stat().st_mtime_ns for f in root.rglob("*.parquet")}
-    again = apply_decisions(navigation_targets(), navigation_dir=root, outbox_dir=tmp_path, tokenise=plain_token)
+    again = apply_decisions(navigation_targets(), navigation_dir=root, outbox_dir=tmp_path, **NOTICES)
     assert again.applied == {"navigation": []} and again.ok
     assert {f: f.stat().st_mtime_ns for f in root.rglob("*.parquet")} == mtimes
     # policies/recipients.yaml: the audience processor is told of erasures of the visitors it received, and of
@@ -230,7 +238,7 @@ def test_navigation_files_are_rewritten_and_recorded_once(tmp_path):
 
 CRASH_BATCH = 300
 RUNNER = """
-import datetime as dt, sys
+import datetime as dt, sys, time
 from pathlib import Path
 import pyarrow as pa
 import sqlalchemy as sa
@@ -238,7 +246,16 @@ from pipelines.bench.pushback import erasure_targets
 from pipelines.policy.models import Condition
 from pipelines.pushback import NoticeRule, apply_decisions, make_targets
 members_url, nav_dir, outbox = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
-n = int(sys.argv[4])
+n, pause_at, marker = int(sys.argv[4]), sys.argv[5], Path(sys.argv[6])
+
+
+def pause(name):  # the crash point hook: signal the test, then wait there, inside the transaction, to be killed
+    if name == pause_at:
+        marker.touch()
+        while True:
+            time.sleep(60)
+
+
 restrict = make_targets([{"decision_id": f"restrict:{m}", "system": "members", "table_name": "members",
                           "key_column": "member_id", "key_value": str(m), "action": "restrict"}
                          for m in range(n + 1, n + 21)])
@@ -249,20 +266,17 @@ morocco = NoticeRule("morocco_complaints_provider", "members", "member_id", "int
                      (Condition(column="handled_by", value="morocco_complaints_provider"),))
 report = apply_decisions(targets, members=sa.create_engine(members_url), navigation_dir=nav_dir,
                          outbox_dir=outbox, tokenise=lambda v: "t-" + v, notice_rules=[morocco],
-                         now=dt.datetime(2026, 11, 1, 12))
+                         now=dt.datetime(2026, 11, 1, 12), checkpoint=pause)
 assert report.ok, report.failed
 print(len(report.confirmed))
 """
 
 
 def run_pushback(members_url: str, root: Path, pause_at: str | None = None) -> subprocess.Popen:
-    env = {**os.environ, "SEM_PUSHBACK_PAUSE_MARKER": str(root / "paused")}
-    env.pop("SEM_PUSHBACK_PAUSE_AT", None)
-    if pause_at:
-        env["SEM_PUSHBACK_PAUSE_AT"] = pause_at
     return subprocess.Popen(
         [sys.executable, "-c", RUNNER, members_url, str(root / "navigation"), str(root / "outbox"),
-         str(CRASH_BATCH)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         str(CRASH_BATCH), pause_at or "", str(root / "paused")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
 
 
 def finish(process: subprocess.Popen) -> None:

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from assets.quality_checks import analytics_checks, ledger_check, raw_table_checks
 from pipelines.ingest import duckdb_type
+from pipelines.orchestration.resources import AnalyticsFileResource, SqlSourceResource, WarehouseResource
 from pipelines.quality.checks import (
     MissingCatalogueError,
     check_analytics_identifiers,
@@ -21,7 +22,6 @@ from pipelines.quality.checks import (
     raw_table_specs,
 )
 from pipelines.quality.masking import mask_value
-from pipelines.resources import AnalyticsFileResource, SqlSourceResource, WarehouseResource
 from pipelines.sources.schema import member_metadata, members
 
 PLANTED_EMAIL = "jeanne.martin@example.fr"

@@ -8,6 +8,7 @@ import json
 import duckdb
 import pandas as pd
 
+from pipelines.orchestration.settings import PROJECT_ROOT
 from pipelines.pseudo.checks import release_problems
 from pipelines.pseudo.kanon import anonymise
 from pipelines.pseudo.policy import ReportPolicy, TablePolicy, load_pseudonymisation_policy
@@ -65,7 +66,7 @@ def test_report_gives_risks_kept_values_and_query_errors_as_numbers() -> None:
 
 
 def test_release_check_names_each_figure_beyond_its_threshold() -> None:
-    policy = load_pseudonymisation_policy()
+    policy = load_pseudonymisation_policy(PROJECT_ROOT / "policies" / "pseudonymisation.yaml")
     fine = {"suppression_ratio": 0.01, "prosecutor_max": 0.2, "queries": {"q": {"mean_relative_error": 0.1}}}
     reports = dict.fromkeys(policy.tables, fine) | {
         "members_pseudo": fine | {"suppression_ratio": 0.06},

@@ -21,13 +21,14 @@ import sqlalchemy as sa
 from dateutil.relativedelta import relativedelta
 
 from pipelines.identity import resolve_identities
+from pipelines.orchestration.settings import PROJECT_ROOT
 from pipelines.policy.load import load_policy
 from pipelines.policy.models import Policy, duration_parts
 from pipelines.refresh import ingest_all
 from pipelines.retention.apply import apply_retention
 from pipelines.retention.ledger import build_ledger
-from pipelines.settings import PROJECT_ROOT
 from pipelines.sources.schema import COOKIE_CONSENT_SCHEMA, NAVIGATION_EVENT_SCHEMA, SQL_SYSTEMS
+from tests.conftest import core_context, identity_rules
 
 POLICY = load_policy(PROJECT_ROOT / "policies")
 DAY = dt.date(2026, 12, 31)  # a year end, so the accounting clock (31 December) can end on it too
@@ -165,11 +166,10 @@ class World:
     def nightly(self, as_of: dt.date) -> None:
         with duckdb.connect(str(self.warehouse)) as con:
             ingest_all(con, self.engines, self.navigation, POLICY)
-            resolve_identities(con)
+            resolve_identities(con, identity_rules())
             build_ledger(con, POLICY, as_of)
-            outcome = apply_retention(con, POLICY, as_of, members=self.engines["members"],
-                                      prospects=self.engines["prospects"], navigation_dir=self.navigation,
-                                      outbox_dir=self.root / "outbox")
+            outcome = apply_retention(con, core_context(self.root, POLICY, self.navigation), as_of,
+                                      members=self.engines["members"], prospects=self.engines["prospects"])
         assert not outcome.decisions_failed
 
     def in_source(self, p: Planted) -> bool:

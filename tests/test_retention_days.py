@@ -13,10 +13,10 @@ import duckdb
 import pytest
 from dateutil.relativedelta import relativedelta
 
+from pipelines.orchestration.settings import PROJECT_ROOT
 from pipelines.policy.load import load_policy, source_columns
 from pipelines.policy.models import Policy, duration_parts
 from pipelines.retention.ledger import compute
-from pipelines.settings import PROJECT_ROOT
 
 POLICY = load_policy(PROJECT_ROOT / "policies")
 EVENT = dt.datetime(2023, 3, 15, 10, 30)  # mid-day: the time of the event must not move the boundary

@@ -20,25 +20,27 @@ import sqlalchemy as sa
 from assets.compliance_register import policy_change_preview, processing_register
 from assets.retention import no_clock_from_fallback, nothing_past_retention, retention_applied, retention_ledger
 from pipelines.identity import resolve_identities
-from pipelines.policy.load import load_policy
-from pipelines.policy.models import Policy
-from pipelines.policy.preview import preview
-from pipelines.policy.resource import PoliciesResource
-from pipelines.refresh import ingest_all
-from pipelines.resources import (
+from pipelines.orchestration.resources import (
     ComplianceStoreResource,
     NavigationSourceResource,
+    PoliciesResource,
+    PseudonymisationKeyResource,
     SqlSourceResource,
     WarehouseResource,
 )
+from pipelines.orchestration.settings import PROJECT_ROOT
+from pipelines.policy.load import load_policy
+from pipelines.policy.models import Policy
+from pipelines.policy.preview import preview
+from pipelines.refresh import ingest_all
 from pipelines.retention.apply import apply_retention
 from pipelines.retention.ledger import build_ledger, fallback_clocks
-from pipelines.settings import PROJECT_ROOT
 from pipelines.sources.schema import (
     COOKIE_CONSENT_SCHEMA,
     NAVIGATION_EVENT_SCHEMA,
     SQL_SYSTEMS,
 )
+from tests.conftest import core_context, identity_rules
 
 AS_OF = dt.date(2026, 11, 1)
 ENDED, LITIGANT, ACTIVE, RESTRICTED, LEFT_RECENTLY = 1, 2, 3, 4, 5
@@ -65,7 +67,7 @@ class World:
     def ingest(self) -> None:
         with duckdb.connect(str(self.warehouse)) as con:
             ingest_all(con, self.engines, self.navigation, load_policy(PROJECT_ROOT / "policies"))
-            resolve_identities(con)
+            resolve_identities(con, identity_rules())
 
     def events(self, *rows: dict[str, object]) -> None:
         """Add page views, one Parquet file per event (day folders as the website writes them)."""
@@ -84,9 +86,8 @@ class World:
         self.ingest()
         with duckdb.connect(str(self.warehouse)) as con:
             build_ledger(con, policy, AS_OF)
-            outcome = apply_retention(con, policy, AS_OF, members=self.engines["members"],
-                                      prospects=self.engines["prospects"], navigation_dir=self.navigation,
-                                      outbox_dir=self.root / "outbox")
+            outcome = apply_retention(con, core_context(self.root, policy, self.navigation), AS_OF,
+                                      members=self.engines["members"], prospects=self.engines["prospects"])
         assert not outcome.decisions_failed
 
     def query(self, sql: str) -> list[tuple]:
@@ -295,6 +296,7 @@ def test_assets_materialise_with_ui_counts_and_reports(world: World, tmp_path: P
         "prospect_source": SqlSourceResource(system="prospects", url=f"sqlite:///{world.root / 'prospects.db'}"),
         "navigation": NavigationSourceResource(path=str(world.navigation)),
         "compliance": ComplianceStoreResource(data_dir=str(tmp_path / "compliance")),
+        "pseudonymisation_key": PseudonymisationKeyResource(),
     }
     result = dg.materialize(
         [retention_ledger, retention_applied, nothing_past_retention, no_clock_from_fallback, processing_register,
@@ -449,9 +451,8 @@ def test_closed_case_without_decision_date_is_timed_from_the_night_it_is_first_s
     world.ingest()
     with duckdb.connect(str(world.warehouse)) as con:
         build_ledger(con, policy, AS_OF + dt.timedelta(days=1))
-        apply_retention(con, policy, AS_OF + dt.timedelta(days=1), members=world.engines["members"],
-                        prospects=world.engines["prospects"], navigation_dir=world.navigation,
-                        outbox_dir=world.root / "outbox")
+        apply_retention(con, core_context(world.root, policy, world.navigation), AS_OF + dt.timedelta(days=1),
+                        members=world.engines["members"], prospects=world.engines["prospects"])
     assert world.query("SELECT clock_start::DATE, archive_until, status FROM retention.ledger "
                        f"WHERE dataset = 'litigation_cases' AND subject_id = '{ENDED}'") == [
         (AS_OF, dt.date(2028, 11, 1), "archived")]

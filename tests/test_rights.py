@@ -15,8 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from pipelines.audit import AuditLog, audit_token_key, verify
+from pipelines.audit import AuditLog, verify
 from pipelines.identity import resolve_identities
+from pipelines.orchestration.settings import audit_token_key
 from pipelines.policy.load import load_policy
 from pipelines.pushback.notices import read_notices
 from pipelines.refresh import ingest_all
@@ -24,7 +25,7 @@ from pipelines.rights.process import RightsOutcome, deadline_summary, process_ri
 from pipelines.sources.schema import (
     SQL_SYSTEMS,
 )
-from tests.conftest import TEST_AS_OF
+from tests.conftest import TEST_AS_OF, identity_rules
 
 NOW = dt.datetime.combine(TEST_AS_OF, dt.time(12))
 
@@ -50,7 +51,7 @@ class World:
     def ingest(self) -> None:
         with duckdb.connect(str(self.warehouse)) as con:
             ingest_all(con, self.engines, self.navigation, load_policy(Path("policies")))
-            resolve_identities(con)
+            resolve_identities(con, identity_rules())
 
     def process(self) -> RightsOutcome:
         with duckdb.connect(str(self.warehouse)) as con:

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 import sqlalchemy as sa
 
-from pipelines.resources import SqlSourceResource
+from pipelines.orchestration.resources import SqlSourceResource
 from pipelines.sources.schema import member_metadata, rights_requests
 from sensors.rights_sensor import rights_request_sensor
 

@@ -2,20 +2,18 @@
 
 import datetime as dt
 import json
-from zoneinfo import ZoneInfo
 
 import dagster as dg
 import pytest
 from dagster._utils.schedules import cron_string_iterator
 
 from assets.quality_checks import ledger_check
-from assets.retention import AS_OF_TAG, LEDGER_KEY
-from pipelines.partitions import NAVIGATION_DAYS
-from pipelines.resources import ComplianceStoreResource, WarehouseResource
+from assets.retention import LEDGER_KEY
+from pipelines.orchestration.partitions import NAVIGATION_DAYS
+from pipelines.orchestration.resources import ComplianceStoreResource, WarehouseResource
+from pipelines.orchestration.runs import AS_OF_TAG, PARIS
 from sensors.run_failure import ALERTS_FILE, run_failure_alert_sensor
 from sensors.schedules import NIGHTLY_JOB, nightly_schedule
-
-PARIS = ZoneInfo("Europe/Paris")
 
 
 def _repository() -> dg.RepositoryDefinition:

@@ -6,8 +6,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from pipelines import settings
-from pipelines.policy.resource import PoliciesResource
+from pipelines.orchestration import settings
+from pipelines.orchestration.resources import PoliciesResource
 from sensors.policy_change import POLICY_HASH_TAG, PREVIEW_KEY, PROPOSED_SUBDIR, policy_change_sensor
 
 

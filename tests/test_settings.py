@@ -5,7 +5,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipelines.resources import WarehouseResource
+from pipelines.orchestration.resources import WarehouseResource
 
 
 def _memory_limit(warehouse: WarehouseResource) -> str:

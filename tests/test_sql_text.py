@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from pipelines import sqltext
-from pipelines.settings import PROJECT_ROOT
+from pipelines.orchestration.settings import PROJECT_ROOT
 
 TRICKY = ["", "it's", "''", "a'; DROP TABLE t; --", 'say "hi"', "back\\slash", "new\nline", "nul\x00byte",
           "unicode é ☃ 𝄞", "$1", "?", "%s", "{}", "E'x'"]

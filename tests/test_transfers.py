@@ -15,14 +15,17 @@ import pytest
 import yaml
 
 from assets.transfers import TRANSFER_RECIPIENTS, transfer_assets
-from pipelines import settings
 from pipelines.audit import AuditLog, subject_token, verify
 from pipelines.ingest import duckdb_type
+from pipelines.orchestration import settings
+from pipelines.orchestration.resources import (
+    ComplianceStoreResource,
+    PoliciesResource,
+    PseudonymisationKeyResource,
+    WarehouseResource,
+)
 from pipelines.policy.load import load_policy
-from pipelines.policy.resource import PoliciesResource
-from pipelines.pseudo.keys import PseudonymisationKeyResource
 from pipelines.pushback.notices import read_notices
-from pipelines.resources import ComplianceStoreResource, WarehouseResource
 from pipelines.sources.schema import SQL_SYSTEMS
 from pipelines.transfers import (
     DELETIONS,

@@ -21,10 +21,10 @@ def bench_generator_and_ingest(members: int, workdir: Path) -> dict:
     from pipelines.demo.generate import generate
     from pipelines.duck import connect_warehouse
     from pipelines.identity import resolve_identities
+    from pipelines.orchestration.resources import SqlSourceResource
+    from pipelines.orchestration.settings import PROJECT_ROOT
     from pipelines.policy.load import load_policy
     from pipelines.refresh import ingest_all
-    from pipelines.resources import SqlSourceResource
-    from pipelines.settings import PROJECT_ROOT
     from pipelines.sources.schema import SQL_SYSTEMS
 
     sources = workdir / "sources"
@@ -41,7 +41,10 @@ def bench_generator_and_ingest(members: int, workdir: Path) -> dict:
         ingest_all(con, engines, sources / "navigation", load_policy(PROJECT_ROOT / "policies"))
         ingested = time.perf_counter() - started
         started = time.perf_counter()
-        identity = resolve_identities(con)
+        from pipelines.orchestration import settings
+        from pipelines.policy.load import load_policy
+
+        identity = resolve_identities(con, load_policy(settings.policies_dir()).datasets_file.identity)
         resolved = time.perf_counter() - started
     return {
         "members": members,

@@ -129,7 +129,7 @@ def bench_pushback(pg_url: str, n_people: int = 10_000) -> dict:
     try:
         _reset(engine, 2 * n_people)
         started = time.perf_counter()
-        report = apply_decisions(targets, members=engine, notice_rules=())
+        report = apply_decisions(targets, members=engine, notice_rules=(), tokenise=str)
         set_based = time.perf_counter() - started
         _reset(engine, 2 * n_people)
         started = time.perf_counter()

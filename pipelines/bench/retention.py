@@ -11,12 +11,13 @@ import datetime as dt
 import time
 from pathlib import Path
 
-from pipelines import settings
 from pipelines.audit import AuditLog
+from pipelines.context import CoreContext, Paths
 from pipelines.duck import connect_warehouse
+from pipelines.orchestration import settings
+from pipelines.orchestration.resources import SqlSourceResource
 from pipelines.policy.load import load_policy
 from pipelines.refresh import refresh_from_sources
-from pipelines.resources import SqlSourceResource
 from pipelines.retention.apply import apply_retention
 from pipelines.retention.ledger import build_ledger
 
@@ -34,11 +35,11 @@ def bench_retention(workdir: Path, as_of: dt.date) -> dict:
         ledgered = time.perf_counter() - started
         ledger_rows = con.execute("SELECT count(*) FROM retention.ledger").fetchall()[0][0]
         started = time.perf_counter()
-        outcome = apply_retention(
-            con, policy, as_of, members=engines["members"], prospects=engines["prospects"],
-            navigation_dir=sources / "navigation", outbox_dir=workdir / "outbox",
-            audit=AuditLog(workdir / "audit" / "audit.jsonl", actor="bench"),
-        )
+        ctx = CoreContext(policy=policy, keys=settings.key_provider(),
+                          audit=AuditLog(workdir / "audit" / "audit.jsonl", actor="bench"),
+                          paths=Paths(navigation=sources / "navigation", outbox=workdir / "outbox",
+                                      exports=workdir / "exports"))
+        outcome = apply_retention(con, ctx, as_of, members=engines["members"], prospects=engines["prospects"])
         applied = time.perf_counter() - started
         started = time.perf_counter()
         reread = refresh_from_sources(con, outcome.touched, engines=engines, navigation_dir=sources / "navigation",

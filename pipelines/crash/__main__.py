@@ -13,8 +13,8 @@ import sys
 import threading
 from pathlib import Path
 
-from pipelines import settings
 from pipelines.crash.sweep import Outcome, kill_points, run_baseline, sweep, table
+from pipelines.orchestration import settings
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines import settings
+from pipelines.orchestration import settings
 
 DAGSTER = Path(sys.executable).with_name("dagster")
 # The crash test's own pseudonymisation key (tokens only need to be the same across its runs).
@@ -59,8 +59,8 @@ class World:
 
     def launch(self) -> Launch:
         """`dagster job execute` of nightly_job with the schedule's tags and config (the project's executor)."""
-        from assets.retention import AS_OF_TAG
-        from pipelines.partitions import nightly_partition
+        from pipelines.orchestration.partitions import nightly_partition
+        from pipelines.orchestration.runs import AS_OF_TAG
 
         self.runs += 1
         log = self.root / f"run-{self.runs}.log"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from pipelines import settings
 from pipelines.demo.summary import print_run, print_summary
+from pipelines.orchestration import settings
 
 
 def _parse_date(value: str) -> dt.date:
@@ -39,9 +39,9 @@ def run_nightly(as_of: dt.date) -> dg.ExecuteInProcessResult:
     As the schedule does: the run's partition is the navigation day before `as_of` (none when that day is
     not over yet); every other new or rewritten day file is caught up by the same run.
     """
-    from assets.retention import AS_OF_TAG
     from pipelines.definitions import defs
-    from pipelines.partitions import nightly_partition
+    from pipelines.orchestration.partitions import nightly_partition
+    from pipelines.orchestration.runs import AS_OF_TAG
     from sensors.schedules import as_of_run_config
 
     job = defs.resolve_job_def("nightly_job")

@@ -89,7 +89,8 @@ def main(argv: list[str]) -> None:
     out = Path(argv[1] if len(argv) > 1 else "docs/analysts-release.png")
     reports, days, last = _read(analytics)
     plot(reports, days, last, out)
-    print(markdown(reports, days, last, load_pseudonymisation_policy().report.small_class))
+    small_class = load_pseudonymisation_policy(Path("policies/pseudonymisation.yaml")).report.small_class
+    print(markdown(reports, days, last, small_class))
     print(f"\nplot: {out}")
 
 

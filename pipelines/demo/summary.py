@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from pipelines import settings
+from pipelines.orchestration import settings
 from pipelines.sqltext import qualified
 
 

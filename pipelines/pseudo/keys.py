@@ -1,8 +1,8 @@
-"""Master pseudonymisation key and per-domain keys (SPEC §6), plus the Dagster resource that serves them.
+"""Master pseudonymisation key and per-domain keys (SPEC §6), served by a `KeyProvider`.
 
-The master key comes from `SEM_PSEUDONYMISATION_KEY` (hex) or from the key file
-(`SEM_PSEUDONYMISATION_KEY_FILE`, default `.secrets/pseudonymisation.key`), which must not be readable by
-group or others. Domain keys are derived, never stored:
+The master key is given as hex (where it is read from, the environment or a key file that must not be
+readable by group or others, is the orchestration's: pipelines.orchestration.settings). Domain keys are
+derived, never stored:
     domain key = HKDF-SHA256(master, salt = empty, info = "sem-privacy/<domain>/v<version>", length 32).
 Error messages name where the key was looked for, never the key itself.
 """
@@ -12,16 +12,12 @@ from __future__ import annotations
 import os
 import secrets
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
-import dagster as dg
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from pipelines import settings
-
-KEY_ENV = "SEM_PSEUDONYMISATION_KEY"
-VERSION_ENV = "SEM_PSEUDONYMISATION_KEY_VERSION"
 # 128 bits is the floor for an HMAC key; the demo key is 256 bits.
 MIN_KEY_BYTES = 16
 DEMO_KEY_BYTES = 32
@@ -57,8 +53,7 @@ def read_key_file(path: Path) -> bytes:
         mode = path.stat().st_mode
     except FileNotFoundError:
         raise PseudonymisationKeyError(
-            f"no pseudonymisation key: {KEY_ENV} is not set and the key file {path} does not exist "
-            "(`make demo` creates a local one)"
+            f"no pseudonymisation key: the key file {path} does not exist (`make demo` creates a local one)"
         ) from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise PseudonymisationKeyError(
@@ -68,17 +63,8 @@ def read_key_file(path: Path) -> bytes:
     return parse_hex_key(path.read_text(encoding="ascii", errors="replace"), str(path))
 
 
-def load_master_key(key_file: Path | None = None) -> bytes:
-    """The master key: the environment variable wins, then the key file."""
-    from_env = os.environ.get(KEY_ENV)
-    if from_env:
-        return parse_hex_key(from_env, KEY_ENV)
-    return read_key_file(key_file or settings.key_file())
-
-
-def ensure_demo_key(path: Path | None = None) -> Path:
+def ensure_demo_key(path: Path) -> Path:
     """Create a random 256-bit key file with rights 0600 unless a valid one is already there."""
-    path = path or settings.key_file()
     if path.exists():
         read_key_file(path)
         return path
@@ -100,39 +86,22 @@ def derive_domain_key(master: bytes, domain: str, version: int) -> bytes:
     return SecretKey(hkdf.derive(master))
 
 
-def key_version_from_env(default: int = 1) -> int:
-    raw = os.environ.get(VERSION_ENV)
-    if not raw:
-        return default
-    try:
-        version = int(raw)
-    except ValueError:
-        raise PseudonymisationKeyError(f"{VERSION_ENV}={raw!r} is not an integer") from None
-    if version < 1:
-        raise PseudonymisationKeyError(f"{VERSION_ENV} must be at least 1")
-    return version
+@dataclass(frozen=True, repr=False)
+class KeyProvider:
+    """The master key and the key version: derives any domain's key on demand (HKDF, never stored)."""
 
+    master: bytes
+    version: int = 1
 
-class PseudonymisationKeyResource(dg.ConfigurableResource):
-    """Serves per-domain token keys. Its config holds a path and a version, never key material.
+    def __post_init__(self) -> None:
+        if self.version < 1:
+            raise PseudonymisationKeyError("the key version must be at least 1")
 
-    `key_file` defaults to SEM_PSEUDONYMISATION_KEY_FILE, then `.secrets/pseudonymisation.key`;
-    `version` defaults to SEM_PSEUDONYMISATION_KEY_VERSION, then 1. Raising the version rotates every
-    domain key (and so every token) without a new master key.
-    """
+    def __repr__(self) -> str:
+        return f"KeyProvider(<secret key>, version={self.version})"
 
-    key_file: str | None = None
-    version: int | None = None
-
-    @property
-    def key_version(self) -> int:
-        if self.version is not None:
-            if self.version < 1:
-                raise PseudonymisationKeyError("the key version must be at least 1")
-            return self.version
-        return key_version_from_env()
+    def domain_key(self, domain: str) -> bytes:
+        return derive_domain_key(self.master, domain, self.version)
 
     def domain_keys(self, domains: list[str]) -> dict[str, bytes]:
-        """Derive the keys of `domains` at the configured version (the master key is read once)."""
-        master = load_master_key(Path(self.key_file) if self.key_file else None)
-        return {domain: derive_domain_key(master, domain, self.key_version) for domain in domains}
+        return {domain: self.domain_key(domain) for domain in domains}

@@ -13,7 +13,6 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from pipelines import settings
 from pipelines.policy.loader import PolicyError, load_policy_file, locate
 from pipelines.pseudo.generalise import parse_level
 from pipelines.sources.schema import DIRECT_IDENTIFIERS
@@ -175,11 +174,10 @@ class PseudonymisationPolicy(_Strict):
         return self.max_suppression_ratio if own is None else own
 
 
-def load_pseudonymisation_policy(path: Path | None = None) -> PseudonymisationPolicy:
+def load_pseudonymisation_policy(path: Path) -> PseudonymisationPolicy:
     """Load and validate the policy (default: policies/pseudonymisation.yaml); PolicyError if it is wrong.
 
     The direct identifiers the source schema marks cannot be left out of `direct_identifiers`."""
-    path = path or settings.policies_dir() / POLICY_FILE
     policy = load_policy_file(path, PseudonymisationPolicy)
     for table, columns in DIRECT_IDENTIFIERS.items():
         missing = [c for c in columns if c not in policy.direct_identifiers.get(table, ())]

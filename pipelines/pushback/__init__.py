@@ -4,10 +4,11 @@ API
 ---
     apply_decisions(targets: pa.Table, *, members: sa.Engine | None = None, prospects: sa.Engine | None = None,
                     navigation_dir: Path | None = None, outbox_dir: Path | None = None,
-                    audit: AuditLog | None = None, tokenise: Callable[[str], str] | None = None,
-                    notice_rules: Sequence[NoticeRule] | None = None,
+                    audit: AuditLog | None = None, tokenise: Callable[[str], str],
+                    notice_rules: Sequence[NoticeRule],
                     table_order: Mapping[str, Sequence[str]] | None = None,
-                    now: datetime | None = None) -> PushbackReport
+                    now: datetime | None = None, checkpoint: Callable[[str], None] | None = None
+                    ) -> PushbackReport
 
 `targets` follows TARGET_SCHEMA (build one with `make_targets`), one row per (decision, source row key):
     decision_id  stable id chosen by the caller (e.g. "rights:42:erase"); the unit recorded as applied
@@ -27,19 +28,16 @@ skipped; one set-based statement per (table, action, column set), children befor
 (`table_order[system]`, e.g. from the policy's declared references, else inferred from key names);
 the applied decision ids recorded with their row counts. Navigation Parquet: affected files rewritten
 atomically, then the manifest. Then every source is re-read and each decision reported confirmed or
-failed. Art. 19 notices go to `<outbox_dir>/notices.jsonl` (see pipelines.pushback.notices); the rules
-default to those of the policy's recipients (policies/recipients.yaml).
+failed. Art. 19 notices go to `<outbox_dir>/notices.jsonl` (see pipelines.pushback.notices), by the rules
+the caller gives (`notice_rules(policy)`), subjects as tokens of the caller's `tokenise`.
 
-Fault injection for the crash test: with SEM_PUSHBACK_PAUSE_AT=<checkpoint> (staged, after:<table>,
-before_commit, navigation_file) the process touches SEM_PUSHBACK_PAUSE_MARKER and sleeps there, inside the
-open transaction, until it is killed.
+`checkpoint(name)` is called at each point a crash could land (staged, after:<table>, before_commit,
+navigation_file): the crash tests pass a hook that stops or breaks the process there; by default nothing.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,10 +48,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
-from pipelines import settings
-from pipelines.audit import AuditLog, audit_token_key, subject_token
+from pipelines.audit import AuditLog
 from pipelines.pushback.navigation import apply_to_navigation, unconfirmed_navigation
-from pipelines.pushback.notices import notice_rules as policy_notice_rules
 from pipelines.pushback.notices import write_notices
 from pipelines.pushback.sql import NoticeRule, apply_to_source, unconfirmed
 from pipelines.pushback.targets import TARGET_SCHEMA, dependency_order, make_targets, validate_targets
@@ -67,8 +63,6 @@ __all__ = [
     "make_targets",
 ]
 
-PAUSE_ENV = "SEM_PUSHBACK_PAUSE_AT"
-PAUSE_MARKER_ENV = "SEM_PUSHBACK_PAUSE_MARKER"
 NAVIGATION_SCHEMAS = {"navigation_events": NAVIGATION_EVENT_SCHEMA, "cookie_consents": COOKIE_CONSENT_SCHEMA}
 
 
@@ -88,12 +82,7 @@ class PushbackReport:
 
 
 def _checkpoint(name: str) -> None:
-    if os.environ.get(PAUSE_ENV) == name:
-        marker = os.environ.get(PAUSE_MARKER_ENV)
-        if marker:
-            Path(marker).touch()
-        while True:  # wait to be killed: the crash test needs the process to die at exactly this point
-            time.sleep(60)
+    """The default crash point hook: nothing happens there."""
 
 
 def _prepare(targets: pa.Table) -> pa.Table:
@@ -138,35 +127,24 @@ def apply_decisions(
     navigation_dir: Path | None = None,
     outbox_dir: Path | None = None,
     audit: AuditLog | None = None,
-    tokenise: Callable[[str], str] | None = None,
-    notice_rules: Sequence[NoticeRule] | None = None,
+    tokenise: Callable[[str], str],
+    notice_rules: Sequence[NoticeRule],
     table_order: Mapping[str, Sequence[str]] | None = None,
     now: dt.datetime | None = None,
+    checkpoint: Callable[[str], None] | None = None,
 ) -> PushbackReport:
     """Apply the decisions of `targets` to the sources, then re-read and confirm them (see module doc)."""
     prepared = _prepare(targets)
-    if notice_rules is None:
-        from pipelines.policy.load import load_policy  # only here: the policy loader imports fideslang (slow)
-
-        notice_rules = policy_notice_rules(load_policy(settings.policies_dir()))
+    checkpoint = checkpoint or _checkpoint
     now_text = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d %H:%M:%S")
     report = PushbackReport(batch_id=uuid.uuid4().hex)
     engines = {"members": members, "prospects": prospects}
     systems = sorted(set(pc.unique(prepared["system"]).to_pylist()))
-    key_cache: dict[str, bytes] = {}
-
-    def token(value: str) -> str:
-        if tokenise is not None:
-            return tokenise(value)
-        if "key" not in key_cache:
-            key_cache["key"] = audit_token_key()
-        return subject_token(value, key_cache["key"])
-
     def persist_notices(found: list[dict[str, str]]) -> None:
         if found and outbox_dir is None:
             raise ValueError("art. 19 notices are owed but no outbox_dir was given")
         if found:
-            report.notices += write_notices(outbox_dir, found, token)
+            report.notices += write_notices(outbox_dir, found, tokenise)
 
     unconfirmed_by: dict[str, set[str]] = {}
     for system in systems:
@@ -175,7 +153,7 @@ def apply_decisions(
             if navigation_dir is None:
                 raise ValueError("decision targets name the navigation logs but no navigation_dir was given")
             nav = apply_to_navigation(navigation_dir, part, now=now_text, notice_rules=notice_rules,
-                                      before_commit=persist_notices, checkpoint=_checkpoint)
+                                      before_commit=persist_notices, checkpoint=checkpoint)
             report.applied[system], report.rows_affected[system] = nav.newly_applied, nav.rows_affected
             unconfirmed_by[system] = unconfirmed_navigation(navigation_dir, part)
             continue
@@ -186,7 +164,7 @@ def apply_decisions(
         order = dependency_order(metadata, (table_order or {}).get(system))
         outcome = apply_to_source(engine, metadata, system, part, batch_id=report.batch_id, now=now_text,
                                   order=order, notice_rules=notice_rules, before_commit=persist_notices,
-                                  checkpoint=_checkpoint)
+                                  checkpoint=checkpoint)
         report.applied[system], report.rows_affected[system] = outcome.newly_applied, outcome.rows_affected
         unconfirmed_by[system] = unconfirmed(engine, metadata, part, uuid.uuid4().hex)
 

@@ -7,12 +7,8 @@ masked examples only (pipelines.quality.masking), so it can go into Dagster meta
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
-
-# GX reads the variable at import time; set before the import so no usage statistic ever leaves the machine.
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 import great_expectations as gx
 import pandas as pd

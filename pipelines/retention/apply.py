@@ -15,13 +15,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import sqlalchemy as sa
 
-from pipelines.audit import AuditLog
+from pipelines.context import CoreContext
 from pipelines.policy.models import Dataset, Policy
 from pipelines.pushback import TARGET_SCHEMA, apply_decisions
 from pipelines.refresh import touched_tables
@@ -221,14 +220,11 @@ class RetentionOutcome:
 
 def apply_retention(
     con: duckdb.DuckDBPyConnection,
-    policy: Policy,
+    ctx: CoreContext,
     as_of: dt.date,
     *,
     members: sa.Engine | None,
     prospects: sa.Engine | None,
-    navigation_dir: Path | None,
-    outbox_dir: Path | None,
-    audit: AuditLog | None = None,
 ) -> RetentionOutcome:
     """Record the push-back targets, carry the ledger out in the warehouse, then push the targets to the sources.
 
@@ -237,12 +233,14 @@ def apply_retention(
     (pipelines.retention.intent) until every source confirms them; the warehouse side is deterministic and
     simply re-applied.
     """
+    policy = ctx.policy
     owed = record_targets(con, decision_targets(con, policy, as_of))
     warehouse = apply_in_warehouse(con, policy)
     confirmed, failed, touched = 0, {}, set()
     if owed.num_rows:
-        report = apply_decisions(owed, members=members, prospects=prospects, navigation_dir=navigation_dir,
-                                 outbox_dir=outbox_dir, audit=audit, table_order=table_order(policy))
+        report = apply_decisions(owed, members=members, prospects=prospects, navigation_dir=ctx.paths.navigation,
+                                 outbox_dir=ctx.paths.outbox, audit=ctx.audit, tokenise=ctx.tokenise,
+                                 notice_rules=ctx.notice_rules, table_order=table_order(policy))
         forget_confirmed(con, report.confirmed)
         confirmed, failed = len(report.confirmed), dict(report.failed)
         touched = touched_tables(owed, report)

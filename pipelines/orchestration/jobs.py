@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dagster as dg
 
-from pipelines.dead_runs import clearing_multiprocess_executor
+from pipelines.orchestration.dead_runs import clearing_multiprocess_executor
+from pipelines.orchestration.runs import NIGHTLY_JOB, POLICY_PREVIEW_JOB, RIGHTS_JOB
 
 nightly_job = dg.define_asset_job(
-    name="nightly_job",
+    name=NIGHTLY_JOB,
     selection=dg.AssetSelection.all(),
     description="Everything, in dependency order: ingest, identity, retention, rights, pseudonymised "
     "analytics, compliance outputs. Scheduled every night (Europe/Paris).",
@@ -15,7 +16,7 @@ nightly_job = dg.define_asset_job(
 )
 
 rights_job = dg.define_asset_job(
-    name="rights_job",
+    name=RIGHTS_JOB,
     # Retention is left to the nightly run: a rights run re-reads the sources, decides, pushes back and
     # re-publishes what depends on the decisions, without waiting for a full retention pass.
     selection=(dg.AssetSelection.groups("sources", "identity", "rights")
@@ -26,7 +27,7 @@ rights_job = dg.define_asset_job(
 )
 
 policy_preview_job = dg.define_asset_job(
-    name="policy_preview_job",
+    name=POLICY_PREVIEW_JOB,
     selection=dg.AssetSelection.assets(dg.AssetKey(["compliance", "policy_change_preview"])),
     description="What a proposed policy version would archive or erase, per purpose and dataset — read-only. "
     "Started by the policy-change sensor when a file under policies/ changes.",
@@ -39,7 +40,7 @@ ALL_JOBS = [nightly_job, rights_job, policy_preview_job]
 # per step cost ~6 s of imports for each of the ~45 steps. One step at a time: nearly every step opens the
 # DuckDB warehouse, which one process at a time may hold, and a second step would only wait in the `warehouse`
 # pool, whose blocked claims back off up to 15 s each. The pool still keeps other runs' steps off the file.
-# Before any step claims a pool slot, the executor frees the slots of runs that died (pipelines/dead_runs.py).
+# Before any step claims a pool slot, the executor frees the slots of runs that died (orchestration/dead_runs.py).
 MULTIPROCESS_EXECUTOR = clearing_multiprocess_executor.configured(
     {"max_concurrent": 1, "start_method": {"forkserver": {"preload_modules": ["pipelines.definitions"]}}},
     name="forkserver_multiprocess",

@@ -27,7 +27,7 @@ from dagster._core.execution.retries import RetryMode
 from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus, RunsFilter
 
-from pipelines.worker_process import worker_alive
+from pipelines.orchestration.worker_process import worker_alive
 
 CLEARED_TAG = "sem/cleared-dead-runs"
 ALIVE = (WorkerStatus.RUNNING, WorkerStatus.SUCCESS)

@@ -1,7 +1,7 @@
 """Dagster resources: the warehouse, the analytics file, the three source systems and the compliance stores.
 
 Every field is optional: an unset field falls back to the environment variable, then to the default
-under the project root (pipelines.settings), so `dagster dev` works with no variable set.
+under the project root (pipelines.orchestration.settings), so `dagster dev` works with no variable set.
 """
 
 from __future__ import annotations
@@ -15,8 +15,13 @@ import duckdb
 import sqlalchemy as sa
 from pydantic import PrivateAttr
 
-from pipelines import settings
+from pipelines.audit import AuditLog, current_head
+from pipelines.context import CoreContext, Paths
 from pipelines.duck import connect_warehouse
+from pipelines.orchestration import settings
+from pipelines.policy.load import load_policy
+from pipelines.policy.models import Policy
+from pipelines.pseudo.keys import KeyProvider
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -32,7 +37,7 @@ class WarehouseResource(dg.ConfigurableResource):
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         path = self.resolved_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        con = connect_warehouse(path, read_only=read_only)
+        con = connect_warehouse(path, read_only=read_only, memory_limit=settings.duckdb_memory_limit())
         try:
             yield con
         finally:
@@ -113,17 +118,58 @@ class ComplianceStoreResource(dg.ConfigurableResource):
     def audit_head_metadata(self) -> dict[str, dg.MetadataValue]:
         """The audit log's head, published in run metadata so `audit verify --expect-head` can later prove
         that no entry written by this run was cut from the end of the log (a hash identifies no one)."""
-        from pipelines.audit import current_head
-
         head = current_head(self.audit_log_path)
         return {"audit_head_seq": dg.MetadataValue.int(head.seq), "audit_head_hash": dg.MetadataValue.text(head.hash)}
 
 
+class PoliciesResource(dg.ConfigurableResource):
+    """The policy folder (default SEM_POLICIES_DIR, then policies/); `load()` refuses a bad file clearly."""
+
+    path: str | None = None
+
+    @property
+    def resolved_path(self) -> Path:
+        return Path(self.path) if self.path else settings.policies_dir()
+
+    def load(self) -> Policy:
+        return load_policy(self.resolved_path)
+
+
+class PseudonymisationKeyResource(dg.ConfigurableResource):
+    """Serves the keys (a `KeyProvider`). Its config holds a path and a version, never key material.
+
+    `key_file` defaults to SEM_PSEUDONYMISATION_KEY_FILE, then `.secrets/pseudonymisation.key`;
+    `version` defaults to SEM_PSEUDONYMISATION_KEY_VERSION, then 1. Raising the version rotates every
+    domain key (and so every token) without a new master key.
+    """
+
+    key_file: str | None = None
+    version: int | None = None
+
+    def provider(self) -> KeyProvider:
+        return settings.key_provider(Path(self.key_file) if self.key_file else None, self.version)
+
+    @property
+    def key_version(self) -> int:
+        return self.provider().version
+
+    def domain_keys(self, domains: list[str]) -> dict[str, bytes]:
+        """Derive the keys of `domains` at the configured version (the master key is read once)."""
+        return self.provider().domain_keys(domains)
+
+
+def core_context(policies: PoliciesResource, keys: PseudonymisationKeyResource,
+                 compliance: ComplianceStoreResource, navigation: NavigationSourceResource,
+                 actor: str = "pipeline") -> CoreContext:
+    """The privacy core's explicit inputs, from the run's resources."""
+    return CoreContext(
+        policy=policies.load(), keys=keys.provider(), audit=AuditLog(compliance.audit_log_path, actor=actor),
+        paths=Paths(navigation=navigation.resolved_path, outbox=compliance.outbox_dir,
+                    exports=compliance.exports_dir))
+
+
 def default_resources() -> dict[str, dg.ConfigurableResource]:
     """Every resource with its paths/URLs unset: each resolves its env var, then the project default."""
-    from pipelines.policy.resource import PoliciesResource
-    from pipelines.pseudo.keys import PseudonymisationKeyResource
-
     return {
         "policies": PoliciesResource(),
         "pseudonymisation_key": PseudonymisationKeyResource(),

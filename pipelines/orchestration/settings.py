@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from pipelines.audit import AUDIT_DOMAIN
+from pipelines.pseudo.keys import KeyProvider, PseudonymisationKeyError, parse_hex_key, read_key_file
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env_path(var: str, default: Path) -> Path:
@@ -67,6 +70,42 @@ def audit_log_path() -> Path:
 
 def reports_dir() -> Path:
     return _env_path("SEM_REPORTS_DIR", data_dir() / "reports")
+
+
+KEY_ENV = "SEM_PSEUDONYMISATION_KEY"
+VERSION_ENV = "SEM_PSEUDONYMISATION_KEY_VERSION"
+
+
+def load_master_key(path: Path | None = None) -> bytes:
+    """The master key: SEM_PSEUDONYMISATION_KEY (hex) wins, then the key file (default `key_file()`)."""
+    from_env = os.environ.get(KEY_ENV)
+    if from_env:
+        return parse_hex_key(from_env, KEY_ENV)
+    return read_key_file(path or key_file())
+
+
+def key_version_from_env(default: int = 1) -> int:
+    """SEM_PSEUDONYMISATION_KEY_VERSION, else `default`."""
+    raw = os.environ.get(VERSION_ENV)
+    if not raw:
+        return default
+    try:
+        version = int(raw)
+    except ValueError:
+        raise PseudonymisationKeyError(f"{VERSION_ENV}={raw!r} is not an integer") from None
+    if version < 1:
+        raise PseudonymisationKeyError(f"{VERSION_ENV} must be at least 1")
+    return version
+
+
+def key_provider(path: Path | None = None, version: int | None = None) -> KeyProvider:
+    """The configured keys: master from the environment or the key file, version from the environment."""
+    return KeyProvider(load_master_key(path), version if version is not None else key_version_from_env())
+
+
+def audit_token_key() -> bytes:
+    """The audit domain key of the configured master key (subject tokens in the audit log)."""
+    return key_provider().domain_key(AUDIT_DOMAIN)
 
 
 def duckdb_memory_limit() -> str:
