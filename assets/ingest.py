@@ -112,7 +112,29 @@ def navigation_events(
         "days_outside_partitions": dg.MetadataValue.int(
             sum(day not in days and day not in partitions for day in counts)
         ),
+        # Unreadable or wrongly shaped day files are set aside (raw.quarantine_files), the other days go in.
+        "files_quarantined": dg.MetadataValue.json(result.quarantined_files),
     })
+
+
+@dg.asset_check(
+    asset=dg.AssetKey(["raw", "navigation_events"]),
+    name="navigation_files_readable",
+    description="Every navigation file could be read with the declared columns; a corrupt, truncated or wrongly "
+    "shaped file is listed with its reason (raw.quarantine_files) and read again once it changes.",
+)
+def navigation_files_readable(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    with warehouse.connect(read_only=True) as con:
+        bad = con.execute(
+            "SELECT path, reason FROM raw.quarantine_files ORDER BY path"
+            if con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'raw' "
+                           "AND table_name = 'quarantine_files'").fetchall()[0][0] else "SELECT NULL, NULL WHERE false"
+        ).fetchall()
+    return dg.AssetCheckResult(
+        passed=not bad, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"files_quarantined": dg.MetadataValue.int(len(bad)),
+                  "files": dg.MetadataValue.json({path: reason for path, reason in bad})},
+    )
 
 
 def _day_metadata(counts: DayCounts, how: str) -> dict[str, dg.MetadataValue]:

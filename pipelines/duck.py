@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +17,47 @@ def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = 
     return rows[0][0] if rows else None
 
 
-def connect_warehouse(path: Path, read_only: bool = False, memory_limit: str = "50%") -> duckdb.DuckDBPyConnection:
-    """Open the warehouse with DuckDB's memory capped at `memory_limit` (the resource passes SEM_DUCKDB_MEMORY_LIMIT).
+class WarehouseBusy(RuntimeError):
+    """Another process held the warehouse for longer than the run may wait."""
+
+
+_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>\S+) \(PID (?P<pid>\d+)\)")
+
+
+def holder_of(error: duckdb.Error) -> str:
+    """Who holds the lock, from DuckDB's message ("python3.11, PID 4242"), or "another process"."""
+    match = _HOLDER.search(str(error))
+    return f"{Path(match['program']).name}, PID {match['pid']}" if match else "another process"
+
+
+def connect_warehouse(
+    path: Path,
+    read_only: bool = False,
+    memory_limit: str = "50%",
+    *,
+    lock_timeout_s: float = 0.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse with DuckDB's memory capped at `memory_limit` (the resource passes
+    SEM_DUCKDB_MEMORY_LIMIT), waiting with back-off (1 s, doubling, at most 30 s) up to `lock_timeout_s` while
+    another process holds it; then `WarehouseBusy` says who holds it and what to do.
 
     DuckDB's own default (80 %) left too little beside the Arrow tables the same process builds: a 1 M-member
     retention pass was killed out of memory. Past its limit DuckDB spills to a temporary folder beside the file.
     """
-    return duckdb.connect(str(path), read_only=read_only, config={"memory_limit": memory_limit})
+    waited, delay = 0.0, 1.0
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only, config={"memory_limit": memory_limit})
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            if waited >= lock_timeout_s:
+                raise WarehouseBusy(
+                    f"{path} is held by {holder_of(exc)} (waited {waited:.0f} s of {lock_timeout_s:.0f} s). The "
+                    "warehouse is the pipeline's own file: close that program (an analyst reads "
+                    "data/analytics.duckdb instead), or raise SEM_WAREHOUSE_LOCK_TIMEOUT, then run again."
+                ) from exc
+            pause = min(delay, 30.0, lock_timeout_s - waited)
+            sleep(pause)
+            waited, delay = waited + pause, delay * 2

@@ -21,7 +21,7 @@ goes through its SQLAlchemy DB-API driver.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote as url_quote
 from urllib.parse import urlencode
@@ -31,6 +31,7 @@ import adbc_driver_postgresql.dbapi
 import adbc_driver_sqlite.dbapi
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from pipelines.duck import scalar
@@ -48,6 +49,9 @@ ALTER TABLE raw.quarantine ADD COLUMN IF NOT EXISTS fix_cleared_on DATE;
 ALTER TABLE raw.quarantine ADD COLUMN IF NOT EXISTS restricted BOOLEAN;
 CREATE TABLE IF NOT EXISTS raw.ingested_files (
     path VARCHAR PRIMARY KEY, size BIGINT, mtime_ns BIGINT, ingested_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS raw.quarantine_files (
+    path VARCHAR PRIMARY KEY, size BIGINT, mtime_ns BIGINT, reason VARCHAR, quarantined_at TIMESTAMP
 );
 """
 
@@ -91,6 +95,8 @@ class IngestResult:
     quarantined: int
     # Incremental loads: the files whose rows were (re)loaded or dropped by this call.
     replaced_files: tuple[str, ...] = ()
+    # Files set aside whole (unreadable or wrongly shaped): path -> reason, in raw.quarantine_files.
+    quarantined_files: dict[str, str] = field(default_factory=dict)
 
 
 def duckdb_type(column: sa.Column) -> str:
@@ -338,6 +344,21 @@ def ingest_sql_table(con: duckdb.DuckDBPyConnection, engine: sa.Engine, system: 
         con.unregister("_source_rows")
 
 
+def file_problem(path: str, columns: Collection[str]) -> str | None:
+    """Why a Parquet file cannot be read as the declared columns (corrupt, truncated, missing or extra column),
+    naming the file and the column; None when it can."""
+    try:
+        names = pq.read_schema(path).names
+    except (OSError, pa.ArrowException) as exc:
+        return f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})"
+    missing = [c for c in columns if c not in names]
+    extra = [c for c in names if c not in columns]
+    if missing or extra:
+        return "; ".join([*(f"{path}: missing column {c}" for c in missing),
+                          *(f"{path}: unexpected column {c}" for c in extra)])
+    return None
+
+
 def ingest_parquet(
     con: duckdb.DuckDBPyConnection,
     folder: Path,
@@ -365,6 +386,14 @@ def ingest_parquet(
     forced = set(reread)
     changed = [p for p, st in stats.items() if p in forced or seen.get(p) != (st.st_size, st.st_mtime_ns)]
     stale = sorted(set(changed) | (set(seen) - set(stats)))
+    # A bad file is set aside (its earlier rows go too: the file as it is now is what the source holds) and
+    # tried again every run until it reads; every other file still goes in.
+    bad = {p: problem for p in changed if (problem := file_problem(p, columns)) is not None}
+    changed = [p for p in changed if p not in bad]
+    con.execute("DELETE FROM raw.quarantine_files WHERE starts_with(path, ?)", [prefix])
+    if bad:
+        con.executemany("INSERT INTO raw.quarantine_files VALUES (?, ?, ?, ?, now())",
+                        [[p, stats[p].st_size, stats[p].st_mtime_ns, reason] for p, reason in bad.items()])
     text_cols = ", ".join(f"CAST({ident(c)} AS VARCHAR) AS {ident(c)}" for c in columns)
     source = (
         f"(SELECT {text_cols}, filename AS source_file FROM read_parquet({list_literal(changed)}, filename = true))"
@@ -390,7 +419,7 @@ def ingest_parquet(
             "SELECT path, size, mtime_ns, now() FROM _manifest"
         )
         con.unregister("_manifest")
-    return replace(result, replaced_files=tuple(stale))
+    return replace(result, replaced_files=tuple(stale), quarantined_files=bad)
 
 
 def navigation_columns(schema: pa.Schema) -> dict[str, str]:

@@ -25,9 +25,18 @@ from pipelines.pseudo.keys import KeyProvider
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """The pipeline's DuckDB warehouse (raw copies, ledger, restricted archive). Not for analysts."""
+    """The pipeline's DuckDB warehouse (raw copies, ledger, restricted archive). Not for analysts.
+
+    While another process holds the file, a step waits with back-off up to `lock_timeout_s` (default
+    SEM_WAREHOUSE_LOCK_TIMEOUT, then 300 s), then fails saying who holds it.
+    """
 
     path: str | None = None
+    lock_timeout_s: float | None = None
+
+    @property
+    def resolved_lock_timeout_s(self) -> float:
+        return self.lock_timeout_s if self.lock_timeout_s is not None else settings.warehouse_lock_timeout_s()
 
     @property
     def resolved_path(self) -> Path:
@@ -37,7 +46,8 @@ class WarehouseResource(dg.ConfigurableResource):
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         path = self.resolved_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        con = connect_warehouse(path, read_only=read_only, memory_limit=settings.duckdb_memory_limit())
+        con = connect_warehouse(path, read_only=read_only, memory_limit=settings.duckdb_memory_limit(),
+                                lock_timeout_s=self.resolved_lock_timeout_s)
         try:
             yield con
         finally:

@@ -108,6 +108,11 @@ def audit_token_key() -> bytes:
     return key_provider().domain_key(AUDIT_DOMAIN)
 
 
+def warehouse_lock_timeout_s() -> float:
+    """How long a run waits for a warehouse another process holds (SEM_WAREHOUSE_LOCK_TIMEOUT, seconds)."""
+    return float(os.environ.get("SEM_WAREHOUSE_LOCK_TIMEOUT") or 300)
+
+
 def duckdb_memory_limit() -> str:
     """DuckDB's memory cap for warehouse connections, as DuckDB reads it ('8GB', '50%')."""
     return os.environ.get("SEM_DUCKDB_MEMORY_LIMIT") or "50%"
