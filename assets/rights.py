@@ -61,7 +61,8 @@ def rights_requests(
         outcome = process_rights(
             con, policies.load(), members=member_source.engine(), prospects=prospect_source.engine(),
             navigation_dir=navigation.resolved_path, exports_dir=compliance.exports_dir,
-            outbox_dir=compliance.outbox_dir, audit=AuditLog(compliance.audit_log_path, actor="rights_job"),
+            outbox_dir=compliance.outbox_dir,
+            audit=AuditLog(compliance.audit_log_path, actor="rights_job", key=token_key),
             token_key=token_key, as_of=as_of_date(config.as_of, context.run.tags))
         decisions = dict(run_sql(con, "SELECT status, count(*) FROM rights.decisions GROUP BY 1 ORDER BY 1"))
         exclusions = dict(run_sql(con, "SELECT reason, count(*) FROM rights.exclusions GROUP BY 1 ORDER BY 1"))

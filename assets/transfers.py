@@ -58,7 +58,8 @@ def _transfer_asset(recipient: str, what: str) -> dg.AssetsDefinition:
         token_key = pseudonymisation_key.domain_keys([AUDIT_DOMAIN])[AUDIT_DOMAIN]
         with warehouse.connect() as con:
             report = build_transfer(
-                con, policies.load(), recipient, compliance.outbox_dir, as_of, AuditLog(compliance.audit_log_path),
+                con, policies.load(), recipient, compliance.outbox_dir, as_of,
+                AuditLog(compliance.audit_log_path, key=token_key),
                 tokenise=lambda value: subject_token(value, token_key),
             )
         if report.already_delivered:

@@ -20,6 +20,12 @@ bad entry, or what is wrong with the end of the log. A non-empty log without its
 --no-anchor is given (a copy made without it); the anchor is then not read at all, and removal of entries
 from the end goes unnoticed unless an expected head is given.
 
+Keyed chain: a log written with the audit key (`AuditLog(path, key=...)`) also carries in each entry `mac`,
+the HMAC-SHA256 under the audit domain key of the entry's `hash`. The hash chain shows any edit; the MAC shows
+who could have written it: someone who rewrites entries and recomputes every hash and the anchor still cannot
+produce the MACs without the key, so `verify(path, key=...)` (CLI: `--master-key-file`) names the first entry
+whose MAC is missing or wrong.
+
 Subjects appear only as keyed tokens: `subject_token("<kind>:<value>", key)` = lowercase hex
 HMAC-SHA256(audit domain key, "<kind>:<value>"), kind in member|prospect|visitor|email|phone|person and
 the value normalised as in pipelines.normalise; the audit domain key is HKDF of the master
@@ -67,7 +73,12 @@ def _canonical(entry: Mapping[str, object]) -> bytes:
 
 
 def entry_hash(entry: Mapping[str, object]) -> str:
-    return hashlib.sha256(_canonical({k: v for k, v in entry.items() if k != "hash"})).hexdigest()
+    return hashlib.sha256(_canonical({k: v for k, v in entry.items() if k not in ("hash", "mac")})).hexdigest()
+
+
+def entry_mac(entry_hash_hex: str, key: bytes) -> str:
+    """HMAC-SHA256 of an entry's hash under the audit domain key (the hash covers the entry and its chain)."""
+    return hmac.new(key, entry_hash_hex.encode(), hashlib.sha256).hexdigest()
 
 
 def anchor_path(log: Path) -> Path:
@@ -87,9 +98,10 @@ class VerifyResult:
 class AuditLog:
     """Appends entries under an exclusive file lock, so concurrent writers keep one chain."""
 
-    def __init__(self, path: Path, actor: str = "pipeline") -> None:
+    def __init__(self, path: Path, actor: str = "pipeline", key: bytes | None = None) -> None:
         self.path = Path(path)
         self.actor = actor
+        self._key = key  # the audit domain key: each entry then carries its HMAC
 
     def append(self, action: str, *, subject_token: str | None = None, decision_id: str | None = None,
                reason: str | None = None, details: Mapping[str, object] | None = None,
@@ -127,6 +139,8 @@ class AuditLog:
                     "prev_hash": prev,
                 }
                 entry["hash"] = prev = entry_hash(entry)
+                if self._key is not None:
+                    entry["mac"] = entry_mac(prev, self._key)
                 lines.append(_canonical(entry) + b"\n")
                 written.append(entry)
             fh.seek(0, os.SEEK_END)
@@ -207,10 +221,11 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             yield number, line.rstrip("\n")
 
 
-def verify(path: Path, *, check_anchor: bool = True, expect_heads: Iterable[str] = ()) -> VerifyResult:
-    """Walk the chain; the first entry whose seq, prev_hash or own hash does not fit is reported. Then the
-    end of the log must agree with its head anchor (unless `check_anchor` is false) and every hash of
-    `expect_heads` must be an entry of the chain."""
+def verify(path: Path, *, check_anchor: bool = True, expect_heads: Iterable[str] = (),
+           key: bytes | None = None) -> VerifyResult:
+    """Walk the chain; the first entry whose seq, prev_hash or own hash does not fit is reported (with `key`,
+    also its HMAC). Then the end of the log must agree with its head anchor (unless `check_anchor` is false)
+    and every hash of `expect_heads` must be an entry of the chain."""
     # The anchor is read before the log: an append lengthens the log before it moves the anchor, so the log
     # read next is at least as long as this anchor even while another process appends.
     try:
@@ -228,6 +243,12 @@ def verify(path: Path, *, check_anchor: bool = True, expect_heads: Iterable[str]
             return VerifyResult(False, count, number, number, "unreadable line")
         if entry.get("hash") != entry_hash(entry):
             return VerifyResult(False, count, seq, number, "content does not match its hash (edited)")
+        if key is not None and "mac" not in entry:
+            return VerifyResult(False, count, seq, number, "HMAC check: the entry carries no HMAC (written "
+                                "without the audit key, or its HMAC was stripped)")
+        if key is not None and not hmac.compare_digest(str(entry["mac"]), entry_mac(entry["hash"], key)):
+            return VerifyResult(False, count, seq, number, "HMAC check: the HMAC does not match the entry "
+                                "(rewritten by someone without the audit key)")
         if seq != expected_seq:
             return VerifyResult(False, count, seq, number,
                                 f"sequence {seq} where {expected_seq} was expected (removed or reordered)")
@@ -262,11 +283,19 @@ def main(argv: list[str] | None = None) -> int:
                        help=f"the audit log (default {DEFAULT_CLI_PATH}, relative to the project folder)")
     check.add_argument("--expect-head", action="append", default=[], metavar="HASH",
                        help="a head hash published earlier; fails unless it is an entry of the chain (repeatable)")
+    check.add_argument("--master-key-file", type=Path, metavar="PATH",
+                       help="hex master key file (0600): also check every entry's HMAC under the audit domain key")
+    check.add_argument("--key-version", type=int, default=1, help="the key version the log was written with")
     check.add_argument("--no-anchor", action="store_true",
                        help="do not read the head anchor (a copy of the log made without it)")
     args = parser.parse_args(argv)
     path = args.path
-    result = verify(path, check_anchor=not args.no_anchor, expect_heads=args.expect_head)
+    key = None
+    if args.master_key_file:
+        from pipelines.pseudo.keys import KeyProvider, read_key_file
+
+        key = KeyProvider(read_key_file(args.master_key_file), args.key_version).domain_key(AUDIT_DOMAIN)
+    result = verify(path, check_anchor=not args.no_anchor, expect_heads=args.expect_head, key=key)
     if not result.ok:
         if result.line is None:
             print(f"FAILED: {path}: {result.reason}", file=sys.stderr)
@@ -274,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"TAMPERED: {path}: first bad entry seq={result.bad_seq} (line {result.line}): {result.reason}; "
                   f"{result.entries} entries verified before it", file=sys.stderr)
         return 1
-    notes = [f"{result.entries} entries, chain intact"]
+    notes = [f"{result.entries} entries, chain intact" + (", every HMAC matches" if key else "")]
     if args.no_anchor:
         notes.append("head anchor not checked (--no-anchor)")
     elif result.anchor_seq == result.entries:

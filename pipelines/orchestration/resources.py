@@ -15,7 +15,7 @@ import duckdb
 import sqlalchemy as sa
 from pydantic import PrivateAttr
 
-from pipelines.audit import AuditLog, current_head
+from pipelines.audit import AUDIT_DOMAIN, AuditLog, current_head
 from pipelines.context import CoreContext, Paths
 from pipelines.duck import connect_warehouse
 from pipelines.orchestration import settings
@@ -172,8 +172,10 @@ def core_context(policies: PoliciesResource, keys: PseudonymisationKeyResource,
                  compliance: ComplianceStoreResource, navigation: NavigationSourceResource,
                  actor: str = "pipeline") -> CoreContext:
     """The privacy core's explicit inputs, from the run's resources."""
+    provider = keys.provider()
     return CoreContext(
-        policy=policies.load(), keys=keys.provider(), audit=AuditLog(compliance.audit_log_path, actor=actor),
+        policy=policies.load(), keys=provider,
+        audit=AuditLog(compliance.audit_log_path, actor=actor, key=provider.domain_key(AUDIT_DOMAIN)),
         paths=Paths(navigation=navigation.resolved_path, outbox=compliance.outbox_dir,
                     exports=compliance.exports_dir))
 
