@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from pipelines.durable import replace_durably
+from pipelines.private import FILE_MODE, private_dir
 
 GENESIS_HASH = "0" * 64
 AUDIT_DOMAIN = "audit"
@@ -116,10 +117,12 @@ class AuditLog:
         Raises AuditLogError, writing nothing, when the anchor is unreadable, or the log is shorter than its
         anchor or ends on another entry than the anchor's: chaining on would make the anchor agree with the
         damaged log again."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         anchor_file = anchor_path(self.path)
         written: list[dict[str, object]] = []
-        with open(self.path, "a+b") as fh:
+        # Created 0600 and kept so: the log names decisions about people (as tokens) and why.
+        with os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, FILE_MODE), "a+b") as fh:
+            os.fchmod(fh.fileno(), FILE_MODE)
             fcntl.flock(fh, fcntl.LOCK_EX)
             seq, prev = _tail(fh)
             anchor = _read_anchor(anchor_file)
@@ -187,6 +190,7 @@ def _write_anchor(path: Path, anchor: Mapping[str, object]) -> None:
     # temporary name is fixed because the caller holds the log's lock.
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(_canonical(anchor) + b"\n")
+    os.chmod(tmp, FILE_MODE)
     replace_durably(tmp, path)
 
 
