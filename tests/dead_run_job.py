@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 import dagster as dg
-from pipelines.dead_runs import clearing_multiprocess_executor
+
+from pipelines.orchestration.dead_runs import clearing_multiprocess_executor
 
 
 @dg.op(pool="warehouse")
