@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from assets.ingest import navigation_events, navigation_files_readable
 from pipelines.navigation import ingest_navigation_table
-from pipelines.orchestration.resources import NavigationSourceResource, WarehouseResource
+from pipelines.orchestration.resources import NavigationSourceResource, PoliciesResource, WarehouseResource
 from tests.test_pushback import write_navigation
 
 GOOD, CORRUPT, TRUNCATED, MISSING, EXTRA = (f"2026-10-0{d}" for d in range(1, 6))
@@ -63,7 +63,7 @@ def test_the_asset_run_succeeds_and_its_check_lists_the_bad_files(tmp_path):
     result = dg.materialize(
         [navigation_events, navigation_files_readable], partition_key=GOOD,
         resources={"warehouse": WarehouseResource(path=str(tmp_path / "warehouse.duckdb")),
-                   "navigation": NavigationSourceResource(path=str(root))},
+                   "navigation": NavigationSourceResource(path=str(root)), "policies": PoliciesResource()},
     )
     assert result.success
     metadata = result.asset_materializations_for_node("raw__navigation_events")[-1].metadata
