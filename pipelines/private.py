@@ -23,14 +23,3 @@ def private_file(path: Path) -> None:
     if path.exists():
         os.chmod(path, FILE_MODE)
 
-
-def private_tree(root: Path) -> None:
-    """Make `root` and every folder under it 0700 and every file 0600."""
-    if not root.exists():
-        return
-    os.chmod(root, DIR_MODE)
-    for folder, dirs, files in os.walk(root):
-        for name in dirs:
-            os.chmod(Path(folder) / name, DIR_MODE)
-        for name in files:
-            os.chmod(Path(folder) / name, FILE_MODE)

@@ -21,7 +21,7 @@ from pipelines.duck import connect_warehouse
 from pipelines.orchestration import settings
 from pipelines.policy.load import load_policy
 from pipelines.policy.models import Policy
-from pipelines.private import private_file, private_tree
+from pipelines.private import private_file
 from pipelines.pseudo.keys import KeyProvider
 
 
@@ -128,11 +128,6 @@ class ComplianceStoreResource(dg.ConfigurableResource):
     @property
     def reports_dir(self) -> Path:
         return self._under(settings.reports_dir(), "reports")
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        """Whatever a step wrote in these stores ends 0600 in 0700 folders, whatever the umask."""
-        for folder in (self.audit_log_path.parent, self.outbox_dir, self.exports_dir, self.reports_dir):
-            private_tree(folder)
 
     def audit_head_metadata(self) -> dict[str, dg.MetadataValue]:
         """The audit log's head, published in run metadata so `audit verify --expect-head` can later prove
