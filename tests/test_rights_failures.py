@@ -207,14 +207,26 @@ def test_damaged_audit_log_stops_the_run_before_any_source_change(sandbox, unint
 
 KILLED_RUN = """
 import sys
+import time
 from pathlib import Path
 
 import sqlalchemy as sa
 
+from pipelines import pushback
 from pipelines.sources.schema import SQL_SYSTEMS
 from tests.test_rights import World
 
-root = Path(sys.argv[1])
+root, marker = Path(sys.argv[1]), Path(sys.argv[2])
+
+
+def pause(name):  # the crash point hook: signal the test, then wait in the navigation rewrite to be killed
+    if name == "navigation_file":
+        marker.touch()
+        while True:
+            time.sleep(60)
+
+
+pushback._checkpoint = pause
 World(root, {s: sa.create_engine(f"sqlite:///{root / 'sources' / (s + '.db')}") for s in SQL_SYSTEMS}).process()
 """
 
@@ -227,9 +239,8 @@ def test_run_killed_after_the_member_system_committed_is_finished_by_the_next(sa
     world.ingest()
     request_id, prospect_ids = _erasure_reaching_prospects(world)
     marker = sandbox.root / "paused"
-    run = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(sandbox.root)], start_new_session=True,
-                           env={**os.environ, pushback.PAUSE_ENV: "navigation_file",
-                                pushback.PAUSE_MARKER_ENV: str(marker)})
+    run = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(sandbox.root), str(marker)],
+                           start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         while not marker.exists() and run.poll() is None and time.monotonic() < deadline:
