@@ -43,7 +43,7 @@ import hmac
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -155,6 +155,20 @@ class AuditLog:
             if written:
                 _write_anchor(anchor_file, {"seq": seq, "hash": prev, "ts": ts})
         return written
+
+
+def logged(path: Path, wanted: set[str], key: Callable[[dict], object], marker: str) -> set[str]:
+    """Those of `wanted` that `key` finds in an entry of the log (lines without `marker` are not parsed).
+
+    For finishing a killed run's work exactly once: what it already appended is not appended again."""
+    found: set[str] = set()
+    if not wanted or not path.exists():
+        return found
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if marker in line and (value := key(json.loads(line))) in wanted:
+                found.add(str(value))
+    return found
 
 
 def current_head(path: Path) -> Head:

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
+from pipelines.audit import AuditLog, verify
 from pipelines.bench.pushback import erasure_targets, seed_members, seed_prospects
 from pipelines.orchestration.settings import PROJECT_ROOT
 from pipelines.policy.load import load_policy
@@ -88,6 +89,21 @@ def test_erasure_removes_the_people_everywhere_and_nobody_else(sources, tmp_path
     assert count(members, "SELECT count(*) FROM members") == PEOPLE - 3
     assert count(members, "SELECT sum(rows_affected) FROM privacy_applied_decisions") == report.rows_affected[
         "members"] == 3 * (1 + 8 * 3)
+
+
+def test_a_run_finishing_a_killed_runs_decisions_audits_each_confirmation_once(sources, tmp_path):
+    """The killed run appended its confirmations and died before forgetting its recorded targets; the next run
+    pushes them again (carried over) and must not log the same confirmation twice, while a decision new to it
+    is still audited."""
+    members, _ = sources
+    log = AuditLog(tmp_path / "audit" / "audit.jsonl")
+    apply_decisions(erasure_targets([1, 2]), members=members, outbox_dir=tmp_path, audit=log, **NOTICES)
+    apply_decisions(erasure_targets([1, 2, 3]), members=members, outbox_dir=tmp_path, audit=log,
+                    carried_over=["erase:1", "erase:2"], **NOTICES)
+    entries = [json.loads(line) for line in log.path.read_text().splitlines()]
+    confirmed = sorted(e["decision_id"] for e in entries if e["action"] == "pushback.confirmed")
+    assert confirmed == ["erase:1", "erase:2", "erase:3"]
+    assert verify(log.path).ok
 
 
 def test_second_run_changes_nothing_and_applies_nothing_twice(sources, tmp_path):
@@ -242,6 +258,7 @@ import datetime as dt, sys, time
 from pathlib import Path
 import pyarrow as pa
 import sqlalchemy as sa
+from pipelines.audit import AuditLog, verify
 from pipelines.bench.pushback import erasure_targets
 from pipelines.policy.models import Condition
 from pipelines.pushback import NoticeRule, apply_decisions, make_targets

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
-from pipelines.audit import AuditLog
+from pipelines.audit import AuditLog, logged
 from pipelines.pushback.navigation import apply_to_navigation, unconfirmed_navigation
 from pipelines.pushback.notices import write_notices
 from pipelines.pushback.sql import NoticeRule, apply_to_source, unconfirmed
@@ -132,8 +132,12 @@ def apply_decisions(
     table_order: Mapping[str, Sequence[str]] | None = None,
     now: dt.datetime | None = None,
     checkpoint: Callable[[str], None] | None = None,
+    carried_over: Collection[str] = (),
 ) -> PushbackReport:
-    """Apply the decisions of `targets` to the sources, then re-read and confirm them (see module doc)."""
+    """Apply the decisions of `targets` to the sources, then re-read and confirm them (see module doc).
+
+    `carried_over`: decisions an earlier, interrupted run already pushed; one it already audited as confirmed is
+    not audited again."""
     prepared = _prepare(targets)
     checkpoint = checkpoint or _checkpoint
     now_text = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d %H:%M:%S")
@@ -178,10 +182,12 @@ def apply_decisions(
             report.confirmed.append(decision_id)
     report.skipped = [d for d in all_ids if d not in newly]
     if audit is not None:
+        audited = logged(audit.path, set(carried_over) & set(report.confirmed), lambda e: e.get("decision_id"),
+                         '"pushback.confirmed"')
         audit.extend([
             {"action": "pushback.confirmed" if d not in report.failed else "pushback.failed",
              "decision_id": d, "reason": report.failed.get(d),
              "details": {"batch_id": report.batch_id, "newly_applied": d in newly}}
-            for d in all_ids
+            for d in all_ids if d not in audited
         ])
     return report

@@ -234,13 +234,14 @@ def apply_retention(
     simply re-applied.
     """
     policy = ctx.policy
-    owed = record_targets(con, decision_targets(con, policy, as_of))
+    owed, carried_over = record_targets(con, decision_targets(con, policy, as_of))
     warehouse = apply_in_warehouse(con, policy)
     confirmed, failed, touched = 0, {}, set()
     if owed.num_rows:
         report = apply_decisions(owed, members=members, prospects=prospects, navigation_dir=ctx.paths.navigation,
                                  outbox_dir=ctx.paths.outbox, audit=ctx.audit, tokenise=ctx.tokenise,
-                                 notice_rules=ctx.notice_rules, table_order=table_order(policy))
+                                 notice_rules=ctx.notice_rules, table_order=table_order(policy),
+                                 carried_over=carried_over)
         forget_confirmed(con, report.confirmed)
         confirmed, failed = len(report.confirmed), dict(report.failed)
         touched = touched_tables(owed, report)

@@ -16,12 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
-from pipelines.audit import AuditLog
+from pipelines.audit import AuditLog, logged
 from pipelines.pushback import TARGET_SCHEMA
 
 AUDIT_KEY = "audit_key"
@@ -81,20 +80,6 @@ def enqueue_audit(con: duckdb.DuckDBPyConnection, entries: list[Mapping[str, obj
         for i, e in enumerate(entries, start=1)])
 
 
-def _keys_in_log(path: Path, keys: set[str]) -> set[str]:
-    found: set[str] = set()
-    if not path.exists():
-        return found
-    marker = f'"{AUDIT_KEY}"'
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if marker in line:
-                key = json.loads(line).get("details", {}).get(AUDIT_KEY)
-                if key in keys:
-                    found.add(key)
-    return found
-
-
 def flush_audit(con: duckdb.DuckDBPyConnection, audit: AuditLog, *, recover: bool = False) -> int:
     """Append the queued entries to the audit log, then empty the queue; raises (queue kept) when the log
     cannot be appended. `recover`: skip the entries a killed run already appended. Returns entries written."""
@@ -103,7 +88,8 @@ def flush_audit(con: duckdb.DuckDBPyConnection, audit: AuditLog, *, recover: boo
         return 0
     entries = [json.loads(entry) for _, entry in queued]
     if recover:
-        done = _keys_in_log(audit.path, {key for key, _ in queued})
+        done = logged(audit.path, {key for key, _ in queued}, lambda e: e.get("details", {}).get(AUDIT_KEY),
+                      f'"{AUDIT_KEY}"')
         entries = [e for e in entries if e["details"][AUDIT_KEY] not in done]
     audit.extend(entries)
     con.execute("DELETE FROM rights.audit_outbox WHERE list_contains(?, entry_key)", [[k for k, _ in queued]])
