@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from assets.quality_checks import WAREHOUSE_POOL
 from pipelines.ingest import IngestResult, ingest_sql_table, quarantine_fields
 from pipelines.navigation import DayCounts, day_counts, ingest_navigation_table
 from pipelines.navigation_days import days_of_files
@@ -120,6 +121,7 @@ def navigation_events(
 @dg.asset_check(
     asset=dg.AssetKey(["raw", "navigation_events"]),
     name="navigation_files_readable",
+    pool=WAREHOUSE_POOL,
     description="Every navigation file could be read with the declared columns; a corrupt, truncated or wrongly "
     "shaped file is listed with its reason (raw.quarantine_files) and read again once it changes.",
 )

@@ -157,4 +157,4 @@ def test_both_instances_monitor_runs_and_free_dead_runs_slots_within_two_minutes
     # Found dead at the next poll, its slots freed at the poll after the grace period: about 1.5 min at worst.
     assert monitoring["poll_interval_seconds"] * 2 + monitoring["free_slots_after_run_end_seconds"] <= 120
     if path == "dagster.yaml":  # Dagster's default launcher cannot tell a dead run; ours can
-        assert config["run_launcher"] == {"module": "pipelines.dead_runs", "class": "LocalRunLauncher"}
+        assert config["run_launcher"] == {"module": "pipelines.orchestration.dead_runs", "class": "LocalRunLauncher"}
