@@ -39,9 +39,10 @@ WALL_CLOCK_TIMES = frozenset({
     "ledger.archive_until", "clock_events.clock", "audit.ts", "notices.created_at",
 })
 # Drawn afresh by each run, chained over those times, or saying which run did it: compared by presence only.
-# `digest` is the audit's SHA-256 of a rights decision's targets, whose payloads hold the objection time.
+# `digest` is the audit's SHA-256 of a rights decision's targets, whose payloads hold the objection time;
+# `mac` is the keyed HMAC of an entry's hash, so it follows the entry's time.
 RUN_IDS = frozenset({"run_id", "batch_id", "ingested_files.mtime_ns", "audit.hash", "audit.prev_hash",
-                     "audit.digest", "audit.newly_applied"})
+                     "audit.mac", "audit.digest", "audit.newly_applied"})
 # JSON text columns whose values embed wall-clock times (an objection's `objected_at`): times cut to the day.
 EMBEDDED_TIMES = frozenset({"decision_targets.payload", "pushback_targets.payload", "privacy_decision_staging.payload"})
 _DAY_ONLY = r"\1"  # the date group of _TIME_OF_DAY
