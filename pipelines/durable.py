@@ -1,7 +1,9 @@
-"""Durable atomic replacement of a file: readers and crashes see the old file or the new one, never a mix."""
+"""Durable atomic replacement of a file (readers and crashes see the old file or the new one, never a mix), and
+the SHA-256 that manifests and proofs record of the files they describe."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -20,3 +22,9 @@ def replace_durably(tmp: Path, path: Path) -> None:
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in blocks."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()

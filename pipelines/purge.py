@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -33,7 +32,7 @@ import pyarrow as pa
 
 from pipelines.audit import AuditLog
 from pipelines.duck import scalar
-from pipelines.durable import replace_durably
+from pipelines.durable import replace_durably, sha256_of
 from pipelines.ingest import QUARANTINE_DDL
 from pipelines.policy.models import Policy
 from pipelines.policy.own_records import OwnRecordRule, OwnRecordsPolicy
@@ -110,14 +109,6 @@ def purge_quarantine(con: duckdb.DuckDBPyConnection, policy: Policy, rule: OwnRe
     report.quarantine_restricted = scalar(con, "SELECT count(*) FROM raw.quarantine WHERE restricted")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_json(path: Path, data: dict[str, object]) -> None:
     temp = path.with_name(f".{path.name}.tmp")
     temp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
@@ -155,7 +146,7 @@ def purge_exports(con: duckdb.DuckDBPyConnection, exports_dir: Path, rule: OwnRe
             _write_json(folder / PROOF, {
                 "request_id": name, "generated_at": clocks[name].isoformat(), "data_deleted_on": as_of.isoformat(),
                 "rule": f"keep {rule.keep}, proof {rule.proof_keep} ({rule.legal_source})",
-                "files": [{"file": p.name, "bytes": p.stat().st_size, "sha256": _sha256(p)} for p in data],
+                "files": [{"file": p.name, "bytes": p.stat().st_size, "sha256": sha256_of(p)} for p in data],
             })
         for path in data:
             path.unlink()

@@ -28,7 +28,6 @@ nothing to send writes no folder and no audit entry, but is recorded.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import uuid
 from collections.abc import Callable
@@ -39,7 +38,7 @@ import duckdb
 
 from pipelines.audit import AuditLog
 from pipelines.duck import scalar
-from pipelines.durable import replace_durably
+from pipelines.durable import replace_durably, sha256_of
 from pipelines.policy.models import Dataset, Disclosure, Policy, Recipient
 from pipelines.pseudo.tables import exclusions_sql
 from pipelines.pushback.notices import read_notices, write_notices
@@ -187,14 +186,6 @@ def _copy_csv(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
     con.execute(f"COPY ({query}) TO {literal(path)} (FORMAT csv, HEADER true)").fetchall()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _stage(con: duckdb.DuckDBPyConnection, policy: Policy, recipient: Recipient, as_of: dt.date,
            exclusions_only: bool = False) -> None:
     """Temp tables `_transfer_excluded` (people not to send), `_transfer_current` (rows due today) and
@@ -279,7 +270,8 @@ def _write_files(con: duckdb.DuckDBPyConnection, policy: Policy, recipient: Reci
                  f"AND action = {literal(SENT)}) ORDER BY 1")
         name = f"{part}.csv"
         path = _write_atomically(folder, name, lambda temp, q=query: _copy_csv(con, q, temp))
-        files.append(ExtractFile(disclosure.purpose, dataset.name, name, rows, list(disclosure.columns), _sha256(path)))
+        files.append(ExtractFile(disclosure.purpose, dataset.name, name, rows, list(disclosure.columns),
+                                 sha256_of(path)))
     deletions = None
     n = scalar(con, f"SELECT count(*) FROM _transfer_actions WHERE action = {literal(DELETION)}")
     if n:
@@ -289,7 +281,7 @@ def _write_files(con: duckdb.DuckDBPyConnection, policy: Policy, recipient: Reci
                  f"'end of purpose ' || split_part(part, '__', 1) || ': delete your copy (GDPR art. 28(3)(g))' "
                  f"AS instruction FROM _transfer_actions WHERE action = {literal(DELETION)} ORDER BY ALL")
         path = _write_atomically(folder, DELETIONS, lambda temp: _copy_csv(con, query, temp))
-        deletions = {"file": DELETIONS, "rows": n, "sha256": _sha256(path)}
+        deletions = {"file": DELETIONS, "rows": n, "sha256": sha256_of(path)}
     return files, deletions
 
 
@@ -395,7 +387,7 @@ def build_transfer(
         }
         text = json.dumps(manifest, indent=2, ensure_ascii=False)
         path = _write_atomically(folder, MANIFEST, lambda temp: temp.write_text(text, encoding="utf-8"))
-        manifest_sha = _sha256(path)
+        manifest_sha = sha256_of(path)
     with transaction(con):
         con.execute("INSERT INTO transfers.delivered_rows SELECT $recipient, $as_of, part, record_key, subject_type, "
                     "subject_id, row_hash, action FROM _transfer_actions", {"recipient": recipient.key, "as_of": as_of})
