@@ -107,6 +107,21 @@ def _write_catalogue(
     con.executemany(f"INSERT INTO cand.main.{CATALOGUE} VALUES ({', '.join('?' * len(rows[0]))})", rows)
 
 
+def prepare_builders(con: duckdb.DuckDBPyConnection, policy: PseudonymisationPolicy, as_of: dt.date,
+                     purposes: Policy) -> dict[str, int]:
+    """Temp tables the table builders (pipelines.pseudo.tables.BUILDERS) read: who is excluded per domain and
+    who is past the purposes of each table on `as_of`. Returns the records and contacts excluded per reason."""
+    con.execute(exclusions_sql(_table_exists(con, "rights", "exclusions")))
+    prepare_purpose_tables(con, purposes, policy, as_of)
+    for domain, rules in policy.domains.items():
+        con.execute(domain_exclusions_sql(domain, rules.excluded_reasons))
+    # The journalist's population: each table's records with nobody excluded (an empty exclusion list).
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _excluded_{POPULATION} (node_type VARCHAR, node_value VARCHAR)")
+    return dict(con.execute(
+        "SELECT reason, count(DISTINCT (node_type, node_value)) FROM _exclusions GROUP BY reason"
+    ).fetchall())
+
+
 def build_candidate(
     con: duckdb.DuckDBPyConnection,
     policy: PseudonymisationPolicy,
@@ -123,15 +138,7 @@ def build_candidate(
     missing = [f"{schema}.{table}" for schema, table in REQUIRED_TABLES if not _table_exists(con, schema, table)]
     if missing:
         raise ValueError(f"the warehouse lacks {', '.join(missing)}: run ingestion and identity resolution first")
-    con.execute(exclusions_sql(_table_exists(con, "rights", "exclusions")))
-    prepare_purpose_tables(con, purposes, policy, as_of)
-    for domain, rules in policy.domains.items():
-        con.execute(domain_exclusions_sql(domain, rules.excluded_reasons))
-    # The journalist's population: each table's records with nobody excluded (an empty exclusion list).
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _excluded_{POPULATION} (node_type VARCHAR, node_value VARCHAR)")
-    excluded = dict(con.execute(
-        "SELECT reason, count(DISTINCT (node_type, node_value)) FROM _exclusions GROUP BY reason"
-    ).fetchall())
+    excluded = prepare_builders(con, policy, as_of, purposes)
     reports = {}
     for name, table in policy.tables.items():
         uses_key = bool(table.by_role("pseudonym"))
