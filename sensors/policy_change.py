@@ -4,7 +4,8 @@ It watches `policies/*.yaml` and the proposal folder `policies/proposed/` (a new
 before its effective date). The cursor is the SHA-256 of those files (relative names and bytes). A new
 hash requests one run of the preview asset `compliance/policy_change_preview` (what the new rules would
 archive, erase or anonymise; assets/compliance_register.py), keyed by the hash so the same content is never
-previewed twice; the nightly job is not started. A policy that does not load is refused with the loader's
+previewed twice; the nightly job is not started (and never runs the preview itself: the whole ledger again
+for a proposal that did not change). A policy that does not load is refused with the loader's
 message and the cursor stays put, so the corrected file is previewed when it lands.
 """
 
@@ -14,10 +15,10 @@ from pathlib import Path
 import dagster as dg
 
 from pipelines.orchestration.resources import PoliciesResource
+from pipelines.orchestration.runs import PREVIEW_KEY
 from pipelines.policy.load import load_policy
 from pipelines.policy.loader import PolicyError
 
-PREVIEW_KEY = dg.AssetKey(["compliance", "policy_change_preview"])
 PROPOSED_SUBDIR = "proposed"
 POLICY_HASH_TAG = "sem/policy_hash"
 

@@ -109,5 +109,17 @@ def test_nightly_tick_on_the_real_definitions_gives_a_valid_run_config():
     assert request.partition_key == "2026-11-02"
     assert configured["retention__ledger"] == {"config": {"as_of": "2026-11-03"}}
     assert configured["analytics_file"] == {"config": {"as_of": "2026-11-03"}}
-    # The preview keeps its own date (the proposal's effective date).
+    # The preview is not part of the night: it runs when a policy file changes (and keeps its own date).
     assert "compliance__policy_change_preview" not in configured
+
+
+def test_the_policy_preview_runs_only_in_its_own_job_never_in_the_nightly():
+    from pipelines.definitions import defs
+
+    def steps(name: str) -> set[str]:
+        return {node.name for node in defs.resolve_job_def(name).graph.nodes}
+
+    assert "compliance__policy_change_preview" not in steps(NIGHTLY_JOB)
+    assert "compliance__policy_change_preview" not in steps("rights_job")
+    assert steps("policy_preview_job") == {"compliance__policy_change_preview"}
+    assert {"retention__ledger", "analytics_file", "compliance__processing_register"} <= steps(NIGHTLY_JOB)

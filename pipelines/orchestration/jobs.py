@@ -5,13 +5,15 @@ from __future__ import annotations
 import dagster as dg
 
 from pipelines.orchestration.dead_runs import clearing_multiprocess_executor
-from pipelines.orchestration.runs import NIGHTLY_JOB, POLICY_PREVIEW_JOB, RIGHTS_JOB
+from pipelines.orchestration.runs import NIGHTLY_JOB, POLICY_PREVIEW_JOB, PREVIEW_KEY, RIGHTS_JOB
 
 nightly_job = dg.define_asset_job(
     name=NIGHTLY_JOB,
-    selection=dg.AssetSelection.all(),
-    description="Everything, in dependency order: ingest, identity, retention, rights, pseudonymised "
-    "analytics, compliance outputs. Scheduled every night (Europe/Paris).",
+    # The policy-change preview evaluates the whole ledger again under a proposed policy: it runs when a policy
+    # file changes (policy_preview_job, started by the policy-change sensor), not every night.
+    selection=dg.AssetSelection.all() - dg.AssetSelection.assets(PREVIEW_KEY),
+    description="Everything but the policy-change preview, in dependency order: ingest, identity, retention, "
+    "rights, pseudonymised analytics, compliance outputs. Scheduled every night (Europe/Paris).",
     tags={"sem/warehouse-writer": "true"},
 )
 
@@ -28,7 +30,7 @@ rights_job = dg.define_asset_job(
 
 policy_preview_job = dg.define_asset_job(
     name=POLICY_PREVIEW_JOB,
-    selection=dg.AssetSelection.assets(dg.AssetKey(["compliance", "policy_change_preview"])),
+    selection=dg.AssetSelection.assets(PREVIEW_KEY),
     description="What a proposed policy version would archive or erase, per purpose and dataset — read-only. "
     "Started by the policy-change sensor when a file under policies/ changes.",
 )

@@ -11,6 +11,8 @@ AS_OF_TAG = "sem/as_of"
 NIGHTLY_JOB = "nightly_job"
 RIGHTS_JOB = "rights_job"
 POLICY_PREVIEW_JOB = "policy_preview_job"
+# The policy-change preview: run by POLICY_PREVIEW_JOB when a policy file changes, never by the nightly.
+PREVIEW_KEY = dg.AssetKey(["compliance", "policy_change_preview"])
 
 
 class RetentionConfig(dg.Config):
