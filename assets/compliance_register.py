@@ -1,7 +1,6 @@
 """Stage "compliance" (policy outputs): the art. 30 processing register and the policy-change preview."""
 
 import datetime as dt
-import os
 from pathlib import Path
 
 import dagster as dg
@@ -12,16 +11,10 @@ from pipelines.orchestration.runs import as_of_date
 from pipelines.policy.load import load_policy
 from pipelines.policy.preview import preview, render_preview
 from pipelines.policy.register import render_register
+from pipelines.private import write_atomically
 
 OWNER = "team:data-engineering"
 PROPOSED_SUBDIR = "proposed"
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 @dg.asset(
@@ -37,7 +30,7 @@ def _write_atomically(path: Path, text: str) -> None:
 def processing_register(policies: PoliciesResource, compliance: ComplianceStoreResource) -> dg.MaterializeResult:
     policy = policies.load()
     path = compliance.reports_dir / "processing_register.md"
-    _write_atomically(path, render_register(policy))
+    write_atomically(path, render_register(policy))
     return dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(str(path)),
         "policy_version": dg.MetadataValue.text(policy.version_label),
@@ -81,7 +74,7 @@ def policy_change_preview(
         table = preview(current, proposed, con, as_of)
     text = render_preview(table, current, proposed, as_of)
     path = compliance.reports_dir / "policy_change_preview.md"
-    _write_atomically(path, text)
+    write_atomically(path, text)
     return dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(str(path)),
         "proposed": dg.MetadataValue.text(proposed.version_label if proposed is not current else "no proposal"),

@@ -48,8 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-from pipelines.durable import replace_durably
-from pipelines.private import FILE_MODE, private_dir
+from pipelines.private import open_private, write_atomically
 
 GENESIS_HASH = "0" * 64
 AUDIT_DOMAIN = "audit"
@@ -117,12 +116,10 @@ class AuditLog:
         Raises AuditLogError, writing nothing, when the anchor is unreadable, or the log is shorter than its
         anchor or ends on another entry than the anchor's: chaining on would make the anchor agree with the
         damaged log again."""
-        private_dir(self.path.parent)
         anchor_file = anchor_path(self.path)
         written: list[dict[str, object]] = []
-        # Created 0600 and kept so: the log names decisions about people (as tokens) and why.
-        with os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, FILE_MODE), "a+b") as fh:
-            os.fchmod(fh.fileno(), FILE_MODE)
+        # Private: the log names decisions about people (as tokens) and why.
+        with open_private(self.path, "a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             seq, prev = _tail(fh)
             anchor = _read_anchor(anchor_file)
@@ -200,12 +197,9 @@ def _tail(fh: BinaryIO) -> Head:
 
 
 def _write_anchor(path: Path, anchor: Mapping[str, object]) -> None:
-    # Replaced whole by a rename so a reader or a crash sees the old anchor or the new one, never a mix; the
-    # temporary name is fixed because the caller holds the log's lock.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(_canonical(anchor) + b"\n")
-    os.chmod(tmp, FILE_MODE)
-    replace_durably(tmp, path)
+    # Replaced whole so a reader or a crash sees the old anchor or the new one, never a mix (the caller holds the
+    # log's lock).
+    write_atomically(path, _canonical(anchor) + b"\n")
 
 
 def _read_anchor(path: Path) -> Head | None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,10 +31,11 @@ import pyarrow as pa
 
 from pipelines.audit import AuditLog
 from pipelines.duck import scalar
-from pipelines.durable import replace_durably, sha256_of
+from pipelines.durable import sha256_of
 from pipelines.ingest import QUARANTINE_DDL
 from pipelines.policy.models import Policy
 from pipelines.policy.own_records import OwnRecordRule, OwnRecordsPolicy
+from pipelines.private import write_atomically
 from pipelines.pseudo.tables import exclusions_sql
 from pipelines.pushback.notices import OUTBOX_FILE
 from pipelines.retention.until import kept_on_sql, last_day_sql
@@ -109,12 +109,6 @@ def purge_quarantine(con: duckdb.DuckDBPyConnection, policy: Policy, rule: OwnRe
     report.quarantine_restricted = scalar(con, "SELECT count(*) FROM raw.quarantine WHERE restricted")
 
 
-def _write_json(path: Path, data: dict[str, object]) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
-    replace_durably(temp, path)
-
-
 def _data_files(folder: Path, proof: str) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name != proof)
 
@@ -143,11 +137,11 @@ def purge_exports(con: duckdb.DuckDBPyConnection, exports_dir: Path, rule: OwnRe
         if not data:
             continue
         if not (folder / PROOF).exists():  # written once, over every file, before any is deleted
-            _write_json(folder / PROOF, {
+            write_atomically(folder / PROOF, json.dumps({
                 "request_id": name, "generated_at": clocks[name].isoformat(), "data_deleted_on": as_of.isoformat(),
                 "rule": f"keep {rule.keep}, proof {rule.proof_keep} ({rule.legal_source})",
                 "files": [{"file": p.name, "bytes": p.stat().st_size, "sha256": sha256_of(p)} for p in data],
-            })
+            }, indent=1, ensure_ascii=False))
         for path in data:
             path.unlink()
         report.exports_data_deleted += 1
@@ -197,10 +191,7 @@ def purge_notices(con: duckdb.DuckDBPyConnection, outbox_dir: Path, rule: OwnRec
             kept.append(notice)
         if len(kept) == len(notices) and kept == notices:
             return
-        temp = path.with_name(f".{path.name}.tmp")
-        temp.write_text("".join(json.dumps(n, sort_keys=True) + "\n" for n in kept), encoding="utf-8")
-        os.chmod(temp, os.stat(path).st_mode)
-        replace_durably(temp, path)
+        write_atomically(path, "".join(json.dumps(n, sort_keys=True) + "\n" for n in kept))
 
 
 def purge_own_records(con: duckdb.DuckDBPyConnection, policy: Policy, rules: OwnRecordsPolicy, as_of: dt.date, *,

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,8 +37,9 @@ import duckdb
 
 from pipelines.audit import AuditLog
 from pipelines.duck import scalar
-from pipelines.durable import replace_durably, sha256_of
+from pipelines.durable import sha256_of
 from pipelines.policy.models import Dataset, Disclosure, Policy, Recipient
+from pipelines.private import write_atomically
 from pipelines.pseudo.tables import exclusions_sql
 from pipelines.pushback.notices import read_notices, write_notices
 from pipelines.retention.ledger import compute as compute_purposes
@@ -171,17 +171,6 @@ def _present_sql(con: duckdb.DuckDBPyConnection, policy: Policy, recipient: Reci
     return " UNION ".join(parts) or "SELECT NULL::VARCHAR AS part, NULL::VARCHAR AS record_key WHERE false"
 
 
-def _write_atomically(folder: Path, name: str, write: Callable[[Path], None]) -> Path:
-    target = folder / name
-    temp = folder / f".{name}.{uuid.uuid4().hex}.tmp"
-    try:
-        write(temp)
-        replace_durably(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
-    return target
-
-
 def _copy_csv(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
     con.execute(f"COPY ({query}) TO {literal(path)} (FORMAT csv, HEADER true)").fetchall()
 
@@ -269,7 +258,7 @@ def _write_files(con: duckdb.DuckDBPyConnection, policy: Policy, recipient: Reci
                  f"AS VARCHAR) IN (SELECT record_key FROM _transfer_actions WHERE part = {literal(part)} "
                  f"AND action = {literal(SENT)}) ORDER BY 1")
         name = f"{part}.csv"
-        path = _write_atomically(folder, name, lambda temp, q=query: _copy_csv(con, q, temp))
+        path = write_atomically(folder / name, lambda temp, q=query: _copy_csv(con, q, temp))
         files.append(ExtractFile(disclosure.purpose, dataset.name, name, rows, list(disclosure.columns),
                                  sha256_of(path)))
     deletions = None
@@ -280,7 +269,7 @@ def _write_files(con: duckdb.DuckDBPyConnection, policy: Policy, recipient: Reci
         query = (f"SELECT split_part(part, '__', 2) AS dataset, {key_column} AS key_column, record_key AS key_value, "
                  f"'end of purpose ' || split_part(part, '__', 1) || ': delete your copy (GDPR art. 28(3)(g))' "
                  f"AS instruction FROM _transfer_actions WHERE action = {literal(DELETION)} ORDER BY ALL")
-        path = _write_atomically(folder, DELETIONS, lambda temp: _copy_csv(con, query, temp))
+        path = write_atomically(folder / DELETIONS, lambda temp: _copy_csv(con, query, temp))
         deletions = {"file": DELETIONS, "rows": n, "sha256": sha256_of(path)}
     return files, deletions
 
@@ -375,7 +364,6 @@ def build_transfer(
     manifest_sha = None
     if counts.get(SENT) or counts.get(DELETION):
         folder = outbox_dir / "transfers" / recipient.key / as_of.isoformat()
-        folder.mkdir(parents=True, exist_ok=True)
         files, deletions = _write_files(con, policy, recipient, folder)
         # Deterministic (no clock time): a run killed before recording rewrites the same bytes.
         manifest = {
@@ -386,7 +374,7 @@ def build_transfer(
             "excluded_records": excluded,
         }
         text = json.dumps(manifest, indent=2, ensure_ascii=False)
-        path = _write_atomically(folder, MANIFEST, lambda temp: temp.write_text(text, encoding="utf-8"))
+        path = write_atomically(folder / MANIFEST, text)
         manifest_sha = sha256_of(path)
     with transaction(con):
         con.execute("INSERT INTO transfers.delivered_rows SELECT $recipient, $as_of, part, record_key, subject_type, "

@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 
 from pipelines.orchestration.resources import ComplianceStoreResource
+from pipelines.private import open_private
 
 ALERTS_FILE = "alerts.jsonl"
 
@@ -44,8 +45,7 @@ def alert_record(context: dg.RunFailureSensorContext) -> dict[str, object]:
 
 def append_alert(path: Path, record: dict[str, object]) -> None:
     """Append one line under an exclusive lock (sensors of several code locations may share the file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
+    with open_private(path, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         fh.write(json.dumps(record, sort_keys=True) + "\n")
 

@@ -5,6 +5,7 @@ Fixtures:
 - `pg_url` (function): SQLAlchemy URL (postgresql+psycopg) of a fresh, empty database.
 - `make_pg_url` (function): a callable returning the URL of another fresh database on each call.
 - `generated_sources` (session): the demo generator's output at small scale (TEST_MEMBERS, TEST_AS_OF).
+- `open_umask` (function): the process umask set to 022 (files 0644, folders 0755 unless a writer says otherwise).
 - `sandbox` (function): a private copy of those sources + fresh warehouse/analytics paths, with
   `.resources()` for `dg.materialize` / `execute_in_process`; `pg_sandbox`: the same with the SQL
   systems copied into a real PostgreSQL.
@@ -53,6 +54,27 @@ def make_pg_url(pg_cluster: PgCluster) -> Callable[[], str]:
 @pytest.fixture
 def pg_url(make_pg_url: Callable[[], str]) -> str:
     return make_pg_url()
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    previous = os.umask(0o022)  # what a shell usually has
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def loose_modes(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """Every file under `root` that is not 0600 and every folder that is not 0700 (but the top-level names
+    in `skip`), with its mode."""
+    found = {}
+    for path in root.rglob("*"):
+        relative = path.relative_to(root)
+        mode = path.stat().st_mode & 0o777
+        if relative.parts[0] not in skip and mode != (0o700 if path.is_dir() else 0o600):
+            found[str(relative)] = oct(mode)
+    return found
 
 
 # --- Generated sources and an isolated project sandbox -------------------------------------------------

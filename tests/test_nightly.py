@@ -19,7 +19,7 @@ from pipelines.demo.__main__ import run_job
 from pipelines.demo.summary import print_run
 from pipelines.normalise import normalise_email
 from pipelines.orchestration.runs import PREVIEW_KEY
-from tests.conftest import TEST_AS_OF, TEST_KEY_HEX
+from tests.conftest import TEST_AS_OF, TEST_KEY_HEX, loose_modes
 
 # Columns that record when the pipeline did something, not what it holds.
 RUN_TIME_COLUMNS = {"quarantined_at", "ingested_at", "applied_at", "published_at", "computed_at", "generated_at",
@@ -72,7 +72,8 @@ def _snapshot(env) -> tuple[dict, dict, dict]:
     return _sources_snapshot(env.sources), _duckdb_snapshot(env.warehouse), _duckdb_snapshot(env.analytics)
 
 
-def test_nightly_job_runs_everything_passes_every_check_and_a_second_run_changes_nothing(project_env, capsys):
+def test_nightly_job_runs_everything_passes_every_check_and_a_second_run_changes_nothing(project_env, capsys,
+                                                                                       open_umask):
     result = run_job(TEST_AS_OF)
     assert result.success
     graph = defs.resolve_asset_graph()
@@ -132,6 +133,12 @@ def test_nightly_job_runs_everything_passes_every_check_and_a_second_run_changes
     for before, after in zip(first, second, strict=True):
         changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
         assert not changed, {k: (before.get(k), after.get(k)) for k in changed}
+
+    # Under a umask of 022, everything the two runs wrote in the data folder (warehouse, analytics file,
+    # exports, outbox, reports, audit log, the sources push-back rewrote) is 0600 in 0700 folders.
+    # (dagster_home is this test's Dagster instance, which `make demo` keeps in .dagster_home.)
+    assert {p.name for p in project_env.root.iterdir()} >= {"audit", "exports", "outbox", "reports"}
+    assert loose_modes(project_env.root, skip=("dagster_home",)) == {}
 
 
 def _navigation_days(result) -> dict[str, dict]:

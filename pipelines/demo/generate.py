@@ -55,6 +55,7 @@ from pipelines.demo._columns import (
     year_of,
 )
 from pipelines.normalise import email_sql, phone_sql
+from pipelines.private import open_private, private_dir
 from pipelines.sources.schema import (
     COOKIE_CONSENT_SCHEMA,
     NAVIGATION_EVENT_SCHEMA,
@@ -714,6 +715,7 @@ def _python_columns(batch: pa.Table, names: Iterable[str]) -> list[Iterable[obje
 def _write_sqlite(path: Path, metadata: sa.MetaData, tables: dict[str, pa.Table]) -> dict[str, int]:
     """Create the schema with SQLAlchemy, then bulk-insert each table in one transaction per table."""
     path.unlink(missing_ok=True)
+    open_private(path, "wb").close()  # SQLite keeps the mode of the (empty) file it is given, journals included
     engine = sa.create_engine(f"sqlite:///{path}")
     metadata.create_all(engine)
     engine.dispose()
@@ -742,12 +744,12 @@ def _write_navigation(folder: Path, events: pa.Table, consents: pa.Table) -> Non
     ends = np.append(starts[1:], len(day))
     for first, stop in zip(starts.tolist(), ends.tolist(), strict=True):
         partition = folder / "events" / f"day={_EPOCH + dt.timedelta(days=int(day[first]))}"
-        partition.mkdir(parents=True)
         # Text columns are dictionary-encoded in memory; without the stored Arrow schema the files read back
         # as plain strings, exactly NAVIGATION_EVENT_SCHEMA.
-        pq.write_table(events.slice(first, stop - first), partition / "part-0.parquet", store_schema=False)
-    (folder / "consents").mkdir(parents=True)
-    pq.write_table(consents, folder / "consents" / "consents.parquet")
+        with open_private(partition / "part-0.parquet", "wb") as fh:
+            pq.write_table(events.slice(first, stop - first), fh, store_schema=False)
+    with open_private(folder / "consents" / "consents.parquet", "wb") as fh:
+        pq.write_table(consents, fh)
 
 
 @dataclass(frozen=True)
@@ -827,7 +829,7 @@ def generate(
     if members < 20:
         raise ValueError("the generator needs at least 20 members to plant every edge case")
     run = _Run(Path(out_dir), members, seed, as_of)
-    run.out_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(run.out_dir)
     if not (members >= _PARALLEL_FROM_MEMBERS if parallel is None else parallel):
         return _member_system(run) | _prospecting_and_navigation(run)
     # Loading SQLite is bound to one core: the member system loads here while the second process writes the

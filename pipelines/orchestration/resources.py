@@ -21,7 +21,7 @@ from pipelines.duck import connect_warehouse
 from pipelines.orchestration import settings
 from pipelines.policy.load import load_policy
 from pipelines.policy.models import Policy
-from pipelines.private import private_file
+from pipelines.private import make_private, private_dir
 from pipelines.pseudo.keys import KeyProvider
 
 
@@ -46,16 +46,16 @@ class WarehouseResource(dg.ConfigurableResource):
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         path = self.resolved_path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         con = connect_warehouse(path, read_only=read_only, memory_limit=settings.duckdb_memory_limit(),
                                 lock_timeout_s=self.resolved_lock_timeout_s)
+        # The raw copies and the restricted archive: the owner's only, from the moment DuckDB creates the file
+        # (and narrowed again if an earlier version left it readable).
+        make_private(path)
         try:
             yield con
         finally:
             con.close()
-            if not read_only:  # the raw copies and the restricted archive: the owner's only
-                for file in (path, path.with_name(path.name + ".wal")):
-                    private_file(file)
 
 
 class AnalyticsFileResource(dg.ConfigurableResource):

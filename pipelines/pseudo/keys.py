@@ -18,6 +18,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from pipelines.private import private_dir
+
 # 128 bits is the floor for an HMAC key; the demo key is 256 bits.
 MIN_KEY_BYTES = 16
 DEMO_KEY_BYTES = 32
@@ -68,7 +70,7 @@ def ensure_demo_key(path: Path) -> Path:
     if path.exists():
         read_key_file(path)
         return path
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(path.parent)
     # O_EXCL + mode at creation: the key is never readable by others, not even for an instant.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as handle:

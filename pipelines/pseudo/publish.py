@@ -18,6 +18,7 @@ from pathlib import Path
 import duckdb
 
 from pipelines.policy.models import Policy
+from pipelines.private import make_private, private_dir
 from pipelines.pseudo.checks import CATALOGUE, validate_analytics_file
 from pipelines.pseudo.kanon import KAnonymityReport, anonymise, runner_ups_json
 from pipelines.pseudo.policy import PseudonymisationPolicy, TablePolicy
@@ -173,7 +174,7 @@ def publish_analytics(
     purposes: Policy,
 ) -> PublicationReport:
     """Build, check and atomically publish the analytics file; raise PublicationRefused on a failed check."""
-    analytics.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(analytics.parent)
     # A run killed mid-build leaves its candidate behind; runs are serialised, so any left is stale. If
     # another publication were racing, losing its candidate only makes its swap fail: nothing half-published.
     for stale in analytics.parent.glob(f".{analytics.name}.*.building*"):
@@ -184,6 +185,7 @@ def publish_analytics(
         try:
             con.execute(f"ATTACH {literal(warehouse)} AS wh (READ_ONLY)")
             con.execute(f"ATTACH {literal(candidate)} AS cand")
+            make_private(candidate)  # still empty: DuckDB created it with the umask's mode
             con.execute("USE wh")
             reports, excluded = build_candidate(con, policy, domain_keys, key_version, as_of, purposes)
             con.execute("USE memory")

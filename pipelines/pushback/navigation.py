@@ -1,7 +1,8 @@
 """Push-back to the append-only navigation logs (day-partitioned Parquet events, cookie-consent log).
 
 Each affected file is rewritten whole to a temporary name in the same folder, fsynced, then swapped in
-with os.replace, so a reader or a crash never sees a half-written file. The decisions applied are recorded
+with os.replace, so a reader or a crash never sees a half-written file; it keeps the mode the source system
+gave the file it replaces (pipelines.private.write_atomically). The decisions applied are recorded
 afterwards in a manifest (`_privacy_applied_decisions.json`, also written atomically). A crash between a
 file swap and the manifest leaves decisions unrecorded: the re-run re-filters, which is a no-op on the
 files already rewritten (erase and anonymise are idempotent), so the end state is the same.
@@ -19,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.durable import replace_durably
+from pipelines.private import write_atomically
 from pipelines.pushback.sql import NoticeRule
 from pipelines.sqltext import all_of, ident, list_literal
 
@@ -37,10 +38,6 @@ def _files(navigation_dir: Path, table_name: str) -> list[Path]:
     return sorted((navigation_dir / TABLE_DIRS[table_name]).rglob("*.parquet"))
 
 
-def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
-
-
 def read_manifest(navigation_dir: Path) -> dict[str, dict[str, object]]:
     path = navigation_dir / MANIFEST_NAME
     return json.loads(path.read_text())["decisions"] if path.exists() else {}
@@ -48,8 +45,7 @@ def read_manifest(navigation_dir: Path) -> dict[str, dict[str, object]]:
 
 def _write_manifest(navigation_dir: Path, decisions: dict[str, dict[str, object]]) -> None:
     path = navigation_dir / MANIFEST_NAME
-    _temporary(path).write_text(json.dumps({"decisions": decisions}, sort_keys=True, indent=1))
-    replace_durably(_temporary(path), path)
+    write_atomically(path, json.dumps({"decisions": decisions}, sort_keys=True, indent=1), in_source=True)
 
 
 def _rewrite(path: Path, key_column: str, keys: pa.Array, action: str, columns: list[str]) -> None:
@@ -64,8 +60,7 @@ def _rewrite(path: Path, key_column: str, keys: pa.Array, action: str, columns: 
             column = table[name]
             table = table.set_column(index, table.schema.field(index),
                                      pc.if_else(hit, pa.scalar(None, column.type), column))
-    pq.write_table(table, _temporary(path))
-    replace_durably(_temporary(path), path)
+    write_atomically(path, lambda temp: pq.write_table(table, temp), in_source=True)
 
 
 def _matches(con: duckdb.DuckDBPyConnection, files: list[Path], key_column: str,

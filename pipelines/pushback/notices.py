@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipelines.policy.models import Policy
+from pipelines.private import open_private
 from pipelines.pushback.sql import NoticeRule
 
 OUTBOX_FILE = "notices.jsonl"
@@ -53,10 +54,9 @@ def write_notices(outbox_dir: Path, found: Sequence[dict[str, str]], tokenise: C
     """Append the notices not yet in the outbox (fsynced); return how many were new."""
     if not found:
         return 0
-    outbox_dir.mkdir(parents=True, exist_ok=True)
     created_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     path = outbox_dir / OUTBOX_FILE
-    with open(path, "a+", encoding="utf-8") as fh:
+    with open_private(path, "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         fh.seek(0)
         seen = {json.loads(line)["notice_id"] for line in fh if line.strip()}

@@ -21,6 +21,7 @@ import pyarrow.csv as pacsv
 import sqlalchemy as sa
 
 from pipelines.policy.models import Policy
+from pipelines.private import open_private, private_dir
 from pipelines.rights.intake import table_exists
 from pipelines.rights.scope import portable_columns, subject_tables
 from pipelines.sources.schema import SQL_SYSTEMS
@@ -78,7 +79,8 @@ def write_access_bundle(con: duckdb.DuckDBPyConnection, policy: Policy, *, reque
     final = exports_dir / str(request_id)
     work = exports_dir / f".{request_id}.tmp"
     shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    private_dir(exports_dir)
+    private_dir(work)
     found: dict[str, list[pa.Table]] = {}
     table_of: dict[str, str] = {}
     for st in subject_tables(policy):
@@ -104,7 +106,8 @@ def write_access_bundle(con: duckdb.DuckDBPyConnection, policy: Policy, *, reque
     tables: dict[str, dict[str, object]] = {}
     for location, parts in found.items():
         rows = pa.concat_tables(parts, promote_options="permissive")
-        pacsv.write_csv(rows, work / f"{location}.csv")
+        with open_private(work / f"{location}.csv", "wb") as fh:
+            pacsv.write_csv(rows, fh)
         tables[location] = {"rows": rows.to_pylist(), **_policy_notes(policy, table_of[location])}
     bundle = {
         "request_id": request_id,
@@ -116,7 +119,8 @@ def write_access_bundle(con: duckdb.DuckDBPyConnection, policy: Policy, *, reque
         "identity_links": [{"node_type": t, "node_value": v} for t, v in nodes],
         "tables": tables,
     }
-    (work / "bundle.json").write_text(json.dumps(bundle, indent=1, default=str, ensure_ascii=False))
+    with open_private(work / "bundle.json") as fh:
+        fh.write(json.dumps(bundle, indent=1, default=str, ensure_ascii=False))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(work, final)
     return final

@@ -6,10 +6,11 @@ the same content on a re-run."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import duckdb
+
+from pipelines.private import write_atomically
 
 KEPT_DDL = """
 CREATE TABLE IF NOT EXISTS rights.kept (decision_id VARCHAR, table_name VARCHAR, reason VARCHAR, n BIGINT)
@@ -46,10 +47,6 @@ def write_erasure_answers(con: duckdb.DuckDBPyConnection, decision_ids: list[str
                                             "erased at the end of the period the obligation sets"})
     written = []
     for answer in answers.values():
-        folder = exports_dir / str(answer["request_id"])
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{ANSWER_FILE}.tmp"
-        tmp.write_text(json.dumps(answer, indent=1, ensure_ascii=False))
-        os.replace(tmp, folder / ANSWER_FILE)
-        written.append(folder / ANSWER_FILE)
+        path = exports_dir / str(answer["request_id"]) / ANSWER_FILE
+        written.append(write_atomically(path, json.dumps(answer, indent=1, ensure_ascii=False)))
     return written
