@@ -19,6 +19,7 @@ from pathlib import Path
 
 import duckdb
 
+from pipelines.normalise import trim_sql
 from pipelines.pseudo.kanon import achieved_k_sql, class_columns, flagged_sql
 from pipelines.pseudo.policy import PseudonymisationPolicy
 from pipelines.sqltext import ident, literal
@@ -62,7 +63,7 @@ def identifier_leaks(con: duckdb.DuckDBPyConnection, policy: PseudonymisationPol
         f"""
         CREATE OR REPLACE TEMP TABLE _identifiers AS
         SELECT DISTINCT v FROM (
-            SELECT lower(trim(v)) AS v FROM ({' UNION ALL '.join(sources)})
+            SELECT lower({trim_sql('v')}) AS v FROM ({' UNION ALL '.join(sources)})
             UNION ALL
             SELECT node_value FROM wh.identity.person_links WHERE node_type IN ('email', 'phone')
         ) WHERE v IS NOT NULL AND v <> ''
@@ -70,7 +71,7 @@ def identifier_leaks(con: duckdb.DuckDBPyConnection, policy: PseudonymisationPol
     )
     values = " UNION ALL ".join(
         f"SELECT {literal(t)} AS table_name, {literal(c)} AS column_name, "
-        f"lower(trim(CAST({ident(c)} AS VARCHAR))) AS v FROM pub.main.{ident(t)}"
+        f"lower({trim_sql(f'CAST({ident(c)} AS VARCHAR)')}) AS v FROM pub.main.{ident(t)}"
         for t, c in published_columns(con)
     )
     shapes = " OR ".join(f"regexp_matches(v, {literal(p)})" for p in IDENTIFIER_PATTERNS.values())

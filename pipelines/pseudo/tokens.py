@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.normalise import email_sql, phone_sql
+from pipelines.normalise import email_sql, id_sql, phone_sql
 from pipelines.pseudo.keys import SecretKey
 
 BLOCK_SIZE = 64
@@ -28,7 +28,7 @@ DISTINCT_RATIO_FOR_ROW_HASHING = 0.5
 NORMALISERS = {
     "email": email_sql,
     "phone": phone_sql,
-    "id": lambda col: f"nullif(trim(CAST({col} AS VARCHAR)), '')",
+    "id": id_sql,
     # Values a table builder has already normalised (e.g. a contact that is an e-mail or a phone).
     "as_is": lambda col: col,
 }
