@@ -13,7 +13,7 @@ anchor's hash; a log shorter than its anchor, or with another entry at that seq,
 entries, and appending to it is refused. Whoever can rewrite the log can rewrite the anchor beside it:
 against that, publish the head (`current_head()`, e.g. in run metadata) and check it later:
 
-    python -m pipelines.audit verify [path] [--expect-head HASH]... [--no-anchor]
+    python -m pipelines.orchestration.audit_cli verify [path] [--expect-head HASH]... [--no-anchor]
 
 exits 0 when the chain is intact, agrees with its anchor and holds every expected head; 1 naming the first
 bad entry, or what is wrong with the end of the log. A non-empty log without its anchor fails unless
@@ -35,14 +35,12 @@ holding the master key can re-derive the token of a given person with the standa
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import fcntl
 import hashlib
 import hmac
 import json
 import os
-import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,8 +124,8 @@ class AuditLog:
             # A log longer than its anchor is the normal result of an interrupted append; checking it would
             # mean reading back to the anchor's entry on every append, so verify does that instead.
             if anchor and (problem := _anchor_mismatch(anchor, seq, prev if seq == anchor.seq else None)):
-                raise AuditLogError(f"{self.path}: {problem}; refusing to append (see python -m pipelines.audit "
-                                    "verify)")
+                raise AuditLogError(f"{self.path}: {problem}; refusing to append (see python -m "
+                                    "pipelines.orchestration.audit_cli verify)")
             ts = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
             lines = []
             for item in items:
@@ -281,53 +279,3 @@ def verify(path: Path, *, check_anchor: bool = True, expect_heads: Iterable[str]
             f"expected head {', '.join(sorted(missing))} is not an entry of the chain: entries were removed or "
             "rewritten since it was published, or this is not the log it was published from"))
     return VerifyResult(True, count, anchor_seq=anchor.seq if anchor else None)
-
-
-# The CLI reads no configuration: where `make demo` writes the log; any other log is named on the command line.
-DEFAULT_CLI_PATH = Path("data/audit/audit.jsonl")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.audit", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("verify", help="verify the hash chain, its head anchor and published heads")
-    check.add_argument("path", nargs="?", type=Path, default=DEFAULT_CLI_PATH,
-                       help=f"the audit log (default {DEFAULT_CLI_PATH}, relative to the project folder)")
-    check.add_argument("--expect-head", action="append", default=[], metavar="HASH",
-                       help="a head hash published earlier; fails unless it is an entry of the chain (repeatable)")
-    check.add_argument("--master-key-file", type=Path, metavar="PATH",
-                       help="hex master key file (0600): also check every entry's HMAC under the audit domain key")
-    check.add_argument("--key-version", type=int, default=1, help="the key version the log was written with")
-    check.add_argument("--no-anchor", action="store_true",
-                       help="do not read the head anchor (a copy of the log made without it)")
-    args = parser.parse_args(argv)
-    path = args.path
-    key = None
-    if args.master_key_file:
-        from pipelines.pseudo.keys import KeyProvider, read_key_file
-
-        key = KeyProvider(read_key_file(args.master_key_file), args.key_version).domain_key(AUDIT_DOMAIN)
-    result = verify(path, check_anchor=not args.no_anchor, expect_heads=args.expect_head, key=key)
-    if not result.ok:
-        if result.line is None:
-            print(f"FAILED: {path}: {result.reason}", file=sys.stderr)
-        else:
-            print(f"TAMPERED: {path}: first bad entry seq={result.bad_seq} (line {result.line}): {result.reason}; "
-                  f"{result.entries} entries verified before it", file=sys.stderr)
-        return 1
-    notes = [f"{result.entries} entries, chain intact" + (", every HMAC matches" if key else "")]
-    if args.no_anchor:
-        notes.append("head anchor not checked (--no-anchor)")
-    elif result.anchor_seq == result.entries:
-        notes.append("head anchor agrees")
-    elif result.anchor_seq is not None:
-        notes.append(f"head anchor agrees at seq {result.anchor_seq} "
-                     f"({result.entries - result.anchor_seq} entries appended after it was last written)")
-    if args.expect_head:
-        notes.append("expected head found" if len(args.expect_head) == 1 else "expected heads found")
-    print(f"OK: {path}: {'; '.join(notes)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,9 +40,11 @@ def log_path(tmp_path: Path) -> Path:
     return log.path
 
 
-def cli(path: Path, *options: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines.audit", "verify", str(path), *options],
-                          capture_output=True, text=True)
+def cli(path: Path | None, *options: str, cwd: Path | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    named = [str(path)] if path else []
+    return subprocess.run([sys.executable, "-m", "pipelines.orchestration.audit_cli", "verify", *named, *options],
+                          capture_output=True, text=True, cwd=cwd, env=env)
 
 
 def rewrite(path: Path, change) -> None:
@@ -274,3 +277,18 @@ def test_a_chain_rewritten_with_another_key_fails_too(keyed_log):
 def test_an_entry_without_hmac_in_a_keyed_check_is_named(log_path):
     result = verify(log_path, key=AUDIT_KEY)
     assert not result.ok and result.bad_seq == 1 and "carries no HMAC" in result.reason
+
+
+def test_the_cli_verifies_the_configured_log_from_any_folder_and_names_a_missing_one(log_path, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("SEM_AUDIT_LOG", "SEM_DATA_DIR")}
+    # SEM_DATA_DIR places the log, not the folder the command is typed in
+    found = cli(None, cwd=elsewhere, env={**env, "SEM_DATA_DIR": str(log_path.parent.parent)})
+    assert found.returncode == 0 and f"OK: {log_path}: 7 entries" in found.stdout
+    missing = cli(None, cwd=elsewhere, env={**env, "SEM_DATA_DIR": str(elsewhere)})
+    assert missing.returncode == 2 and "SEM_DATA_DIR" in missing.stderr
+    assert f"no audit log at {elsewhere / 'audit' / 'audit.jsonl'}" in missing.stderr
+    # a named log that is not there is not an empty chain either
+    named = cli(elsewhere / "audit.jsonl", cwd=elsewhere, env=env)
+    assert named.returncode == 2 and f"no audit log at {elsewhere / 'audit.jsonl'}" in named.stderr

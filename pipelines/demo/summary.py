@@ -79,7 +79,8 @@ def print_summary() -> None:
     audit = settings.audit_log_path()
     if audit.exists():
         entries = sum(1 for _ in audit.open())
-        print(f"\nAudit log {audit}: {entries} chained entries (verify: .venv/bin/python -m pipelines.audit verify)")
+        print(f"\nAudit log {audit}: {entries} chained entries "
+              "(verify: .venv/bin/python -m pipelines.orchestration.audit_cli verify)")
     print(
         "\nNext: `make dev` opens the Dagster UI at http://127.0.0.1:3000 (assets, checks, runs, schedules, sensors);"
         f"\nanalysts open {settings.analytics_path()} with duckdb (read-only)."
