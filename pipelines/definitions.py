@@ -14,7 +14,7 @@ import dagster as dg
 
 import assets as assets_package
 import sensors as sensors_package
-from pipelines.orchestration.jobs import ALL_JOBS, MULTIPROCESS_EXECUTOR
+from pipelines.orchestration.jobs import ALL_JOBS, RUN_EXECUTOR
 from pipelines.orchestration.resources import default_resources
 
 
@@ -40,5 +40,5 @@ defs = dg.Definitions(
     schedules=_instances(_sensor_modules, dg.ScheduleDefinition),
     sensors=_instances(_sensor_modules, dg.SensorDefinition),
     resources=default_resources(),
-    executor=MULTIPROCESS_EXECUTOR,
+    executor=RUN_EXECUTOR,
 )

@@ -1,7 +1,7 @@
 """A one-step job holding the `warehouse` pool like the nightly's steps, for the dead-run tests.
 
 With run tag `hold=<marker path>` the step touches the marker and waits to be killed; otherwise it ends at
-once. It runs on the project's executor wrapper (dead runs cleared before the first step) and carries the
+once. It runs on the project's executor (in process, dead runs cleared before the first step) and carries the
 nightly's run-queue tag; its schedule fires every minute, as the nightly's fires every night.
 """
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from pipelines.orchestration.dead_runs import clearing_multiprocess_executor
+from pipelines.orchestration.jobs import RUN_EXECUTOR
 
 
 @dg.op(pool="warehouse")
@@ -22,7 +22,7 @@ def hold_the_warehouse(context: dg.OpExecutionContext) -> None:
             time.sleep(60)
 
 
-@dg.job(executor_def=clearing_multiprocess_executor, tags={"sem/warehouse-writer": "true"})
+@dg.job(executor_def=RUN_EXECUTOR, tags={"sem/warehouse-writer": "true"})
 def warehouse_writer() -> None:
     hold_the_warehouse()
 

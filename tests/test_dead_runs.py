@@ -1,9 +1,9 @@
 """Runs whose process was killed: found and cleared with nobody intervening (pipelines/orchestration/dead_runs.py).
 
-A real run (tests/dead_run_job.py: one step in the `warehouse` pool, the nightly's run-queue tag) is launched
-with `dagster job execute` on an instance made from the project's dagster.yaml, SIGKILLed inside its step,
-then either the next run clears it itself, or the real daemon's run monitoring does and the next scheduled run
-goes through.
+A real run (tests/dead_run_job.py: one step in the `warehouse` pool, the nightly's run-queue tag and executor) is
+launched with `dagster job execute` on an instance made from the project's dagster.yaml, SIGKILLed inside its
+step, then either the next run clears it itself, or the real daemon's run monitoring does and the next scheduled
+run goes through. A second live run waits for the slot the first holds.
 """
 
 import json
@@ -116,6 +116,34 @@ def test_a_live_run_keeps_its_slot(tmp_path):
     finally:
         os.killpg(holder.pid, signal.SIGKILL)
         holder.wait()
+
+
+def test_the_pool_keeps_a_second_run_off_the_warehouse_while_the_first_holds_it(tmp_path):
+    """Both runs execute their steps in process (the project's executor) and are started outside the run
+    queue: the `warehouse` pool alone must keep the second run's step from starting."""
+    home = _home(tmp_path)
+    marker = tmp_path / "holding"
+    first = _execute(home, {"hold": str(marker)})
+    second = None
+    try:
+        _wait_for(marker.exists, "the first run's step to hold the warehouse slot")
+        second = _execute(home, {"hold": str(tmp_path / "second-holding")})
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            def warehouse():  # who holds the slot, who waits for it (claims not assigned a slot)
+                return instance.event_log_storage.get_concurrency_info("warehouse")
+
+            _wait_for(lambda: len(warehouse().pending_run_ids) == 1, "the second run's step to queue for the slot")
+            [queued] = warehouse().pending_run_ids
+            [holder] = {c.run_id for c in warehouse().claimed_slots}
+            assert holder != queued
+            assert instance.get_run_by_id(queued).status == dg.DagsterRunStatus.STARTED
+            assert instance.all_logs(queued, of_type=DagsterEventType.STEP_START) == []
+            assert not (tmp_path / "second-holding").exists()
+    finally:
+        for process in (first, second):
+            if process is not None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
 
 
 def test_after_a_kill_the_daemon_fails_the_dead_run_and_the_next_scheduled_run_completes(tmp_path):

@@ -1,4 +1,4 @@
-"""Beyond one process: the project's executor and pools on the real jobs, and the production instance."""
+"""Beyond one run: the project's executor and pools on the real jobs, and the production instance."""
 
 from pathlib import Path
 
@@ -13,11 +13,12 @@ from pipelines.definitions import defs
 PRODUCTION_YAML = Path(__file__).resolve().parents[1] / "deploy" / "dagster.production.yaml"
 
 
-def test_project_jobs_run_their_steps_in_forked_processes():
-    # The run itself, launched as the UI does, is in tests/test_webserver.py.
+def test_project_jobs_run_their_steps_in_the_run_process_after_clearing_dead_runs():
+    # The run itself, launched as the UI does, is in tests/test_webserver.py; a second run waiting for the
+    # warehouse slot the first holds, and dead runs cleared, in tests/test_dead_runs.py.
     for name in ("nightly_job", "rights_job", "policy_preview_job"):
         executor = defs.resolve_job_def(name).executor_def
-        assert executor.name == "forkserver_multiprocess"
+        assert executor.name == "in_process_clearing_dead_runs"
 
 
 @pytest.mark.parametrize("job_name", ["nightly_job", "rights_job", "policy_preview_job"])

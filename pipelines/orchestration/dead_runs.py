@@ -11,8 +11,9 @@ the `warehouse` pool slot of the step it was in, so every later run would wait b
   running (a `dagster job execute` from a shell) or it has not polled yet: every slot or queued claim of the
   run's pools held by a finished, deleted or dead run is freed, and every STARTED run whose worker is dead is
   marked failed.
-- `ClearingExecutor` wraps the project's executor so that every run does it first and says so in its log
-  (an engine event whose metadata lists the runs cleared) and in its tags.
+- `ClearingExecutor` wraps the project's executor (Dagster's in-process executor, see orchestration/jobs.py) so
+  that every run does it first and says so in its log (an engine event whose metadata lists the runs cleared)
+  and in its tags. Pools work the same under either executor: each step claims its slot before it starts.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import dagster as dg
-from dagster._core.definitions.executor_definition import MULTI_PROC_CONFIG, multiprocess_executor
+from dagster._core.definitions.executor_definition import IN_PROC_CONFIG, in_process_executor
 from dagster._core.events import DagsterEvent, DagsterEventType, EngineEventData
 from dagster._core.execution.retries import RetryMode
 from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
@@ -149,11 +150,8 @@ class ClearingExecutor(dg.Executor):
         yield from self._inner.execute(plan_context, execution_plan)
 
 
-@dg.executor(
-    name="multiprocess_clearing_dead_runs",
-    config_schema=MULTI_PROC_CONFIG,
-    requirements=dg.multiple_process_executor_requirements(),
-)
-def clearing_multiprocess_executor(init_context: dg.InitExecutorContext) -> dg.Executor:
-    """Dagster's multiprocess executor, after freeing the pool slots dead runs still hold."""
-    return ClearingExecutor(multiprocess_executor.executor_creation_fn(init_context))
+@dg.executor(name="in_process_clearing_dead_runs", config_schema=IN_PROC_CONFIG)
+def clearing_in_process_executor(init_context: dg.InitExecutorContext) -> dg.Executor:
+    """Dagster's in-process executor (every step in the run's own process, one after the other), after freeing
+    the pool slots dead runs still hold."""
+    return ClearingExecutor(in_process_executor.executor_creation_fn(init_context))

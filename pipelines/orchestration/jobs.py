@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from pipelines.orchestration.dead_runs import clearing_multiprocess_executor
+from pipelines.orchestration.dead_runs import clearing_in_process_executor
 from pipelines.orchestration.runs import NIGHTLY_JOB, POLICY_PREVIEW_JOB, PREVIEW_KEY, RIGHTS_JOB
 
 nightly_job = dg.define_asset_job(
@@ -37,13 +37,12 @@ policy_preview_job = dg.define_asset_job(
 
 ALL_JOBS = [nightly_job, rights_job, policy_preview_job]
 
-# Steps run in their own processes (a failing or leaking step cannot take the run down). A fork server imports
-# the definitions (Dagster, DuckDB, GX, pandas) once and forks every step from it: spawning a fresh interpreter
-# per step cost ~6 s of imports for each of the ~45 steps. One step at a time: nearly every step opens the
-# DuckDB warehouse, which one process at a time may hold, and a second step would only wait in the `warehouse`
-# pool, whose blocked claims back off up to 15 s each. The pool still keeps other runs' steps off the file.
-# Before any step claims a pool slot, the executor frees the slots of runs that died (orchestration/dead_runs.py).
-MULTIPROCESS_EXECUTOR = clearing_multiprocess_executor.configured(
-    {"max_concurrent": 1, "start_method": {"forkserver": {"preload_modules": ["pipelines.definitions"]}}},
-    name="forkserver_multiprocess",
-)
+# Every step runs in the run's own process, one after the other (Dagster's in-process executor). Measured at
+# 10,000 members (README, "Running jobs"): a night launched as the schedule launches it took 1.6x the same night
+# in process when each step was forked from a fork server and opened the warehouse again; steps share nothing
+# but the DuckDB file, which one process at a time may hold, so separate processes bought no parallelism, only
+# ~45 forks, imports and warehouse opens a night. Pools still apply: each step claims its `warehouse` slot
+# before it starts, which keeps other runs' steps off the file, and before any step claims one the executor
+# frees the slots of runs that died (orchestration/dead_runs.py).
+# A step that crashes the interpreter takes the run down with it; the next run clears it and finishes the work.
+RUN_EXECUTOR = clearing_in_process_executor
