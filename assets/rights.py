@@ -3,7 +3,6 @@
 
 import dagster as dg
 
-from pipelines.audit import AUDIT_DOMAIN, AuditLog
 from pipelines.orchestration.resources import (
     ComplianceStoreResource,
     NavigationSourceResource,
@@ -11,6 +10,7 @@ from pipelines.orchestration.resources import (
     PseudonymisationKeyResource,
     SqlSourceResource,
     WarehouseResource,
+    core_context,
 )
 from pipelines.orchestration.runs import as_of_date
 from pipelines.policy.load import source_columns
@@ -56,14 +56,10 @@ def rights_requests(
     member_source: SqlSourceResource, prospect_source: SqlSourceResource, navigation: NavigationSourceResource,
     compliance: ComplianceStoreResource, pseudonymisation_key: PseudonymisationKeyResource,
 ):
-    token_key = pseudonymisation_key.domain_keys([AUDIT_DOMAIN])[AUDIT_DOMAIN]
+    ctx = core_context(policies, pseudonymisation_key, compliance, navigation, actor="rights_job")
     with warehouse.connect() as con:
-        outcome = process_rights(
-            con, policies.load(), members=member_source.engine(), prospects=prospect_source.engine(),
-            navigation_dir=navigation.resolved_path, exports_dir=compliance.exports_dir,
-            outbox_dir=compliance.outbox_dir,
-            audit=AuditLog(compliance.audit_log_path, actor="rights_job", key=token_key),
-            token_key=token_key, as_of=as_of_date(config.as_of, context.run.tags))
+        outcome = process_rights(con, ctx, members=member_source.engine(), prospects=prospect_source.engine(),
+                                 as_of=as_of_date(config.as_of, context.run.tags))
         decisions = dict(run_sql(con, "SELECT status, count(*) FROM rights.decisions GROUP BY 1 ORDER BY 1"))
         exclusions = dict(run_sql(con, "SELECT reason, count(*) FROM rights.exclusions GROUP BY 1 ORDER BY 1"))
     if outcome.decisions_failed:

@@ -4,12 +4,13 @@ professionals), thin wrappers over pipelines.transfers; columns, rows and safegu
 import dagster as dg
 
 from assets.quality_checks import WAREHOUSE_POOL
-from pipelines.audit import AUDIT_DOMAIN, AuditLog, subject_token
 from pipelines.orchestration.resources import (
     ComplianceStoreResource,
+    NavigationSourceResource,
     PoliciesResource,
     PseudonymisationKeyResource,
     WarehouseResource,
+    core_context,
 )
 from pipelines.orchestration.runs import RetentionConfig, as_of_date
 from pipelines.sources.schema import SQL_SYSTEMS
@@ -52,16 +53,13 @@ def _transfer_asset(recipient: str, what: str) -> dg.AssetsDefinition:
         compliance: ComplianceStoreResource,
         policies: PoliciesResource,
         pseudonymisation_key: PseudonymisationKeyResource,
+        navigation: NavigationSourceResource,
     ) -> dg.MaterializeResult:
         # The run's day (config, else the `sem/as_of` tag, else today in Paris), as for retention.
         as_of = as_of_date(config.as_of, context.run.tags)
-        token_key = pseudonymisation_key.domain_keys([AUDIT_DOMAIN])[AUDIT_DOMAIN]
+        ctx = core_context(policies, pseudonymisation_key, compliance, navigation)
         with warehouse.connect() as con:
-            report = build_transfer(
-                con, policies.load(), recipient, compliance.outbox_dir, as_of,
-                AuditLog(compliance.audit_log_path, key=token_key),
-                tokenise=lambda value: subject_token(value, token_key),
-            )
+            report = build_transfer(con, ctx, recipient, as_of)
         if report.already_delivered:
             context.log.info(f"{recipient}: {as_of} already delivered; nothing sent again")
         return dg.MaterializeResult(

@@ -36,6 +36,7 @@ from pathlib import Path
 import duckdb
 
 from pipelines.audit import AuditLog
+from pipelines.context import CoreContext
 from pipelines.duck import scalar
 from pipelines.durable import sha256_of
 from pipelines.policy.models import Dataset, Disclosure, Policy, Recipient
@@ -324,20 +325,14 @@ def _held(con: duckdb.DuckDBPyConnection, recipient: str) -> int:
                           WHERE recipient = ? GROUP BY part, record_key) WHERE action = {literal(SENT)}""", [recipient])
 
 
-def build_transfer(
-    con: duckdb.DuckDBPyConnection,
-    policy: Policy,
-    recipient_key: str,
-    outbox_dir: Path,
-    as_of: dt.date,
-    audit: AuditLog,
-    tokenise: Callable[[str], str],
-) -> TransferReport:
+def build_transfer(con: duckdb.DuckDBPyConnection, ctx: CoreContext, recipient_key: str,
+                   as_of: dt.date) -> TransferReport:
     """Deliver to the recipient what changed for it up to `as_of` (see the module doc); record and audit it.
 
-    `con` is the warehouse, writable (`transfers.*` holds the delivery state); `tokenise` turns "member:42"
-    into the keyed subject token of the audit domain, for the art. 19 notices.
+    `con` is the warehouse, writable (`transfers.*` holds the delivery state); `ctx` gives the policy, the
+    outbox, the audit log and the keyed subject tokens of the art. 19 notices ("member:42" -> token).
     """
+    policy, audit, outbox_dir, tokenise = ctx.policy, ctx.audit, ctx.paths.outbox, ctx.tokenise
     recipient = next((r for r in policy.recipients if r.key == recipient_key), None)
     if recipient is None or recipient.transfer is None:
         raise NotATransferError(f"recipients.yaml declares no transfer outside the EU/EEA for {recipient_key!r}")

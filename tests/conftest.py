@@ -92,14 +92,15 @@ def identity_rules() -> list:
     return load_policy(PROJECT_ROOT / "policies").datasets_file.identity
 
 
-def core_context(root: Path, policy: object, navigation: Path) -> object:
-    """The privacy core's explicit inputs for a test: the test key, an audit log and folders under `root`."""
+def core_context(root: Path, policy: object, navigation: Path, audit_log: Path | None = None) -> object:
+    """The privacy core's explicit inputs for a test: the test key, an audit log (default
+    `root/audit/audit.jsonl`) and folders under `root`."""
     from pipelines.audit import AuditLog
     from pipelines.context import CoreContext, Paths
     from pipelines.pseudo.keys import KeyProvider
 
     return CoreContext(policy=policy, keys=KeyProvider(bytes.fromhex(TEST_KEY_HEX)),
-                       audit=AuditLog(root / "audit" / "audit.jsonl"),
+                       audit=AuditLog(audit_log or root / "audit" / "audit.jsonl"),
                        paths=Paths(navigation=navigation, outbox=root / "outbox", exports=root / "exports"))
 
 

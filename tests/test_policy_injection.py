@@ -18,17 +18,16 @@ import sqlalchemy as sa
 import yaml
 
 from assets.compliance_register import policy_change_preview
-from pipelines.audit import AuditLog
 from pipelines.identity import resolve_identities
 from pipelines.orchestration.resources import ComplianceStoreResource, PoliciesResource, WarehouseResource
-from pipelines.orchestration.settings import PROJECT_ROOT, audit_token_key
+from pipelines.orchestration.settings import PROJECT_ROOT
 from pipelines.policy.load import load_policy
 from pipelines.policy.loader import PolicyError
 from pipelines.pseudo.policy import load_pseudonymisation_policy
 from pipelines.refresh import ingest_all
 from pipelines.rights.process import process_rights
 from pipelines.sources.schema import SQL_SYSTEMS
-from tests.conftest import TEST_AS_OF, identity_rules
+from tests.conftest import TEST_AS_OF, core_context, identity_rules
 from tests.test_transfers import MOROCCO, World
 
 POLICIES = PROJECT_ROOT / "policies"
@@ -130,10 +129,8 @@ def test_a_quote_in_a_legal_hold_value_is_a_literal_and_holds_the_person_through
         ingest_all(con, engines, sandbox.sources / "navigation", policy)
         resolve_identities(con, identity_rules())
         outcome = process_rights(
-            con, policy, members=engines["members"], prospects=engines["prospects"],
-            navigation_dir=sandbox.sources / "navigation", exports_dir=tmp_path / "exports",
-            outbox_dir=tmp_path / "outbox", audit=AuditLog(tmp_path / "audit.jsonl"), token_key=audit_token_key(),
-            now=dt.datetime.combine(TEST_AS_OF, dt.time(12)))
+            con, core_context(tmp_path, policy, sandbox.sources / "navigation"), members=engines["members"],
+            prospects=engines["prospects"], now=dt.datetime.combine(TEST_AS_OF, dt.time(12)))
         assert not outcome.decisions_failed
         [(state, reason)] = con.execute(
             "SELECT state, reason FROM rights.requests WHERE request_id = 999001").fetchall()

@@ -418,7 +418,7 @@ class World:
                                       prospects=self.engines["prospects"])
             assert not outcome.decisions_failed
             for recipient in transfer_recipients(POLICY):
-                build_transfer(con, POLICY, recipient.key, self.outbox, night, ctx.audit, ctx.tokenise)
+                build_transfer(con, ctx, recipient.key, night)
         domains = self.keys.domain_keys(sorted(PSEUDO.domains))
         publish_analytics(self.warehouse, self.analytics, PSEUDO, domains, self.keys.version, night, POLICY)
 

@@ -17,7 +17,6 @@ import sqlalchemy as sa
 
 from pipelines.audit import AuditLog, verify
 from pipelines.identity import resolve_identities
-from pipelines.orchestration.settings import audit_token_key
 from pipelines.policy.load import load_policy
 from pipelines.pushback.notices import read_notices
 from pipelines.refresh import ingest_all
@@ -25,7 +24,7 @@ from pipelines.rights.process import RightsOutcome, deadline_summary, process_ri
 from pipelines.sources.schema import (
     SQL_SYSTEMS,
 )
-from tests.conftest import TEST_AS_OF, identity_rules
+from tests.conftest import TEST_AS_OF, core_context, identity_rules
 
 NOW = dt.datetime.combine(TEST_AS_OF, dt.time(12))
 
@@ -55,11 +54,9 @@ class World:
 
     def process(self) -> RightsOutcome:
         with duckdb.connect(str(self.warehouse)) as con:
-            return process_rights(
-                con, load_policy(Path("policies")), members=self.engines["members"],
-                prospects=self.engines["prospects"], navigation_dir=self.navigation,
-                exports_dir=self.root / "exports", outbox_dir=self.root / "outbox", audit=self.audit,
-                token_key=audit_token_key(), now=NOW)
+            ctx = core_context(self.root, load_policy(Path("policies")), self.navigation, self.audit.path)
+            return process_rights(con, ctx, members=self.engines["members"], prospects=self.engines["prospects"],
+                                  now=NOW)
 
     def wh(self, sql: str, params: list | None = None) -> list[tuple]:
         with duckdb.connect(str(self.warehouse), read_only=True) as con:

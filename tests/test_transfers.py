@@ -15,16 +15,18 @@ import pytest
 import yaml
 
 from assets.transfers import TRANSFER_RECIPIENTS, transfer_assets
-from pipelines.audit import AuditLog, subject_token, verify
+from pipelines.audit import AUDIT_DOMAIN, AuditLog, subject_token, verify
 from pipelines.ingest import duckdb_type
 from pipelines.orchestration import settings
 from pipelines.orchestration.resources import (
     ComplianceStoreResource,
+    NavigationSourceResource,
     PoliciesResource,
     PseudonymisationKeyResource,
     WarehouseResource,
 )
 from pipelines.policy.load import load_policy
+from pipelines.pseudo.keys import KeyProvider
 from pipelines.pushback.notices import read_notices
 from pipelines.sources.schema import SQL_SYSTEMS
 from pipelines.transfers import (
@@ -35,17 +37,17 @@ from pipelines.transfers import (
     build_transfer,
     transfer_recipients,
 )
-from tests.conftest import TEST_KEY_HEX
+from tests.conftest import TEST_KEY_HEX, core_context
 
 AS_OF = dt.date(2026, 11, 1)
 DAY = dt.timedelta(days=1)
 MOROCCO = "morocco_complaints_provider"
 MONACO = "monaco_health_professionals"
-KEY = b"k" * 32
 
 
 def _tokenise(value: str) -> str:
-    return subject_token(value, KEY)
+    """The keyed subject token the core's context gives (audit domain of the test key)."""
+    return subject_token(value, KeyProvider(bytes.fromhex(TEST_KEY_HEX)).domain_key(AUDIT_DOMAIN))
 
 
 def _warehouse(path: Path) -> Path:
@@ -128,13 +130,17 @@ class World:
         self.outbox = tmp_path / "outbox"
         self.audit = AuditLog(tmp_path / "audit.jsonl")
 
+    @property
+    def ctx(self):
+        return core_context(self.root, self.policy, self.root / "navigation", self.audit.path)
+
     def sql(self, statement: str) -> None:
         with duckdb.connect(str(self.warehouse)) as con:
             con.execute(statement)
 
     def deliver(self, recipient: str, as_of: dt.date = AS_OF):
         with duckdb.connect(str(self.warehouse)) as con:
-            return build_transfer(con, self.policy, recipient, self.outbox, as_of, self.audit, _tokenise)
+            return build_transfer(con, self.ctx, recipient, as_of)
 
 
 @pytest.fixture
@@ -336,6 +342,7 @@ def test_transfer_assets_materialise_into_the_compliance_outbox_once_per_day(tmp
                 "compliance": ComplianceStoreResource(data_dir=str(tmp_path)),
                 "policies": PoliciesResource(),
                 "pseudonymisation_key": PseudonymisationKeyResource(),
+                "navigation": NavigationSourceResource(path=str(tmp_path / "navigation")),
             },
             run_config={"ops": {a.node_def.name: {"config": {"as_of": AS_OF.isoformat()}} for a in transfer_assets}},
         )

@@ -1,7 +1,9 @@
 """Run the rights requests: intake, decide, push back to the sources, carry out in the warehouse, answer.
 
-    process_rights(con, policy, *, members, prospects, navigation_dir, exports_dir, outbox_dir, audit,
-                   token_key, now=None) -> RightsOutcome
+    process_rights(con, ctx, *, members, prospects, now=None, as_of=None) -> RightsOutcome
+
+`ctx` (pipelines.context.CoreContext) gives the policy, the audit log and its keyed subject tokens, the
+navigation log, the exports folder (access bundles, erasure answers) and the outbox (art. 19 notices).
 
 Per verified, matched request (decision id "rights:<request_id>:<request_type>"):
 - access (or "interrogation"): an export bundle (pipelines.rights.access) -> answered;
@@ -43,11 +45,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
-from pipelines.audit import AuditLog, subject_token
+from pipelines.context import CoreContext
 from pipelines.ingest import duckdb_type
 from pipelines.policy.models import Policy
 from pipelines.pushback import TARGET_SCHEMA, apply_decisions, make_targets
-from pipelines.pushback.notices import notice_rules
+from pipelines.pushback.sql import NoticeRule
 from pipelines.pushback.targets import SUPPRESSION_TABLE
 from pipelines.refresh import refresh_from_sources, touched_tables
 from pipelines.retention.apply import table_order
@@ -272,20 +274,17 @@ class _Result:
 
 def process_rights(
     con: duckdb.DuckDBPyConnection,
-    policy: Policy,
+    ctx: CoreContext,
     *,
     members: sa.Engine,
     prospects: sa.Engine | None,
-    navigation_dir: Path | None,
-    exports_dir: Path,
-    outbox_dir: Path,
-    audit: AuditLog,
-    token_key: bytes,
     now: dt.datetime | None = None,
     as_of: dt.date | None = None,
 ) -> RightsOutcome:
     """See the module docstring. `con` is the warehouse (raw.*, identity.person_links already built);
     deadlines are evaluated as of `as_of` (default: the date of `now`)."""
+    policy, audit, token = ctx.policy, ctx.audit, ctx.tokenise
+    navigation_dir, exports_dir, outbox_dir = ctx.paths.navigation, ctx.paths.exports, ctx.paths.outbox
     now_text = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d %H:%M:%S")
     tables = subject_tables(policy)
     ensure_schema(con)
@@ -307,7 +306,6 @@ def process_rights(
     per_decision = targets.group_by("decision_id").aggregate([("key_value", "count")]).to_pylist()
     target_counts = {r["decision_id"]: r["key_value_count"] for r in per_decision}
 
-    token = lambda value: subject_token(value, token_key)  # noqa: E731 - one keyed token function
     # 1. Decide: the targets, the archive copies of what an obligation keeps, the states and their audit
     # entries in one warehouse transaction; then the audit log. If it cannot be appended, nothing is pushed.
     bundles: list[Path] = []
@@ -362,7 +360,7 @@ def process_rights(
                            "WHERE status = 'decided' ORDER BY decision_id")
     failed, touched = _push(pending_targets(con, [d for d, *_ in pending]), policy=policy, members=members,
                             prospects=prospects, navigation_dir=navigation_dir, outbox_dir=outbox_dir,
-                            tokenise=token, now=now)
+                            tokenise=token, notices=ctx.notice_rules, now=now)
     touched.add(("members", rights_requests.name))  # the requests' status changes at the source too
 
     # 3. Carry out in the warehouse what every source confirmed, and record it applied (audited once).
@@ -405,8 +403,8 @@ def _unavailable(system: str, exc: Exception) -> str:
 
 
 def _push(targets: pa.Table, *, policy: Policy, members: sa.Engine, prospects: sa.Engine | None,
-          navigation_dir: Path | None, outbox_dir: Path, tokenise: Callable[[str], str], now: dt.datetime | None,
-          ) -> tuple[dict[str, str], set[tuple[str, str]]]:
+          navigation_dir: Path | None, outbox_dir: Path, tokenise: Callable[[str], str],
+          notices: tuple[NoticeRule, ...], now: dt.datetime | None) -> tuple[dict[str, str], set[tuple[str, str]]]:
     """Each source in its own transaction(s); (decision_id -> why not confirmed, (system, table) changed)."""
     failed: dict[str, str] = {}
     touched: set[tuple[str, str]] = set()
@@ -415,7 +413,7 @@ def _push(targets: pa.Table, *, policy: Policy, members: sa.Engine, prospects: s
         try:
             report = apply_decisions(
                 part, members=members, prospects=prospects, navigation_dir=navigation_dir, outbox_dir=outbox_dir,
-                tokenise=tokenise, notice_rules=notice_rules(policy), table_order=table_order(policy), now=now)
+                tokenise=tokenise, notice_rules=notices, table_order=table_order(policy), now=now)
         except SOURCE_ERRORS as exc:
             reason = _unavailable(system, exc)
             for decision_id in pc.unique(part["decision_id"]).to_pylist():
