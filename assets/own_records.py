@@ -6,8 +6,14 @@ import dagster as dg
 from assets.quality_checks import WAREHOUSE_POOL
 from assets.retention import RetentionConfig, as_of_date
 from assets.transfers import transfer_assets
-from pipelines.audit import AuditLog
-from pipelines.orchestration.resources import ComplianceStoreResource, PoliciesResource, WarehouseResource
+from pipelines.orchestration.resources import (
+    ComplianceStoreResource,
+    NavigationSourceResource,
+    PoliciesResource,
+    PseudonymisationKeyResource,
+    WarehouseResource,
+    core_context,
+)
 from pipelines.policy.own_records import OWN_RECORDS_FILE, load_own_records_policy
 from pipelines.purge import purge_own_records
 from pipelines.sources.schema import SQL_SYSTEMS
@@ -45,13 +51,14 @@ def own_records_retention(
     warehouse: WarehouseResource,
     compliance: ComplianceStoreResource,
     policies: PoliciesResource,
+    pseudonymisation_key: PseudonymisationKeyResource,
+    navigation: NavigationSourceResource,
 ) -> dg.MaterializeResult:
     as_of = as_of_date(config.as_of, context.run.tags)
     rules = load_own_records_policy(policies.resolved_path)
+    ctx = core_context(policies, pseudonymisation_key, compliance, navigation)
     with warehouse.connect() as con:
-        report = purge_own_records(
-            con, policies.load(), rules, as_of, exports_dir=compliance.exports_dir,
-            outbox_dir=compliance.outbox_dir, audit=AuditLog(compliance.audit_log_path))
+        report = purge_own_records(con, ctx, rules, as_of)
     return dg.MaterializeResult(metadata={
         "as_of": dg.MetadataValue.text(as_of.isoformat()),
         **{name: dg.MetadataValue.int(n) for name, n in vars(report).items()},

@@ -119,7 +119,7 @@ class AuditLog:
         # Private: the log names decisions about people (as tokens) and why.
         with open_private(self.path, "a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
-            seq, prev = _tail(fh)
+            seq, prev = _tail(fh, self.path)
             anchor = _read_anchor(anchor_file)
             # A log longer than its anchor is the normal result of an interrupted append; checking it would
             # mean reading back to the anchor's entry on every append, so verify does that instead.
@@ -175,11 +175,12 @@ def current_head(path: Path) -> Head:
     with open(path, "rb") as fh:
         # Shared lock: waits for an append in progress instead of reading half of it.
         fcntl.flock(fh, fcntl.LOCK_SH)
-        return _tail(fh)
+        return _tail(fh, path)
 
 
-def _tail(fh: BinaryIO) -> Head:
-    """(seq, hash) of the last entry, read from the end of the file."""
+def _tail(fh: BinaryIO, path: Path) -> Head:
+    """(seq, hash) of the last entry, read from the end of the file; AuditLogError when the last line is not a
+    whole entry (a log cut short in the middle of a line): chaining on it would hide the damage."""
     fh.seek(0, os.SEEK_END)
     size = fh.tell()
     if size == 0:
@@ -189,8 +190,13 @@ def _tail(fh: BinaryIO) -> Head:
         fh.seek(size - block)
         lines = fh.read(block).rstrip(b"\n").split(b"\n")
         if len(lines) > 1 or block == size:
-            last = json.loads(lines[-1])
-            return Head(int(last["seq"]), str(last["hash"]))
+            try:
+                last = json.loads(lines[-1])
+                return Head(int(last["seq"]), str(last["hash"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise AuditLogError(f"{path}: the last line is not a whole entry ({type(exc).__name__}: the log "
+                                    "was cut or damaged); refusing to append (see python -m "
+                                    "pipelines.orchestration.audit_cli verify)") from None
         block = min(size, block * 2)
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from pipelines.audit import AuditLog
+from pipelines.context import CoreContext
 from pipelines.duck import scalar
 from pipelines.durable import sha256_of
 from pipelines.ingest import QUARANTINE_DDL
@@ -194,15 +194,16 @@ def purge_notices(con: duckdb.DuckDBPyConnection, outbox_dir: Path, rule: OwnRec
         write_atomically(path, "".join(json.dumps(n, sort_keys=True) + "\n" for n in kept))
 
 
-def purge_own_records(con: duckdb.DuckDBPyConnection, policy: Policy, rules: OwnRecordsPolicy, as_of: dt.date, *,
-                      exports_dir: Path, outbox_dir: Path, audit: AuditLog) -> PurgeReport:
-    """Apply policies/own_records.yaml as of `as_of` (see the module doc); audit what changed."""
+def purge_own_records(con: duckdb.DuckDBPyConnection, ctx: CoreContext, rules: OwnRecordsPolicy,
+                      as_of: dt.date) -> PurgeReport:
+    """Apply policies/own_records.yaml as of `as_of` (see the module doc) to the warehouse and to the context's
+    exports and outbox; audit what changed in the context's log."""
     report = PurgeReport()
-    purge_quarantine(con, policy, rules.quarantine, as_of, report)
-    purge_exports(con, exports_dir, rules.access_exports, as_of, report)
-    purge_extracts(con, outbox_dir, rules.transfer_extracts, as_of, report)
-    purge_notices(con, outbox_dir, rules.notices, as_of, report)
+    purge_quarantine(con, ctx.policy, rules.quarantine, as_of, report)
+    purge_exports(con, ctx.paths.exports, rules.access_exports, as_of, report)
+    purge_extracts(con, ctx.paths.outbox, rules.transfer_extracts, as_of, report)
+    purge_notices(con, ctx.paths.outbox, rules.notices, as_of, report)
     if report.changed():
-        audit.append(AUDIT_ACTION, reason="policies/own_records.yaml",
+        ctx.audit.append(AUDIT_ACTION, reason="policies/own_records.yaml",
                      details={"as_of": as_of.isoformat(), **asdict(report)})
     return report

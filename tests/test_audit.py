@@ -292,3 +292,15 @@ def test_the_cli_verifies_the_configured_log_from_any_folder_and_names_a_missing
     # a named log that is not there is not an empty chain either
     named = cli(elsewhere / "audit.jsonl", cwd=elsewhere, env=env)
     assert named.returncode == 2 and f"no audit log at {elsewhere / 'audit.jsonl'}" in named.stderr
+
+
+@pytest.mark.parametrize("cut", [1, 40])
+def test_a_cut_last_line_is_an_audit_log_error_and_nothing_is_appended(log_path, cut):
+    damaged = log_path.read_bytes()[:-cut - 1]  # the newline and `cut` bytes of the last entry gone
+    log_path.write_bytes(damaged)
+    with pytest.raises(AuditLogError, match="last line is not a whole entry"):
+        AuditLog(log_path).append("rights.answered", decision_id="rights:3")
+    with pytest.raises(AuditLogError, match="last line is not a whole entry"):
+        current_head(log_path)
+    assert log_path.read_bytes() == damaged
+    assert not verify(log_path).ok

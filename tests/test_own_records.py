@@ -14,13 +14,21 @@ import duckdb
 import pytest
 
 from assets.own_records import own_records_retention
-from pipelines.audit import AuditLog, verify
+from pipelines.audit import AUDIT_DOMAIN, AuditLog, verify
 from pipelines.ingest import load_typed, quarantine_fields
 from pipelines.orchestration import settings
-from pipelines.orchestration.resources import ComplianceStoreResource, PoliciesResource, WarehouseResource
+from pipelines.orchestration.resources import (
+    ComplianceStoreResource,
+    NavigationSourceResource,
+    PoliciesResource,
+    PseudonymisationKeyResource,
+    WarehouseResource,
+)
 from pipelines.policy.load import load_policy
 from pipelines.policy.own_records import load_own_records_policy
+from pipelines.pseudo.keys import KeyProvider
 from pipelines.purge import AUDIT_ACTION, PROOF, purge_own_records
+from tests.conftest import TEST_KEY_HEX, core_context
 
 DAY = dt.timedelta(days=1)
 MEMBER_COLUMNS = {"member_id": "BIGINT", "first_name": "VARCHAR", "email": "VARCHAR", "postal_code": "VARCHAR",
@@ -106,6 +114,11 @@ def test_a_quarantined_rights_request_keeps_what_answering_it_needs_not_the_emai
     assert "camille" not in record + fix and "Martin" not in record + fix
 
 
+def _context(tmp_path: Path, policy):
+    """The core's inputs: exports and outbox under tmp_path, the audit log tmp_path/audit.jsonl."""
+    return core_context(tmp_path, policy, tmp_path / "navigation", tmp_path / "audit.jsonl")
+
+
 def _aged(con, quarantined_at: dt.datetime) -> None:
     con.execute("UPDATE raw.quarantine SET quarantined_at = ?", [quarantined_at])
 
@@ -120,8 +133,7 @@ def test_the_fix_goes_the_day_after_its_period_and_does_not_come_back(tmp_path, 
         _aged(con, first)
         _ingest_members(con, policy, [BAD_MEMBER, GOOD_MEMBER])  # the source still holds it
         assert [r[5] for r in _quarantine(con)] == [first], "re-quarantined: the first time is kept"
-        report = purge_own_records(con, policy, rules, last_day + offset * DAY, exports_dir=tmp_path / "x",
-                                   outbox_dir=tmp_path / "o", audit=audit)
+        report = purge_own_records(con, _context(tmp_path, policy), rules, last_day + offset * DAY)
         [(_, key, reason, record, fix, _, _)] = _quarantine(con)
         assert (key, reason, json.loads(record)["member_id"]) == ("42", "bad date in birth_date", "42")
         assert (fix is not None) is kept
@@ -146,13 +158,11 @@ def test_erasure_and_restriction_of_a_person_reach_their_quarantined_rows(tmp_pa
                     "('p44', 'member', '44')) t(person_id, node_type, node_value); "
                     "CREATE TABLE rights.exclusions AS SELECT * FROM (VALUES ('p42', 'erased', DATE '2026-11-01'), "
                     "('p44', 'restricted', DATE '2026-11-01')) t(person_id, reason, since)")
-        report = purge_own_records(con, policy, rules, dt.date(2026, 11, 2), exports_dir=tmp_path / "x",
-                                   outbox_dir=tmp_path / "o", audit=AuditLog(tmp_path / "audit.jsonl"))
+        report = purge_own_records(con, _context(tmp_path, policy), rules, dt.date(2026, 11, 2))
         assert [(r[1], r[6]) for r in _quarantine(con)] == [("44", True)]
         assert (report.quarantine_erased, report.quarantine_restricted) == (1, 1)
         con.execute("DELETE FROM rights.exclusions WHERE person_id = 'p44'")  # the restriction is lifted
-        purge_own_records(con, policy, rules, dt.date(2026, 11, 3), exports_dir=tmp_path / "x",
-                          outbox_dir=tmp_path / "o", audit=AuditLog(tmp_path / "audit.jsonl"))
+        purge_own_records(con, _context(tmp_path, policy), rules, dt.date(2026, 11, 3))
         assert [(r[1], r[6]) for r in _quarantine(con)] == [("44", False)]
 
 
@@ -176,8 +186,7 @@ def _delivery(outbox: Path, day: dt.date) -> Path:
 
 def _purge(tmp_path, policy, rules, as_of: dt.date):
     with duckdb.connect() as con:
-        return purge_own_records(con, policy, rules, as_of, exports_dir=tmp_path / "exports",
-                                 outbox_dir=tmp_path / "outbox", audit=AuditLog(tmp_path / "audit.jsonl"))
+        return purge_own_records(con, _context(tmp_path, policy), rules, as_of)
 
 
 def test_an_access_bundle_keeps_its_data_through_its_last_day_then_only_its_proof(tmp_path, policy, rules):
@@ -250,6 +259,7 @@ def test_notices_lose_their_token_after_a_year_and_go_after_five(tmp_path, polic
 
 
 def test_the_nightly_asset_reports_counts_and_audits(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEM_PSEUDONYMISATION_KEY", TEST_KEY_HEX)
     _bundle(tmp_path / "exports", 19, "2026-09-01T10:00:00+00:00")
     _delivery(tmp_path / "outbox", dt.date(2026, 10, 1))
     warehouse = tmp_path / "warehouse.duckdb"
@@ -257,7 +267,9 @@ def test_the_nightly_asset_reports_counts_and_audits(tmp_path, monkeypatch):
     result = dg.materialize(
         [own_records_retention],
         resources={"warehouse": WarehouseResource(path=str(warehouse)),
-                   "compliance": ComplianceStoreResource(data_dir=str(tmp_path)), "policies": PoliciesResource()},
+                   "compliance": ComplianceStoreResource(data_dir=str(tmp_path)), "policies": PoliciesResource(),
+                   "pseudonymisation_key": PseudonymisationKeyResource(),
+                   "navigation": NavigationSourceResource(path=str(tmp_path / "navigation"))},
         run_config={"ops": {own_records_retention.node_def.name: {"config": {"as_of": "2026-11-02"}}}},
     )
     assert result.success
@@ -267,3 +279,5 @@ def test_the_nightly_asset_reports_counts_and_audits(tmp_path, monkeypatch):
     assert metadata["periods"]["quarantine"] == {"keep": "P30D", "proof_keep": None}
     audit = tmp_path / "audit" / "audit.jsonl"
     assert [json.loads(line)["action"] for line in audit.read_text().splitlines()] == [AUDIT_ACTION]
+    # written with the audit key like every other stage's entries (the chain verifies with it)
+    assert verify(audit, key=KeyProvider(bytes.fromhex(TEST_KEY_HEX)).domain_key(AUDIT_DOMAIN)).ok
