@@ -1,93 +1,57 @@
-"""`make bench`: the project's performance figures, each beside the naive approach, in the same run.
+"""`make bench`: the reference report (pipelines/bench/reference.py) or, with `--micro`, the micro-benchmarks.
 
-Sections: generator (1,000,000 members by default), ingest + identity of those sources, SQL source reading
-(ADBC vs DB-API, on those SQLite sources and a throw-away PostgreSQL copy), retention on them (ledger,
-push-back, warehouse, re-read; needs the generator section), tokenisation (DuckDB-vectorised
-HMAC vs a Python hmac loop over pandas rows), push-back (set-based vs one statement per row, against a
+Reference report: a cached workload (default 1,000,000 members, 2,000,000 prospects and ~67 million page views
+over 30 months; `--members 100000` for a run of minutes), its first night, three following nights after a day of
+changes each, the third also launched as the UI and the schedule launch it, and the rights job for 100 new
+verified requests; wall time, five slowest steps and peak memory of each, to `bench/results/<date>-<members>.json`.
+
+Micro-benchmarks (`--micro SECTION`, repeatable), each beside the naive approach in the same run: SQL source
+reading (ADBC vs DB-API, on the cached SQLite sources and a throw-away PostgreSQL copy), tokenisation
+(DuckDB-vectorised HMAC vs a Python hmac loop), push-back (set-based vs one statement per row, against a
 throw-away PostgreSQL). Prints figures; asserts nothing (tests never time anything).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import tempfile
-import time
-from pathlib import Path
 
 
-def bench_generator_and_ingest(members: int, workdir: Path) -> dict:
-    from pipelines.demo.generate import generate
-    from pipelines.duck import connect_warehouse
-    from pipelines.identity import resolve_identities
-    from pipelines.orchestration.resources import SqlSourceResource
-    from pipelines.orchestration.settings import PROJECT_ROOT
-    from pipelines.policy.load import load_policy
-    from pipelines.refresh import ingest_all
-    from pipelines.sources.schema import SQL_SYSTEMS
-
-    sources = workdir / "sources"
-    started = time.perf_counter()
-    counts = generate(sources, members=members, seed=1, as_of=dt.date.today())
-    generated = time.perf_counter() - started
-
-    started = time.perf_counter()
-    with connect_warehouse(workdir / "warehouse.duckdb") as con:
-        engines = {
-            system: SqlSourceResource(system=system, url=f"sqlite:///{sources / (system + '.db')}").engine()
-            for system in SQL_SYSTEMS
-        }
-        ingest_all(con, engines, sources / "navigation", load_policy(PROJECT_ROOT / "policies"))
-        ingested = time.perf_counter() - started
-        started = time.perf_counter()
-        from pipelines.orchestration import settings
-        from pipelines.policy.load import load_policy
-
-        identity = resolve_identities(con, load_policy(settings.policies_dir()).datasets_file.identity)
-        resolved = time.perf_counter() - started
-    return {
-        "members": members,
-        "source_rows": sum(counts.values()),
-        "generate_seconds": round(generated, 1),
-        "ingest_seconds": round(ingested, 1),
-        "identity_seconds": round(resolved, 1),
-        "persons": identity["persons"],
-    }
+def _count(text: str) -> int:
+    return int(text.replace("_", "").replace(",", ""))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.bench", description=__doc__)
-    parser.add_argument("--members", type=lambda s: int(s.replace("_", "")), default=1_000_000)
-    parser.add_argument("--tokens", type=lambda s: int(s.replace("_", "")), default=1_000_000)
-    parser.add_argument("--erase", type=lambda s: int(s.replace("_", "")), default=10_000)
-    parser.add_argument(
-        "--only", choices=["generator", "sql_read", "retention", "tokens", "pushback"], action="append",
-        help="retention needs generator (it runs on the warehouse that section builds)",
-    )
+    parser = argparse.ArgumentParser(prog="python -m pipelines.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--members", type=_count, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--regenerate", action="store_true", help="generate the cached workload again")
+    parser.add_argument("--no-ui", action="store_true", help="skip the night launched as the UI launches it")
+    parser.add_argument("--rights", type=_count, default=100, help="new verified requests for the rights run")
+    parser.add_argument("--micro", choices=["sql_read", "tokens", "pushback"], action="append",
+                        help="run these micro-benchmarks instead of the reference report")
+    parser.add_argument("--tokens", type=_count, default=1_000_000)
+    parser.add_argument("--erase", type=_count, default=10_000)
     args = parser.parse_args(argv)
-    sections = set(args.only or ["generator", "sql_read", "retention", "tokens", "pushback"])
+    if not args.micro:
+        from pipelines.bench.reference import run_report
+
+        run_report(args.members, args.seed, args.regenerate, ui=not args.no_ui, rights=args.rights)
+        return 0
+
     report: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="sem-bench-") as tmp:
-        if "generator" in sections:
-            report["generator_ingest_identity"] = bench_generator_and_ingest(args.members, Path(tmp))
-            print(json.dumps({"generator_ingest_identity": report["generator_ingest_identity"]}, indent=2))
-        if "sql_read" in sections:
-            from pipelines.bench.sql_read import bench_sql_sources
+    if "sql_read" in args.micro:
+        from pipelines.bench.reference import cached_workload
+        from pipelines.bench.sql_read import bench_sql_sources
 
-            report["sql_read"] = bench_sql_sources(args.members, Path(tmp))
-            print(json.dumps({"sql_read": report["sql_read"]}, indent=2))
-        if "retention" in sections and "generator" in sections:
-            from pipelines.bench.retention import bench_retention
-
-            report["retention"] = bench_retention(Path(tmp), dt.date.today())
-            print(json.dumps({"retention": report["retention"]}, indent=2))
-    if "tokens" in sections:
+        folder, _ = cached_workload(args.members, args.seed, args.regenerate)
+        report["sql_read"] = bench_sql_sources(args.members, folder)
+    if "tokens" in args.micro:
         from pipelines.bench.tokens import bench_tokens
 
         report["tokens"] = bench_tokens(args.tokens)
-        print(json.dumps({"tokens": report["tokens"]}, indent=2))
-    if "pushback" in sections:
+    if "pushback" in args.micro:
         from pipelines.bench.pushback import bench_pushback
         from pipelines.sources.throwaway_pg import start_cluster
 
@@ -96,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             report["pushback"] = bench_pushback(cluster.create_database(), n_people=args.erase)
         finally:
             cluster.stop()
-        print(json.dumps({"pushback": report["pushback"]}, indent=2))
+    print(json.dumps(report, indent=2))
     return 0
 
 
