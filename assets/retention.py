@@ -15,7 +15,7 @@ from pipelines.orchestration.resources import (
 from pipelines.orchestration.runs import RetentionConfig, as_of_date
 from pipelines.policy.load import source_columns
 from pipelines.refresh import refresh_from_sources
-from pipelines.retention.apply import apply_retention, residue
+from pipelines.retention.apply import apply_retention, audit_applied, residue
 from pipelines.retention.ledger import build_ledger, counts_by_purpose, fallback_clocks
 
 OWNER = "team:data-engineering"
@@ -63,7 +63,9 @@ def retention_ledger(
     as_of = as_of_date(config.as_of, context.run.tags)
     policy = policies.load()
     with warehouse.connect() as con:
-        build_ledger(con, policy, as_of)
+        if not build_ledger(con, policy, as_of):
+            context.log.info(f"Push-back of {as_of} is still owed (an interrupted run or a failed source): the "
+                             "day's ledger stands as decided, not recomputed from half-changed sources")
         counts = counts_by_purpose(con)
         rows = con.execute("SELECT count(*) FROM retention.ledger").fetchall()[0][0]
         records = dict(con.execute("SELECT status, count(*) FROM retention.record_status GROUP BY 1").fetchall())
@@ -102,7 +104,7 @@ def retention_applied(
     compliance: ComplianceStoreResource, pseudonymisation_key: PseudonymisationKeyResource,
 ) -> dg.MaterializeResult:
     ctx = core_context(policies, pseudonymisation_key, compliance, navigation)
-    policy, audit = ctx.policy, ctx.audit
+    policy = ctx.policy
     with warehouse.connect() as con:
         as_of = con.execute("SELECT max(as_of) FROM retention.record_status").fetchall()[0][0]
         if as_of is None:
@@ -112,9 +114,12 @@ def retention_applied(
         counts = counts_by_purpose(con)
         reread = refresh_from_sources(con, outcome.touched, engines=engines,
                                       navigation_dir=navigation.resolved_path, policy=policy, as_of=as_of)
+        audited = audit_applied(con, ctx, as_of, outcome)
     summary = {step: outcome.warehouse.total(step) for step in ("archive", "erase", "anonymise")}
-    audit.append("retention.applied", details={"as_of": as_of.isoformat(), "policy": policy.version_label,
-                                                "warehouse_rows": summary, "source_rows": outcome.source_rows})
+    if outcome.day is not None:
+        context.log.info(f"Retention of {as_of} was applied by an earlier run ("
+                         f"{'audited' if outcome.day.audited else 'interrupted'}); audit entry "
+                         f"{'appended' if audited else 'not appended again'}")
     if outcome.decisions_failed:
         context.log.error(f"{len(outcome.decisions_failed)} push-back decision(s) not confirmed: "
                           f"{sorted(outcome.decisions_failed)}")

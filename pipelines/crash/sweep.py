@@ -1,15 +1,17 @@
 """Kill the nightly at chosen moments, run it again, compare with an uninterrupted run.
 
 The baseline is one uninterrupted nightly on a fresh copy of the sources; while it runs, the sources are
-watched for push-back commits (see World.source_commits), which gives the commit kill points. Then, for
-each kill point, on another fresh copy: launch, SIGKILL the process group at that moment (or as soon as the
-k-th source commit is seen), launch again with nobody touching anything, and compare the fingerprint of the
-end state with the baseline's.
+watched for push-back commits (World.source_commits) and the outbox and audit log for the transfers' progress
+(World.transfer_marks), which gives the commit and transfer kill points. Then, for each kill point, on
+another fresh copy: launch, SIGKILL the process group at that moment (or as soon as the k-th source commit or
+transfer mark is seen), launch again with nobody touching anything, and compare the fingerprint of the end
+state with the baseline's.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +34,7 @@ class KillPoint:
     at_s: float | None = None  # seconds after launch
     after_commit: int | None = None  # the k-th push-back commit seen in the sources (1-based)
     of_kind: str | None = None  # count only commits of decisions of this kind (retention, rights)
+    after_transfer: int | None = None  # the k-th transfer mark: a delivery file written, an audit entry
     then: KillPoint | None = None  # kill the re-run too, at this point, before the last (plain) re-run
 
 
@@ -41,6 +44,7 @@ class Baseline:
     duration_s: float
     commits: list[tuple[float, str]]  # (seconds after launch, which source)
     outcome: str
+    transfers: list[tuple[float, str]] = field(default_factory=list)  # (seconds after launch, what)
 
 
 @dataclass
@@ -58,7 +62,7 @@ class Outcome:
 
     @property
     def folder(self) -> str:
-        return self.point.name.replace(" ", "-").replace("%", "pct").replace("'", "")
+        return re.sub(r"[^A-Za-z0-9._=-]+", "-", self.point.name.replace("%", "pct").replace("'", ""))
 
     @property
     def matches(self) -> bool:
@@ -71,20 +75,35 @@ def _commit_changes(previous: tuple[frozenset[str], ...], current: tuple[frozens
             for name, a, b in zip(SOURCE_NAMES, previous, current, strict=True) if b - a]
 
 
-def _watch(world: World, launch: Launch, stop_after: int | None, kind: str | None = None) -> list[tuple[float, str]]:
-    """Poll the sources while the run lives; with `stop_after`, kill it as soon as that many commits (of
-    decisions of `kind`, if given) are seen."""
-    seen: list[tuple[float, str]] = []
-    previous = world.source_commits() or (frozenset(), frozenset(), frozenset())
+@dataclass
+class _Seen:
+    commits: list[tuple[float, str]] = field(default_factory=list)
+    transfers: list[tuple[float, str]] = field(default_factory=list)
+
+    def reached(self, point: KillPoint) -> bool:
+        if point.after_transfer is not None:
+            return len(self.transfers) >= point.after_transfer
+        kind = point.of_kind
+        counted = [s for _, s in self.commits if kind is None or f"({kind}" in s or f"+{kind}" in s]
+        return point.after_commit is not None and len(counted) >= point.after_commit
+
+
+def _watch(world: World, launch: Launch, point: KillPoint | None) -> _Seen:
+    """Poll the sources, outbox and audit log while the run lives; with a `point` (after a commit or a
+    transfer mark), kill the run as soon as it is reached."""
+    seen = _Seen()
+    commits = world.source_commits() or (frozenset(), frozenset(), frozenset())
+    transfers = world.transfer_marks() or frozenset()
     while launch.process.poll() is None:
         time.sleep(POLL_S)
-        current = world.source_commits()
-        if current is None:
-            continue
-        seen += [(time.monotonic() - launch.started, name) for name in _commit_changes(previous, current)]
-        previous = current
-        counted = [s for _, s in seen if kind is None or f"({kind}" in s or f"+{kind}" in s]
-        if stop_after is not None and len(counted) >= stop_after:
+        now = time.monotonic() - launch.started
+        if (current := world.source_commits()) is not None:
+            seen.commits += [(now, name) for name in _commit_changes(commits, current)]
+            commits = current
+        if (marks := world.transfer_marks()) is not None:
+            seen.transfers += [(now, mark) for mark in sorted(marks - transfers)]
+            transfers = marks
+        if point is not None and seen.reached(point):
             world.kill(launch)
             break
     return seen
@@ -117,17 +136,18 @@ def _leftovers(data: Path) -> list[str]:
 def run_baseline(workdir: Path, sources: Path, as_of: dt.date) -> Baseline:
     world = World(workdir / "baseline", sources, as_of)
     launch = world.launch()
-    commits = _watch(world, launch, None)
+    seen = _watch(world, launch, None)
     outcome = world.wait(launch)
     duration = time.monotonic() - launch.started
     [run] = _runs(world)
-    return Baseline(fingerprint(world.data), duration, commits, f"{run.status.value} ({outcome})")
+    return Baseline(fingerprint(world.data), duration, seen.commits, f"{run.status.value} ({outcome})",
+                    seen.transfers)
 
 
 def _kill_at(world: World, launch: Launch, point: KillPoint) -> bool:
     """Kill the run at `point`; False when it ended on its own first."""
-    if point.after_commit is not None:
-        _watch(world, launch, point.after_commit, point.of_kind)
+    if point.after_commit is not None or point.after_transfer is not None:
+        _watch(world, launch, point)
     else:
         while launch.process.poll() is None and time.monotonic() - launch.started < (point.at_s or 0):
             time.sleep(POLL_S)
@@ -171,13 +191,16 @@ def compare(outcome: Outcome, baseline: Baseline) -> Outcome:
 
 
 def kill_points(baseline: Baseline, moments: int) -> list[KillPoint]:
-    """One kill point right after each source commit, then `moments` spread evenly over the baseline's duration
-    (commits first: push-back is where a half-done run can leave the sources half-changed)."""
+    """One kill point right after each source commit and each transfer mark, then `moments` spread evenly over
+    the baseline's duration (commits first: push-back is where a half-done run can leave the sources
+    half-changed)."""
     spread = [KillPoint(f"t={100 * i // (moments + 1)}%", at_s=baseline.duration_s * i / (moments + 1))
               for i in range(1, moments + 1)]
     commits = [KillPoint(f"after commit {k} ({source})", after_commit=k)
                for k, (_, source) in enumerate(baseline.commits, start=1)]
-    return commits + spread
+    transfers = [KillPoint(f"after transfer mark {k} ({mark})", after_transfer=k)
+                 for k, (_, mark) in enumerate(baseline.transfers, start=1)]
+    return commits + transfers + spread
 
 
 def sweep(workdir: Path, sources: Path, as_of: dt.date, points: list[KillPoint], baseline: Baseline,
@@ -194,15 +217,17 @@ def sweep(workdir: Path, sources: Path, as_of: dt.date, points: list[KillPoint],
 
 def table(outcomes: list[Outcome]) -> str:
     """One row per kill point (Markdown)."""
-    rows = ["| # | kill point | killed at | killed during | left after the kill | killed run, after | re-run | "
-            "same end state | differing parts |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| # | kill point | killed during step | re-run completed | same end state | differences |",
+            "|---|---|---|---|---|---|"]
     for i, o in enumerate(outcomes, start=1):
-        at = f"{o.killed_at_s:.1f} s" if o.killed_at_s is not None else "-"
+        at = f" ({o.killed_at_s:.1f} s after launch)" if o.killed_at_s is not None else ""
         same = "yes" if o.matches else ("n/a" if o.note else "**NO**")
         differing = o.note or (", ".join(o.differing[:8]) + (f" (+{len(o.differing) - 8})" if len(o.differing) > 8
                                                               else ""))
         rerun = f"{o.rerun} in {o.rerun_s:.0f} s" if o.rerun else "-"
-        rows.append(f"| {i} | {o.point.name} | {at} | {', '.join(o.killed_during)} | "
-                    f"{', '.join(o.left_after_kill) or '-'} | {o.killed_run_status or '-'} | {rerun} | {same} | "
+        if o.killed_run_status:
+            rerun += f"; killed run {o.killed_run_status}"
+        left = f"; left by the kill: {', '.join(sorted(set(o.left_after_kill)))}" if o.left_after_kill else ""
+        rows.append(f"| {i} | {o.point.name}{at} | {', '.join(o.killed_during) or '-'}{left} | {rerun} | {same} | "
                     f"{differing or '-'} |")
     return "\n".join(rows)

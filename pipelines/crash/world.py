@@ -28,6 +28,7 @@ DAGSTER = Path(sys.executable).with_name("dagster")
 # The crash test's own pseudonymisation key (tokens only need to be the same across its runs).
 HARNESS_KEY_HEX = "c7" * 32
 RUN_TIMEOUT_S = 900
+TRANSFER_AUDITED = '"action":"transfer.outside_eu"'
 
 
 @dataclass
@@ -122,3 +123,36 @@ class World:
         except (OSError, ValueError):
             return None
         return tuple(applied)
+
+    def transfer_marks(self) -> frozenset[str] | None:
+        """How far the transfer deliveries got: each file written under outbox/transfers (temporary files aside)
+        and each `transfer.outside_eu` audit entry (None while the audit log is being appended to: ask again)."""
+        folder = self.data / "outbox" / "transfers"
+        marks = {f"{p.relative_to(folder)} written" for p in (folder.rglob("*") if folder.exists() else ())
+                 if p.is_file() and not p.name.startswith(".") and p.suffix != ".tmp"}
+        audit = self.data / "audit" / "audit.jsonl"
+        try:
+            lines = audit.read_text().splitlines() if audit.exists() else []
+            marks |= {f"{json.loads(line)['decision_id']} audited" for line in lines if TRANSFER_AUDITED in line}
+        except (OSError, ValueError):
+            return None
+        return frozenset(marks)
+
+
+def plant_transfer(sources: Path, as_of: dt.date, recipient: str = "morocco_complaints_provider") -> None:
+    """Give the night a transfer to deliver whatever the world's size: one complaint, still open, handled by the
+    provider in Morocco, of a member with a running contract, no restriction and no rights request."""
+    con = sqlite3.connect(sources / "members.db")
+    try:
+        with con:
+            con.execute("""
+                INSERT INTO interactions (interaction_id, member_id, kind, channel, handled_by, subject, body,
+                                          created_at, closed_at)
+                SELECT (SELECT max(interaction_id) + 1 FROM interactions), min(c.member_id), 'complaint', 'email', ?,
+                       'Délai de traitement', 'Réclamation en cours', ?, NULL
+                FROM contracts c JOIN members m USING (member_id)
+                WHERE c.status = 'active' AND m.restricted_at IS NULL
+                  AND c.member_id NOT IN (SELECT member_id FROM rights_requests WHERE member_id IS NOT NULL)""",
+                        [recipient, f"{as_of - dt.timedelta(days=12)} 10:00:00"])
+    finally:
+        con.close()

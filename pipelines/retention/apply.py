@@ -20,12 +20,22 @@ import duckdb
 import pyarrow as pa
 import sqlalchemy as sa
 
+from pipelines.audit import current_head, logged
 from pipelines.context import CoreContext
 from pipelines.policy.models import Dataset, Policy
 from pipelines.pushback import TARGET_SCHEMA, apply_decisions
 from pipelines.refresh import touched_tables
 from pipelines.retention.columns import ARCHIVED, CLEARED, ColumnGroup, column_groups, structural_columns
-from pipelines.retention.intent import forget_confirmed, record_targets
+from pipelines.retention.intent import (
+    Day,
+    day_id,
+    day_prefix,
+    forget_confirmed,
+    mark_audited,
+    record_day,
+    record_targets,
+    recorded_day,
+)
 from pipelines.retention.ledger import quarantined_sql, table_exists
 from pipelines.sqltext import ident as q
 from pipelines.sqltext import literal, transaction
@@ -114,35 +124,35 @@ def _clear_groups(con: duckdb.DuckDBPyConnection, policy: Policy, ds: Dataset, g
 
 
 def apply_in_warehouse(con: duckdb.DuckDBPyConnection, policy: Policy) -> WarehouseOutcome:
-    """Carry out retention.record_status and retention.column_status in the warehouse, in one transaction."""
+    """Carry out retention.record_status and retention.column_status in the warehouse (inside the caller's
+    transaction)."""
     outcome = WarehouseOutcome()
     con.execute("CREATE SCHEMA IF NOT EXISTS archive")
     pending = {d for (d,) in con.execute(
         "SELECT DISTINCT dataset FROM retention.record_status WHERE status IN ('archived', 'to_erase', 'to_anonymise') "
         "UNION SELECT DISTINCT dataset FROM retention.column_status").fetchall()}
     groups = column_groups(policy)
-    with transaction(con):
-        for ds in policy.datasets:
-            if ds.name not in pending or not table_exists(con, "raw", ds.name):
-                continue
-            raw, arc, pk = f"raw.{q(ds.name)}", f"archive.{q(ds.name)}", f"CAST({q(ds.primary_key)} AS VARCHAR)"
-            con.execute(f"CREATE TABLE IF NOT EXISTS {arc} AS SELECT * FROM {raw} WHERE false")
-            rows = outcome.rows.setdefault(ds.name, {})
-            all_columns = [c for (c,) in con.execute(f"SELECT column_name FROM (DESCRIBE {raw})").fetchall()]
-            rows["archive"] = _merge_into_archive(con, policy, ds, _keys(ds.name, "archived"), all_columns)
-            con.execute(f"DELETE FROM {raw} WHERE {pk} IN ({_keys(ds.name, 'archived')})")
-            rows["erase"] = sum(
-                con.execute(f"DELETE FROM {table} WHERE {pk} IN ({_keys(ds.name, 'to_erase')})").fetchall()[0][0]
+    for ds in policy.datasets:
+        if ds.name not in pending or not table_exists(con, "raw", ds.name):
+            continue
+        raw, arc, pk = f"raw.{q(ds.name)}", f"archive.{q(ds.name)}", f"CAST({q(ds.primary_key)} AS VARCHAR)"
+        con.execute(f"CREATE TABLE IF NOT EXISTS {arc} AS SELECT * FROM {raw} WHERE false")
+        rows = outcome.rows.setdefault(ds.name, {})
+        all_columns = [c for (c,) in con.execute(f"SELECT column_name FROM (DESCRIBE {raw})").fetchall()]
+        rows["archive"] = _merge_into_archive(con, policy, ds, _keys(ds.name, "archived"), all_columns)
+        con.execute(f"DELETE FROM {raw} WHERE {pk} IN ({_keys(ds.name, 'archived')})")
+        rows["erase"] = sum(
+            con.execute(f"DELETE FROM {table} WHERE {pk} IN ({_keys(ds.name, 'to_erase')})").fetchall()[0][0]
+            for table in (raw, arc))
+        rows["quarantine"] = _settle_quarantined(con, ds)
+        rows["columns_cleared"] = _clear_groups(con, policy, ds, [g for g in groups if g.dataset == ds.name])
+        columns = ds.anonymised_columns
+        if columns:
+            assignments = ", ".join(f"{q(c)} = NULL" for c in columns)
+            rows["anonymise"] = sum(
+                con.execute(f"UPDATE {table} SET {assignments} WHERE {pk} IN ({_keys(ds.name, 'to_anonymise')}) "
+                            f"AND {_identified(columns)}").fetchall()[0][0]
                 for table in (raw, arc))
-            rows["quarantine"] = _settle_quarantined(con, ds)
-            rows["columns_cleared"] = _clear_groups(con, policy, ds, [g for g in groups if g.dataset == ds.name])
-            columns = ds.anonymised_columns
-            if columns:
-                assignments = ", ".join(f"{q(c)} = NULL" for c in columns)
-                rows["anonymise"] = sum(
-                    con.execute(f"UPDATE {table} SET {assignments} WHERE {pk} IN ({_keys(ds.name, 'to_anonymise')}) "
-                                f"AND {_identified(columns)}").fetchall()[0][0]
-                    for table in (raw, arc))
     return outcome
 
 
@@ -163,7 +173,7 @@ def decision_targets(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.d
             where = f" WHERE {_identified(ds.anonymised_columns)}" if action == "anonymise" else ""
             still_there = " UNION ALL ".join(
                 f"SELECT CAST({q(ds.primary_key)} AS VARCHAR) FROM {r}{where}" for r in relations)
-            decision = f"retention:{as_of.isoformat()}:{ds.name}:{status}"
+            decision = f"{day_prefix(as_of)}{ds.name}:{status}"
             parts.append(f"""
                 SELECT {literal(decision)} AS decision_id, {literal(ds.system)} AS system,
                        {literal(ds.name)} AS table_name, {literal(ds.primary_key)} AS key_column,
@@ -196,7 +206,7 @@ def _column_targets(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.da
             f"SELECT CAST({q(ds.primary_key)} AS VARCHAR) FROM {r} WHERE {_identified(columns)}"
             for r in _held_relations(con, ds))
         parts.append(f"""
-            SELECT {literal(f'retention:{as_of.isoformat()}:{ds.name}:columns:{group.name}')} AS decision_id,
+            SELECT {literal(f'{day_prefix(as_of)}{ds.name}:columns:{group.name}')} AS decision_id,
                    {literal(ds.system)} AS system, {literal(ds.name)} AS table_name,
                    {literal(ds.primary_key)} AS key_column,
                    record_key AS key_value, 'anonymise' AS action, {literal(json.dumps(sorted(columns)))} AS payload
@@ -211,11 +221,16 @@ def table_order(policy: Policy) -> dict[str, list[str]]:
 
 @dataclass
 class RetentionOutcome:
-    warehouse: WarehouseOutcome
-    source_rows: int  # source rows targeted by push-back this run
+    warehouse: WarehouseOutcome  # rows changed in the warehouse by the day's decisions (see apply_retention)
+    source_rows: int  # source rows targeted by the day's push-back
     decisions_confirmed: int
     decisions_failed: dict[str, str]
-    touched: set[tuple[str, str]] = field(default_factory=set)  # (system, table) changed at the source this run
+    touched: set[tuple[str, str]] = field(default_factory=set)  # (system, table) to re-read from the sources
+    day: Day | None = None  # the day as recorded before this run (None: this run applied it first)
+
+    @property
+    def changed(self) -> bool:
+        return self.source_rows > 0 or any(n for steps in self.warehouse.rows.values() for n in steps.values())
 
 
 def apply_retention(
@@ -231,11 +246,16 @@ def apply_retention(
     In that order so that a run killed anywhere loses nothing: archived rows are in the archive before they
     leave a source, and targets recorded before a source changes are pushed again as recorded by the next run
     (pipelines.retention.intent) until every source confirms them; the warehouse side is deterministic and
-    simply re-applied.
+    simply re-applied. A run finishing a day an interrupted run started reports the day's figures, recorded by
+    that run with its warehouse changes, not the little it had left to do; a re-run of a finished day its own.
     """
     policy = ctx.policy
+    day = recorded_day(con, as_of)
     owed, carried_over = record_targets(con, decision_targets(con, policy, as_of))
-    warehouse = apply_in_warehouse(con, policy)
+    with transaction(con):
+        warehouse = apply_in_warehouse(con, policy)
+        if day is None:
+            record_day(con, as_of, Day(warehouse.rows, owed.num_rows, current_head(ctx.audit.path).seq))
     confirmed, failed, touched = 0, {}, set()
     if owed.num_rows:
         report = apply_decisions(owed, members=members, prospects=prospects, navigation_dir=ctx.paths.navigation,
@@ -245,7 +265,35 @@ def apply_retention(
         forget_confirmed(con, report.confirmed)
         confirmed, failed = len(report.confirmed), dict(report.failed)
         touched = touched_tables(owed, report)
-    return RetentionOutcome(warehouse, owed.num_rows, confirmed, failed, touched)
+    if carried_over:  # what the interrupted run pushed is re-read too: the ledger is rebuilt as after a whole run
+        touched |= set(zip(owed["system"].to_pylist(), owed["table_name"].to_pylist(), strict=True))
+    if day is not None and not day.audited:
+        warehouse = WarehouseOutcome(day.warehouse_rows)
+    source_rows = day.source_rows if day is not None and not day.audited else owed.num_rows
+    return RetentionOutcome(warehouse, source_rows, confirmed, failed, touched, day)
+
+
+def audit_applied(con: duckdb.DuckDBPyConnection, ctx: CoreContext, as_of: dt.date, outcome: RetentionOutcome
+                  ) -> bool:
+    """Append the day's `retention.applied` entry once (call after the sources were re-read); returns whether it
+    did. Not again for a day an interrupted run audited before it died, nor for a re-run of a finished day that
+    changed nothing."""
+    entry, day = day_id(as_of), outcome.day
+    if day is None:
+        append = True
+    elif not day.audited:  # the interrupted run may have appended it just before it died
+        append = not logged(ctx.audit.path, {entry},
+                            lambda e: e.get("decision_id") if e.get("seq", 0) > day.audit_seq else None,
+                            '"retention.applied"')
+    else:
+        append = outcome.changed
+    if append:
+        summary = {step: outcome.warehouse.total(step) for step in ("archive", "erase", "anonymise")}
+        ctx.audit.append("retention.applied", decision_id=entry, details={
+            "as_of": as_of.isoformat(), "policy": ctx.policy.version_label, "warehouse_rows": summary,
+            "source_rows": outcome.source_rows})
+    mark_audited(con, as_of)
+    return append
 
 
 def residue(con: duckdb.DuckDBPyConnection, policy: Policy) -> dict[str, int]:

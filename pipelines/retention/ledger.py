@@ -21,6 +21,7 @@ import duckdb
 
 from pipelines.policy.models import Clock, Dataset, Policy, RetentionRule, SubjectType
 from pipelines.retention.columns import compute_columns
+from pipelines.retention.intent import owed_on
 from pipelines.retention.until import kept_on_sql, last_day_sql
 from pipelines.rights.scope import marketing_purposes
 from pipelines.sources.schema import RESTRICTION_COLUMNS
@@ -330,13 +331,20 @@ PURPOSE_STATUS = """CASE WHEN rec.status = 'restricted' THEN 'restricted'
     ELSE p.purpose_status END"""
 
 
-def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date) -> None:
+def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date) -> bool:
     """(Re)write retention.ledger (subject × purpose × dataset), retention.record_status, retention.column_status
     (per kept record, the column groups that leave its stage, and why) and retention.clock_events for `as_of`.
 
     A dataset whose clock runs per record (navigation events, contributions) can put one subject's records in
     several statuses: the ledger then has one row per status, with the record count.
+
+    While push-back targets of the day are still owed (a run killed between two sources' commits, or a source
+    that failed), the day's ledger stands as decided and nothing is recomputed from half-changed sources
+    (pipelines.retention.intent). Returns whether the ledger was (re)computed.
     """
+    if owed_on(con, as_of) and table_exists(con, "retention", "record_status") and con.execute(
+            "SELECT max(as_of) FROM retention.record_status").fetchall()[0][0] == as_of:
+        return False
     compute(con, policy, as_of)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ret_new_status AS
@@ -379,6 +387,7 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date)
         con.execute("INSERT INTO retention.column_status BY NAME SELECT * FROM _ret_new_columns")
         con.execute(f"DELETE FROM {CLOCK_EVENTS}")
         con.execute(f"INSERT INTO {CLOCK_EVENTS} BY NAME SELECT * FROM _ret_new_clocks")
+    return True
 
 
 def _ensure_tables(con: duckdb.DuckDBPyConnection) -> None:

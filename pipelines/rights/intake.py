@@ -88,10 +88,12 @@ def _requests_sql(con: duckdb.DuckDBPyConnection) -> str:
           AND TRY_CAST(record->>'request_id' AS BIGINT) IS NOT NULL"""
 
 
-def intake(con: duckdb.DuckDBPyConnection, now: str) -> None:
+def intake(con: duckdb.DuckDBPyConnection, now: str, *, hold_needs_human: bool = False) -> None:
     """Create temp table `_intake`: every request with its match, flag, due date and carried-over state.
 
-    A request already in a terminal or pending state (here or, terminal, at the source) keeps it. A request
+    A request already in a terminal or pending state (here or, terminal, at the source) keeps it; so does one
+    waiting for a human when `hold_needs_human` (a re-run of a day whose retention push-back an interrupted run
+    left half done: the identity graph, read from half-changed sources, must not decide it differently). A request
     that does not hold together (malformed, no or an unknown type, dated in the future, details that are not
     a JSON object) is `needs_human` with the reason, verified or not; an unverified one is `received`; a
     verified one is `verified`, or `needs_human` when it cannot be matched to exactly one person. Due date:
@@ -154,6 +156,7 @@ def intake(con: duckdb.DuckDBPyConnection, now: str) -> None:
                    CASE
                        WHEN p.state IN {in_list(CARRIED_STATES)} THEN p.state
                        WHEN f.source_status IN {in_list(TERMINAL_STATES)} THEN f.source_status
+                       WHEN $hold AND p.state = 'needs_human' THEN p.state
                        WHEN f.invalid IS NOT NULL THEN 'needs_human'
                        WHEN f.identity_verified_at IS NULL THEN 'received'
                        WHEN f.flag IS NOT NULL THEN 'needs_human'
@@ -174,6 +177,7 @@ def intake(con: duckdb.DuckDBPyConnection, now: str) -> None:
                state,
                CASE
                    WHEN previous_state IN {in_list(CARRIED_STATES)} THEN kept_reason
+                   WHEN $hold AND previous_state = 'needs_human' AND state = 'needs_human' THEN kept_reason
                    WHEN state = 'needs_human' THEN coalesce(invalid, flag)
                    WHEN state = 'received' THEN 'identity not verified yet: nothing is executed'
                END AS reason,
@@ -183,4 +187,5 @@ def intake(con: duckdb.DuckDBPyConnection, now: str) -> None:
                coalesce(state_changed_at, $now) AS state_changed_at,
                previous_state, source_status
         FROM decided
-    """, {"now": dt.datetime.fromisoformat(now), "types": list(REQUEST_TYPES), "rights": list(REQUEST_TYPES.values())})
+    """, {"now": dt.datetime.fromisoformat(now), "types": list(REQUEST_TYPES), "rights": list(REQUEST_TYPES.values()),
+          "hold": hold_needs_human})

@@ -53,6 +53,7 @@ from pipelines.pushback.sql import NoticeRule
 from pipelines.pushback.targets import SUPPRESSION_TABLE
 from pipelines.refresh import refresh_from_sources, touched_tables
 from pipelines.retention.apply import table_order
+from pipelines.retention.intent import owed_on
 from pipelines.rights.access import write_access_bundle
 from pipelines.rights.answer import record_kept, write_erasure_answers
 from pipelines.rights.intake import TERMINAL_STATES, ensure_schema, intake, run_sql, table_exists
@@ -289,7 +290,7 @@ def process_rights(
     tables = subject_tables(policy)
     ensure_schema(con)
     flush_audit(con, audit, recover=True)  # what a killed run queued, each entry written once
-    intake(con, now_text)
+    intake(con, now_text, hold_needs_human=as_of is not None and owed_on(con, as_of))
     _stage(con, tables)
     results: dict[int, _Result] = {}
 
