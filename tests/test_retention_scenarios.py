@@ -8,6 +8,7 @@ a survey answer past its purpose.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -33,7 +34,7 @@ from pipelines.policy.load import load_policy
 from pipelines.policy.models import Policy
 from pipelines.policy.preview import preview
 from pipelines.refresh import ingest_all
-from pipelines.retention.apply import apply_retention
+from pipelines.retention.apply import apply_retention, audit_applied
 from pipelines.retention.ledger import build_ledger, fallback_clocks
 from pipelines.sources.schema import (
     COOKIE_CONSENT_SCHEMA,
@@ -177,6 +178,24 @@ def test_member_ended_three_years_ago_leaves_active_base_accounting_only_in_arch
     assert world.query(f"SELECT count(*) FROM raw.accounting_entries WHERE member_id = {ENDED}") == [(0,)]
     assert world.query(f"SELECT count(*) FROM archive.accounting_entries WHERE member_id = {ENDED}") == [(1,)]
     assert world.query(f"SELECT count(*) FROM archive.members WHERE member_id = {ENDED}") == [(0,)]
+
+
+def test_a_day_is_audited_once_with_the_figures_of_its_first_application(world: World, policy: Policy):
+    """The nightly run of a day, then the same day run again (an operator's re-execution): the second run finds
+    everything done, changes nothing and appends no second `retention.applied` entry."""
+    ctx = core_context(world.root, policy, world.navigation)
+    for _ in range(2):
+        world.ingest()
+        with duckdb.connect(str(world.warehouse)) as con:
+            build_ledger(con, policy, AS_OF)
+            outcome = apply_retention(con, ctx, AS_OF, members=world.engines["members"],
+                                      prospects=world.engines["prospects"])
+            audit_applied(con, ctx, AS_OF, outcome)
+    entries = [json.loads(line) for line in ctx.audit.path.read_text().splitlines()]
+    applied = [e for e in entries if e["action"] == "retention.applied"]
+    assert [e["decision_id"] for e in applied] == ["retention:2026-11-01"]
+    assert applied[0]["details"]["warehouse_rows"]["erase"] > 0 and applied[0]["details"]["source_rows"] > 0
+    assert not outcome.changed
 
 
 def test_contract_goes_at_its_own_date_while_its_end_date_still_times_marketing(world: World, policy: Policy):
