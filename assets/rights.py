@@ -12,7 +12,7 @@ from pipelines.orchestration.resources import (
     WarehouseResource,
     core_context,
 )
-from pipelines.orchestration.runs import as_of_date
+from pipelines.orchestration.runs import NIGHTLY_JOB, as_of_date
 from pipelines.policy.load import source_columns
 from pipelines.rights.intake import run_sql, table_exists
 from pipelines.rights.process import deadline_summary, process_rights
@@ -59,7 +59,8 @@ def rights_requests(
     ctx = core_context(policies, pseudonymisation_key, compliance, navigation, actor="rights_job")
     with warehouse.connect() as con:
         outcome = process_rights(con, ctx, members=member_source.engine(), prospects=prospect_source.engine(),
-                                 as_of=as_of_date(config.as_of, context.run.tags))
+                                 as_of=as_of_date(config.as_of, context.run.tags),
+                                 nightly=context.run.job_name == NIGHTLY_JOB)
         decisions = dict(run_sql(con, "SELECT status, count(*) FROM rights.decisions GROUP BY 1 ORDER BY 1"))
         exclusions = dict(run_sql(con, "SELECT reason, count(*) FROM rights.exclusions GROUP BY 1 ORDER BY 1"))
     if outcome.decisions_failed:

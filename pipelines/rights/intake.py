@@ -64,6 +64,20 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         CREATE TABLE IF NOT EXISTS rights.objections (
             person_id VARCHAR, purpose VARCHAR, since TIMESTAMP, request_id BIGINT
         )""")
+    # the days whose nightly run has decided the requests (see nightly_decided)
+    run_sql(con, "CREATE TABLE IF NOT EXISTS rights.nightly_days (as_of DATE PRIMARY KEY)")
+
+
+def nightly_decided(con: duckdb.DuckDBPyConnection, as_of: dt.date) -> bool:
+    """Whether a nightly run of `as_of` has already decided the requests: the sources may since have lost what
+    it matched them against (its own push-back, retention), so a re-run of the day does not decide again what
+    it left waiting for a human."""
+    return bool(run_sql(con, "SELECT count(*) FROM rights.nightly_days WHERE as_of = ?", [as_of])[0][0])
+
+
+def record_nightly(con: duckdb.DuckDBPyConnection, as_of: dt.date) -> None:
+    """The nightly run of `as_of` has decided the requests (inside the transaction that saves the decisions)."""
+    run_sql(con, "INSERT INTO rights.nightly_days VALUES (?) ON CONFLICT DO NOTHING", [as_of])
 
 
 def _requests_sql(con: duckdb.DuckDBPyConnection) -> str:
@@ -92,8 +106,8 @@ def intake(con: duckdb.DuckDBPyConnection, now: str, *, hold_needs_human: bool =
     """Create temp table `_intake`: every request with its match, flag, due date and carried-over state.
 
     A request already in a terminal or pending state (here or, terminal, at the source) keeps it; so does one
-    waiting for a human when `hold_needs_human` (a re-run of a day whose retention push-back an interrupted run
-    left half done: the identity graph, read from half-changed sources, must not decide it differently). A request
+    waiting for a human when `hold_needs_human` (the nightly re-running a day already decided: the identity
+    graph, read from sources changed since, must not decide it differently from the day's first run). A request
     that does not hold together (malformed, no or an unknown type, dated in the future, details that are not
     a JSON object) is `needs_human` with the reason, verified or not; an unverified one is `received`; a
     verified one is `verified`, or `needs_human` when it cannot be matched to exactly one person. Due date:

@@ -53,10 +53,17 @@ from pipelines.pushback.sql import NoticeRule
 from pipelines.pushback.targets import SUPPRESSION_TABLE
 from pipelines.refresh import refresh_from_sources, touched_tables
 from pipelines.retention.apply import table_order
-from pipelines.retention.intent import owed_on
 from pipelines.rights.access import write_access_bundle
 from pipelines.rights.answer import record_kept, write_erasure_answers
-from pipelines.rights.intake import TERMINAL_STATES, ensure_schema, intake, run_sql, table_exists
+from pipelines.rights.intake import (
+    TERMINAL_STATES,
+    ensure_schema,
+    intake,
+    nightly_decided,
+    record_nightly,
+    run_sql,
+    table_exists,
+)
 from pipelines.rights.intent import (
     AUDIT_KEY,
     enqueue_audit,
@@ -281,16 +288,23 @@ def process_rights(
     prospects: sa.Engine | None,
     now: dt.datetime | None = None,
     as_of: dt.date | None = None,
+    nightly: bool = False,
 ) -> RightsOutcome:
     """See the module docstring. `con` is the warehouse (raw.*, identity.person_links already built);
-    deadlines are evaluated as of `as_of` (default: the date of `now`)."""
+    deadlines are evaluated as of `as_of` (default: the date of `now`).
+
+    `nightly`: the nightly run of `as_of`. When a nightly run of that day has already decided (this one
+    re-executes the day, after a kill or by hand), the sources may no longer hold what it matched requests
+    against, so requests it left waiting for a human stay so (the rights job, started when a request changes,
+    re-examines them)."""
     policy, audit, token = ctx.policy, ctx.audit, ctx.tokenise
     navigation_dir, exports_dir, outbox_dir = ctx.paths.navigation, ctx.paths.exports, ctx.paths.outbox
     now_text = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d %H:%M:%S")
     tables = subject_tables(policy)
     ensure_schema(con)
     flush_audit(con, audit, recover=True)  # what a killed run queued, each entry written once
-    intake(con, now_text, hold_needs_human=as_of is not None and owed_on(con, as_of))
+    nightly_day = as_of if nightly else None
+    intake(con, now_text, hold_needs_human=nightly_day is not None and nightly_decided(con, nightly_day))
     _stage(con, tables)
     results: dict[int, _Result] = {}
 
@@ -353,6 +367,8 @@ def process_rights(
                                               target_counts.get(decision_id, 0))
         record_targets(con, targets)
         record_kept(con)
+        if nightly_day is not None:
+            record_nightly(con, nightly_day)
         _save(con, results, now_text, "SELECT * FROM _intake", token, target_summary(targets, token))
     flush_audit(con, audit)
 
