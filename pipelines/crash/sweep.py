@@ -193,14 +193,26 @@ def compare(outcome: Outcome, baseline: Baseline) -> Outcome:
 def kill_points(baseline: Baseline, moments: int) -> list[KillPoint]:
     """One kill point right after each source commit and each transfer mark, then `moments` spread evenly over
     the baseline's duration (commits first: push-back is where a half-done run can leave the sources
-    half-changed)."""
+    half-changed). The spread ones come coarse to fine (50 %, 25 %, 75 %, ...): a sweep stopped half-way has
+    still covered the whole night."""
     spread = [KillPoint(f"t={100 * i // (moments + 1)}%", at_s=baseline.duration_s * i / (moments + 1))
-              for i in range(1, moments + 1)]
+              for i in _coarse_to_fine(moments)]
     commits = [KillPoint(f"after commit {k} ({source})", after_commit=k)
                for k, (_, source) in enumerate(baseline.commits, start=1)]
     transfers = [KillPoint(f"after transfer mark {k} ({mark})", after_transfer=k)
                  for k, (_, mark) in enumerate(baseline.transfers, start=1)]
     return commits + transfers + spread
+
+
+def _coarse_to_fine(n: int) -> list[int]:
+    """1..n, each next one as far as can be from those before (and from 0 and n + 1): the middle first."""
+    chosen: list[int] = []
+    left = list(range(1, n + 1))
+    while left:
+        best = max(left, key=lambda i: (min(abs(i - c) for c in [0, n + 1, *chosen]), -i))
+        chosen.append(best)
+        left.remove(best)
+    return chosen
 
 
 def sweep(workdir: Path, sources: Path, as_of: dt.date, points: list[KillPoint], baseline: Baseline,
