@@ -26,6 +26,9 @@ from pipelines.duck import scalar
 from pipelines.normalise import email_sql, phone_sql
 from pipelines.policy.models import IdentityRule
 
+# The raw tables the identity graph is built from: a push-back that changed none of them leaves it as it is.
+INPUT_TABLES = frozenset({"members", "prospects", "navigation_events"})
+
 _CONTACTS_SQL = f"""
 CREATE OR REPLACE TEMP TABLE _contacts AS
 SELECT * FROM (

@@ -1,8 +1,10 @@
 """Re-read what push-back changed, so one nightly run ends in the state the next run would start from.
 
 Push-back changes the source systems after they were copied into `raw`. Re-ingesting exactly the tables a
-run's decisions touched, then re-deriving the identity graph and the retention ledger from them, makes the
-warehouse a fixed point: a second run with the same `as_of` finds nothing to do and changes nothing.
+run's decisions touched, then re-deriving the identity graph (when one of its input tables was touched) and the
+retention ledger from them, makes the warehouse a fixed point: a second run with the same `as_of` finds nothing
+to do and changes nothing. A caller after which the ledger is built anyway in the same run (the rights stage of
+the nightly, before the retention ledger) leaves the ledger to it: built once instead of twice a night.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
-from pipelines.identity import resolve_identities
+from pipelines.identity import INPUT_TABLES, resolve_identities
 from pipelines.ingest import ingest_sql_table, quarantine_fields
 from pipelines.navigation import NAVIGATION_TABLES, ingest_navigation_table
 from pipelines.policy.models import Policy
@@ -52,8 +54,10 @@ def refresh_from_sources(
     navigation_dir: Path,
     policy: Policy,
     as_of: dt.date,
+    ledger: bool = True,
 ) -> list[str]:
-    """Re-ingest the touched (system, table) pairs, then rebuild identity links and the ledger.
+    """Re-ingest the touched (system, table) pairs, then rebuild identity links (if one of their input tables
+    is among them) and, unless `ledger` is false, the ledger.
 
     Returns the tables re-read (sorted); does nothing when nothing was touched.
     """
@@ -66,6 +70,8 @@ def refresh_from_sources(
             ingest_navigation_table(con, navigation_dir, table, fields=fields)
         else:
             ingest_sql_table(con, engines[system], system, SQL_SYSTEMS[system].tables[table], fields)
-    resolve_identities(con, policy.datasets_file.identity)
-    build_ledger(con, policy, as_of)
+    if INPUT_TABLES & {table for _, table in touched}:
+        resolve_identities(con, policy.datasets_file.identity)
+    if ledger:
+        build_ledger(con, policy, as_of)
     return [table for _, table in touched]

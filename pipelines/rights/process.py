@@ -289,6 +289,7 @@ def process_rights(
     now: dt.datetime | None = None,
     as_of: dt.date | None = None,
     nightly: bool = False,
+    refresh_ledger: bool = True,
 ) -> RightsOutcome:
     """See the module docstring. `con` is the warehouse (raw.*, identity.person_links already built);
     deadlines are evaluated as of `as_of` (default: the date of `now`).
@@ -296,7 +297,8 @@ def process_rights(
     `nightly`: the nightly run of `as_of`. When a nightly run of that day has already decided (this one
     re-executes the day, after a kill or by hand), the sources may no longer hold what it matched requests
     against, so requests it left waiting for a human stay so (the rights job, started when a request changes,
-    re-examines them)."""
+    re-examines them). `refresh_ledger=False` when the retention ledger is built after this in the same run
+    (the nightly): the re-read of what push-back changed leaves it to that step."""
     policy, audit, token = ctx.policy, ctx.audit, ctx.tokenise
     navigation_dir, exports_dir, outbox_dir = ctx.paths.navigation, ctx.paths.exports, ctx.paths.outbox
     now_text = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d %H:%M:%S")
@@ -397,7 +399,7 @@ def process_rights(
     day = as_of or (now or dt.datetime.now(dt.UTC)).date()
     # the warehouse re-reads what this run changed at the sources, so the next run starts where this one ends
     refresh_from_sources(con, touched, engines={"members": members, "prospects": prospects},
-                         navigation_dir=navigation_dir, policy=policy, as_of=day)
+                         navigation_dir=navigation_dir, policy=policy, as_of=day, ledger=refresh_ledger)
     summary = deadline_summary(con, day)
     return RightsOutcome(
         states=summary["states"], needs_human=summary["needs_human"], overdue=summary["overdue"],
