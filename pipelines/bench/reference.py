@@ -62,9 +62,13 @@ def run_report(members: int, seed: int, regenerate: bool, ui: bool = True, right
     report: dict = {"date": dt.date.today().isoformat(), "members": members, "machine": _machine(),
                     "workload": workload, "days_of_changes": {}, "runs": []}
 
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{report['date']}-{members}.json"
+
     def record(measured: Measured) -> None:
         report["runs"].append(measured.as_json())
         print(_row(measured.as_json()), flush=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")  # after each run: a report cut short keeps its runs
 
     print(_header(), flush=True)
     record(site.in_process("first night", first))
@@ -86,9 +90,6 @@ def run_report(members: int, seed: int, regenerate: bool, ui: bool = True, right
         report["rights_requests_added"] = len(ids)
         record(site.in_process(f"rights {len(ids)}", last, job="rights_job"))
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{report['date']}-{members}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nReport: {path}")
     return report
 

@@ -52,8 +52,10 @@ class Site:
     def env(self) -> dict[str, str]:
         env = {**os.environ, "SEM_DATA_DIR": str(self.data), "DAGSTER_HOME": str(self.home),
                "SEM_PSEUDONYMISATION_KEY": BENCH_KEY_HEX, "DAGSTER_DISABLE_TELEMETRY": "yes"}
-        for var in [v for v in env if v.startswith("SEM_") and v not in ("SEM_DATA_DIR", "SEM_PSEUDONYMISATION_KEY")]:
-            env.pop(var)  # everything under this site's data folder, with the defaults
+        # Every path under this site's data folder, with the defaults; the tuning variables are passed on.
+        keep = ("SEM_DATA_DIR", "SEM_PSEUDONYMISATION_KEY", "SEM_DUCKDB_MEMORY_LIMIT", "SEM_WAREHOUSE_LOCK_TIMEOUT")
+        for var in [v for v in env if v.startswith("SEM_") and v not in keep]:
+            env.pop(var)
         return env
 
     def _measure(self, label: str, command: list[str]) -> Measured:
