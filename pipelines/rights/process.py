@@ -1,6 +1,6 @@
 """Run the rights requests: intake, decide, push back to the sources, carry out in the warehouse, answer.
 
-    process_rights(con, ctx, *, members, prospects, now=None, as_of=None, nightly=False) -> RightsOutcome
+    process_rights(con, ctx, *, members, prospects, now=None, as_of=None, nightly=False, refresh_ledger=True)
 
 `ctx` (pipelines.context.CoreContext) gives the policy, the audit log and its keyed subject tokens, the
 navigation log, the exports folder (access bundles, erasure answers) and the outbox (art. 19 notices).
