@@ -4,13 +4,15 @@ member. A right for one sibling acts on that sibling's records only and flags th
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 
+import duckdb
 import sqlalchemy as sa
 
 from pipelines.normalise import normalise_email, normalise_phone
 from tests import test_rights
-from tests.test_rights import World
+from tests.test_rights import World, deadline_summary
 
 world = test_rights.world  # the same fixture: SQLite and PostgreSQL sources
 
@@ -41,7 +43,14 @@ def test_shared_contacts_never_merge_and_rights_stay_with_the_requester(world: W
              {"r": 9302, "m": 3, "e": None, "t": "objection_prospecting"},
              {"r": 9303, "m": None, "e": mail_5.upper(), "t": "access"})
     states = _states(world)
-    assert states[9301][0] == "confirmed" and "left for a human" in states[9301][1]
+    # carried out on the requester's records, then waiting for a human for the rest: counted by the deadline check
+    assert states[9301][0] == "needs_human" and "left for a human" in states[9301][1]
+    assert world.wh("SELECT status FROM rights.decisions WHERE decision_id = 'rights:9301:erasure'") == [("applied",)]
+    assert world.src("members", "SELECT status FROM rights_requests WHERE request_id = 9301") == [("needs_human",)]
+    assert world.wh("SELECT count(*) FROM rights.exclusions WHERE reason = 'erased' AND person_id = "
+                    "(SELECT person_id FROM rights.requests WHERE request_id = 9301)") == [(1,)]
+    with duckdb.connect(str(world.warehouse), read_only=True) as con:
+        assert 9301 in deadline_summary(con, dt.date(2026, 12, 1))["overdue_request_ids"]  # due 20 November
     assert world.src("members", "SELECT count(*) FROM members WHERE member_id = 2") == [(0,)]
     # the sibling keeps every record; the erasure never targeted the prospects of the family phone
     assert {t: world.src("members", f"SELECT count(*) FROM {t} WHERE member_id = 3") for t in sibling_rows} == \
@@ -51,13 +60,25 @@ def test_shared_contacts_never_merge_and_rights_stay_with_the_requester(world: W
     assert ("members", "2") in erased and ("members", "3") not in erased
     assert prospects_on_family_phone and not {("prospects", str(p)) for p in prospects_on_family_phone} & erased
     # objection to prospecting of the sibling: their own contacts suppressed, not the phone the family shares
-    assert states[9302][0] == "confirmed"
+    assert states[9302][0] == "needs_human" and "left for a human" in states[9302][1]  # the family phone
     suppressed = {r[0] for r in world.src("prospects", "SELECT contact_hash FROM suppression_list")}
     assert hashlib.sha256(normalise_phone(phone_3).encode()).hexdigest() not in suppressed
     own = world.src("members", "SELECT email FROM members WHERE member_id = 3")[0][0]
     assert hashlib.sha256(normalise_email(own).encode()).hexdigest() in suppressed
     # an e-mail two members share names nobody for sure
     assert states[9303][0] == "needs_human" and "several people" in states[9303][1]
+
+    # the next run leaves it with the human (nothing decided or pushed again); the human closes it at the source
+    entries = world.audit.path.read_text()
+    world.ingest()
+    world.process()
+    assert _states(world)[9301][0] == "needs_human" and world.audit.path.read_text() == entries
+    with world.engines["members"].begin() as con:
+        con.execute(sa.text("UPDATE rights_requests SET status = 'confirmed' WHERE request_id = 9301"))
+    world.ingest()
+    world.process()
+    assert _states(world)[9301][0] == "confirmed"
+    assert world.wh("SELECT count(*) FROM rights.exclusions WHERE reason = 'erased'")[0][0] >= 1
 
 
 def _request(world: World, *rows: dict[str, object]) -> None:

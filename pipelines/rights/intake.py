@@ -105,9 +105,11 @@ def _requests_sql(con: duckdb.DuckDBPyConnection) -> str:
 def intake(con: duckdb.DuckDBPyConnection, now: str, *, hold_needs_human: bool = False) -> None:
     """Create temp table `_intake`: every request with its match, flag, due date and carried-over state.
 
-    A request already in a terminal or pending state (here or, terminal, at the source) keeps it; so does one
-    waiting for a human when `hold_needs_human` (the nightly re-running a day already decided: the identity
-    graph, read from sources changed since, must not decide it differently from the day's first run). A request
+    A request already in a terminal or pending state (here or, terminal, at the source) keeps it, and so does
+    one carried out with a part left for a human (`needs_human` with a decision) until a human gives it a
+    terminal status at the source; so does one waiting for a human when `hold_needs_human` (the nightly
+    re-running a day already decided: the identity graph, read from sources changed since, must not decide it
+    differently from the day's first run). A request
     that does not hold together (malformed, no or an unknown type, dated in the future, details that are not
     a JSON object) is `needs_human` with the reason, verified or not; an unverified one is `received`; a
     verified one is `verified`, or `needs_human` when it cannot be matched to exactly one person. Due date:
@@ -164,38 +166,46 @@ def intake(con: duckdb.DuckDBPyConnection, now: str, *, hold_needs_human: bool =
                 END AS flag
             FROM req r JOIN matched m USING (request_id)
         ),
-        decided AS (
+        kept AS (
+            -- closed or pending here; or carried out with what identity could not settle left for a human
+            -- (needs_human with a decision), until a human closes it at the source
             SELECT f.*, p.person_id AS kept_person, p.matched_by AS kept_matched_by, p.reason AS kept_reason,
                    p.due_date AS kept_due_date, p.decision_id, p.state_changed_at, p.state AS previous_state,
+                   p.needs_human AS kept_needs_human,
+                   coalesce(p.state IN {in_list(CARRIED_STATES)} OR (p.state = 'needs_human' AND p.decision_id
+                            IS NOT NULL AND coalesce(f.source_status NOT IN {in_list(TERMINAL_STATES)}, true)),
+                            false) AS carried
+            FROM flagged f LEFT JOIN rights.requests p USING (request_id)
+        ),
+        decided AS (
+            SELECT *,
                    CASE
-                       WHEN p.state IN {in_list(CARRIED_STATES)} THEN p.state
-                       WHEN f.source_status IN {in_list(TERMINAL_STATES)} THEN f.source_status
-                       WHEN $hold AND p.state = 'needs_human' THEN p.state
-                       WHEN f.invalid IS NOT NULL THEN 'needs_human'
-                       WHEN f.identity_verified_at IS NULL THEN 'received'
-                       WHEN f.flag IS NOT NULL THEN 'needs_human'
+                       WHEN carried THEN previous_state
+                       WHEN source_status IN {in_list(TERMINAL_STATES)} THEN source_status
+                       WHEN $hold AND previous_state = 'needs_human' THEN previous_state
+                       WHEN invalid IS NOT NULL THEN 'needs_human'
+                       WHEN identity_verified_at IS NULL THEN 'received'
+                       WHEN flag IS NOT NULL THEN 'needs_human'
                        ELSE 'verified'
                    END AS state
-            FROM flagged f LEFT JOIN rights.requests p USING (request_id)
+            FROM kept
         )
         SELECT request_id, request_type,
                -- a closed or pending request keeps the person it was decided for (erasure removes the links);
                -- nobody is linked to a request before its identity proof is checked
-               CASE WHEN previous_state IN {in_list(CARRIED_STATES)} THEN kept_person
-                    WHEN state = 'verified' THEN candidate END AS person_id,
-               CASE WHEN previous_state IN {in_list(CARRIED_STATES)} THEN kept_matched_by
-                    WHEN state = 'verified' THEN matched_by END AS matched_by,
+               CASE WHEN carried THEN kept_person WHEN state = 'verified' THEN candidate END AS person_id,
+               CASE WHEN carried THEN kept_matched_by WHEN state = 'verified' THEN matched_by END AS matched_by,
                received_at, identity_verified_at,
                coalesce(CAST(received_at + INTERVAL 1 MONTH AS DATE), kept_due_date,
                         CAST($now + INTERVAL 1 MONTH AS DATE)) AS due_date,
                state,
                CASE
-                   WHEN previous_state IN {in_list(CARRIED_STATES)} THEN kept_reason
+                   WHEN carried THEN kept_reason
                    WHEN $hold AND previous_state = 'needs_human' AND state = 'needs_human' THEN kept_reason
                    WHEN state = 'needs_human' THEN coalesce(invalid, flag)
                    WHEN state = 'received' THEN 'identity not verified yet: nothing is executed'
                END AS reason,
-               state = 'needs_human' AS needs_human,
+               CASE WHEN carried THEN kept_needs_human ELSE state = 'needs_human' END AS needs_human,
                TRY_CAST(details AS JSON) AS details,
                decision_id,
                coalesce(state_changed_at, $now) AS state_changed_at,

@@ -254,7 +254,8 @@ def _rebuild_exclusions(con: duckdb.DuckDBPyConnection) -> None:
         CREATE OR REPLACE TABLE rights.exclusions AS
         WITH in_force AS (
             SELECT person_id, request_type, received_at, state_changed_at FROM rights.requests
-            WHERE state IN {in_list(IN_FORCE)} AND person_id IS NOT NULL
+            WHERE (state IN {in_list(IN_FORCE)} OR (state = 'needs_human' AND decision_id IS NOT NULL))
+              AND person_id IS NOT NULL  -- a right carried out stays in force while a human sees to the rest
         ),
         restrictions AS (
             SELECT person_id,
@@ -278,6 +279,7 @@ class _Result:
     reason: str | None = None
     decision_id: str | None = None
     targets: int = 0
+    human: bool = False  # part of it left for a human: needs_human once carried out
 
 
 def process_rights(
@@ -360,13 +362,14 @@ def process_rights(
                     continue
                 bundles.append(path)
                 results[request_id] = _Result("answered", _joined(f"export bundle {path.name}",
-                                                                  ambiguous.get(request_id)), decision_id)
+                                                                  ambiguous.get(request_id)), decision_id,
+                                              human=request_id in ambiguous)
             else:
                 reason = "; ".join(kept.get(decision_id, [])) or None
                 if request_type != "objection" and not target_counts.get(decision_id):
                     reason = "no record of the person at the sources for this right; exclusions apply"
                 results[request_id] = _Result("decided", _joined(reason, ambiguous.get(request_id)), decision_id,
-                                              target_counts.get(decision_id, 0))
+                                              target_counts.get(decision_id, 0), human=request_id in ambiguous)
         record_targets(con, targets)
         record_kept(con)
         if nightly_day is not None:
@@ -445,39 +448,48 @@ def _push(targets: pa.Table, *, policy: Policy, members: sa.Engine, prospects: s
 
 
 RESULTS_SCHEMA = pa.schema([("request_id", pa.int64()), ("state", pa.string()), ("reason", pa.string()),
-                            ("decision_id", pa.string()), ("targets", pa.int64())])
+                            ("decision_id", pa.string()), ("targets", pa.int64()), ("human", pa.bool_())])
+# A request carried out with a part left for a human (identity.ambiguities) is needs_human rather than closed,
+# so the deadline check keeps counting it; its decision keeps the status of what was carried out.
+HUMAN_AFTER = ("confirmed", "answered")
 DECISION_STATUS = {"confirmed": "applied", "answered": "answered", "refused": "refused"}  # else still "decided"
 
 
 def _save(con: duckdb.DuckDBPyConnection, results: dict[int, _Result], now: str, base: str,
           token: Callable[[str], str], summaries: dict[str, dict[str, object]]) -> None:
     """rights.requests (from `base` with `results` applied), rights.decisions, objections, exclusions, and
-    the audit entries of every state change queued; call inside the caller's transaction."""
+    the audit entries of every state change queued; call inside the caller's transaction. `outcome` is what
+    was done (the decision's side), `state` the request's: needs_human when part of it is left for a human."""
     con.register("_results", pa.Table.from_pylist(
         [{"request_id": k, **vars(r)} for k, r in results.items()], schema=RESULTS_SCHEMA))
     run_sql(con, f"""
         CREATE OR REPLACE TEMP TABLE _final AS
-        SELECT i.request_id, i.request_type, i.person_id, i.matched_by, i.received_at, i.identity_verified_at,
-               i.due_date, coalesce(r.state, i.state) AS state,
-               CASE WHEN r.request_id IS NULL THEN i.reason ELSE r.reason END AS reason, i.needs_human, i.details,
-               coalesce(r.decision_id, i.decision_id) AS decision_id,
-               CASE WHEN coalesce(r.state, i.state) IS DISTINCT FROM i.previous_state THEN TIMESTAMP {literal(now)}
-                    ELSE i.state_changed_at END AS state_changed_at,
-               i.previous_state, r.targets
-        FROM ({base}) i LEFT JOIN _results r USING (request_id)""")
+        SELECT *, CASE WHEN needs_human AND outcome IN {in_list(HUMAN_AFTER)} THEN 'needs_human' ELSE outcome END
+                  AS state
+        FROM (
+            SELECT i.request_id, i.request_type, i.person_id, i.matched_by, i.received_at, i.identity_verified_at,
+                   i.due_date, coalesce(r.state, i.state) AS outcome,
+                   CASE WHEN r.request_id IS NULL THEN i.reason ELSE r.reason END AS reason,
+                   coalesce(r.human, false) OR i.needs_human AS needs_human, i.details,
+                   coalesce(r.decision_id, i.decision_id) AS decision_id, i.state_changed_at, i.previous_state,
+                   r.targets
+            FROM ({base}) i LEFT JOIN _results r USING (request_id))""")
+    run_sql(con, f"UPDATE _final SET state_changed_at = TIMESTAMP {literal(now)} "
+                 "WHERE state IS DISTINCT FROM previous_state")
     run_sql(con, "DELETE FROM rights.requests")
-    run_sql(con, "INSERT INTO rights.requests BY NAME SELECT * EXCLUDE (previous_state, targets) FROM _final")
+    run_sql(con, "INSERT INTO rights.requests BY NAME SELECT * EXCLUDE (previous_state, targets, outcome) "
+                 "FROM _final")
     status = " ".join(f"WHEN {literal(k)} THEN {literal(v)}" for k, v in DECISION_STATUS.items())
     run_sql(con, f"""
         INSERT OR REPLACE INTO rights.decisions
         SELECT f.decision_id, f.request_id, f.person_id, f.request_type, coalesce(f.targets, d.targets, 0),
-               CASE f.state {status} ELSE 'decided' END,
-               CASE WHEN f.state = 'executed' THEN d.reason ELSE f.reason END,  -- the failure is the request's
+               CASE f.outcome {status} ELSE 'decided' END,
+               CASE WHEN f.outcome = 'executed' THEN d.reason ELSE f.reason END,  -- the failure is the request's
                coalesce(d.decided_at, TIMESTAMP {literal(now)}),
-               CASE WHEN f.state IN {in_list(TERMINAL_STATES)} THEN TIMESTAMP {literal(now)} END
+               CASE WHEN f.outcome IN {in_list(TERMINAL_STATES)} THEN TIMESTAMP {literal(now)} END
         FROM _final f LEFT JOIN rights.decisions d USING (decision_id)
-        WHERE f.request_id IN (SELECT request_id FROM _results) AND f.state <> 'verified'""")
-    confirmed_objections = ("FROM _final WHERE request_type = 'objection' AND state = 'confirmed' "
+        WHERE f.request_id IN (SELECT request_id FROM _results) AND f.outcome <> 'verified'""")
+    confirmed_objections = ("FROM _final WHERE request_type = 'objection' AND outcome = 'confirmed' "
                             "AND previous_state IS DISTINCT FROM 'confirmed' "
                             "AND request_id IN (SELECT request_id FROM _results)")
     run_sql(con, f"DELETE FROM rights.objections WHERE request_id IN (SELECT request_id {confirmed_objections})")
@@ -520,13 +532,16 @@ def _state_entries(con: duckdb.DuckDBPyConnection, token: Callable[[str], str],
     """One audit entry per state reached (keyed: written once across re-runs); "decided" carries the
     decision's full target list, and a confirmed decision gets its "applied" entry."""
     changed = run_sql(con, """
-        SELECT request_id, request_type, person_id, previous_state, state, reason, CAST(due_date AS VARCHAR),
-               needs_human, decision_id, targets
+        SELECT request_id, request_type, person_id, previous_state, outcome, state, reason,
+               CAST(due_date AS VARCHAR), needs_human, decision_id, targets
         FROM _final WHERE state IS DISTINCT FROM previous_state ORDER BY request_id""")
     entries: list[dict[str, object]] = []
-    for request_id, request_type, person_id, previous, state, reason, due, needs_human, decision_id, n in changed:
+    for (request_id, request_type, person_id, previous, outcome, state, reason, due, needs_human, decision_id,
+         n) in changed:
         subject = token(f"person:{person_id}") if person_id else None
-        for step in _steps(previous, state):
+        # what was carried out, then (its part left for a human) needs_human
+        steps = _steps(previous, outcome) if outcome != previous else ()
+        for step in steps + ((state,) if state != outcome else ()):
             if step == "confirmed":
                 entries.append({"action": "rights.applied", "decision_id": decision_id, "subject_token": subject,
                                 "details": {AUDIT_KEY: f"rights.applied:{decision_id}", "request_id": request_id,
