@@ -13,12 +13,13 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from pipelines.audit import verify
+from pipelines.audit import AUDIT_DOMAIN, verify
 from pipelines.definitions import defs
 from pipelines.demo.__main__ import run_job
 from pipelines.demo.summary import print_run
 from pipelines.normalise import normalise_email
 from pipelines.orchestration.runs import PREVIEW_KEY
+from pipelines.pseudo.keys import KeyProvider
 from tests.conftest import TEST_AS_OF, TEST_KEY_HEX, loose_modes
 
 # Columns that record when the pipeline did something, not what it holds.
@@ -115,7 +116,9 @@ def test_nightly_job_runs_everything_passes_every_check_and_a_second_run_changes
     }
     assert len(heads) >= 3  # retention, rights, transfers each appended entries
     audit_log = project_env.root / "audit" / "audit.jsonl"
-    assert verify(audit_log, expect_heads=heads).ok
+    # every stage writes with the audit key: each entry's HMAC verifies (own-records purge included)
+    audit_key = KeyProvider(bytes.fromhex(TEST_KEY_HEX)).domain_key(AUDIT_DOMAIN)
+    assert verify(audit_log, expect_heads=heads, key=audit_key).ok
     assert not verify(audit_log, expect_heads=["0" * 63 + "1"]).ok
 
     run_day = (TEST_AS_OF - dt.timedelta(days=1)).isoformat()
