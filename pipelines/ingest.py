@@ -75,13 +75,14 @@ class QuarantineFields:
 
 def quarantine_fields(policy: Policy, table: str) -> QuarantineFields:
     """From policies/: kept = the primary key, ids (`identifying: key`) and references, the columns that time
-    the row's retention or hold it (clocks, legal holds: retention applies to quarantined rows too), and the
-    columns that identify no one and are not health data (a request's type, a status); shown = all but direct
-    identifiers."""
+    the row's retention, hold it or say which purposes it serves (clocks, legal holds, row purposes: retention
+    applies to quarantined rows too), and the columns that identify no one and are not health data (a request's
+    type, a status); shown = all but direct identifiers."""
     ds = policy.dataset(table)
     kept = [ds.primary_key, *(c.name for c in ds.columns if c.identifying == "key"), *ds.references,
             *(c for clock in policy.clocks.values() if clock.table == table for c in clock.columns),
             *(c for h in policy.datasets_file.legal_holds if h.table == table for c in (h.column, h.until_set) if c),
+            *(c.column for entry in ds.row_purposes for c in entry.where),  # which purposes the row serves
             *(c.name for c in ds.columns
               if c.identifying == "none" and not c.category.startswith("user.health_and_medical"))]
     return QuarantineFields(kept=tuple(dict.fromkeys(kept)),

@@ -123,6 +123,17 @@ def test_recipient_outside_the_eu_without_safeguard_is_refused(tmp_path: Path):
     assert error.file.endswith("recipients.yaml") and "MA" in error.problem and "safeguard" in error.problem
 
 
+@pytest.mark.parametrize(("purposes", "problem"), [
+    (["statistics"], "'statistics' is served by no column of id_documents"),
+    (["requests_complaints", "membership"], "a row meeting none would serve no purpose"),
+])
+def test_row_purposes_name_served_purposes_and_leave_some_to_the_other_rows(tmp_path: Path, purposes, problem):
+    folder = _policy_copy(tmp_path, "datasets.yaml",
+                          lambda d: _dataset(d, "id_documents")["row_purposes"][0].update(purposes=purposes))
+    error = _refused(folder)
+    assert error.key.startswith("datasets[3].row_purposes") and problem in error.problem
+
+
 def test_register_lists_purposes_transfers_and_erasure_limits():
     policy = load_policy(POLICIES)
     text = render_register(policy)
@@ -135,3 +146,6 @@ def test_register_lists_purposes_transfers_and_erasure_limits():
     # column-level retention: what leaves a kept record with the purposes it served
     assert "| members | birth_date, establishment_id, activity, iban | membership |" in text
     assert "| navigation_events | ip_address | risk_control |" in text
+    # row-level: the ID copy of a rights request serves the request only, and goes once it is handled
+    assert "| id_documents | reason equals rights_request | requests_complaints |" in text
+    assert "| requests_complaints | id_documents | aucune après" in text

@@ -165,7 +165,10 @@ def _template(dataset: str, k: int) -> dict[str, object]:
         "contracts": {"member_id": k, "product": "essentiel", "start_date": "2008-09-01", "status": "terminated",
                       "termination_reason": "fin des études"},
         "id_documents": {"member_id": k, "doc_type": "cni", "doc_number": f"ID{k:07d}", "received_at": stamp,
-                         "reason": "membership"},
+                         "reason": "membership", "request_id": k},
+        "rights_requests": {"member_id": k, "email": f"m{k}@example.org", "request_type": "access",
+                            "received_at": stamp, "identity_verified_at": stamp, "details": "{}",
+                            "status": "answered"},
         "reimbursements": {"member_id": k, "care_date": "2009-05-02", "act_code": "G", "act_label": "consultation",
                            "amount_eur": 25.0, "reimbursed_eur": 17.5, "professional_name": "Dr Martin",
                            "professional_country": "FR"},
@@ -217,6 +220,15 @@ class Row:
     def label(self) -> str:
         return f"{self.dataset}:{self.key} ({self.case.name})"
 
+    @property
+    def purposes(self) -> list[str]:
+        """The purposes the row serves: those of its columns, or of the first `row_purposes` entry it meets."""
+        for entry in self.ds.row_purposes:
+            assert all(c.operator == "equals" for c in entry.where), "the model reads equals conditions only"
+            if all(str(self.values.get(c.column)) == str(c.value) for c in entry.where):
+                return entry.purposes
+        return self.ds.unconditional_purposes
+
     def stage(self, purpose: str, night: dt.date, main_rule: bool = False) -> int | None:
         """Where `purpose` stands for this record on `night`; None when its clock does not time the record."""
         rule = POLICY.purpose(purpose).retention if main_rule else POLICY.rule_for(purpose, self.dataset)
@@ -227,7 +239,7 @@ class Row:
         return ACTIVE if night <= active else ARCHIVE if night <= active + _span(rule.archive) else ENDED
 
     def stages(self, night: dt.date) -> dict[str, int]:
-        return {p: s for p in self.ds.purposes if (s := self.stage(p, night)) is not None}
+        return {p: s for p in self.purposes if (s := self.stage(p, night)) is not None}
 
 
 def plant_case(case: Case, k: int) -> list[Row]:
@@ -258,22 +270,28 @@ def plant_case(case: Case, k: int) -> list[Row]:
                 clocks[name] = subject_clocks[name]
             elif POLICY.clocks[name].per == "record" and _clock_reaches(name, target):
                 clocks[name] = (overrides or {}).get(name, at(name))
-        carried = {name: day for name, day in {**subject_clocks, **clocks}.items()
-                   if POLICY.clocks[name].table == dataset}
+        # the clock columns the row carries, for itself or for the rows pointing at it (a request's handling)
+        carried = {name: subject_clocks.get(name, (overrides or {}).get(name, at(name)))
+                   for name, c in POLICY.clocks.items() if c.table == dataset}
         values = {target.primary_key: str(k) if target.system == "navigation" else k,
                   **_template(dataset, k), **_transferred(dataset),
                   **{c: _value(c, day, target.system == "navigation")
                      for name, day in carried.items() for c in POLICY.clocks[name].columns}}
         if target.column(subject.column) is not None:
             values[subject.column] = f"v{k}" if subject.type == "visitor" else values.get(subject.column, k)
+        if dataset == case.dataset:  # the row serves the planted purpose (datasets.yaml row_purposes)
+            values |= {c.column: c.value for entry in target.row_purposes if case.purpose in entry.purposes
+                       for c in entry.where}
         return Row(dataset, k, values, clocks, case)
 
     subject_columns = {s.column for s in ds.subjects}
+    clock_tables = {c.table for c in POLICY.clocks.values()}
     needed = [d.name for d in POLICY.datasets if d.name != case.dataset and (
         (d.primary_key == subject.column and speaks_for(d))  # the person's own row
         or any(c.table == d.name for n, c in POLICY.clocks.items() if n in subject_clocks)  # their clock
-        or any(target == f"{d.name}.{d.primary_key}" and d.subjects and column not in subject_columns
-               for column, target in ds.references.items()))]  # a record about them it points at
+        or any(target == f"{d.name}.{d.primary_key}" and column not in subject_columns
+               and (d.subjects or d.name in clock_tables)
+               for column, target in ds.references.items()))]  # a record about them or a clock it points at
     rows = [row(d) for d in needed] + [row(case.dataset)]
     if case.dataset == "navigation_events":  # the visitor's choice lets the page view reach the statistics
         rows.append(row("cookie_consents", {"consent_given": RECENT}))
@@ -291,9 +309,11 @@ class Expected:
 
 
 def expected_place(row: Row, night: dt.date) -> Expected:
+    filled = {c for c, v in row.values.items() if v is not None}
+    if not row.ds.subjects:  # not about a person as such (a rights request): the rights pipeline runs it
+        return Expected(frozenset(filled), frozenset(filled), None)
     stages = row.stages(night)
     record = max(stages.values())
-    filled = {c for c, v in row.values.items() if v is not None}
     fixed = structural_columns(POLICY, row.ds)
     group_of = {c: g for g in column_groups(POLICY) if g.dataset == row.dataset for c in g.columns}
 

@@ -20,6 +20,9 @@ from pipelines.identity import resolve_identities
 from pipelines.policy.load import load_policy
 from pipelines.pushback.notices import read_notices
 from pipelines.refresh import ingest_all
+from pipelines.retention.apply import apply_retention
+from pipelines.retention.ledger import build_ledger
+from pipelines.rights.intake import TERMINAL_STATES
 from pipelines.rights.process import RightsOutcome, deadline_summary, process_rights
 from pipelines.sources.schema import (
     SQL_SYSTEMS,
@@ -216,6 +219,10 @@ def test_audit_and_source_status_follow_and_a_rerun_changes_nothing(world: World
     assert "legal obligation" in trail[-1]["reason"] and len({e["subject_token"] for e in trail}) == 1
     statuses = dict(world.src("members", "SELECT request_id, status FROM rights_requests"))
     assert statuses == dict(world.wh("SELECT request_id, state FROM rights.requests"))
+    # the day a request ended is recorded at the source, once (it times what only served the request)
+    handled = dict(world.src("members", "SELECT request_id, handled_at FROM rights_requests"))
+    assert {r for r, day in handled.items() if day} == {r for r, s in statuses.items() if s in TERMINAL_STATES}
+    assert set(handled.values()) - {None} == {NOW.date().isoformat()}
     notices = read_notices(world.root / "outbox")
 
     world.ingest()
@@ -223,6 +230,36 @@ def test_audit_and_source_status_follow_and_a_rerun_changes_nothing(world: World
     assert second.decisions_failed == {} and second.bundles == []
     assert log.read_text() == entries  # no state changed, nothing new to audit
     assert read_notices(world.root / "outbox") == notices
+    assert dict(world.src("members", "SELECT request_id, handled_at FROM rights_requests")) == handled
+
+
+@pytest.mark.parametrize("world", ["sqlite"], indirect=True)  # backend-neutral: SQLite suffices
+def test_the_id_copy_of_a_handled_request_goes_the_day_after_and_the_verification_stays(world: World):
+    """policies/: an ID copy sent with a rights request serves that request only (requests_complaints, P0D from
+    rights_request_handled): kept through the day the request is handled, deleted at the source and in the
+    warehouse the next day, unless the person is restricted or held; the verification date stays."""
+    world.process()
+    policy = load_policy(Path("policies"))
+    copies = "SELECT document_id FROM id_documents WHERE reason = 'rights_request'"
+    handled = {d for (d,) in world.src("members", copies + " AND request_id IN (SELECT request_id FROM "
+                                                          "rights_requests WHERE handled_at IS NOT NULL)")}
+    verified = world.src("members", "SELECT request_id, identity_verified_at FROM rights_requests ORDER BY 1")
+    assert handled
+    for night in (NOW.date(), NOW.date() + dt.timedelta(days=1)):
+        world.ingest()
+        with duckdb.connect(str(world.warehouse)) as con:
+            build_ledger(con, policy, night)
+            outcome = apply_retention(con, core_context(world.root, policy, world.navigation), night,
+                                      members=world.engines["members"], prospects=world.engines["prospects"])
+        assert not outcome.decisions_failed
+        suspended = {int(k) for (k,) in world.wh("SELECT record_key FROM retention.record_status WHERE dataset = "
+                                                  "'id_documents' AND status IN ('restricted', 'legal_hold')")}
+        left = {d for (d,) in world.src("members", copies)} & handled
+        assert left == (handled if night == NOW.date() else handled & suspended), night
+        assert left - suspended or night > NOW.date()
+    assert world.src("members", "SELECT request_id, identity_verified_at FROM rights_requests ORDER BY 1") == verified
+    assert not {d for (d,) in world.wh("SELECT document_id FROM raw.id_documents UNION ALL "
+                                        "SELECT document_id FROM archive.id_documents")} & (handled - suspended)
 
 
 def test_rights_assets_materialise_with_deadline_metadata(sandbox):

@@ -400,8 +400,9 @@ def _held_eraser(under_legal_hold: np.ndarray) -> int:
 
 def _rights_requests(
     rng: np.random.Generator, m: _Members, today: int, under_legal_hold: np.ndarray
-) -> tuple[pa.Table, np.ndarray, np.ndarray]:
-    """Requests of every type received in the last 45 days; returns the table and verified member requests.
+) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
+    """Requests of every type received in the last 45 days; returns the table and the verified member requests
+    (member, time of receipt, request id), which came with an ID copy.
 
     Subjects are named by member_id or by a hand-typed e-mail only; two match nobody; a few are not yet
     identity-verified; one erasure comes from a member under an open litigation (legal hold).
@@ -448,11 +449,12 @@ def _rights_requests(
         "status": cycle_values(["received"], k),
     })
     with_id_copy = ~unverified & ~by_email
-    return table, subject[with_id_copy], received[with_id_copy]
+    return table, subject[with_id_copy], received[with_id_copy], (row + 1)[with_id_copy]
 
 
 def _id_documents(
-    rng: np.random.Generator, m: _Members, request_members: np.ndarray, request_received: np.ndarray
+    rng: np.random.Generator, m: _Members, request_members: np.ndarray, request_received: np.ndarray,
+    request_ids: np.ndarray,
 ) -> pa.Table:
     """One proof of identity per membership, plus the ID copy sent with each verified rights request."""
     owner = np.concatenate([np.arange(m.n), request_members])
@@ -471,6 +473,8 @@ def _id_documents(
         "doc_number": number,
         "received_at": timestamp_text(received),
         "reason": pick(["membership", "rights_request"], (np.arange(rows) >= m.n).astype(np.int8)),
+        "request_id": pa.array(np.concatenate([np.zeros(m.n, np.int64), request_ids]),
+                               mask=np.arange(rows) < m.n),
     })
 
 
@@ -775,14 +779,14 @@ def _member_system(run: _Run) -> dict[str, int]:
     rng, words, today, member_table, m = run.start()
     contributions, recoveries = _contributions(rng["contributions"], m, today)
     litigation, under_legal_hold = _litigation_cases(rng["litigation_cases"], m, today)
-    requests, request_members, request_received = _rights_requests(
+    requests, request_members, request_received, request_ids = _rights_requests(
         rng["rights_requests"], m, today, under_legal_hold
     )
     member_tables = {
         "establishments": _establishments(),
         "members": member_table,
         "contracts": _contracts(rng["contracts"], m),
-        "id_documents": _id_documents(rng["id_documents"], m, request_members, request_received),
+        "id_documents": _id_documents(rng["id_documents"], m, request_members, request_received, request_ids),
         "reimbursements": _reimbursements(rng["reimbursements"], words, m, today),
         "contributions": contributions,
         "debt_recoveries": recoveries,

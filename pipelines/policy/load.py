@@ -141,6 +141,19 @@ class _Checker:
                                  *((f"subjects[{k}]", s.column) for k, s in enumerate(ds.subjects))):
                 if value not in names:
                     self.fail(DATASETS_FILE, (*here, field), f"column {value!r} is not declared in {ds.name}")
+            for j, entry in enumerate(ds.row_purposes):
+                for k, purpose in enumerate(entry.purposes):
+                    if purpose not in ds.purposes:
+                        self.fail(DATASETS_FILE, (*here, "row_purposes", j, "purposes", k),
+                                  f"purpose {purpose!r} is served by no column of {ds.name}")
+                for k, condition in enumerate(entry.where):
+                    if condition.column not in names:
+                        self.fail(DATASETS_FILE, (*here, "row_purposes", j, "where", k, "column"),
+                                  f"column {condition.column!r} is not declared in {ds.name}")
+            if ds.row_purposes and not ds.unconditional_purposes:
+                self.fail(DATASETS_FILE, (*here, "row_purposes"),
+                          "every purpose is claimed by an entry: a row meeting none would serve no purpose "
+                          "and never be let go")
             for column, target in ds.references.items():
                 table, target_column = target.split(".")
                 if column not in names:

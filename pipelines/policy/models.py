@@ -134,6 +134,15 @@ class Subject(_Strict):
     type: SubjectType
 
 
+class RowPurposes(_Strict):
+    """Rows meeting every condition of `where` serve only `purposes` (the ID copy sent with a rights request
+    serves the request, not the membership); a row meeting no entry serves the purposes no entry names."""
+
+    description: str
+    where: list[Condition] = pydantic.Field(min_length=1)
+    purposes: list[Name] = pydantic.Field(min_length=1)
+
+
 class Dataset(_Strict):
     name: Name
     system: System
@@ -143,6 +152,7 @@ class Dataset(_Strict):
     subjects: list[Subject] = []
     references: dict[Name, str] = {}  # column -> table.column, as in Fides datasets
     rectifiable: list[Name] = []  # what a rectification request (art. 16) may correct or complete
+    row_purposes: list[RowPurposes] = []  # first entry whose `where` holds; none: every purpose of the columns
 
     columns: list[Column] = pydantic.Field(min_length=1)
 
@@ -169,6 +179,19 @@ class Dataset(_Strict):
 
     def column(self, name: str) -> Column | None:
         return next((c for c in self.columns if c.name == name), None)
+
+    @property
+    def unconditional_purposes(self) -> list[str]:
+        """The purposes of the rows no `row_purposes` entry claims."""
+        named = {p for entry in self.row_purposes for p in entry.purposes}
+        return [p for p in self.purposes if p not in named]
+
+    def row_purposes_sql(self, alias: str | None = None) -> str:
+        """SQL VARCHAR[]: the purposes a row (aliased `alias`) serves."""
+        whens = " ".join(f"WHEN {sqltext.all_of(c.sql(alias) for c in entry.where)} "
+                         f"THEN {sqltext.list_literal(entry.purposes)}" for entry in self.row_purposes)
+        otherwise = sqltext.list_literal(self.unconditional_purposes)
+        return f"CASE {whens} ELSE {otherwise} END" if whens else otherwise
 
     @property
     def anonymised_columns(self) -> list[str]:

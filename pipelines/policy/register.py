@@ -108,6 +108,12 @@ def render_register(policy: Policy) -> str:
               "(déplacée en archive intermédiaire pendant la durée d'archive de ses finalités, puis effacée).", "",
               "| Jeu de données | Colonnes | Conservées tant que dure l'une de |", "|---|---|---|"]
     lines += [f"| {g.dataset} | {', '.join(g.columns)} | {', '.join(g.purposes)} |" for g in column_groups(policy)]
+    lines += ["", "### Finalités par ligne", "",
+              "Une ligne qui remplit une condition ne sert que les finalités nommées pour elle, et n'est conservée "
+              "que selon leurs règles; les autres lignes du jeu de données servent les autres finalités.", "",
+              "| Jeu de données | Lignes | Finalités servies | Motif |", "|---|---|---|---|"]
+    lines += [f"| {d.name} | {_cell(' et '.join(c.describe() for c in e.where))} | {', '.join(e.purposes)} | "
+              f"{_cell(e.description)} |" for d in policy.datasets for e in d.row_purposes]
     lines += ["",
               "## Mesures de sécurité (art. 32)", ""] + [f"- {m}" for m in c.security_measures] + [""]
     return "\n".join(lines)

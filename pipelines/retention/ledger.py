@@ -156,6 +156,8 @@ def _purpose_sql(policy: Policy, ds: Dataset, purpose: str, rule: RetentionRule,
         ref = next((c for c, t in ds.references.items() if t == target), None)
         key = "r.record_key" if clock.table == ds.name else f"r.{q('_ref_' + str(ref))}"
         join, where = f"LEFT JOIN {q(prefix + '_clock_' + rule.clock)} k ON k.clock_key = {key}", ""
+    if ds.row_purposes:  # only the rows that serve the purpose (datasets.yaml row_purposes)
+        where = f"{where} {'AND' if where else 'WHERE'} list_contains(r._row_purposes, {lit(purpose)})"
     active_until = last_day_sql("k.clock", rule.active)
     archive_until = last_day_sql("k.clock", rule.active, rule.archive)
     ended = "to_anonymise" if rule.end_action == "anonymise" else "to_erase"
@@ -186,6 +188,8 @@ def _records_sql(ds: Dataset, source: str) -> str:
     subject_type, subject_id = _subject_exprs(ds, "s")
     pk = f"CAST(s.{q(ds.primary_key)} AS VARCHAR)"
     refs = "".join(f", CAST(s.{q(c)} AS VARCHAR) AS {q('_ref_' + c)}" for c in ds.references)
+    if ds.row_purposes:
+        refs += f", {ds.row_purposes_sql('s')} AS _row_purposes"
     return (f"SELECT {lit(ds.name)} AS dataset, {pk} AS record_key, "
             f"coalesce({subject_type}, {lit(UNIDENTIFIED)}) AS subject_type, "
             f"coalesce({subject_id}, {lit(UNIDENTIFIED + ':')} || {pk}) AS subject_id{refs} FROM ({source}) s")

@@ -85,7 +85,8 @@ def _requests_sql(con: duckdb.DuckDBPyConnection) -> str:
     their values as far as they parse and the reason, so they are answered rather than lost."""
     typed = f"""
         SELECT request_id, request_type, received_at, identity_verified_at, details, status AS source_status,
-               CAST(member_id AS VARCHAR) AS member_key, {email_sql('email')} AS email_key,
+               handled_at AS source_handled_at, CAST(member_id AS VARCHAR) AS member_key,
+               {email_sql('email')} AS email_key,
                CAST(NULL AS VARCHAR) AS malformed
         FROM raw.rights_requests"""
     if not table_exists(con, "raw", "quarantine"):
@@ -94,7 +95,7 @@ def _requests_sql(con: duckdb.DuckDBPyConnection) -> str:
         UNION ALL
         SELECT TRY_CAST(record->>'request_id' AS BIGINT), record->>'request_type',
                TRY_CAST(record->>'received_at' AS TIMESTAMP), TRY_CAST(record->>'identity_verified_at' AS TIMESTAMP),
-               record->>'details', record->>'status',
+               record->>'details', record->>'status', TRY_CAST(record->>'handled_at' AS TIMESTAMP),
                CAST(TRY_CAST(record->>'member_id' AS BIGINT) AS VARCHAR), {email_sql("record->>'email'")},
                'malformed at the source (' || reason || ')'
         FROM raw.quarantine
@@ -209,7 +210,7 @@ def intake(con: duckdb.DuckDBPyConnection, now: str, *, hold_needs_human: bool =
                TRY_CAST(details AS JSON) AS details,
                decision_id,
                coalesce(state_changed_at, $now) AS state_changed_at,
-               previous_state, source_status
+               previous_state, source_status, source_handled_at
         FROM decided
     """, {"now": dt.datetime.fromisoformat(now), "types": list(REQUEST_TYPES), "rights": list(REQUEST_TYPES.values()),
           "hold": hold_needs_human})

@@ -27,9 +27,9 @@ its own transaction(s); a source that fails leaves its decisions pending ("execu
 the next run, even if the person no longer resolves through identity. Once every source confirmed by
 re-reading, the warehouse is brought in line and the decision is "applied" (audited once), the request
 confirmed. rights.exclusions (person_id, reason, since) is rebuilt from the requests in force, and the
-member system's rights_requests.status follows the state. Subjects appear in the audit as tokens only.
-Finally the source tables the run changed are re-read into raw.* (pipelines.refresh), so the warehouse
-ends where the next run starts.
+member system's rights_requests.status follows the state (with `handled_at`, the day it ended). Subjects
+appear in the audit as tokens only. Finally the source tables the run changed are re-read into raw.*
+(pipelines.refresh), so the warehouse ends where the next run starts.
 """
 
 from __future__ import annotations
@@ -557,15 +557,24 @@ def _state_entries(con: duckdb.DuckDBPyConnection, token: Callable[[str], str],
 
 
 def _mirror_status(con: duckdb.DuckDBPyConnection, members: sa.Engine) -> None:
-    """The member system's rights_requests.status follows the state (again next run if this one dies first)."""
-    changed = run_sql(con, "SELECT r.request_id, r.state FROM rights.requests r JOIN _intake i USING (request_id) "
-                           "WHERE r.state IS DISTINCT FROM i.source_status ORDER BY 1")
+    """The member system's rights_requests.status follows the state, and `handled_at` gets the day the request
+    reached a terminal state, once: it starts the clock of what only served the request, such as the ID copy sent
+    with it (whole days, as every retention period). Again next run if this one dies first."""
+    changed = run_sql(con, f"""
+        SELECT r.request_id, r.state,
+               CASE WHEN r.state IN {in_list(TERMINAL_STATES)} AND i.source_handled_at IS NULL
+                    THEN strftime(r.state_changed_at, '%Y-%m-%d') END
+        FROM rights.requests r JOIN _intake i USING (request_id)
+        WHERE r.state IS DISTINCT FROM i.source_status
+           OR (r.state IN {in_list(TERMINAL_STATES)} AND i.source_handled_at IS NULL) ORDER BY 1""")
     if changed:
         with members.begin() as source:
             source.execute(
                 sa.update(rights_requests).where(rights_requests.c.request_id == sa.bindparam("rid"))
-                .values(status=sa.bindparam("new_status")),
-                [{"rid": request_id, "new_status": state} for request_id, state in changed])
+                .values(status=sa.bindparam("new_status"),
+                        handled_at=sa.func.coalesce(rights_requests.c.handled_at, sa.bindparam("handled"))),
+                [{"rid": request_id, "new_status": state, "handled": handled}
+                 for request_id, state, handled in changed])
 
 
 def deadline_summary(con: duckdb.DuckDBPyConnection, today: dt.date) -> dict[str, object]:

@@ -71,6 +71,7 @@ id_documents = sa.Table(
     sa.Column("doc_number", sa.Text),
     sa.Column("received_at", sa.Text),
     sa.Column("reason", sa.Text),  # membership | rights_request
+    sa.Column("request_id", sa.Integer),  # the rights request the copy was sent with (reason rights_request)
 )
 
 reimbursements = sa.Table(
@@ -161,6 +162,7 @@ rights_requests = sa.Table(
     sa.Column("identity_verified_at", sa.Text),
     sa.Column("details", sa.Text),  # JSON
     sa.Column("status", sa.Text),  # received | verified | decided | executed | confirmed | answered | refused
+    sa.Column("handled_at", sa.Text),  # set by the rights pipeline when the request is confirmed, answered or refused
 )
 
 prospect_metadata = sa.MetaData()
