@@ -36,8 +36,9 @@ UPSTREAM = [
     key=OWN_RECORDS_KEY,
     group_name="compliance",
     deps=UPSTREAM,
-    description=f"Applies policies/{OWN_RECORDS_FILE} as of the run's day: raw.quarantine rows past their period "
-    "(or of an erased person) are let go and remembered by fingerprint only, a restricted person's are flagged; "
+    description=f"Applies policies/{OWN_RECORDS_FILE} as of the run's day: raw.quarantine rows lose their "
+    "offending values past their period, an erased person's go, a restricted person's are flagged; resolved "
+    "entries (raw.quarantine_resolved: key, reason, dates) go past their own period; "
     "access bundles and transfer deliveries lose their data past `keep` and keep their proof (hashes, dates) "
     "until `proof_keep`; art. 19 notices lose their subject token, then go. Audited when anything changed.",
     kinds={"duckdb", "json"},
@@ -63,9 +64,10 @@ def own_records_retention(
         "as_of": dg.MetadataValue.text(as_of.isoformat()),
         **{name: dg.MetadataValue.int(n) for name, n in vars(report).items()},
         "periods": dg.MetadataValue.json({
-            store: {"keep": rule.keep, "proof_keep": rule.proof_keep}
-            for store, rule in (("quarantine", rules.quarantine), ("access_exports", rules.access_exports),
-                                ("transfer_extracts", rules.transfer_extracts), ("notices", rules.notices))
+            **{store: {"keep": rule.keep, "proof_keep": rule.proof_keep}
+               for store, rule in (("quarantine", rules.quarantine), ("access_exports", rules.access_exports),
+                                   ("transfer_extracts", rules.transfer_extracts), ("notices", rules.notices))},
+            "quarantine_resolved": {"keep": rules.quarantine.resolved_keep, "proof_keep": None},
         }),
         **compliance.audit_head_metadata(),
     })

@@ -12,7 +12,8 @@ the people it is about (so erasure and restriction reach it), the dates its rete
 applies to quarantined source rows too) and what identifies no one; in `fix` the offending values, masked for
 direct identifiers, which a person needs to fix it. Never the rest of the row (names, e-mails, IBAN, care
 acts). A row quarantined again by a later ingest keeps the time it was first quarantined and, once its `fix`
-was cleared at the end of its period (policies/own_records.yaml, pipelines.purge), stays cleared.
+was cleared at the end of its period (policies/own_records.yaml, pipelines.purge), stays cleared. A row no
+longer malformed (fixed or gone) leaves the quarantine for `raw.quarantine_resolved` (key, reason, dates only).
 
 SQLite and PostgreSQL sources are read through ADBC, which hands Arrow batches over from C; any other source
 goes through its SQLAlchemy DB-API driver.
@@ -47,6 +48,10 @@ CREATE TABLE IF NOT EXISTS raw.quarantine (
 ALTER TABLE raw.quarantine ADD COLUMN IF NOT EXISTS fix JSON;
 ALTER TABLE raw.quarantine ADD COLUMN IF NOT EXISTS fix_cleared_on DATE;
 ALTER TABLE raw.quarantine ADD COLUMN IF NOT EXISTS restricted BOOLEAN;
+CREATE TABLE IF NOT EXISTS raw.quarantine_resolved (
+    system VARCHAR, table_name VARCHAR, record_key VARCHAR, reason VARCHAR, quarantined_at TIMESTAMP,
+    resolved_on DATE
+);
 CREATE TABLE IF NOT EXISTS raw.ingested_files (
     path VARCHAR PRIMARY KEY, size BIGINT, mtime_ns BIGINT, ingested_at TIMESTAMP
 );
@@ -293,6 +298,14 @@ def load_typed(
             + "GROUP BY ALL",
             [system, table] if replace_files is None else [system, table, replace_files],
         )
+        # Rows no longer malformed (fixed, or gone from the source): only their key, reason and dates are kept,
+        # in raw.quarantine_resolved, for the period policies/own_records.yaml declares (pipelines.purge).
+        con.execute(
+            "INSERT INTO raw.quarantine_resolved SELECT ?, ?, record_key, min(reason), min(quarantined_at), "
+            "current_date FROM _first_seen f WHERE NOT EXISTS (SELECT 1 FROM _quarantined q "
+            "WHERE q.record_key IS NOT DISTINCT FROM f.record_key) GROUP BY record_key", [system, table])
+        con.execute("DELETE FROM raw.quarantine_resolved WHERE system = ? AND table_name = ? AND record_key IN "
+                    "(SELECT record_key FROM _quarantined)", [system, table])  # broken again: not resolved
         if replace_files is None:
             con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT {typed} FROM _staged WHERE _problems = ''")
             con.execute("DELETE FROM raw.quarantine WHERE system = ? AND table_name = ?", [system, table])

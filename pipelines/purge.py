@@ -2,9 +2,11 @@
 
 - `raw.quarantine`: past its period (from the first time the row was quarantined) a row loses its `fix` (the
   offending values a person needed to fix it) and keeps only its key, reason, ids and retention dates, as long
-  as its source row exists, which its table's retention decides (pipelines.retention reads it); the rows of an
-  erased person are deleted (ingest brings them back only while the source still holds them); the rows of a
-  restricted person are flagged `restricted` (storage only, art. 18), every night, so a lift clears the flag.
+  as its source row exists malformed, which its table's retention decides (pipelines.retention reads it); the
+  rows of an erased person are deleted (ingest brings them back only while the source still holds them); the
+  rows of a restricted person are flagged `restricted` (storage only, art. 18), every night, so a lift clears
+  the flag. `raw.quarantine_resolved` (key, reason and dates of a row found fixed or gone by ingest) loses an
+  entry past `resolved_keep` from that day, and at once when its key is an erased person's id.
 - access bundles (`<exports>/<request_id>/`): past `keep`, `proof.json` (request, generation date, files with
   size and SHA-256) is written, then every data file deleted; past `proof_keep`, the folder goes.
 - transfer deliveries (`<outbox>/transfers/<recipient>/<day>/`): past `keep`, every file but `manifest.json`
@@ -34,7 +36,7 @@ from pipelines.duck import scalar
 from pipelines.durable import sha256_of
 from pipelines.ingest import QUARANTINE_DDL
 from pipelines.policy.models import Policy
-from pipelines.policy.own_records import OwnRecordRule, OwnRecordsPolicy
+from pipelines.policy.own_records import OwnRecordRule, OwnRecordsPolicy, QuarantineRule
 from pipelines.private import write_atomically
 from pipelines.pseudo.tables import exclusions_sql
 from pipelines.pushback.notices import OUTBOX_FILE
@@ -50,6 +52,7 @@ AUDIT_ACTION = "own_records.retention"
 class PurgeReport:
     quarantine_fix_cleared: int = 0
     quarantine_erased: int = 0
+    quarantine_resolved_removed: int = 0
     quarantine_restricted: int = 0
     exports_data_deleted: int = 0
     exports_proofs_removed: int = 0
@@ -85,7 +88,16 @@ def _subject_match(policy: Policy, node: str) -> str:
                        for c, t in pairs) or "false"
 
 
-def purge_quarantine(con: duckdb.DuckDBPyConnection, policy: Policy, rule: OwnRecordRule, as_of: dt.date,
+def _erased_keys(policy: Policy) -> str:
+    """SQL: resolved entry `r` is keyed by the id of a person on the erased list (members, prospects...)."""
+    tables = [(d.system, d.name, s.type) for d in policy.datasets for s in d.subjects if s.column == d.primary_key]
+    return " OR ".join(
+        f"(r.system = {literal(system)} AND r.table_name = {literal(table)} AND EXISTS (SELECT 1 FROM _exclusions "
+        f"x WHERE x.reason = 'erased' AND x.node_type = {literal(kind)} AND x.node_value = r.record_key))"
+        for system, table, kind in tables) or "false"
+
+
+def purge_quarantine(con: duckdb.DuckDBPyConnection, policy: Policy, rule: QuarantineRule, as_of: dt.date,
                      report: PurgeReport) -> None:
     con.execute(QUARANTINE_DDL)
     with_links = scalar(con, "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'identity' "
@@ -106,6 +118,10 @@ def purge_quarantine(con: duckdb.DuckDBPyConnection, policy: Policy, rule: OwnRe
             f"UPDATE raw.quarantine SET fix = NULL, fix_cleared_on = ? WHERE fix_cleared_on IS NULL AND {expired}",
             [as_of]).fetchall()[0][0]
         con.execute(f"UPDATE raw.quarantine q SET restricted = {restricted}")
+        resolved_past = f"NOT {kept_on_sql(literal(as_of), last_day_sql('resolved_on', rule.resolved_keep))}"
+        report.quarantine_resolved_removed += con.execute(
+            f"DELETE FROM raw.quarantine_resolved r WHERE {resolved_past} OR {_erased_keys(policy)}"
+        ).fetchall()[0][0]
     report.quarantine_restricted = scalar(con, "SELECT count(*) FROM raw.quarantine WHERE restricted")
 
 

@@ -145,6 +145,32 @@ def test_the_fix_goes_the_day_after_its_period_and_does_not_come_back(tmp_path, 
             assert entry["action"] == AUDIT_ACTION and entry["details"]["quarantine_fix_cleared"] == 1
         _ingest_members(con, policy, [GOOD_MEMBER])  # fixed at the source: gone from the quarantine
         assert _quarantine(con) == []
+        assert con.execute("SELECT record_key, reason, quarantined_at FROM raw.quarantine_resolved").fetchall() == [
+            ("42", "bad date in birth_date", first)]  # its key, reason and dates only
+
+
+def _resolved(con) -> list[tuple]:
+    return con.execute("SELECT record_key, reason FROM raw.quarantine_resolved ORDER BY ALL").fetchall()
+
+
+@pytest.mark.parametrize(("offset", "kept"), [(-1, True), (0, True), (1, False)])
+def test_a_resolved_entry_keeps_key_reason_and_dates_for_its_period_then_goes(tmp_path, policy, rules, offset,
+                                                                                kept):
+    fixed = dt.date(2026, 10, 2)
+    last_day = dt.date(2026, 11, 1)  # resolved_keep P30D from the day ingest found the row fixed or gone
+    with duckdb.connect() as con:
+        _ingest_members(con, policy, [BAD_MEMBER, ("44", *BAD_MEMBER[1:])])
+        _ingest_members(con, policy, [GOOD_MEMBER])  # 42 fixed, 44 gone from the source
+        con.execute("UPDATE raw.quarantine_resolved SET resolved_on = ?", [fixed])
+        assert _quarantine(con) == [] and _resolved(con) == [("42", "bad date in birth_date"),
+                                                             ("44", "bad date in birth_date")]
+        report = purge_own_records(con, policy, rules, last_day + offset * DAY, exports_dir=tmp_path / "x",
+                                   outbox_dir=tmp_path / "o", audit=AuditLog(tmp_path / "audit.jsonl"))
+        assert report.quarantine_resolved_removed == (0 if kept else 2)
+        assert len(_resolved(con)) == (2 if kept else 0)
+        _ingest_members(con, policy, [BAD_MEMBER])  # broken again: quarantined, no longer resolved
+        assert [r[1] for r in _quarantine(con)] == ["42"] and [k for k, _ in _resolved(con)] == (
+            ["44"] if kept else [])
 
 
 def test_erasure_and_restriction_of_a_person_reach_their_quarantined_rows(tmp_path, policy, rules):
@@ -161,9 +187,12 @@ def test_erasure_and_restriction_of_a_person_reach_their_quarantined_rows(tmp_pa
         report = purge_own_records(con, _context(tmp_path, policy), rules, dt.date(2026, 11, 2))
         assert [(r[1], r[6]) for r in _quarantine(con)] == [("44", True)]
         assert (report.quarantine_erased, report.quarantine_restricted) == (1, 1)
+        con.execute("INSERT INTO raw.quarantine_resolved VALUES ('members', 'members', '42', 'bad', NULL, "
+                    "DATE '2026-11-02'), ('members', 'members', '44', 'bad', NULL, DATE '2026-11-02')")
         con.execute("DELETE FROM rights.exclusions WHERE person_id = 'p44'")  # the restriction is lifted
         purge_own_records(con, _context(tmp_path, policy), rules, dt.date(2026, 11, 3))
         assert [(r[1], r[6]) for r in _quarantine(con)] == [("44", False)]
+        assert _resolved(con) == [("44", "bad")]  # the erased person's resolved entry went at once
 
 
 def _bundle(exports: Path, request_id: int, generated_at: str) -> Path:
@@ -277,6 +306,7 @@ def test_the_nightly_asset_reports_counts_and_audits(tmp_path, monkeypatch):
     metadata = {k: v.value for k, v in event.materialization.metadata.items()}
     assert (metadata["exports_data_deleted"], metadata["extracts_data_deleted"]) == (1, 1)
     assert metadata["periods"]["quarantine"] == {"keep": "P30D", "proof_keep": None}
+    assert metadata["periods"]["quarantine_resolved"] == {"keep": "P30D", "proof_keep": None}
     audit = tmp_path / "audit" / "audit.jsonl"
     assert [json.loads(line)["action"] for line in audit.read_text().splitlines()] == [AUDIT_ACTION]
     # written with the audit key like every other stage's entries (the chain verifies with it)

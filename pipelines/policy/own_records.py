@@ -1,7 +1,8 @@
 """policies/own_records.yaml: how long the pipeline keeps its own records about people, as a validated model.
 
 Four stores, each with its clock (described), the period its data is kept (`keep`) and, where the answer must
-stay provable, the period its proof is kept (`proof_keep`, from the same clock, at least `keep`).
+stay provable, the period its proof is kept (`proof_keep`, from the same clock, at least `keep`); the quarantine
+also declares how long a resolved entry stays (`resolved_keep`).
 """
 
 from __future__ import annotations
@@ -40,10 +41,18 @@ class OwnRecordRule(_Strict):
         return self
 
 
+class QuarantineRule(OwnRecordRule):
+    """`keep`: the offending values (`fix`); `resolved_keep`: a resolved entry's key, reason and dates, from the
+    day the source row was found fixed or gone. While the row is still malformed, the entry follows the row,
+    whose table rule the ledger applies to quarantined rows too."""
+
+    resolved_keep: IsoDuration
+
+
 class OwnRecordsPolicy(_Strict):
     version: int = pydantic.Field(ge=1)
     effective_date: dt.date
-    quarantine: OwnRecordRule
+    quarantine: QuarantineRule
     access_exports: OwnRecordRule
     transfer_extracts: OwnRecordRule
     notices: OwnRecordRule
