@@ -40,7 +40,9 @@ UPSTREAM = [
     "offending values past their period, an erased person's go, a restricted person's are flagged; resolved "
     "entries (raw.quarantine_resolved: key, reason, dates) go past their own period; "
     "access bundles and transfer deliveries lose their data past `keep` and keep their proof (hashes, dates) "
-    "until `proof_keep`; art. 19 notices lose their subject token, then go. Audited when anything changed.",
+    "until `proof_keep`; transfers.delivered_rows loses the lines past their period or of erased records, never "
+    "the line of a row a recipient holds; art. 19 notices lose their subject token, then go. Audited when "
+    "anything changed.",
     kinds={"duckdb", "json"},
     owners=["team:data-engineering", "team:dpo"],
     tags={"stage": "retention"},
@@ -66,7 +68,8 @@ def own_records_retention(
         "periods": dg.MetadataValue.json({
             **{store: {"keep": rule.keep, "proof_keep": rule.proof_keep}
                for store, rule in (("quarantine", rules.quarantine), ("access_exports", rules.access_exports),
-                                   ("transfer_extracts", rules.transfer_extracts), ("notices", rules.notices))},
+                                   ("transfer_extracts", rules.transfer_extracts),
+                                   ("delivered_rows", rules.delivered_rows), ("notices", rules.notices))},
             "quarantine_resolved": {"keep": rules.quarantine.resolved_keep, "proof_keep": None},
         }),
         **compliance.audit_head_metadata(),

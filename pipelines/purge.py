@@ -13,6 +13,8 @@
   (files, rows, SHA-256, safeguard) is deleted; past `proof_keep`, the folder goes.
 - art. 19 notices (`<outbox>/notices.jsonl`): past `keep`, a notice loses its subject token; past `proof_keep`,
   the line goes. The file is rewritten atomically under the lock its writers take.
+- `transfers.delivered_rows` (what each recipient outside the EU was sent, row by row): pipelines.transfers.
+  forget_delivered_rows, past `keep` or with the erased record, never the line of a row the recipient holds.
 
 Which item is due is decided in DuckDB with the one definition of "until" (pipelines.retention.until: the last
 day of a period is kept whole). Each step is idempotent: a run killed half-way is finished by the next one (a
@@ -38,11 +40,11 @@ from pipelines.ingest import QUARANTINE_DDL
 from pipelines.policy.models import Policy
 from pipelines.policy.own_records import OwnRecordRule, OwnRecordsPolicy, QuarantineRule
 from pipelines.private import write_atomically
-from pipelines.pseudo.tables import exclusions_sql
+from pipelines.pseudo.tables import prepare_exclusions
 from pipelines.pushback.notices import OUTBOX_FILE
 from pipelines.retention.until import kept_on_sql, last_day_sql
 from pipelines.sqltext import literal, transaction
-from pipelines.transfers import MANIFEST
+from pipelines.transfers import MANIFEST, forget_delivered_rows
 
 PROOF = "proof.json"
 AUDIT_ACTION = "own_records.retention"
@@ -58,6 +60,7 @@ class PurgeReport:
     exports_proofs_removed: int = 0
     extracts_data_deleted: int = 0
     extracts_proofs_removed: int = 0
+    delivered_rows_removed: int = 0
     notice_tokens_removed: int = 0
     notices_removed: int = 0
 
@@ -100,14 +103,7 @@ def _erased_keys(policy: Policy) -> str:
 def purge_quarantine(con: duckdb.DuckDBPyConnection, policy: Policy, rule: QuarantineRule, as_of: dt.date,
                      report: PurgeReport) -> None:
     con.execute(QUARANTINE_DDL)
-    with_links = scalar(con, "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'identity' "
-                             "AND table_name = 'person_links'")
-    with_rights = scalar(con, "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'rights' "
-                              "AND table_name = 'exclusions'")
-    if with_links:
-        con.execute(exclusions_sql(bool(with_rights)))
-    else:
-        con.execute("CREATE OR REPLACE TEMP TABLE _exclusions (node_type VARCHAR, node_value VARCHAR, reason VARCHAR)")
+    prepare_exclusions(con)
     expired = f"NOT {kept_on_sql(literal(as_of), last_day_sql('quarantined_at', rule.keep))}"
     erased = f"EXISTS (SELECT 1 FROM _exclusions x WHERE x.reason = 'erased' AND ({_subject_match(policy, 'x')}))"
     restricted = (f"EXISTS (SELECT 1 FROM _exclusions x WHERE x.reason = 'restricted' "
@@ -218,6 +214,7 @@ def purge_own_records(con: duckdb.DuckDBPyConnection, ctx: CoreContext, rules: O
     purge_quarantine(con, ctx.policy, rules.quarantine, as_of, report)
     purge_exports(con, ctx.paths.exports, rules.access_exports, as_of, report)
     purge_extracts(con, ctx.paths.outbox, rules.transfer_extracts, as_of, report)
+    report.delivered_rows_removed = forget_delivered_rows(con, ctx.policy, rules.delivered_rows.keep, as_of)
     purge_notices(con, ctx.paths.outbox, rules.notices, as_of, report)
     if report.changed():
         ctx.audit.append(AUDIT_ACTION, reason="policies/own_records.yaml",

@@ -17,6 +17,9 @@ row, what was last done with it and the hash of the columns sent):
 - a row the recipient holds whose person was erased or restricted since gets one art. 19 notice in the outbox
   (`notices.jsonl`, keyed subject token), unless the push-back already wrote the same notice.
 
+`transfers.delivered_rows` has its own retention (policies/own_records.yaml `delivered_rows`, applied nightly by
+pipelines.purge through `forget_delivered_rows`).
+
 A delivery is written under `outbox/transfers/<recipient>/<as_of>/`: one CSV per disclosure with rows, a
 `deletions.csv`, and `manifest.json` last (files, rows, SHA-256, safeguard), each file atomically; then it is
 recorded in `transfers.deliveries`, then audited (`transfer.outside_eu`). A delivery recorded for a day is
@@ -41,9 +44,10 @@ from pipelines.duck import scalar
 from pipelines.durable import sha256_of
 from pipelines.policy.models import Dataset, Disclosure, Policy, Recipient
 from pipelines.private import write_atomically
-from pipelines.pseudo.tables import exclusions_sql
+from pipelines.pseudo.tables import exclusions_sql, prepare_exclusions
 from pipelines.pushback.notices import read_notices, write_notices
 from pipelines.retention.ledger import compute as compute_purposes
+from pipelines.retention.until import kept_on_sql, last_day_sql
 from pipelines.sqltext import ident, literal, transaction
 
 # Reasons of rights.exclusions that forbid a transfer: a restricted person's data is stored only (art. 18),
@@ -170,6 +174,33 @@ def _present_sql(con: duckdb.DuckDBPyConnection, policy: Policy, recipient: Reci
                              f"CAST({ident(dataset.primary_key)} AS VARCHAR) AS record_key "
                              f"FROM {schema}.{ident(dataset.name)}")
     return " UNION ".join(parts) or "SELECT NULL::VARCHAR AS part, NULL::VARCHAR AS record_key WHERE false"
+
+
+def forget_delivered_rows(con: duckdb.DuckDBPyConnection, policy: Policy, keep: str, as_of: dt.date) -> int:
+    """Apply the retention of `transfers.delivered_rows` (policies/own_records.yaml) as of `as_of`; return the
+    lines deleted. The last line of a row the recipient still holds (sent) stays: the next deltas, deletion
+    instruction and art. 19 notice depend on it. Any other line goes once `keep` from its delivery day is over,
+    and at once when its record is no longer held by SEM (erased) or its person is erased, the recipient
+    having been told (its last line is not `sent`). Each delivery's proof (transfers.deliveries, manifest)
+    stays: it names no one."""
+    if not _table_exists(con, "transfers", "delivered_rows"):
+        return 0
+    present = " UNION ".join(
+        f"SELECT {literal(r.key)} AS recipient, part, record_key FROM ({_present_sql(con, policy, r)})"
+        for r in transfer_recipients(policy)) or "SELECT NULL AS recipient, NULL AS part, NULL AS record_key"
+    prepare_exclusions(con)
+    aged = f"NOT {kept_on_sql(literal(as_of), last_day_sql('d.as_of', keep))}"
+    return con.execute(f"""
+        DELETE FROM transfers.delivered_rows d USING (
+            SELECT recipient, part, record_key, max(as_of) AS last_day, arg_max(action, as_of) AS last_action
+            FROM transfers.delivered_rows GROUP BY ALL) l
+        WHERE d.recipient = l.recipient AND d.part = l.part AND d.record_key = l.record_key
+          AND NOT (d.as_of = l.last_day AND l.last_action = {literal(SENT)})
+          AND ({aged}
+               OR (l.last_action <> {literal(SENT)} AND (
+                   (d.recipient, d.part, d.record_key) NOT IN (SELECT (recipient, part, record_key) FROM ({present}))
+                   OR (d.subject_type, d.subject_id) IN (
+                       SELECT (node_type, node_value) FROM _exclusions WHERE reason = 'erased'))))""").fetchall()[0][0]
 
 
 def _copy_csv(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:

@@ -1,6 +1,7 @@
 """The pipeline's own records under their declared periods (policies/own_records.yaml): raw.quarantine minimised
 and let go after its period or with its erased person, access bundles and transfer deliveries reduced to their
-proof, art. 19 notices losing their token; each at D - 1, D and D + 1 of its period."""
+proof, art. 19 notices losing their token, raw.quarantine_resolved and transfers.delivered_rows forgotten; each at
+D - 1, D and D + 1 of its period."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from pipelines.policy.load import load_policy
 from pipelines.policy.own_records import load_own_records_policy
 from pipelines.pseudo.keys import KeyProvider
 from pipelines.purge import AUDIT_ACTION, PROOF, purge_own_records
+from pipelines.transfers import DELETION, ERASURE_NOTICE, SENT, STATE_DDL
 from tests.conftest import TEST_KEY_HEX, core_context
 
 DAY = dt.timedelta(days=1)
@@ -164,8 +166,7 @@ def test_a_resolved_entry_keeps_key_reason_and_dates_for_its_period_then_goes(tm
         con.execute("UPDATE raw.quarantine_resolved SET resolved_on = ?", [fixed])
         assert _quarantine(con) == [] and _resolved(con) == [("42", "bad date in birth_date"),
                                                              ("44", "bad date in birth_date")]
-        report = purge_own_records(con, policy, rules, last_day + offset * DAY, exports_dir=tmp_path / "x",
-                                   outbox_dir=tmp_path / "o", audit=AuditLog(tmp_path / "audit.jsonl"))
+        report = purge_own_records(con, _context(tmp_path, policy), rules, last_day + offset * DAY)
         assert report.quarantine_resolved_removed == (0 if kept else 2)
         assert len(_resolved(con)) == (2 if kept else 0)
         _ingest_members(con, policy, [BAD_MEMBER])  # broken again: quarantined, no longer resolved
@@ -311,3 +312,30 @@ def test_the_nightly_asset_reports_counts_and_audits(tmp_path, monkeypatch):
     assert [json.loads(line)["action"] for line in audit.read_text().splitlines()] == [AUDIT_ACTION]
     # written with the audit key like every other stage's entries (the chain verifies with it)
     assert verify(audit, key=KeyProvider(bytes.fromhex(TEST_KEY_HEX)).domain_key(AUDIT_DOMAIN)).ok
+
+
+def _deliveries(con, lines: list[tuple[str, str, str]]) -> None:
+    """transfers.delivered_rows lines (day, complaint id, action) to the Morocco provider, as build_transfer
+    writes them; complaints 1 to 4 are still held by SEM, 5 was erased."""
+    con.execute(STATE_DDL)
+    con.execute("CREATE SCHEMA IF NOT EXISTS raw; CREATE OR REPLACE TABLE raw.interactions AS "
+                "SELECT range AS interaction_id FROM range(1, 5)")
+    con.executemany("INSERT INTO transfers.delivered_rows VALUES ('morocco_complaints_provider', ?, "
+                    "'requests_complaints__interactions', ?, 'member', '7', 'h', ?)", lines)
+
+
+@pytest.mark.parametrize(("offset", "kept"), [(-1, True), (0, True), (1, False)])
+def test_what_a_recipient_was_sent_is_forgotten_after_its_period_never_while_it_holds_it(tmp_path, policy, rules,
+                                                                                        offset, kept):
+    sent, later = dt.date(2024, 11, 1), dt.date(2025, 3, 1)
+    last_day = dt.date(2026, 11, 1)  # delivered_rows keep P2Y from the delivery of 1 November 2024
+    with duckdb.connect() as con:
+        _deliveries(con, [(sent, "1", SENT), (sent, "2", SENT), (later, "2", SENT),  # 2 changed and sent again
+                          (sent, "3", SENT), (later, "3", DELETION),  # 3 left the purpose: deletion instruction
+                          (sent, "5", SENT), (later, "5", ERASURE_NOTICE)])  # 5 erased at SEM, recipient told
+        report = purge_own_records(con, _context(tmp_path, policy), rules, last_day + offset * DAY)
+        left = con.execute("SELECT record_key, as_of, action FROM transfers.delivered_rows ORDER BY ALL").fetchall()
+    held = [("1", sent, SENT), ("2", later, SENT), ("3", later, DELETION)]  # what the recipient holds, or the last
+    history = [("2", sent, SENT), ("3", sent, SENT)]
+    assert left == sorted(held + (history if kept else []))
+    assert report.delivered_rows_removed == 2 + (0 if kept else 2)  # the erased record's lines went at once

@@ -1,6 +1,6 @@
 """policies/own_records.yaml: how long the pipeline keeps its own records about people, as a validated model.
 
-Four stores, each with its clock (described), the period its data is kept (`keep`) and, where the answer must
+Five stores, each with its clock (described), the period its data is kept (`keep`) and, where the answer must
 stay provable, the period its proof is kept (`proof_keep`, from the same clock, at least `keep`); the quarantine
 also declares how long a resolved entry stays (`resolved_keep`).
 """
@@ -55,6 +55,7 @@ class OwnRecordsPolicy(_Strict):
     quarantine: QuarantineRule
     access_exports: OwnRecordRule
     transfer_extracts: OwnRecordRule
+    delivered_rows: OwnRecordRule
     notices: OwnRecordRule
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import duckdb
+
 from pipelines.normalise import email_sql, phone_sql
 from pipelines.sqltext import ident, in_list
 
@@ -43,6 +45,17 @@ def exclusions_sql(with_rights_table: bool) -> str:
     UNION
     SELECT node_type, node_value, 'restricted' FROM restricted
     """
+
+
+def prepare_exclusions(con: duckdb.DuckDBPyConnection) -> None:
+    """Temp table `_exclusions` (`exclusions_sql`), empty while there is no identity graph yet."""
+    found = {(schema, table) for schema, table in con.execute(
+        "SELECT table_schema, table_name FROM information_schema.tables WHERE (table_schema, table_name) IN "
+        "(('identity', 'person_links'), ('rights', 'exclusions'))").fetchall()}
+    if ("identity", "person_links") in found:
+        con.execute(exclusions_sql(("rights", "exclusions") in found))
+    else:
+        con.execute("CREATE OR REPLACE TEMP TABLE _exclusions (node_type VARCHAR, node_value VARCHAR, reason VARCHAR)")
 
 
 def domain_exclusions_sql(domain: str, reasons: tuple[str, ...]) -> str:
