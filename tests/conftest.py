@@ -104,6 +104,22 @@ def core_context(root: Path, policy: object, navigation: Path, audit_log: Path |
                        paths=Paths(navigation=navigation, outbox=root / "outbox", exports=root / "exports"))
 
 
+def retention_night(warehouse: Path, root: Path, policy: object, navigation: Path, engines: dict,
+                    as_of: dt.date) -> None:
+    """What the nightly job does for retention once the sources are ingested: ledger, then apply (push-back to
+    the sources, then the warehouse); every decision must be confirmed."""
+    import duckdb
+
+    from pipelines.retention.apply import apply_retention
+    from pipelines.retention.ledger import build_ledger
+
+    with duckdb.connect(str(warehouse)) as con:
+        build_ledger(con, policy, as_of)
+        outcome = apply_retention(con, core_context(root, policy, navigation), as_of, members=engines["members"],
+                                  prospects=engines["prospects"])
+    assert not outcome.decisions_failed
+
+
 @pytest.fixture(scope="session")
 def generated_sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The three source systems, generated once per test worker (read-only: copy before changing)."""

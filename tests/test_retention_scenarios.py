@@ -41,7 +41,7 @@ from pipelines.sources.schema import (
     NAVIGATION_EVENT_SCHEMA,
     SQL_SYSTEMS,
 )
-from tests.conftest import core_context, identity_rules
+from tests.conftest import core_context, identity_rules, retention_night
 
 AS_OF = dt.date(2026, 11, 1)
 ENDED, LITIGANT, ACTIVE, RESTRICTED, LEFT_RECENTLY = 1, 2, 3, 4, 5
@@ -85,11 +85,7 @@ class World:
     def nightly(self, policy: Policy) -> None:
         """What the nightly job does for retention: ingest, ledger, apply (sources then warehouse)."""
         self.ingest()
-        with duckdb.connect(str(self.warehouse)) as con:
-            build_ledger(con, policy, AS_OF)
-            outcome = apply_retention(con, core_context(self.root, policy, self.navigation), AS_OF,
-                                      members=self.engines["members"], prospects=self.engines["prospects"])
-        assert not outcome.decisions_failed
+        retention_night(self.warehouse, self.root, policy, self.navigation, self.engines, AS_OF)
 
     def query(self, sql: str) -> list[tuple]:
         with duckdb.connect(str(self.warehouse), read_only=True) as con:

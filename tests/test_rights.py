@@ -20,14 +20,12 @@ from pipelines.identity import resolve_identities
 from pipelines.policy.load import load_policy
 from pipelines.pushback.notices import read_notices
 from pipelines.refresh import ingest_all
-from pipelines.retention.apply import apply_retention
-from pipelines.retention.ledger import build_ledger
 from pipelines.rights.intake import TERMINAL_STATES
 from pipelines.rights.process import RightsOutcome, deadline_summary, process_rights
 from pipelines.sources.schema import (
     SQL_SYSTEMS,
 )
-from tests.conftest import TEST_AS_OF, core_context, identity_rules
+from tests.conftest import TEST_AS_OF, identity_rules, retention_night
 
 NOW = dt.datetime.combine(TEST_AS_OF, dt.time(12))
 
@@ -247,11 +245,7 @@ def test_the_id_copy_of_a_handled_request_goes_the_day_after_and_the_verificatio
     assert handled
     for night in (NOW.date(), NOW.date() + dt.timedelta(days=1)):
         world.ingest()
-        with duckdb.connect(str(world.warehouse)) as con:
-            build_ledger(con, policy, night)
-            outcome = apply_retention(con, core_context(world.root, policy, world.navigation), night,
-                                      members=world.engines["members"], prospects=world.engines["prospects"])
-        assert not outcome.decisions_failed
+        retention_night(world.warehouse, world.root, policy, world.navigation, world.engines, night)
         suspended = {int(k) for (k,) in world.wh("SELECT record_key FROM retention.record_status WHERE dataset = "
                                                   "'id_documents' AND status IN ('restricted', 'legal_hold')")}
         left = {d for (d,) in world.src("members", copies)} & handled
