@@ -25,7 +25,7 @@ from pipelines.rights.process import RightsOutcome, deadline_summary, process_ri
 from pipelines.sources.schema import (
     SQL_SYSTEMS,
 )
-from tests.conftest import TEST_AS_OF, identity_rules, retention_night
+from tests.conftest import TEST_AS_OF, core_context, identity_rules, retention_night
 
 NOW = dt.datetime.combine(TEST_AS_OF, dt.time(12))
 
