@@ -331,8 +331,12 @@ def test_killed_run_resumes_to_the_same_end_state(make_url, tmp_path, pause_at):
             if pause_at.startswith("after:"):  # the kill landed inside the open transaction: nothing applied
                 assert count(engine, "SELECT count(*) FROM members") == CRASH_BATCH + 40
         finish(run_pushback(url, root))
+        # the navigation manifest records what each decision changed, also when a killed run changed part of it
+        manifest = {d: (e["rows_affected"], e["table_name"])
+                    for d, e in json.loads((root / "navigation" / MANIFEST_NAME).read_text())["decisions"].items()}
         state[label] = (dump(engine, member_metadata), read_events(root / "navigation").to_pylist(),
-                        sorted(n["notice_id"] for n in read_notices(root / "outbox")))
+                        sorted(n["notice_id"] for n in read_notices(root / "outbox")), manifest,
+                        sorted(p.name for p in (root / "navigation").iterdir() if p.is_file()))
         engine.dispose()
     assert state["crashed"] == state["reference"]
     applied = state["crashed"][0]["privacy_applied_decisions"]

@@ -5,7 +5,10 @@ with os.replace, so a reader or a crash never sees a half-written file; it keeps
 gave the file it replaces (pipelines.private.write_atomically). The decisions applied are recorded
 afterwards in a manifest (`_privacy_applied_decisions.json`, also written atomically). A crash between a
 file swap and the manifest leaves decisions unrecorded: the re-run re-filters, which is a no-op on the
-files already rewritten (erase and anonymise are idempotent), so the end state is the same.
+files already rewritten (erase and anonymise are idempotent), so the end state is the same. What each decision
+changes (rows, tables) is counted before any file is touched and recorded in a journal
+(`_privacy_pending_decisions.json`), which the manifest takes its figures from, so a re-run finishing a killed
+run's decisions records what they changed, not only what was left; the journal goes once they are recorded.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pipelines.pushback.sql import NoticeRule
 from pipelines.sqltext import all_of, ident, list_literal
 
 MANIFEST_NAME = "_privacy_applied_decisions.json"
+JOURNAL_NAME = "_privacy_pending_decisions.json"  # decision -> rows and tables, counted before any rewrite
 TABLE_DIRS = {"navigation_events": "events", "cookie_consents": "consents"}
 
 
@@ -46,6 +50,23 @@ def read_manifest(navigation_dir: Path) -> dict[str, dict[str, object]]:
 def _write_manifest(navigation_dir: Path, decisions: dict[str, dict[str, object]]) -> None:
     path = navigation_dir / MANIFEST_NAME
     write_atomically(path, json.dumps({"decisions": decisions}, sort_keys=True, indent=1), in_source=True)
+
+
+def _read_journal(navigation_dir: Path) -> dict[str, dict[str, object]]:
+    path = navigation_dir / JOURNAL_NAME
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _close_journal(navigation_dir: Path, manifest: dict[str, dict[str, object]]) -> None:
+    """Drop from the journal what the manifest records (the whole file once nothing is left)."""
+    journal = _read_journal(navigation_dir)
+    left = {d: entry for d, entry in journal.items() if d not in manifest}
+    if left == journal:
+        return
+    if left:
+        write_atomically(navigation_dir / JOURNAL_NAME, json.dumps(left, sort_keys=True, indent=1), in_source=True)
+    else:
+        (navigation_dir / JOURNAL_NAME).unlink()
 
 
 def _rewrite(path: Path, key_column: str, keys: pa.Array, action: str, columns: list[str]) -> None:
@@ -107,12 +128,14 @@ def apply_to_navigation(navigation_dir: Path, targets: pa.Table, *, now: str, no
     """Apply the navigation targets (prepared: columns_key added) not yet in the manifest. `before_commit`
     receives the art. 19 notices and persists them before the manifest records the decisions."""
     manifest = read_manifest(navigation_dir)
+    _close_journal(navigation_dir, manifest)  # a run killed between the manifest and the journal's end
     pending = targets.filter(pc.invert(pc.is_in(targets["decision_id"], value_set=pa.array(list(manifest),
                                                                                           pa.string()))))
     outcome = NavigationOutcome()
     if pending.num_rows == 0:
         return outcome
-    per_decision: dict[str, dict[str, object]] = {}
+    counted: dict[str, dict[str, object]] = {}
+    rewrites: list[tuple[dict[str, str], list[str], pa.Array]] = []
     notices: list[dict[str, str]] = []
     con = duckdb.connect()
     try:
@@ -125,23 +148,29 @@ def apply_to_navigation(navigation_dir: Path, targets: pa.Table, *, now: str, no
             counts = _matches(con, files, group["key_column"]).aggregate(
                 "decision_id, count(*) AS n, list(DISTINCT filename) AS files").fetchall()
             keys = pa.array(pc.unique(_group_targets(pending, group)["key_value"]).to_pylist(), pa.string())
-            for path in sorted({f for _, _, fs in counts for f in fs}):
-                _rewrite(Path(path), group["key_column"], keys, group["action"], group["columns_key"].split(","))
-                checkpoint("navigation_file")
+            rewrites.append((group, sorted({f for _, _, fs in counts for f in fs}), keys))
             for decision_id, n, _ in counts:
-                entry = per_decision.setdefault(decision_id, {"rows_affected": 0, "tables": set()})
+                entry = counted.setdefault(decision_id, {"rows_affected": 0, "tables": []})
                 entry["rows_affected"] += n
-                entry["tables"].add(group["table_name"])
+                entry["tables"] = sorted({*entry["tables"], group["table_name"]})
     finally:
         con.close()
+    # Recorded before any file changes; what an interrupted run recorded first stands (it counted the whole).
+    journal = {**counted, **_read_journal(navigation_dir)}
+    write_atomically(navigation_dir / JOURNAL_NAME, json.dumps(journal, sort_keys=True, indent=1), in_source=True)
+    for group, paths, keys in rewrites:
+        for path in paths:
+            _rewrite(Path(path), group["key_column"], keys, group["action"], group["columns_key"].split(","))
+            checkpoint("navigation_file")
     for decision_id in pc.unique(pending["decision_id"]).to_pylist():
-        entry = per_decision.get(decision_id, {"rows_affected": 0, "tables": set()})
+        entry = journal.get(decision_id, {"rows_affected": 0, "tables": []})
         manifest[decision_id] = {"applied_at": now, "rows_affected": entry["rows_affected"],
-                                 "table_name": ",".join(sorted(entry["tables"]))}
+                                 "table_name": ",".join(entry["tables"])}
         outcome.rows_affected += entry["rows_affected"]
         outcome.newly_applied.append(decision_id)
     before_commit(notices)
     _write_manifest(navigation_dir, manifest)
+    _close_journal(navigation_dir, manifest)
     return outcome
 
 
