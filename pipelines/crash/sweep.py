@@ -25,6 +25,7 @@ from pipelines.crash.fingerprint import differences, fingerprint
 from pipelines.crash.world import Launch, World
 
 POLL_S = 0.05
+STEP_POLL_S = 0.2
 SOURCE_NAMES = ("member system", "prospecting platform", "navigation log")
 
 
@@ -35,6 +36,8 @@ class KillPoint:
     after_commit: int | None = None  # the k-th push-back commit seen in the sources (1-based)
     of_kind: str | None = None  # count only commits of decisions of this kind (retention, rights)
     after_transfer: int | None = None  # the k-th transfer mark: a delivery file written, an audit entry
+    in_step: str | None = None  # kill step_offset_s after this step starts (where the baseline was at at_s)
+    step_offset_s: float = 0.0
     then: KillPoint | None = None  # kill the re-run too, at this point, before the last (plain) re-run
 
 
@@ -45,6 +48,7 @@ class Baseline:
     commits: list[tuple[float, str]]  # (seconds after launch, which source)
     outcome: str
     transfers: list[tuple[float, str]] = field(default_factory=list)  # (seconds after launch, what)
+    steps: list[tuple[float, str]] = field(default_factory=list)  # (seconds after launch, step started)
 
 
 @dataclass
@@ -135,23 +139,47 @@ def _leftovers(data: Path) -> list[str]:
 
 def run_baseline(workdir: Path, sources: Path, as_of: dt.date) -> Baseline:
     world = World(workdir / "baseline", sources, as_of)
-    launch = world.launch()
+    launch, wall = world.launch(), time.time()
     seen = _watch(world, launch, None)
     outcome = world.wait(launch)
     duration = time.monotonic() - launch.started
     [run] = _runs(world)
     return Baseline(fingerprint(world.data), duration, seen.commits, f"{run.status.value} ({outcome})",
-                    seen.transfers)
+                    seen.transfers, [(t - wall, step) for t, step in _step_starts(world, run.run_id)])
 
 
-def _kill_at(world: World, launch: Launch, point: KillPoint) -> bool:
+def _step_starts(world: World, run_id: str) -> list[tuple[float, str]]:
+    """(wall-clock time, step) of each step the run started, in order."""
+    with dg.DagsterInstance.from_config(str(world.home)) as instance:
+        return [(e.timestamp, e.step_key) for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_START)]
+
+
+def _wait_for_step(world: World, launch: Launch, killed: list[str], step: str) -> float | None:
+    """Poll the run's event log until `step` starts: monotonic time it was seen, None if the run ended first."""
+    with dg.DagsterInstance.from_config(str(world.home)) as instance:
+        while launch.process.poll() is None:
+            for run in instance.get_runs():
+                if run.run_id not in killed and any(
+                        e.step_key == step for e in instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_START)):
+                    return time.monotonic()
+            time.sleep(STEP_POLL_S)
+    return None
+
+
+def _kill_at(world: World, launch: Launch, point: KillPoint, killed: list[str]) -> bool:
     """Kill the run at `point`; False when it ended on its own first."""
     if point.after_commit is not None or point.after_transfer is not None:
         _watch(world, launch, point)
-    else:
-        while launch.process.poll() is None and time.monotonic() - launch.started < (point.at_s or 0):
-            time.sleep(POLL_S)
-        world.kill(launch)
+        return launch.process.returncode != 0
+    start, wait = launch.started, point.at_s or 0.0
+    if point.in_step is not None:  # anchored on the step, so that a slower or faster machine still kills there
+        seen = _wait_for_step(world, launch, killed, point.in_step)
+        if seen is None:
+            return launch.process.returncode != 0
+        start, wait = seen, point.step_offset_s
+    while launch.process.poll() is None and time.monotonic() - start < wait:
+        time.sleep(POLL_S)
+    world.kill(launch)
     return launch.process.returncode != 0
 
 
@@ -163,14 +191,17 @@ def run_point(workdir: Path, sources: Path, as_of: dt.date, point: KillPoint) ->
     kill: KillPoint | None = point
     while kill is not None:
         launch = world.launch()
-        if not _kill_at(world, launch, kill):
+        if not _kill_at(world, launch, kill, killed):
             outcome.note = f"the run ended before the kill point {kill.name}"
             return outcome
         if outcome.killed_at_s is None:
             outcome.killed_at_s = time.monotonic() - launch.started
-        [run] = [r for r in _runs(world) if r.run_id not in killed]
-        killed.append(run.run_id)
-        outcome.killed_during += _steps_in_flight(world, run.run_id) or ["between steps"]
+        runs = [r for r in _runs(world) if r.run_id not in killed]
+        if not runs:  # killed while `dagster job execute` was still starting: no run recorded yet
+            outcome.killed_during.append("before the run was created")
+        for run in runs:
+            killed.append(run.run_id)
+            outcome.killed_during += _steps_in_flight(world, run.run_id) or ["between steps"]
         outcome.left_after_kill += _leftovers(world.data)
         kill = kill.then
 
@@ -195,13 +226,23 @@ def kill_points(baseline: Baseline, moments: int) -> list[KillPoint]:
     the baseline's duration (commits first: push-back is where a half-done run can leave the sources
     half-changed). The spread ones come coarse to fine (50 %, 25 %, 75 %, ...): a sweep stopped half-way has
     still covered the whole night."""
-    spread = [KillPoint(f"t={100 * i // (moments + 1)}%", at_s=baseline.duration_s * i / (moments + 1))
-              for i in _coarse_to_fine(moments)]
+    spread = [_at(baseline, i / (moments + 1)) for i in _coarse_to_fine(moments)]
     commits = [KillPoint(f"after commit {k} ({source})", after_commit=k)
                for k, (_, source) in enumerate(baseline.commits, start=1)]
     transfers = [KillPoint(f"after transfer mark {k} ({mark})", after_transfer=k)
                  for k, (_, mark) in enumerate(baseline.transfers, start=1)]
     return commits + transfers + spread
+
+
+def _at(baseline: Baseline, fraction: float) -> KillPoint:
+    """The moment `fraction` of the baseline's duration, anchored on the step the baseline was in then."""
+    at = baseline.duration_s * fraction
+    started = [(t, step) for t, step in baseline.steps if t <= at]
+    name = f"t={round(100 * fraction)}%"
+    if not started:
+        return KillPoint(name, at_s=at)
+    t, step = started[-1]
+    return KillPoint(f"{name} ({step} + {at - t:.1f} s)", at_s=at, in_step=step, step_offset_s=at - t)
 
 
 def _coarse_to_fine(n: int) -> list[int]:
@@ -218,7 +259,10 @@ def _coarse_to_fine(n: int) -> list[int]:
 def sweep(workdir: Path, sources: Path, as_of: dt.date, points: list[KillPoint], baseline: Baseline,
           jobs: int = 1, on_result: Callable[[Outcome], None] | None = None) -> list[Outcome]:
     def one(point: KillPoint) -> Outcome:
-        result = compare(run_point(workdir, sources, as_of, point), baseline)
+        try:
+            result = compare(run_point(workdir, sources, as_of, point), baseline)
+        except Exception as error:  # one kill point's harness failure is a row, not the end of the sweep
+            result = Outcome(point, note=f"harness error: {error!r}")
         if on_result is not None:
             on_result(result)
         return result
