@@ -36,6 +36,7 @@ class KillPoint:
     after_commit: int | None = None  # the k-th push-back commit seen in the sources (1-based)
     of_kind: str | None = None  # count only commits of decisions of this kind (retention, rights)
     after_transfer: int | None = None  # the k-th transfer mark: a delivery file written, an audit entry
+    after_rewrite: int | None = None  # the k-th navigation file push-back swapped in
     in_step: str | None = None  # kill step_offset_s after this step starts (where the baseline was at at_s)
     step_offset_s: float = 0.0
     then: KillPoint | None = None  # kill the re-run too, at this point, before the last (plain) re-run
@@ -49,6 +50,7 @@ class Baseline:
     outcome: str
     transfers: list[tuple[float, str]] = field(default_factory=list)  # (seconds after launch, what)
     steps: list[tuple[float, str]] = field(default_factory=list)  # (seconds after launch, step started)
+    rewrites: list[tuple[float, str]] = field(default_factory=list)  # (seconds after launch, navigation file)
 
 
 @dataclass
@@ -83,10 +85,13 @@ def _commit_changes(previous: tuple[frozenset[str], ...], current: tuple[frozens
 class _Seen:
     commits: list[tuple[float, str]] = field(default_factory=list)
     transfers: list[tuple[float, str]] = field(default_factory=list)
+    rewrites: list[tuple[float, str]] = field(default_factory=list)
 
     def reached(self, point: KillPoint) -> bool:
         if point.after_transfer is not None:
             return len(self.transfers) >= point.after_transfer
+        if point.after_rewrite is not None:
+            return len(self.rewrites) >= point.after_rewrite
         kind = point.of_kind
         counted = [s for _, s in self.commits if kind is None or f"({kind}" in s or f"+{kind}" in s]
         return point.after_commit is not None and len(counted) >= point.after_commit
@@ -98,9 +103,13 @@ def _watch(world: World, launch: Launch, point: KillPoint | None) -> _Seen:
     seen = _Seen()
     commits = world.source_commits() or (frozenset(), frozenset(), frozenset())
     transfers = world.transfer_marks() or frozenset()
+    files = world.navigation_files()
     while launch.process.poll() is None:
         time.sleep(POLL_S)
         now = time.monotonic() - launch.started
+        current_files = world.navigation_files()
+        seen.rewrites += [(now, f) for f, mtime in sorted(current_files.items()) if files.get(f, mtime) != mtime]
+        files = current_files
         if (current := world.source_commits()) is not None:
             seen.commits += [(now, name) for name in _commit_changes(commits, current)]
             commits = current
@@ -145,7 +154,8 @@ def run_baseline(workdir: Path, sources: Path, as_of: dt.date) -> Baseline:
     duration = time.monotonic() - launch.started
     [run] = _runs(world)
     return Baseline(fingerprint(world.data), duration, seen.commits, f"{run.status.value} ({outcome})",
-                    seen.transfers, [(t - wall, step) for t, step in _step_starts(world, run.run_id)])
+                    seen.transfers, [(t - wall, step) for t, step in _step_starts(world, run.run_id)],
+                    seen.rewrites)
 
 
 def _step_starts(world: World, run_id: str) -> list[tuple[float, str]]:
@@ -168,7 +178,7 @@ def _wait_for_step(world: World, launch: Launch, killed: list[str], step: str) -
 
 def _kill_at(world: World, launch: Launch, point: KillPoint, killed: list[str]) -> bool:
     """Kill the run at `point`; False when it ended on its own first."""
-    if point.after_commit is not None or point.after_transfer is not None:
+    if point.after_commit is not None or point.after_transfer is not None or point.after_rewrite is not None:
         _watch(world, launch, point)
         return launch.process.returncode != 0
     start, wait = launch.started, point.at_s or 0.0
@@ -231,7 +241,21 @@ def kill_points(baseline: Baseline, moments: int) -> list[KillPoint]:
                for k, (_, source) in enumerate(baseline.commits, start=1)]
     transfers = [KillPoint(f"after transfer mark {k} ({mark})", after_transfer=k)
                  for k, (_, mark) in enumerate(baseline.transfers, start=1)]
-    return commits + transfers + spread
+    return commits + _rewrite_points(baseline) + transfers + spread
+
+
+def _rewrite_points(baseline: Baseline) -> list[KillPoint]:
+    """In the middle of each navigation push-back (rights, then retention): right after its first file is
+    swapped in, and half-way through its files, its decisions not yet in the manifest."""
+    ends = [t for t, source in baseline.commits if source.startswith("navigation log")]
+    points, start = [], 0.0
+    for end in ends:
+        phase = [k for k, (t, _) in enumerate(baseline.rewrites, start=1) if start < t <= end]
+        for k in sorted({phase[0], phase[len(phase) // 2]} if phase else set()):
+            points.append(KillPoint(f"after navigation file {k} rewritten ({baseline.rewrites[k - 1][1]})",
+                                    after_rewrite=k))
+        start = end
+    return points
 
 
 def _at(baseline: Baseline, fraction: float) -> KillPoint:

@@ -124,6 +124,16 @@ class World:
             return None
         return tuple(applied)
 
+    def navigation_files(self) -> dict[str, int]:
+        """Each Parquet file of the navigation log and its modification time: push-back swaps in a rewritten file
+        (one commit of that file), before recording its decisions in the manifest."""
+        folder = self.data / "sources" / "navigation"
+        files = {}
+        for path in folder.rglob("*.parquet"):
+            with contextlib.suppress(FileNotFoundError):
+                files[str(path.relative_to(folder))] = path.stat().st_mtime_ns
+        return files
+
     def transfer_marks(self) -> frozenset[str] | None:
         """How far the transfer deliveries got: each file written under outbox/transfers (temporary files aside)
         and each `transfer.outside_eu` audit entry (None while the audit log is being appended to: ask again)."""
