@@ -34,7 +34,7 @@ from pipelines.policy.load import load_policy
 from pipelines.policy.models import Policy
 from pipelines.policy.preview import preview
 from pipelines.refresh import ingest_all
-from pipelines.retention.apply import apply_retention, audit_applied
+from pipelines.retention.apply import apply_retention, audit_applied, residue
 from pipelines.retention.ledger import build_ledger, fallback_clocks
 from pipelines.sources.schema import (
     COOKIE_CONSENT_SCHEMA,
@@ -435,6 +435,41 @@ def test_former_member_keeps_only_what_a_running_purpose_uses(world: World, poli
                                                ("membership", "cleared")]
     assert world.query(f"SELECT establishment_id FROM archive.members WHERE member_id = {on_d}") == [(3,)]
     assert "membership: delete after 2026-10-31" in reasons[1][2]
+
+
+def test_quarantined_member_loses_what_ended_and_keeps_what_is_archived(world: World, policy: Policy):
+    """Two members quarantined for an unreadable birth date (the quarantine keeps only key, ids and dates), both
+    still under marketing. Membership ended 2 years + 1 day ago: IBAN and postal address leave the member system
+    although the warehouse never saw them. Membership ended 1 year ago: they are in their archive period, and
+    the warehouse has no copy to archive, so they stay at the source until the row is fixed (nothing lost), and
+    the blocking check does not count them as left behind."""
+    cleared, archived = 32, 33
+    for member_id, end in ((cleared, "2024-10-31"), (archived, "2025-11-01")):
+        _ended_member_rows(world, member_id, end)
+        with world.engines["members"].begin() as con:
+            con.execute(sa.text("UPDATE members SET iban = 'FR7630006000011234567890189', street = '1 rue X', "
+                                "postal_code = '75001', city = 'Paris', birth_date = '31/02/2003' "
+                                "WHERE member_id = :m"), {"m": member_id})
+    world.ingest()
+    assert world.query("SELECT record_key FROM raw.quarantine WHERE table_name = 'members' ORDER BY 1") == [
+        (str(cleared),), (str(archived),)]
+    world.nightly(policy)
+    wide = "email, iban, street, postal_code, city, birth_date"
+    assert _source_row(world, "members", "member_id", cleared, wide) == [(f"m{cleared}@example.org",) + (None,) * 5]
+    assert _source_row(world, "members", "member_id", archived, wide) == [
+        (f"m{archived}@example.org", "FR7630006000011234567890189", "1 rue X", "75001", "Paris", "31/02/2003")]
+    world.ingest()  # the cleared row now reads well: it leaves the quarantine for raw, as cleared at the source
+    assert world.query(f"SELECT email, iban, street FROM raw.members WHERE member_id = {cleared}") == [
+        (f"m{cleared}@example.org", None, None)]
+    assert world.query("SELECT record_key FROM raw.quarantine WHERE table_name = 'members'") == [(str(archived),)]
+    assert residue_after(world, policy) == {}
+
+
+def residue_after(world: World, policy: Policy) -> dict[str, int]:
+    """What the blocking check `nothing_past_retention_in_active_base` finds once the ledger is rebuilt."""
+    with duckdb.connect(str(world.warehouse)) as con:
+        build_ledger(con, policy, AS_OF)
+        return residue(con, policy)
 
 
 def test_ip_address_goes_after_its_own_period_page_view_stays(world: World, policy: Policy):

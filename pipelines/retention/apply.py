@@ -62,18 +62,18 @@ def _identified(columns: list[str]) -> str:
     return "(" + (" OR ".join(f"{q(c)} IS NOT NULL" for c in columns) or "false") + ")"
 
 
+# A quarantined row's values are not in the warehouse (the quarantine keeps what fixing it needs: key, ids,
+# dates), so it cannot be archived: one the ledger sends to the archive stays at its source, listed in the
+# quarantine, until it is fixed and ingested; then it is archived whole and leaves the source.
+QUARANTINE_STEPS = ("to_erase", "to_anonymise")
+
+
 def _settle_quarantined(con: duckdb.DuckDBPyConnection, ds: Dataset) -> int:
-    """Quarantined rows the ledger decided on: what the archive keeps is moved there (with the values that could
-    be typed), and the quarantine copy goes; the source row was erased or anonymised by push-back, and the next
-    ingest quarantines again whatever is left of it."""
-    quarantined = quarantined_sql(con, ds)
-    if quarantined is None:
+    """Quarantined rows the ledger erased or anonymised: the quarantine copy goes (push-back erased or anonymised
+    the source row; the next ingest quarantines again whatever is left of it)."""
+    if quarantined_sql(con, ds) is None:
         return 0
-    pk = q(ds.primary_key)
-    con.execute(f"INSERT INTO archive.{q(ds.name)} BY NAME SELECT * FROM ({quarantined}) "
-                f"WHERE CAST({pk} AS VARCHAR) IN ({_keys(ds.name, 'archived')}) "
-                f"AND {pk} NOT IN (SELECT {pk} FROM archive.{q(ds.name)})")
-    decided = " UNION ALL ".join(_keys(ds.name, status) for status in STEPS)
+    decided = " UNION ALL ".join(_keys(ds.name, status) for status in QUARANTINE_STEPS)
     return con.execute(f"DELETE FROM raw.quarantine WHERE system = {literal(ds.system)} "
                        f"AND table_name = {literal(ds.name)} "
                        f"AND record->>{literal(ds.primary_key)} IN ({decided})").fetchall()[0][0]
@@ -168,11 +168,9 @@ def decision_targets(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.d
         if not table_exists(con, "raw", ds.name):
             continue
         payload = json.dumps(sorted(ds.anonymised_columns))
-        relations = _held_relations(con, ds)
         for status, (_, action) in STEPS.items():
-            where = f" WHERE {_identified(ds.anonymised_columns)}" if action == "anonymise" else ""
-            still_there = " UNION ALL ".join(
-                f"SELECT CAST({q(ds.primary_key)} AS VARCHAR) FROM {r}{where}" for r in relations)
+            still_there = _still_held(con, ds, ds.anonymised_columns if action == "anonymise" else None,
+                                      quarantined=status in QUARANTINE_STEPS)
             decision = f"{day_prefix(as_of)}{ds.name}:{status}"
             parts.append(f"""
                 SELECT {literal(decision)} AS decision_id, {literal(ds.system)} AS system,
@@ -188,9 +186,20 @@ def decision_targets(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.d
     return con.sql(" UNION ALL ".join(parts) + " ORDER BY decision_id, key_value").to_arrow_table()
 
 
-def _held_relations(con: duckdb.DuckDBPyConnection, ds: Dataset) -> list[str]:
-    """Where a source row of the dataset shows in the warehouse after ingest: raw.<table>, or quarantined."""
-    return [f"raw.{q(ds.name)}", *(f"({x})" for x in [quarantined_sql(con, ds)] if x is not None)]
+def _still_held(con: duckdb.DuckDBPyConnection, ds: Dataset, columns: list[str] | None,
+                quarantined: bool = True) -> str:
+    """SQL: keys of the dataset's rows a source may still hold (with a value in one of `columns`, if given).
+
+    A raw row tells which values it holds. A quarantined row does not: the quarantine keeps only what fixing the
+    row needs (key, ids, dates), so every quarantined row counts as holding `columns`. Judged on the masked copy,
+    a member quarantined for a bad birth date kept its postal address at the source after the address's
+    purposes ended."""
+    pk = f"CAST({q(ds.primary_key)} AS VARCHAR)"
+    where = f" WHERE {_identified(columns)}" if columns is not None else ""
+    parts = [f"SELECT {pk} FROM raw.{q(ds.name)}{where}"]
+    if quarantined and (x := quarantined_sql(con, ds)) is not None:
+        parts.append(f"SELECT {pk} FROM ({x})")
+    return " UNION ALL ".join(parts)
 
 
 def _column_targets(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date) -> list[str]:
@@ -202,15 +211,17 @@ def _column_targets(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.da
         if not table_exists(con, "raw", ds.name):
             continue
         columns = list(group.columns)
-        still_there = " UNION ALL ".join(
-            f"SELECT CAST({q(ds.primary_key)} AS VARCHAR) FROM {r} WHERE {_identified(columns)}"
-            for r in _held_relations(con, ds))
+        # An archived group leaves a source only once its values are in the archive: a quarantined row's are not
+        # in the warehouse, so its archived groups wait at the source until the row is fixed and ingested.
         parts.append(f"""
             SELECT {literal(f'{day_prefix(as_of)}{ds.name}:columns:{group.name}')} AS decision_id,
                    {literal(ds.system)} AS system, {literal(ds.name)} AS table_name,
                    {literal(ds.primary_key)} AS key_column,
                    record_key AS key_value, 'anonymise' AS action, {literal(json.dumps(sorted(columns)))} AS payload
-            FROM ({_group_keys(group)}) WHERE record_key IN ({still_there})""")
+            FROM retention.column_status
+            WHERE dataset = {literal(ds.name)} AND column_group = {literal(group.name)}
+            AND (record_key IN ({_still_held(con, ds, columns, quarantined=False)})
+                 OR (state = {literal(CLEARED)} AND record_key IN ({_still_held(con, ds, columns)})))""")
     return parts
 
 
@@ -304,14 +315,14 @@ def residue(con: duckdb.DuckDBPyConnection, policy: Policy) -> dict[str, int]:
         if not table_exists(con, "raw", ds.name):
             continue
         pk = f"CAST({q(ds.primary_key)} AS VARCHAR)"
-        identifying = _identified(ds.anonymised_columns)
-        relations = _held_relations(con, ds)
-        n = sum(con.execute(f"""
-            SELECT count(*) FROM {relation} WHERE {pk} IN (
-                SELECT record_key FROM retention.record_status WHERE dataset = {literal(ds.name)}
-                AND status IN ('archived', 'to_erase'))
-            OR ({pk} IN ({_keys(ds.name, 'to_anonymise')}) AND {identifying})""").fetchall()[0][0]
-            for relation in relations)
+        # what each status must have taken out of the sources (see decision_targets)
+        held = {"archived": _still_held(con, ds, None, quarantined=False),
+                "to_erase": _still_held(con, ds, None),
+                "to_anonymise": _still_held(con, ds, ds.anonymised_columns, quarantined=False)}
+        n = con.execute(f"""
+            SELECT count(*) FROM retention.record_status WHERE dataset = {literal(ds.name)} AND ("""
+            + " OR ".join(f"(status = {literal(status)} AND record_key IN ({keys}))" for status, keys in held.items())
+            + ")").fetchall()[0][0]
         n += sum(con.execute(f"SELECT count(*) FROM raw.{q(ds.name)} WHERE {pk} IN ({_group_keys(group)}) "
                              f"AND {_identified(list(group.columns))}").fetchall()[0][0]
                  for group in column_groups(policy) if group.dataset == ds.name)
