@@ -281,8 +281,9 @@ nav = make_targets([{"decision_id": f"erase:{m}", "system": "navigation", "table
 targets = pa.concat_tables([erasure_targets(range(1, n + 1)), restrict, nav])
 morocco = NoticeRule("morocco_complaints_provider", "members", "member_id", "interactions", ("erase",),
                      (Condition(column="handled_by", value="morocco_complaints_provider"),))
+audience = NoticeRule("web_analytics_processor", "navigation", "member_id", "navigation_events", ("erase",), ())
 report = apply_decisions(targets, members=sa.create_engine(members_url), navigation_dir=nav_dir,
-                         outbox_dir=outbox, tokenise=lambda v: "t-" + v, notice_rules=[morocco],
+                         outbox_dir=outbox, tokenise=lambda v: "t-" + v, notice_rules=[morocco, audience],
                          now=dt.datetime(2026, 11, 1, 12), checkpoint=pause)
 assert report.ok, report.failed
 print(len(report.confirmed))

@@ -9,6 +9,7 @@ files already rewritten (erase and anonymise are idempotent), so the end state i
 changes (rows, tables) is counted before any file is touched and recorded in a journal
 (`_privacy_pending_decisions.json`), which the manifest takes its figures from, so a re-run finishing a killed
 run's decisions records what they changed, not only what was left; the journal goes once they are recorded.
+The art. 19 notices the decisions owe are persisted at that point too, before any file changes.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def apply_to_navigation(navigation_dir: Path, targets: pa.Table, *, now: str, no
                         before_commit: Callable[[list[dict[str, str]]], None],
                         checkpoint: Callable[[str], None]) -> NavigationOutcome:
     """Apply the navigation targets (prepared: columns_key added) not yet in the manifest. `before_commit`
-    receives the art. 19 notices and persists them before the manifest records the decisions."""
+    receives the art. 19 notices and persists them before any file is rewritten."""
     manifest = read_manifest(navigation_dir)
     _close_journal(navigation_dir, manifest)  # a run killed between the manifest and the journal's end
     pending = targets.filter(pc.invert(pc.is_in(targets["decision_id"], value_set=pa.array(list(manifest),
@@ -158,6 +159,8 @@ def apply_to_navigation(navigation_dir: Path, targets: pa.Table, *, now: str, no
     # Recorded before any file changes; what an interrupted run recorded first stands (it counted the whole).
     journal = {**counted, **_read_journal(navigation_dir)}
     write_atomically(navigation_dir / JOURNAL_NAME, json.dumps(journal, sort_keys=True, indent=1), in_source=True)
+    # The notices too go out before any file changes: a re-run no longer finds the rows a killed run erased.
+    before_commit(notices)
     for group, paths, keys in rewrites:
         for path in paths:
             _rewrite(Path(path), group["key_column"], keys, group["action"], group["columns_key"].split(","))
@@ -168,7 +171,6 @@ def apply_to_navigation(navigation_dir: Path, targets: pa.Table, *, now: str, no
                                  "table_name": ",".join(entry["tables"])}
         outcome.rows_affected += entry["rows_affected"]
         outcome.newly_applied.append(decision_id)
-    before_commit(notices)
     _write_manifest(navigation_dir, manifest)
     _close_journal(navigation_dir, manifest)
     return outcome
