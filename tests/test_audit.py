@@ -304,3 +304,20 @@ def test_a_cut_last_line_is_an_audit_log_error_and_nothing_is_appended(log_path,
         current_head(log_path)
     assert log_path.read_bytes() == damaged
     assert not verify(log_path).ok
+
+
+def test_an_anchor_left_behind_by_a_killed_append_catches_up_when_the_next_run_opens_the_log(tmp_path):
+    """A run killed after its entries were written but before the head anchor moved: the next run's settle()
+    moves it to the last entry, as the uninterrupted append would have; a rewritten tail is left for verify."""
+    log = AuditLog(tmp_path / "audit.jsonl")
+    log.append("first")
+    behind = anchor_path(log.path).read_bytes()
+    log.append("second")
+    expected = anchor_path(log.path).read_bytes()
+    anchor_path(log.path).write_bytes(behind)  # the kill's window: entry durable, anchor not yet replaced
+    assert log.settle() and anchor_path(log.path).read_bytes() == expected
+    assert not log.settle()  # current: nothing to do
+    anchor_path(log.path).write_bytes(behind)
+    lines = log.path.read_text().splitlines()
+    log.path.write_text("\n".join([lines[0], lines[1].replace("second", "forged")]) + "\n")
+    assert not log.settle() and anchor_path(log.path).read_bytes() == behind

@@ -177,9 +177,10 @@ def core_context(policies: PoliciesResource, keys: PseudonymisationKeyResource,
                  actor: str = "pipeline") -> CoreContext:
     """The privacy core's explicit inputs, from the run's resources."""
     provider = keys.provider()
+    audit = AuditLog(compliance.audit_log_path, actor=actor, key=provider.domain_key(AUDIT_DOMAIN))
+    audit.settle()  # a run killed between its last entry and the head anchor: the anchor catches up
     return CoreContext(
-        policy=policies.load(), keys=provider,
-        audit=AuditLog(compliance.audit_log_path, actor=actor, key=provider.domain_key(AUDIT_DOMAIN)),
+        policy=policies.load(), keys=provider, audit=audit,
         paths=Paths(navigation=navigation.resolved_path, outbox=compliance.outbox_dir,
                     exports=compliance.exports_dir))
 
