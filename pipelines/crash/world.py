@@ -48,6 +48,12 @@ class World:
         shutil.copytree(sources, self.data / "sources")
         self.home.mkdir(parents=True)
         shutil.copy(settings.PROJECT_ROOT / "dagster.yaml", self.home / "dagster.yaml")
+        # Storage created here, once: the harness reading the instance while `dagster job execute` creates it
+        # raced on the schema ("more than one head") and failed either side.
+        import dagster as dg
+
+        with dg.DagsterInstance.from_config(str(self.home)):
+            pass
         self.runs = 0
 
     def _run_config(self) -> Path:
