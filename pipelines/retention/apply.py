@@ -239,9 +239,11 @@ class RetentionOutcome:
     touched: set[tuple[str, str]] = field(default_factory=set)  # (system, table) to re-read from the sources
     day: Day | None = None  # the day as recorded before this run (None: this run applied it first)
 
+    newly_applied: int = 0  # decisions a source applied in this run (not skipped as already applied)
+
     @property
     def changed(self) -> bool:
-        return self.source_rows > 0 or any(n for steps in self.warehouse.rows.values() for n in steps.values())
+        return self.newly_applied > 0 or any(n for steps in self.warehouse.rows.values() for n in steps.values())
 
 
 def apply_retention(
@@ -267,21 +269,22 @@ def apply_retention(
         warehouse = apply_in_warehouse(con, policy)
         if day is None:
             record_day(con, as_of, Day(warehouse.rows, owed.num_rows, current_head(ctx.audit.path).seq))
-    confirmed, failed, touched = 0, {}, set()
+    confirmed, failed, touched, newly = 0, {}, set(), 0
     if owed.num_rows:
         report = apply_decisions(owed, members=members, prospects=prospects, navigation_dir=ctx.paths.navigation,
                                  outbox_dir=ctx.paths.outbox, audit=ctx.audit, tokenise=ctx.tokenise,
                                  notice_rules=ctx.notice_rules, table_order=table_order(policy),
-                                 carried_over=carried_over)
+                                 carried_over=carried_over | set(owed["decision_id"].to_pylist()))
         forget_confirmed(con, report.confirmed)
         confirmed, failed = len(report.confirmed), dict(report.failed)
         touched = touched_tables(owed, report)
+        newly = len({d for ids in report.applied.values() for d in ids})
     if carried_over:  # what the interrupted run pushed is re-read too: the ledger is rebuilt as after a whole run
         touched |= set(zip(owed["system"].to_pylist(), owed["table_name"].to_pylist(), strict=True))
     if day is not None and not day.audited:
         warehouse = WarehouseOutcome(day.warehouse_rows)
     source_rows = day.source_rows if day is not None and not day.audited else owed.num_rows
-    return RetentionOutcome(warehouse, source_rows, confirmed, failed, touched, day)
+    return RetentionOutcome(warehouse, source_rows, confirmed, failed, touched, day, newly)
 
 
 def audit_applied(con: duckdb.DuckDBPyConnection, ctx: CoreContext, as_of: dt.date, outcome: RetentionOutcome
