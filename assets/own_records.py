@@ -4,7 +4,6 @@ art. 19 notices), a thin wrapper over pipelines.purge; periods come from policie
 import dagster as dg
 
 from assets.quality_checks import WAREHOUSE_POOL
-from assets.retention import RetentionConfig, as_of_date
 from assets.transfers import transfer_assets
 from pipelines.orchestration.resources import (
     ComplianceStoreResource,
@@ -14,6 +13,7 @@ from pipelines.orchestration.resources import (
     WarehouseResource,
     core_context,
 )
+from pipelines.orchestration.runs import RetentionConfig, as_of_date
 from pipelines.policy.own_records import OWN_RECORDS_FILE, load_own_records_policy
 from pipelines.purge import purge_own_records
 from pipelines.sources.schema import SQL_SYSTEMS

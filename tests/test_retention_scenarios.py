@@ -408,18 +408,21 @@ def _source_row(world: World, table: str, key: str, value: object, columns: str)
         return [tuple(r) for r in con.execute(sa.text(f"SELECT {columns} FROM {table} WHERE {key} = :v"), {"v": value})]
 
 
+def _former_member_with_address(world: World, member_id: int, end: str, more: str) -> None:
+    """A member whose membership ended on `end`, with an IBAN, a postal address and the `more` assignments."""
+    _ended_member_rows(world, member_id, end)
+    with world.engines["members"].begin() as con:
+        con.execute(sa.text("UPDATE members SET iban = 'FR7630006000011234567890189', street = '1 rue X', "
+                            f"postal_code = '75001', city = 'Paris', {more} WHERE member_id = :m"), {"m": member_id})
+
+
 def test_former_member_keeps_only_what_a_running_purpose_uses(world: World, policy: Policy):
     """Membership ended 2 years ago to the day (D = AS_OF): IBAN, birth date and postal address have left the
     member system and the active base for the restricted archive; one day later (ended 2 years + 1 day ago)
     they are nowhere. Names and e-mail stay on both: marketing (3 years) still uses them."""
     on_d, after_d = 30, 31
     for member_id, end in ((on_d, "2024-11-01"), (after_d, "2024-10-31")):
-        _ended_member_rows(world, member_id, end)
-        with world.engines["members"].begin() as con:
-            con.execute(sa.text("UPDATE members SET iban = 'FR7630006000011234567890189', street = '1 rue X', "
-                                "postal_code = '75001', city = 'Paris', activity = 'etudiant', establishment_id = 3 "
-                                "WHERE member_id = :m"),
-                        {"m": member_id})
+        _former_member_with_address(world, member_id, end, "activity = 'etudiant', establishment_id = 3")
     world.nightly(policy)
     wide = "email, iban, birth_date, street, postal_code, activity, establishment_id"
     assert _source_row(world, "members", "member_id", on_d, wide) == [(f"m{on_d}@example.org",) + (None,) * 6]
@@ -445,11 +448,7 @@ def test_quarantined_member_loses_what_ended_and_keeps_what_is_archived(world: W
     the blocking check does not count them as left behind."""
     cleared, archived = 32, 33
     for member_id, end in ((cleared, "2024-10-31"), (archived, "2025-11-01")):
-        _ended_member_rows(world, member_id, end)
-        with world.engines["members"].begin() as con:
-            con.execute(sa.text("UPDATE members SET iban = 'FR7630006000011234567890189', street = '1 rue X', "
-                                "postal_code = '75001', city = 'Paris', birth_date = '31/02/2003' "
-                                "WHERE member_id = :m"), {"m": member_id})
+        _former_member_with_address(world, member_id, end, "birth_date = '31/02/2003'")
     world.ingest()
     assert world.query("SELECT record_key FROM raw.quarantine WHERE table_name = 'members' ORDER BY 1") == [
         (str(cleared),), (str(archived),)]
