@@ -32,7 +32,10 @@ _SIMPLE_LOWER = {"\u0130": "i"}  # the one code point whose str.lower() is not i
 
 
 def trim_sql(col: str) -> str:
-    return f"trim({col}, {literal(WHITESPACE)})"
+    # DuckDB's trim with an explicit set is about 6 times slower than none at all; a value whose first and last
+    # characters are printable ASCII (never white space) is already trimmed, which is nearly every value.
+    return (f"CASE WHEN ord(left({col}, 1)) BETWEEN 33 AND 126 AND ord(right({col}, 1)) BETWEEN 33 AND 126 "
+            f"THEN {col} ELSE trim({col}, {literal(WHITESPACE)}) END")
 
 
 def email_sql(col: str) -> str:
