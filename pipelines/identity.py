@@ -2,8 +2,8 @@
 joined only through the rules the policy declares (datasets.yaml `identity`), never by accident.
 
 - Every member record is a person of its own: two members are never merged through a contact.
-- Prospects sharing a declared contact with each other are one prospect group (connected components by
-  label propagation in SQL, one set-based statement per round).
+- Prospects sharing a declared contact with each other are one prospect group (connected components of the
+  prospect-contact graph, SciPy's csgraph).
 - A prospect group joins the member it shares a declared contact with, when that contact is held by
   exactly one member and the group points at exactly one member; otherwise it stays a person of its own.
 - A visitor joins the member it logged in as, when it logged in as exactly one member.
@@ -21,6 +21,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import duckdb
+import numpy as np
+import pyarrow as pa
+from scipy import sparse
+from scipy.sparse import csgraph
 
 from pipelines.duck import scalar
 from pipelines.normalise import email_sql, phone_sql
@@ -40,53 +44,47 @@ SELECT * FROM (
 ) WHERE contact IS NOT NULL
 """
 
-_PROPAGATE_SQL = """
-CREATE OR REPLACE TEMP TABLE _next AS
-SELECT l.node, least(l.label, coalesce(min(n.label), l.label)) AS label
-FROM _labels l
-LEFT JOIN (
-    SELECT e.a AS node, lb.label FROM _edges e JOIN _labels lb ON lb.node = e.b
-    UNION ALL
-    SELECT e.b AS node, la.label FROM _edges e JOIN _labels la ON la.node = e.a
-) n ON n.node = l.node
-GROUP BY l.node, l.label
-"""
+def _prospect_groups(con: duckdb.DuckDBPyConnection, through: list[str]) -> int:
+    """Temp table `_groups(prospect, grp)`: prospects joined by the declared contacts; returns the groups.
 
-
-def _prospect_groups(con: duckdb.DuckDBPyConnection, through: list[str], max_rounds: int) -> int:
-    """Temp table `_groups(prospect, grp)`: prospects joined by the declared contacts; returns the rounds."""
+    The graph (prospects and their contacts as nodes, "holds" as edges) goes to SciPy's connected components as
+    integer arrays: one linear pass in C, whatever the length of a chain of shared contacts. A group is named by
+    its least node (text order), so the person id of a prospect group does not depend on how it was computed.
+    """
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _edges AS
         SELECT 'prospect:' || record AS a, contact_type || ':' || contact AS b FROM _contacts
         WHERE record_type = 'prospect' AND list_contains(?, contact_type)
         UNION ALL SELECT 'prospect:' || CAST(prospect_id AS VARCHAR), 'prospect:' || CAST(prospect_id AS VARCHAR)
         FROM raw.prospects""", [through])
-    con.execute("CREATE OR REPLACE TEMP TABLE _labels AS "
-                "SELECT node, node AS label FROM (SELECT a AS node FROM _edges UNION SELECT b FROM _edges)")
-    rounds = 0
-    for rounds in range(1, max_rounds + 1):  # noqa: B007 - the count is reported
-        con.execute(_PROPAGATE_SQL)
-        changed = scalar(con, "SELECT count(*) FROM _next n JOIN _labels l USING (node) WHERE n.label <> l.label")
-        con.execute("CREATE OR REPLACE TEMP TABLE _labels AS SELECT * FROM _next")
-        if changed == 0:
-            break
-    else:
-        raise RuntimeError(f"identity resolution did not converge in {max_rounds} rounds")
-    con.execute("CREATE OR REPLACE TEMP TABLE _groups AS SELECT substr(node, 10) AS prospect, label AS grp "
-                "FROM _labels WHERE node LIKE 'prospect:%'")
-    con.execute("DROP TABLE _labels; DROP TABLE _next; DROP TABLE _edges")
-    return rounds
+    con.execute("CREATE OR REPLACE TEMP TABLE _nodes AS SELECT node, (row_number() OVER () - 1)::INTEGER AS i "
+                "FROM (SELECT a AS node FROM _edges UNION SELECT b FROM _edges)")
+    edges = con.execute("SELECT na.i, nb.i FROM _edges e JOIN _nodes na ON na.node = e.a "
+                        "JOIN _nodes nb ON nb.node = e.b").fetchnumpy()
+    ends = list(edges.values())
+    n = scalar(con, "SELECT count(*) FROM _nodes")
+    graph = sparse.coo_matrix((np.ones(len(ends[0]), dtype=np.int8), (ends[0], ends[1])), shape=(n, n))
+    groups, component = csgraph.connected_components(graph, directed=False)
+    con.register("_component", pa.table({"i": np.arange(n, dtype=np.int32), "component": component}))
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE _groups AS
+        WITH c AS (SELECT n.node, c.component FROM _nodes n JOIN _component c USING (i)),
+        named AS (SELECT component, min(node) AS grp FROM c GROUP BY component)
+        SELECT substr(c.node, 10) AS prospect, named.grp FROM c JOIN named USING (component)
+        WHERE c.node LIKE 'prospect:%'""")
+    con.unregister("_component")
+    con.execute("DROP TABLE _nodes; DROP TABLE _edges")
+    return groups
 
 
-def resolve_identities(con: duckdb.DuckDBPyConnection, rules: Sequence[IdentityRule],
-                       max_rounds: int = 50) -> dict[str, int]:
+def resolve_identities(con: duckdb.DuckDBPyConnection, rules: Sequence[IdentityRule]) -> dict[str, int]:
     """Write `identity.person_links` and `identity.ambiguities` (see module doc); return counts for metadata.
     `rules` are the policy's (datasets.yaml `identity`)."""
     to_member = sorted({r.through for r in rules if r.records == ("prospect", "member")})
     between_prospects = sorted({r.through for r in rules if r.records == ("prospect", "prospect")})
     login = any(r.records == ("visitor", "member") for r in rules)
     con.execute(_CONTACTS_SQL)
-    rounds = _prospect_groups(con, between_prospects, max_rounds)
+    prospect_groups = _prospect_groups(con, between_prospects)
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _member_contacts AS
         SELECT contact_type, contact, min(record) AS member, count(DISTINCT record) AS members
@@ -164,4 +162,4 @@ def resolve_identities(con: duckdb.DuckDBPyConnection, rules: Sequence[IdentityR
     ).fetchall()[0]
     keys = ("persons", "persons_with_member_record", "prospect_records", "visitor_records",
             "prospects_linked_to_members", "persons_with_ambiguities")
-    return {**dict(zip(keys, stats, strict=True)), "propagation_rounds": rounds}
+    return {**dict(zip(keys, stats, strict=True)), "prospect_groups": prospect_groups}
