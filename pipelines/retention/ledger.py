@@ -15,6 +15,7 @@ raw copy wins) so archived records keep ageing until their archive period ends.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from typing import get_args
 
 import duckdb
@@ -244,19 +245,24 @@ def _person_wide(con: duckdb.DuckDBPyConnection, flagged: str, rights_reason: st
             f"WHERE node_type IN ({subject_types}) AND person_id IN ({persons})")
 
 
-def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, prefix: str = "_ret") -> None:
+def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, prefix: str = "_ret",
+            datasets: Collection[str] | None = None) -> None:
     """Create temp tables `{prefix}_purposes` (record × purpose) and `{prefix}_records` (record status).
 
     Temp tables only: safe on a read-only connection, so the policy preview can run it twice side by side.
+    `datasets`: only the records of these datasets, with the clocks their purposes run on (a transfer reads a
+    few datasets); their rows are those the whole computation gives them. None: every dataset.
     """
     as_of_text = as_of.isoformat()
     sources = {ds.name: sql for ds in policy.datasets if (sql := source_sql(con, ds)) is not None}
     stored = table_exists(con, *CLOCK_EVENTS.split("."))
+    chosen = [ds for ds in policy.datasets if datasets is None or ds.name in datasets]
+    needed = {policy.rule_for(p, ds.name).clock for ds in chosen for p in ds.purposes}
     # Clocks and record lists as temp tables: each is read by several purposes, computed once.
     helpers = {f"{prefix}_clock_{name}": _clock_sql(policy, name, sources, stored=stored, as_of=as_of)
-               for name in policy.clocks}
+               for name in policy.clocks if datasets is None or name in needed}
     selects = []
-    for ds in policy.datasets:
+    for ds in chosen:
         if not ds.subjects or ds.name not in sources:
             continue
         helpers[f"{prefix}_records_{ds.name}"] = _records_sql(ds, sources[ds.name])
@@ -303,7 +309,9 @@ def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pref
     """)
     # The dated facts still timing a record that stays (closed events only: an open one is re-read every night).
     clocks = " UNION ALL ".join(f"SELECT {lit(n)} AS clock_name, * FROM {q(prefix + '_clock_' + n)}"
-                                for n in policy.clocks)
+                                for n in policy.clocks if f"{prefix}_clock_{n}" in helpers) or (
+        "SELECT NULL::VARCHAR clock_name, NULL::VARCHAR clock_subject_type, NULL::VARCHAR clock_key, "
+        "NULL::TIMESTAMP clock, false is_open WHERE false")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {prefix}_clock_facts AS
         SELECT DISTINCT p.clock_name, k.clock_subject_type, p.clock_key, k.clock
