@@ -216,7 +216,9 @@ def _stage(con: duckdb.DuckDBPyConnection, policy: Policy, recipient: Recipient,
                 "FROM _exclusions WHERE list_contains(?, reason)", [list(TRANSFER_EXCLUDED_REASONS)])
     if exclusions_only:
         return
-    compute_purposes(con, policy, as_of, prefix="_transfer_ledger")
+    # Only the datasets whose purpose the ledger decides for a disclosure (see _current_sql), not the population.
+    compute_purposes(con, policy, as_of, prefix="_transfer_ledger", datasets={
+        d.dataset for d in recipient.receives if d.purpose in policy.dataset(d.dataset).purposes})
     con.execute("CREATE OR REPLACE TEMP TABLE _transfer_purposes AS SELECT dataset, record_key, purpose, "
                 "purpose_status FROM _transfer_ledger_purposes")
     con.execute("DROP TABLE _transfer_ledger_purposes; DROP TABLE _transfer_ledger_records")

@@ -359,3 +359,31 @@ def test_transfer_assets_materialise_into_the_compliance_outbox_once_per_day(tmp
     audit = tmp_path / "audit" / "audit.jsonl"
     assert [json.loads(line)["action"] for line in audit.read_text().splitlines()] == ["transfer.outside_eu"] * 2
     assert verify(audit).ok
+
+
+def test_a_transfer_decides_its_rows_from_the_ledger_of_its_own_datasets_with_the_same_result(
+        tmp_path, generated_sources, policy):
+    """A delivery computes the purposes of the datasets it sends only (not the population): their rows, purpose
+    statuses and record statuses are exactly those the whole ledger gives them."""
+    import sqlalchemy as sa
+
+    from pipelines.identity import resolve_identities
+    from pipelines.refresh import ingest_all
+    from pipelines.retention.ledger import compute
+    from tests.conftest import TEST_AS_OF
+
+    sources = generated_sources
+    engines = {s: sa.create_engine(f"sqlite:///{sources / (s + '.db')}") for s in SQL_SYSTEMS}
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:
+        ingest_all(con, engines, sources / "navigation", policy)
+        resolve_identities(con, policy.datasets_file.identity)
+        compute(con, policy, TEST_AS_OF, prefix="_whole")
+        for recipient in transfer_recipients(policy):
+            datasets = sorted({d.dataset for d in recipient.receives})
+            compute(con, policy, TEST_AS_OF, prefix="_some", datasets=datasets)
+            for table in ("purposes", "records"):
+                whole = con.execute(f"SELECT * FROM _whole_{table} WHERE list_contains(?, dataset) ORDER BY ALL",
+                                    [datasets]).fetchall()
+                some = con.execute(f"SELECT * FROM _some_{table} ORDER BY ALL").fetchall()
+                assert whole and some == whole, (recipient.key, table)
+            assert {d for (d,) in con.execute("SELECT DISTINCT dataset FROM _some_records").fetchall()} <= set(datasets)
