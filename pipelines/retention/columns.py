@@ -76,13 +76,15 @@ def compute_columns(con: duckdb.DuckDBPyConnection, policy: Policy, prefix: str)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {q(prefix + '_columns')} AS
         WITH g AS ({groups_sql(column_groups(policy))}),
+        -- one row per (group, purpose): an equality join (a list_contains condition made it a nested loop)
+        gp AS (SELECT dataset, column_group, columns, unnest(purposes) AS purpose FROM g),
         states AS (
             SELECT p.dataset, p.record_key, g.column_group, any_value(g.columns) AS columns,
                    CASE WHEN bool_or(p.purpose_status = 'active') THEN 'active'
                         WHEN bool_or(p.purpose_status = 'archived') THEN {lit(ARCHIVED)}
                         ELSE {lit(CLEARED)} END AS state,
                    string_agg(p.purpose || ': ' || p.purpose_reason, '; ' ORDER BY p.purpose) AS why
-            FROM {q(prefix + '_purposes')} p JOIN g ON g.dataset = p.dataset AND list_contains(g.purposes, p.purpose)
+            FROM {q(prefix + '_purposes')} p JOIN gp AS g ON g.dataset = p.dataset AND g.purpose = p.purpose
             GROUP BY ALL
         )
         SELECT s.dataset, r.system, s.record_key, r.subject_type, r.subject_id, s.column_group, s.columns, s.state,
