@@ -77,8 +77,15 @@ def prepare_purpose_tables(con: duckdb.DuckDBPyConnection, policy: Policy, pseud
                            as_of: dt.date) -> None:
     """Create `_ended_<table>` for every analytics table and `_act_categories` (see the module doc)."""
     check_purposes(policy, pseudo)
+    # Each purpose's ended set once, however many tables name it (three audience tables share one over every
+    # page view).
+    ended = {}
+    for purpose in sorted({p for table in pseudo.tables.values() for p in table.purposes}):
+        if (sql := _ended_sql(con, policy, purpose, as_of)) is not None:
+            ended[purpose] = ident(f"_ended_purpose_{purpose}")
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {ended[purpose]} AS {sql}")
     for name, table in pseudo.tables.items():
-        parts = [sql for p in table.purposes if (sql := _ended_sql(con, policy, p, as_of)) is not None]
+        parts = [f"SELECT * FROM {ended[p]}" for p in table.purposes if p in ended]
         covering: dict[str, int] = {}
         for p in table.purposes:
             for node_type in _covers(policy, p):
@@ -93,3 +100,5 @@ def prepare_purpose_tables(con: duckdb.DuckDBPyConnection, policy: Policy, pseud
     con.execute("CREATE OR REPLACE TEMP TABLE _act_categories (act_code VARCHAR PRIMARY KEY, act_category VARCHAR)")
     if rows:
         con.executemany("INSERT INTO _act_categories VALUES (?, ?)", rows)
+    for table_name in ended.values():
+        con.execute(f"DROP TABLE {table_name}")
