@@ -13,22 +13,26 @@ import datetime as dt
 import json
 import os
 import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import sqlalchemy as sa
 
 from pipelines.policy.models import Policy
 from pipelines.private import open_private, private_dir
 from pipelines.rights.intake import table_exists
-from pipelines.rights.scope import portable_columns, subject_tables
+from pipelines.rights.scope import SubjectTable, portable_columns, subject_tables
 from pipelines.sources.schema import SQL_SYSTEMS
 from pipelines.sqltext import ident
 
 WAREHOUSE_SCHEMAS = ("raw", "archive")
 NAVIGATION_DIRS = {"navigation_events": "events", "cookie_consents": "consents"}
+KEY = "_key"  # the key column as text, to split the rows read for every request between them
 
 
 def _source_rows(engines: dict[str, sa.Engine | None], navigation_dir: Path | None, system: str, table: str,
@@ -38,18 +42,52 @@ def _source_rows(engines: dict[str, sa.Engine | None], navigation_dir: Path | No
         if engine is None:
             return None
         source = SQL_SYSTEMS[system].tables[table]
+        key = sa.cast(source.c[key_column], sa.Text)
         with engine.connect() as con:
-            result = con.execute(sa.select(source).where(
-                sa.cast(source.c[key_column], sa.Text).in_(keys)))
+            result = con.execute(sa.select(source, key.label(KEY)).where(key.in_(keys)))
             return pa.Table.from_pylist([dict(r) for r in result.mappings()])
     files = sorted((navigation_dir / NAVIGATION_DIRS[table]).rglob("*.parquet")) if navigation_dir else []
     if not files:
         return None
     with duckdb.connect() as con:
         return con.sql(
-            f"SELECT * FROM read_parquet($files, hive_partitioning = false) "
-            f"WHERE CAST({ident(key_column)} AS VARCHAR) IN (SELECT unnest($keys))",
+            f"SELECT *, CAST({ident(key_column)} AS VARCHAR) AS {KEY} FROM read_parquet($files, "
+            f"hive_partitioning = false) WHERE CAST({ident(key_column)} AS VARCHAR) IN (SELECT unnest($keys))",
             params={"files": [str(f) for f in files], "keys": keys}).to_arrow_table()
+
+
+@dataclass(frozen=True)
+class Held:
+    """Every row the sources and the warehouse hold on the people of a batch of requests, read once per table and
+    location for all of them (a request at a time scanned every navigation file again for each person):
+    (subject table, location) -> rows with their key as text in `_key`; only what some row was found for."""
+
+    rows: dict[tuple[SubjectTable, str], pa.Table]
+
+
+def read_held(con: duckdb.DuckDBPyConnection, policy: Policy, nodes: Iterable[tuple[str, str]], *,
+              engines: dict[str, sa.Engine | None], navigation_dir: Path | None) -> Held:
+    """The rows of every subject table whose key is one of `nodes` (node_type, node_value), at the source and
+    in the warehouse."""
+    by_type: dict[str, set[str]] = {}
+    for node_type, value in nodes:
+        by_type.setdefault(node_type, set()).add(value)
+    rows: dict[tuple[SubjectTable, str], pa.Table] = {}
+    for st in subject_tables(policy):
+        keys = sorted(by_type.get(st.node_type, ()))
+        if not keys:
+            continue
+        located = {f"source.{st.system}.{st.table_name}": _source_rows(
+            engines, navigation_dir, st.system, st.table_name, st.key_column, keys)}
+        for schema in WAREHOUSE_SCHEMAS:
+            if table_exists(con, schema, st.table_name):
+                located[f"warehouse.{schema}.{st.table_name}"] = con.sql(
+                    f"SELECT *, CAST({ident(st.key_column)} AS VARCHAR) AS {KEY} FROM {schema}.{ident(st.table_name)} "
+                    f"WHERE CAST({ident(st.key_column)} AS VARCHAR) IN (SELECT unnest($keys))",
+                    params={"keys": keys}).to_arrow_table()
+        rows |= {(st, location): found for location, found in located.items()
+                 if found is not None and found.num_rows}
+    return Held(rows)
 
 
 def _policy_notes(policy: Policy, table: str) -> dict[str, object]:
@@ -67,12 +105,12 @@ def _policy_notes(policy: Policy, table: str) -> dict[str, object]:
     return {"description": ds.description, "purposes": purposes, "recipients": recipients}
 
 
-def write_access_bundle(con: duckdb.DuckDBPyConnection, policy: Policy, *, request_id: int,
-                        subject_token: str, nodes: list[tuple[str, str]], engines: dict[str, sa.Engine | None],
-                        navigation_dir: Path | None, exports_dir: Path, portability: bool = False) -> Path:
-    """Write the bundle of one request; `nodes` are the person's (node_type, node_value) identity links.
-    `portability` (art. 20): only what the person provided, per source (no warehouse copy), each table cut
-    to its portable columns (pipelines.rights.scope.portable_columns), as JSON and CSV."""
+def write_access_bundle(policy: Policy, held: Held, *, request_id: int, subject_token: str,
+                        nodes: list[tuple[str, str]], exports_dir: Path, portability: bool = False) -> Path:
+    """Write the bundle of one request from `held` (read_held over its `nodes`, the person's (node_type,
+    node_value) identity links, and maybe other people's). `portability` (art. 20): only what the person
+    provided, per source (no warehouse copy), each table cut to its portable columns
+    (pipelines.rights.scope.portable_columns), as JSON and CSV."""
     by_type: dict[str, list[str]] = {}
     for node_type, value in nodes:
         by_type.setdefault(node_type, []).append(value)
@@ -83,26 +121,16 @@ def write_access_bundle(con: duckdb.DuckDBPyConnection, policy: Policy, *, reque
     private_dir(work)
     found: dict[str, list[pa.Table]] = {}
     table_of: dict[str, str] = {}
-    for st in subject_tables(policy):
+    for (st, location), held_rows in held.rows.items():
         keys = by_type.get(st.node_type, [])
-        if not keys:
+        if not keys or (portability and not location.startswith("source.")):
             continue
-        located = {f"source.{st.system}.{st.table_name}": _source_rows(
-            engines, navigation_dir, st.system, st.table_name, st.key_column, keys)}
+        rows = held_rows.filter(pc.is_in(held_rows[KEY], value_set=pa.array(keys, pa.string()))).drop_columns([KEY])
         if portability:
-            rows = located[f"source.{st.system}.{st.table_name}"]
-            located = {f"source.{st.system}.{st.table_name}": rows.select(
-                [c for c in portable_columns(policy, st.table_name) if c in rows.column_names])
-                if rows is not None else None}
-        for schema in WAREHOUSE_SCHEMAS if not portability else ():
-            if table_exists(con, schema, st.table_name):
-                located[f"warehouse.{schema}.{st.table_name}"] = con.sql(
-                    f"SELECT * FROM {schema}.{ident(st.table_name)} WHERE CAST({ident(st.key_column)} AS VARCHAR) "
-                    "IN (SELECT unnest($keys))", params={"keys": keys}).to_arrow_table()
-        for location, rows in located.items():
-            if rows is not None and rows.num_rows:
-                found.setdefault(location, []).append(rows)
-                table_of[location] = st.table_name
+            rows = rows.select([c for c in portable_columns(policy, st.table_name) if c in rows.column_names])
+        if rows.num_rows:
+            found.setdefault(location, []).append(rows)
+            table_of[location] = st.table_name
     tables: dict[str, dict[str, object]] = {}
     for location, parts in found.items():
         rows = pa.concat_tables(parts, promote_options="permissive")

@@ -53,7 +53,7 @@ from pipelines.pushback.sql import NoticeRule
 from pipelines.pushback.targets import SUPPRESSION_TABLE
 from pipelines.refresh import refresh_from_sources, touched_tables
 from pipelines.retention.apply import table_order
-from pipelines.rights.access import write_access_bundle
+from pipelines.rights.access import Held, read_held, write_access_bundle
 from pipelines.rights.answer import record_kept, write_erasure_answers
 from pipelines.rights.intake import (
     TERMINAL_STATES,
@@ -299,8 +299,9 @@ def process_rights(
     `nightly`: the nightly run of `as_of`. When a nightly run of that day has already decided (this one
     re-executes the day, after a kill or by hand), the sources may no longer hold what it matched requests
     against, so requests it left waiting for a human stay so (the rights job, started when a request changes,
-    re-examines them). `refresh_ledger=False` when the retention ledger is built after this in the same run
-    (the nightly): the re-read of what push-back changed leaves it to that step."""
+    re-examines them). `refresh_ledger=False` leaves the retention ledger to the nightly's retention step (the
+    Dagster jobs: in the same run after this stage, or the next night after the rights job): the re-read of what
+    push-back changed then rebuilds no ledger."""
     policy, audit, token = ctx.policy, ctx.audit, ctx.tokenise
     navigation_dir, exports_dir, outbox_dir = ctx.paths.navigation, ctx.paths.exports, ctx.paths.outbox
     now_text = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d %H:%M:%S")
@@ -345,16 +346,23 @@ def process_rights(
         ambiguous = dict(run_sql(con, "SELECT a.request_id, count(*) || ' left for a human: ' || "
                                       "string_agg(DISTINCT m.reason, '; ' ORDER BY m.reason) FROM _actionable a "
                                       "JOIN identity.ambiguities m USING (person_id) GROUP BY 1"))
+        # every access and portability request's rows, read once per table for all of them
+        held: Held | Exception
+        try:
+            held = read_held(con, policy, [n for ns in nodes_of.values() for n in ns],
+                             engines={"members": members, "prospects": prospects}, navigation_dir=navigation_dir)
+        except SOURCE_ERRORS as exc:
+            held = exc
         for request_id, request_type, decision_id, person_id in actionable:  # one per request, not per row
             if request_id in refused:
                 results[request_id] = _Result("refused", refused[request_id], decision_id)
             elif request_type in ("access", "portability"):
                 try:
-                    path = write_access_bundle(con, policy, request_id=request_id,
+                    if isinstance(held, Exception):
+                        raise held
+                    path = write_access_bundle(policy, held, request_id=request_id,
                                                subject_token=token(f"person:{person_id}"),
-                                               nodes=nodes_of.get(request_id, []),
-                                               engines={"members": members, "prospects": prospects},
-                                               navigation_dir=navigation_dir, exports_dir=exports_dir,
+                                               nodes=nodes_of.get(request_id, []), exports_dir=exports_dir,
                                                portability=request_type == "portability")
                 except SOURCE_ERRORS as exc:
                     results[request_id] = _Result("verified", f"bundle not written, retried next run: "
