@@ -3,7 +3,6 @@
 
 import dagster as dg
 
-from assets.retention import LEDGER_KEY
 from pipelines.orchestration.resources import (
     ComplianceStoreResource,
     NavigationSourceResource,
@@ -36,13 +35,6 @@ UPSTREAM = [dg.AssetKey(["raw", table]) for (_, table) in source_columns()] + [
     dg.AssetKey(["identity", "person_links"])]
 
 
-def _ledger_built_later(context: dg.AssetExecutionContext) -> bool:
-    """Does this run build the retention ledger after the rights stage (the nightly)? Then the re-read of what
-    push-back changed leaves the ledger to it instead of building it twice."""
-    selected = context.run.asset_selection or context.job_def.asset_layer.selected_asset_keys
-    return LEDGER_KEY in selected
-
-
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(REQUESTS_KEY, deps=UPSTREAM, description="Rights requests (art. 15-21): person matched through "
@@ -69,7 +61,10 @@ def rights_requests(
         outcome = process_rights(con, ctx, members=member_source.engine(), prospects=prospect_source.engine(),
                                  as_of=as_of_date(config.as_of, context.run.tags),
                                  nightly=context.run.job_name == NIGHTLY_JOB,
-                                 refresh_ledger=not _ledger_built_later(context))
+                                 # the retention ledger is the nightly's: built by its retention step after this
+                                 # stage, or, after the rights job, by the next night (which re-evaluates what the
+                                 # push-back changed); a rights run costs what its requests touch, not a ledger
+                                 refresh_ledger=False)
         decisions = dict(run_sql(con, "SELECT status, count(*) FROM rights.decisions GROUP BY 1 ORDER BY 1"))
         exclusions = dict(run_sql(con, "SELECT reason, count(*) FROM rights.exclusions GROUP BY 1 ORDER BY 1"))
     if outcome.decisions_failed:
