@@ -282,6 +282,27 @@ def test_second_run_with_same_as_of_changes_nothing(world: World, policy: Policy
     assert _state(world) == first
 
 
+def test_a_night_with_nothing_newly_due_pushes_no_decision_and_changes_nothing(world: World, policy: Policy):
+    """The day's decisions carried out, the next night's ledger decides nothing new: applying it records and sends
+    no push-back decision and leaves the sources and the warehouse as they were."""
+    world.nightly(policy)
+    before = _state(world)
+    ctx = core_context(world.root, policy, world.navigation)
+    quiet = AS_OF + dt.timedelta(days=1)
+    world.ingest()
+    with duckdb.connect(str(world.warehouse)) as con:
+        build_ledger(con, policy, quiet)
+        outcome = apply_retention(con, ctx, quiet, members=world.engines["members"],
+                                  prospects=world.engines["prospects"])
+        assert con.execute("SELECT count(*) FROM retention.pushback_targets").fetchall() == [(0,)]
+    assert outcome.source_rows == 0 and not outcome.changed and not outcome.touched
+    for engine in world.engines.values():
+        with engine.connect() as con:
+            applied = con.execute(sa.text("SELECT decision_id FROM privacy_applied_decisions")).scalars().all()
+        assert not [d for d in applied if d.startswith(f"retention:{quiet.isoformat()}")]
+    assert _state(world) == before
+
+
 def test_preview_counts_what_a_longer_prospect_period_would_keep_and_touches_nothing(
         world: World, policy: Policy, tmp_path: Path):
     world.ingest()

@@ -38,7 +38,7 @@ from pipelines.retention.intent import (
 )
 from pipelines.retention.ledger import quarantined_sql, table_exists
 from pipelines.sqltext import ident as q
-from pipelines.sqltext import literal, transaction
+from pipelines.sqltext import list_literal, literal, transaction
 
 # ledger status -> (warehouse step, source action)
 STEPS = {"archived": ("archive", "erase"), "to_erase": ("erase", "erase"), "to_anonymise": ("anonymise", "anonymise")}
@@ -52,14 +52,15 @@ class WarehouseOutcome:
         return sum(steps.get(step, 0) for steps in self.rows.values())
 
 
-def _keys(dataset: str, status: str) -> str:
-    return (f"SELECT record_key FROM retention.record_status WHERE dataset = {literal(dataset)} "
-            f"AND status = {literal(status)}")
+PENDING = "_ret_pending"  # temp table: what the ledger decided that the warehouse or a source still holds
+RECORD = ""  # `kind` of a whole record's row in PENDING (else the column group's name)
+RAW, ARCHIVE, QUARANTINE = "raw", "archive", "quarantine"  # where PENDING found it
 
 
-def _identified(columns: list[str]) -> str:
+def _identified(columns: list[str], alias: str = "") -> str:
     """SQL: the row still holds one of `columns` (so anonymising it would change something)."""
-    return "(" + (" OR ".join(f"{q(c)} IS NOT NULL" for c in columns) or "false") + ")"
+    a = f"{alias}." if alias else ""
+    return "(" + (" OR ".join(f"{a}{q(c)} IS NOT NULL" for c in columns) or "false") + ")"
 
 
 # A quarantined row's values are not in the warehouse (the quarantine keeps what fixing it needs: key, ids,
@@ -68,161 +69,200 @@ def _identified(columns: list[str]) -> str:
 QUARANTINE_STEPS = ("to_erase", "to_anonymise")
 
 
+def _key_type(con: duckdb.DuckDBPyConnection, ds: Dataset) -> str:
+    return con.execute("SELECT data_type FROM information_schema.columns WHERE table_schema = 'raw' "
+                       "AND table_name = ? AND column_name = ?", [ds.name, ds.primary_key]).fetchall()[0][0]
+
+
+def _pending_sql(con: duckdb.DuckDBPyConnection, policy: Policy, ds: Dataset) -> str:
+    """SQL (dataset, record_key, kind, status, place): each decision of the ledger on a record of `ds` (kind
+    RECORD, status from record_status) or on one of its column groups (kind: the group, status: its state) that
+    is not reflected yet where the record is found (place: raw, archive, quarantine).
+
+    Not reflected: an archived record still in raw; an erased one anywhere; an anonymised one, or a record's column
+    group out of its stage, still holding a value (a quarantined row counts as holding every value: the quarantine
+    keeps only what fixing the row needs, so judged on the masked copy a member quarantined for a bad birth date
+    kept their postal address at the source after the address's purposes ended). An archived column group leaves
+    raw only: a quarantined row's archived groups wait at the source until the row is fixed and ingested. Hash joins
+    on the typed key, one per place: what is already done costs a join, nothing more."""
+    raw, arc, pk = f"raw.{q(ds.name)}", f"archive.{q(ds.name)}", q(ds.primary_key)
+    typed = _key_type(con, ds)
+    key = f"TRY_CAST(s.record_key AS {typed})"
+    name, anonymised = literal(ds.name), ds.anonymised_columns
+    statuses = ("SELECT record_key, status FROM retention.record_status WHERE dataset = "
+                f"{name} AND status IN ('archived', 'to_erase', 'to_anonymise')")
+    found = f"SELECT {name} AS dataset, s.record_key, {literal(RECORD)} AS kind, s.status, {{place}} AS place FROM"
+    parts = [f"{found.format(place=literal(RAW))} ({statuses}) s JOIN {raw} r ON r.{pk} = {key} "
+             f"WHERE s.status <> 'to_anonymise' OR {_identified(anonymised, 'r')}"]
+    if table_exists(con, "archive", ds.name):
+        parts.append(f"{found.format(place=literal(ARCHIVE))} ({statuses}) s JOIN {arc} a ON a.{pk} = {key} "
+                     f"WHERE s.status = 'to_erase' OR (s.status = 'to_anonymise' AND {_identified(anonymised, 'a')})")
+    quarantined = quarantined_sql(con, ds) is not None
+    # the quarantined rows' keys, typed as raw's (as the ledger read them)
+    quarantine = (f"SELECT DISTINCT TRY_CAST(record->>{literal(ds.primary_key)} AS {typed}) AS k FROM raw.quarantine "
+                  f"WHERE system = {literal(ds.system)} AND table_name = {name}")
+    if quarantined:
+        parts.append(f"{found.format(place=literal(QUARANTINE))} ({statuses}) s JOIN ({quarantine}) x ON x.k = {key} "
+                     f"WHERE list_contains({list_literal(QUARANTINE_STEPS)}, s.status)")
+    for group in (g for g in column_groups(policy) if g.dataset == ds.name):
+        columns = list(group.columns)
+        states = (f"SELECT record_key, state AS status FROM retention.column_status WHERE dataset = {name} "
+                  f"AND column_group = {literal(group.name)}")
+        held = f"SELECT {name}, s.record_key, {literal(group.name)}, s.status, {{place}} FROM ({states}) s"
+        parts.append(f"{held.format(place=literal(RAW))} JOIN {raw} r ON r.{pk} = {key} "
+                     f"WHERE {_identified(columns, 'r')}")
+        if table_exists(con, "archive", ds.name):
+            parts.append(f"{held.format(place=literal(ARCHIVE))} JOIN {arc} a ON a.{pk} = {key} "
+                         f"WHERE s.status = {literal(CLEARED)} AND {_identified(columns, 'a')}")
+        if quarantined:
+            parts.append(f"{held.format(place=literal(QUARANTINE))} JOIN ({quarantine}) x ON x.k = {key} "
+                         f"WHERE s.status = {literal(CLEARED)}")
+    return " UNION ALL ".join(parts)
+
+
+def find_pending(con: duckdb.DuckDBPyConnection, policy: Policy) -> set[str]:
+    """Create temp table PENDING (see _pending_sql) for every dataset; return the datasets with a row there."""
+    parts = [_pending_sql(con, policy, ds) for ds in policy.datasets if table_exists(con, "raw", ds.name)]
+    body = " UNION ALL ".join(parts) or ("SELECT NULL::VARCHAR dataset, NULL::VARCHAR record_key, NULL::VARCHAR kind, "
+                                         "NULL::VARCHAR status, NULL::VARCHAR place WHERE false")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {PENDING} AS {body}")
+    return {d for (d,) in con.execute(f"SELECT DISTINCT dataset FROM {PENDING}").fetchall()}
+
+
+def _pending(ds: Dataset, kind: str, statuses: tuple[str, ...], places: tuple[str, ...], typed: str | None = None
+             ) -> str:
+    """SQL: keys of `ds` in PENDING (as `typed`, the raw key's type, if given: compared to the key column as is)."""
+    key = f"CAST(record_key AS {typed})" if typed else "record_key"
+    return (f"SELECT DISTINCT {key} FROM {PENDING} WHERE dataset = {literal(ds.name)} AND kind = {literal(kind)} "
+            f"AND list_contains({list_literal(statuses)}, status) AND list_contains({list_literal(places)}, place)")
+
+
 def _settle_quarantined(con: duckdb.DuckDBPyConnection, ds: Dataset) -> int:
     """Quarantined rows the ledger erased or anonymised: the quarantine copy goes (push-back erased or anonymised
     the source row; the next ingest quarantines again whatever is left of it)."""
-    if quarantined_sql(con, ds) is None:
-        return 0
-    decided = " UNION ALL ".join(_keys(ds.name, status) for status in QUARANTINE_STEPS)
     return con.execute(f"DELETE FROM raw.quarantine WHERE system = {literal(ds.system)} "
-                       f"AND table_name = {literal(ds.name)} "
-                       f"AND record->>{literal(ds.primary_key)} IN ({decided})").fetchall()[0][0]
-
-
-def _group_keys(group: ColumnGroup, state: str | None = None) -> str:
-    where = f" AND state = {literal(state)}" if state else ""
-    return (f"SELECT record_key FROM retention.column_status WHERE dataset = {literal(group.dataset)} "
-            f"AND column_group = {literal(group.name)}{where}")
+                       f"AND table_name = {literal(ds.name)} AND record->>{literal(ds.primary_key)} IN "
+                       f"({_pending(ds, RECORD, QUARANTINE_STEPS, (QUARANTINE,))})").fetchall()[0][0]
 
 
 def _merge_into_archive(con: duckdb.DuckDBPyConnection, policy: Policy, ds: Dataset, keys: str,
                         columns: list[str]) -> int:
-    """Copy `columns` of the raw rows whose key is in `keys` into the archive, keeping what the archive already
-    holds where raw has nothing (a column group moved there earlier). Returns the rows new to the archive."""
+    """Copy `columns` of the raw rows whose key is in `keys` (typed like the key column) into the archive, keeping
+    what the archive already holds where raw has nothing (a column group moved there earlier). Returns the rows
+    new to the archive."""
     raw, arc, pk = f"raw.{q(ds.name)}", f"archive.{q(ds.name)}", q(ds.primary_key)
     follow = sorted(structural_columns(policy, ds) & {c for (c,) in con.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_schema = 'raw' AND table_name = ?",
         [ds.name]).fetchall()})
     added = con.execute(
         f"INSERT INTO {arc} BY NAME SELECT {', '.join(q(c) for c in follow)} FROM {raw} "
-        f"WHERE CAST({pk} AS VARCHAR) IN ({keys}) AND {pk} NOT IN (SELECT {pk} FROM {arc})").fetchall()[0][0]
+        f"WHERE {pk} IN ({keys}) AND {pk} NOT IN (SELECT {pk} FROM {arc})").fetchall()[0][0]
     moved = [c for c in columns if c not in follow]
     if moved:
         con.execute(f"UPDATE {arc} SET {', '.join(f'{q(c)} = coalesce(r.{q(c)}, {arc}.{q(c)})' for c in moved)} "
-                    f"FROM {raw} r WHERE {arc}.{pk} = r.{pk} AND CAST(r.{pk} AS VARCHAR) IN ({keys})")
+                    f"FROM {raw} r WHERE {arc}.{pk} = r.{pk} AND r.{pk} IN ({keys})")
     return added
 
 
-def _clear_groups(con: duckdb.DuckDBPyConnection, policy: Policy, ds: Dataset, groups: list[ColumnGroup]) -> int:
+def _clear_groups(con: duckdb.DuckDBPyConnection, policy: Policy, ds: Dataset, groups: list[ColumnGroup],
+                  typed: str) -> int:
     """Column groups out of a kept record's stage: archived ones move to the archive, then both leave raw;
     cleared ones are erased from raw and archive. Returns the cells-rows changed."""
     changed = 0
-    raw, arc, pk = f"raw.{q(ds.name)}", f"archive.{q(ds.name)}", f"CAST({q(ds.primary_key)} AS VARCHAR)"
+    raw, arc, pk = f"raw.{q(ds.name)}", f"archive.{q(ds.name)}", q(ds.primary_key)
     for group in groups:
         columns = list(group.columns)
-        _merge_into_archive(con, policy, ds, _group_keys(group, ARCHIVED), columns)
+        in_raw = (RAW,)
+        _merge_into_archive(con, policy, ds, _pending(ds, group.name, (ARCHIVED,), in_raw, typed), columns)
         nulls = ", ".join(f"{q(c)} = NULL" for c in columns)
-        changed += con.execute(f"UPDATE {raw} SET {nulls} WHERE {pk} IN ({_group_keys(group)}) "
+        changed += con.execute(f"UPDATE {raw} SET {nulls} WHERE {pk} IN "
+                               f"({_pending(ds, group.name, (ARCHIVED, CLEARED), in_raw, typed)}) "
                                f"AND {_identified(columns)}").fetchall()[0][0]
-        changed += con.execute(f"UPDATE {arc} SET {nulls} WHERE {pk} IN ({_group_keys(group, CLEARED)}) "
+        # a record archived in this run came from raw with its values: its cleared groups leave the archive copy
+        changed += con.execute(f"UPDATE {arc} SET {nulls} WHERE {pk} IN "
+                               f"({_pending(ds, group.name, (CLEARED,), (ARCHIVE, RAW), typed)}) "
                                f"AND {_identified(columns)}").fetchall()[0][0]
-    if groups:  # an archived group whose period ended leaves an empty shell beside the live record: drop it
-        clearable = [c for g in groups for c in g.columns]
-        con.execute(f"DELETE FROM {arc} WHERE {q(ds.primary_key)} IN (SELECT {q(ds.primary_key)} FROM {raw}) "
-                    f"AND NOT {_identified(clearable)}")
+    # an archived group whose period ended leaves an empty shell beside the live record: drop it
+    clearable = [c for g in groups for c in g.columns]
+    con.execute(f"DELETE FROM {arc} WHERE {pk} IN (SELECT {pk} FROM {raw}) AND NOT {_identified(clearable)}")
     return changed
 
 
-def apply_in_warehouse(con: duckdb.DuckDBPyConnection, policy: Policy) -> WarehouseOutcome:
-    """Carry out retention.record_status and retention.column_status in the warehouse (inside the caller's
-    transaction)."""
+def apply_in_warehouse(con: duckdb.DuckDBPyConnection, policy: Policy, pending: set[str]) -> WarehouseOutcome:
+    """Carry out in the warehouse what find_pending found (inside the caller's transaction): `pending`, the
+    datasets it found something for; each statement reads only their PENDING keys."""
     outcome = WarehouseOutcome()
     con.execute("CREATE SCHEMA IF NOT EXISTS archive")
-    pending = {d for (d,) in con.execute(
+    decided = {d for (d,) in con.execute(
         "SELECT DISTINCT dataset FROM retention.record_status WHERE status IN ('archived', 'to_erase', 'to_anonymise') "
         "UNION SELECT DISTINCT dataset FROM retention.column_status").fetchall()}
     groups = column_groups(policy)
     for ds in policy.datasets:
-        if ds.name not in pending or not table_exists(con, "raw", ds.name):
+        if ds.name not in decided or not table_exists(con, "raw", ds.name):
             continue
-        raw, arc, pk = f"raw.{q(ds.name)}", f"archive.{q(ds.name)}", f"CAST({q(ds.primary_key)} AS VARCHAR)"
+        raw, arc, pk = f"raw.{q(ds.name)}", f"archive.{q(ds.name)}", q(ds.primary_key)
         con.execute(f"CREATE TABLE IF NOT EXISTS {arc} AS SELECT * FROM {raw} WHERE false")
-        rows = outcome.rows.setdefault(ds.name, {})
+        steps = ["archive", "erase", "quarantine", "columns_cleared"] + ["anonymise"] * bool(ds.anonymised_columns)
+        rows = outcome.rows.setdefault(ds.name, dict.fromkeys(steps, 0))
+        if ds.name not in pending:  # everything the ledger decided is already done: nothing to read or write
+            continue
+        typed = _key_type(con, ds)
         all_columns = [c for (c,) in con.execute(f"SELECT column_name FROM (DESCRIBE {raw})").fetchall()]
-        rows["archive"] = _merge_into_archive(con, policy, ds, _keys(ds.name, "archived"), all_columns)
-        con.execute(f"DELETE FROM {raw} WHERE {pk} IN ({_keys(ds.name, 'archived')})")
+        archived = _pending(ds, RECORD, ("archived",), (RAW,), typed)
+        rows["archive"] = _merge_into_archive(con, policy, ds, archived, all_columns)
+        con.execute(f"DELETE FROM {raw} WHERE {pk} IN ({archived})")
         rows["erase"] = sum(
-            con.execute(f"DELETE FROM {table} WHERE {pk} IN ({_keys(ds.name, 'to_erase')})").fetchall()[0][0]
-            for table in (raw, arc))
+            con.execute(f"DELETE FROM {table} WHERE {pk} IN ({_pending(ds, RECORD, ('to_erase',), (place,), typed)})"
+                        ).fetchall()[0][0] for table, place in ((raw, RAW), (arc, ARCHIVE)))
         rows["quarantine"] = _settle_quarantined(con, ds)
-        rows["columns_cleared"] = _clear_groups(con, policy, ds, [g for g in groups if g.dataset == ds.name])
-        columns = ds.anonymised_columns
-        if columns:
-            assignments = ", ".join(f"{q(c)} = NULL" for c in columns)
+        mine = [g for g in groups if g.dataset == ds.name]
+        rows["columns_cleared"] = _clear_groups(con, policy, ds, mine, typed) if mine else 0
+        if ds.anonymised_columns:
+            assignments = ", ".join(f"{q(c)} = NULL" for c in ds.anonymised_columns)
             rows["anonymise"] = sum(
-                con.execute(f"UPDATE {table} SET {assignments} WHERE {pk} IN ({_keys(ds.name, 'to_anonymise')}) "
-                            f"AND {_identified(columns)}").fetchall()[0][0]
-                for table in (raw, arc))
+                con.execute(f"UPDATE {table} SET {assignments} WHERE {pk} IN "
+                            f"({_pending(ds, RECORD, ('to_anonymise',), (place,), typed)}) "
+                            f"AND {_identified(ds.anonymised_columns)}").fetchall()[0][0]
+                for table, place in ((raw, RAW), (arc, ARCHIVE)))
     return outcome
 
 
-def decision_targets(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date) -> pa.Table:
-    """Push-back targets (pipelines.pushback.TARGET_SCHEMA) for the records this run found in the sources.
+def decision_targets(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pending: set[str]
+                     ) -> pa.Table:
+    """Push-back targets (pipelines.pushback.TARGET_SCHEMA) for what find_pending found at the sources' side:
+    `pending`, the datasets it found something for.
 
-    Only what the last ingest copied into raw.* can still be in a source: rows already in the archive left it
-    when archived, rows already anonymised need nothing. Anonymise targets carry the policy's identifying
-    columns as the payload. Call before `apply_in_warehouse`, which empties raw.* of these rows.
+    Only what the last ingest copied into raw.* (or quarantined) can still be in a source: rows already in the
+    archive left it when archived, rows already anonymised need nothing. Anonymise targets carry the policy's
+    identifying columns as the payload; a column group out of its stage, its own columns. Call before
+    `apply_in_warehouse`, which empties raw.* of these rows.
     """
     parts = []
     for ds in policy.datasets:
-        if not table_exists(con, "raw", ds.name):
+        if ds.name not in pending:
             continue
         payload = json.dumps(sorted(ds.anonymised_columns))
         for status, (_, action) in STEPS.items():
-            still_there = _still_held(con, ds, ds.anonymised_columns if action == "anonymise" else None,
-                                      quarantined=status in QUARANTINE_STEPS)
-            decision = f"{day_prefix(as_of)}{ds.name}:{status}"
-            parts.append(f"""
-                SELECT {literal(decision)} AS decision_id, {literal(ds.system)} AS system,
-                       {literal(ds.name)} AS table_name, {literal(ds.primary_key)} AS key_column,
-                       record_key AS key_value, {literal(action)} AS action,
-                       {literal(payload if action == 'anonymise' else None)}::VARCHAR AS payload
-                FROM retention.record_status
-                WHERE dataset = {literal(ds.name)} AND status = {literal(status)}
-                AND record_key IN ({still_there})""")
-    parts += _column_targets(con, policy, as_of)
+            places = (RAW, QUARANTINE) if status in QUARANTINE_STEPS else (RAW,)
+            parts.append(_target_sql(ds, f"{day_prefix(as_of)}{ds.name}:{status}", action,
+                                     payload if action == "anonymise" else None,
+                                     _pending(ds, RECORD, (status,), places)))
+        for group in (g for g in column_groups(policy) if g.dataset == ds.name):
+            # An archived group leaves a source only once its values are in the archive: a quarantined row's are not
+            # in the warehouse, so its archived groups wait at the source until the row is fixed and ingested.
+            parts.append(_target_sql(ds, f"{day_prefix(as_of)}{ds.name}:columns:{group.name}", "anonymise",
+                                     json.dumps(sorted(group.columns)),
+                                     f"{_pending(ds, group.name, (ARCHIVED, CLEARED), (RAW,))} UNION "
+                                     f"{_pending(ds, group.name, (CLEARED,), (QUARANTINE,))}"))
     if not parts:
         return pa.Table.from_pylist([], schema=TARGET_SCHEMA)
     return con.sql(" UNION ALL ".join(parts) + " ORDER BY decision_id, key_value").to_arrow_table()
 
 
-def _still_held(con: duckdb.DuckDBPyConnection, ds: Dataset, columns: list[str] | None,
-                quarantined: bool = True) -> str:
-    """SQL: keys of the dataset's rows a source may still hold (with a value in one of `columns`, if given).
-
-    A raw row tells which values it holds. A quarantined row does not: the quarantine keeps only what fixing the
-    row needs (key, ids, dates), so every quarantined row counts as holding `columns`. Judged on the masked copy,
-    a member quarantined for a bad birth date kept its postal address at the source after the address's
-    purposes ended."""
-    pk = f"CAST({q(ds.primary_key)} AS VARCHAR)"
-    where = f" WHERE {_identified(columns)}" if columns is not None else ""
-    parts = [f"SELECT {pk} FROM raw.{q(ds.name)}{where}"]
-    if quarantined and (x := quarantined_sql(con, ds)) is not None:
-        parts.append(f"SELECT {pk} FROM ({x})")
-    return " UNION ALL ".join(parts)
-
-
-def _column_targets(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date) -> list[str]:
-    """Column groups out of their record's stage leave the source: one anonymise decision per group (its
-    columns nulled), only for rows that still hold a value in them."""
-    parts = []
-    for group in column_groups(policy):
-        ds = policy.dataset(group.dataset)
-        if not table_exists(con, "raw", ds.name):
-            continue
-        columns = list(group.columns)
-        # An archived group leaves a source only once its values are in the archive: a quarantined row's are not
-        # in the warehouse, so its archived groups wait at the source until the row is fixed and ingested.
-        parts.append(f"""
-            SELECT {literal(f'{day_prefix(as_of)}{ds.name}:columns:{group.name}')} AS decision_id,
-                   {literal(ds.system)} AS system, {literal(ds.name)} AS table_name,
-                   {literal(ds.primary_key)} AS key_column,
-                   record_key AS key_value, 'anonymise' AS action, {literal(json.dumps(sorted(columns)))} AS payload
-            FROM retention.column_status
-            WHERE dataset = {literal(ds.name)} AND column_group = {literal(group.name)}
-            AND (record_key IN ({_still_held(con, ds, columns, quarantined=False)})
-                 OR (state = {literal(CLEARED)} AND record_key IN ({_still_held(con, ds, columns)})))""")
-    return parts
+def _target_sql(ds: Dataset, decision: str, action: str, payload: str | None, keys: str) -> str:
+    return (f"SELECT {literal(decision)} AS decision_id, {literal(ds.system)} AS system, "
+            f"{literal(ds.name)} AS table_name, {literal(ds.primary_key)} AS key_column, record_key AS key_value, "
+            f"{literal(action)} AS action, {literal(payload)}::VARCHAR AS payload FROM ({keys}) k(record_key)")
 
 
 def table_order(policy: Policy) -> dict[str, list[str]]:
@@ -264,9 +304,10 @@ def apply_retention(
     """
     policy = ctx.policy
     day = recorded_day(con, as_of)
-    owed, carried_over = record_targets(con, decision_targets(con, policy, as_of))
+    pending = find_pending(con, policy)
+    owed, carried_over = record_targets(con, decision_targets(con, policy, as_of, pending))
     with transaction(con):
-        warehouse = apply_in_warehouse(con, policy)
+        warehouse = apply_in_warehouse(con, policy, pending)
         if day is None:
             record_day(con, as_of, Day(warehouse.rows, owed.num_rows, current_head(ctx.audit.path).seq))
     confirmed, failed, touched, newly = 0, {}, set(), 0
@@ -312,23 +353,12 @@ def audit_applied(con: duckdb.DuckDBPyConnection, ctx: CoreContext, as_of: dt.da
 
 def residue(con: duckdb.DuckDBPyConnection, policy: Policy) -> dict[str, int]:
     """Records the last ledger sent out of the active base (archived, erased) or to anonymisation that raw.* or
-    raw.quarantine still holds as they were: dataset -> count. Empty means retention was fully applied."""
-    left: dict[str, int] = {}
-    for ds in policy.datasets:
-        if not table_exists(con, "raw", ds.name):
-            continue
-        pk = f"CAST({q(ds.primary_key)} AS VARCHAR)"
-        # what each status must have taken out of the sources (see decision_targets)
-        held = {"archived": _still_held(con, ds, None, quarantined=False),
-                "to_erase": _still_held(con, ds, None),
-                "to_anonymise": _still_held(con, ds, ds.anonymised_columns, quarantined=False)}
-        n = con.execute(f"""
-            SELECT count(*) FROM retention.record_status WHERE dataset = {literal(ds.name)} AND ("""
-            + " OR ".join(f"(status = {literal(status)} AND record_key IN ({keys}))" for status, keys in held.items())
-            + ")").fetchall()[0][0]
-        n += sum(con.execute(f"SELECT count(*) FROM raw.{q(ds.name)} WHERE {pk} IN ({_group_keys(group)}) "
-                             f"AND {_identified(list(group.columns))}").fetchall()[0][0]
-                 for group in column_groups(policy) if group.dataset == ds.name)
-        if n:
-            left[ds.name] = n
-    return left
+    raw.quarantine still holds as they were, and their column groups out of their stage still in raw: dataset ->
+    count. Empty means retention was fully applied."""
+    find_pending(con, policy)
+    # what each status must have taken out of the sources (see decision_targets)
+    return dict(con.execute(f"""
+        SELECT dataset, count(DISTINCT record_key) FILTER (WHERE kind = {literal(RECORD)} AND (place = {literal(RAW)}
+                   OR (status = 'to_erase' AND place = {literal(QUARANTINE)})))
+               + count(*) FILTER (WHERE kind <> {literal(RECORD)} AND place = {literal(RAW)}) AS n
+        FROM {PENDING} GROUP BY dataset HAVING n > 0 ORDER BY dataset""").fetchall())
