@@ -81,9 +81,13 @@ def read_held(con: duckdb.DuckDBPyConnection, policy: Policy, nodes: Iterable[tu
             engines, navigation_dir, st.system, st.table_name, st.key_column, keys)}
         for schema in WAREHOUSE_SCHEMAS:
             if table_exists(con, schema, st.table_name):
+                # the keys typed as the column (a hash join on its values, no text made of every row)
+                typed = con.execute("SELECT data_type FROM information_schema.columns WHERE table_schema = ? "
+                                    "AND table_name = ? AND column_name = ?",
+                                    [schema, st.table_name, st.key_column]).fetchall()[0][0]
                 located[f"warehouse.{schema}.{st.table_name}"] = con.sql(
                     f"SELECT *, CAST({ident(st.key_column)} AS VARCHAR) AS {KEY} FROM {schema}.{ident(st.table_name)} "
-                    f"WHERE CAST({ident(st.key_column)} AS VARCHAR) IN (SELECT unnest($keys))",
+                    f"WHERE {ident(st.key_column)} IN (SELECT TRY_CAST(unnest($keys) AS {typed}))",
                     params={"keys": keys}).to_arrow_table()
         rows |= {(st, location): found for location, found in located.items()
                  if found is not None and found.num_rows}
