@@ -3,7 +3,7 @@
 import dagster as dg
 
 from assets.quality_checks import WAREHOUSE_POOL
-from pipelines.ingest import IngestResult, ingest_sql_table, quarantine_fields
+from pipelines.ingest import IngestResult, change_marker, ingest_sql_table, quarantine_fields
 from pipelines.navigation import DayCounts, day_counts, ingest_navigation_table
 from pipelines.navigation_days import days_of_files
 from pipelines.orchestration.partitions import NAVIGATION_DAYS, current_partitions
@@ -19,10 +19,29 @@ OWNER = "team:data-engineering"
 SYSTEM_LABELS = {"members": "member system", "prospects": "prospecting platform"}
 
 
+class IngestConfig(dg.Config):
+    """`full_reread`: copy every table whole, whatever its change marker (a watermark can be trusted no more)."""
+
+    full_reread: bool = False
+
+
 def _metadata(result: IngestResult) -> dict[str, dg.MetadataValue]:
     return {
         "dagster/row_count": dg.MetadataValue.int(result.rows),
         "quarantined_rows": dg.MetadataValue.int(result.quarantined),
+    }
+
+
+def _sql_metadata(result: IngestResult) -> dict[str, dg.MetadataValue]:
+    """Besides the table's counts, what this load read: a full copy, or the changes since the watermark."""
+    return {
+        **_metadata(result),
+        "load": dg.MetadataValue.text("full copy" if result.full else "incremental"),
+        "rows_read": dg.MetadataValue.int(result.read),
+        "rows_new": dg.MetadataValue.int(result.new),
+        "rows_changed": dg.MetadataValue.int(result.changed),
+        "rows_deleted": dg.MetadataValue.int(result.deleted),
+        "watermark": dg.MetadataValue.text(str(result.watermark) if result.watermark else "none (no change marker)"),
     }
 
 
@@ -32,8 +51,9 @@ def _sql_system_assets(system: str, source_resource_key: str) -> dg.AssetsDefini
         dg.AssetSpec(
             key=["raw", table.name],
             group_name="sources",
-            description=f"Typed copy of `{table.name}` from the {SYSTEM_LABELS[system]} (full refresh; "
-            "rows breaking the declared schema go to raw.quarantine with the reason).",
+            description=f"Typed copy of `{table.name}` from the {SYSTEM_LABELS[system]} (the rows changed since "
+            "the last load where policies declare a change marker, else the whole table; rows breaking the "
+            "declared schema go to raw.quarantine with the reason).",
             kinds={"duckdb", "sql"},
             owners=[OWNER],
             tags={"stage": "ingest", "source_system": system},
@@ -48,7 +68,7 @@ def _sql_system_assets(system: str, source_resource_key: str) -> dg.AssetsDefini
         pool="warehouse",
         required_resource_keys={"warehouse", source_resource_key, "policies"},
     )
-    def _ingest(context: dg.AssetExecutionContext):
+    def _ingest(context: dg.AssetExecutionContext, config: IngestConfig):
         warehouse: WarehouseResource = context.resources.warehouse
         policy = context.resources.policies.load()
         source: SqlSourceResource = getattr(context.resources, source_resource_key)
@@ -58,10 +78,11 @@ def _sql_system_assets(system: str, source_resource_key: str) -> dg.AssetsDefini
             for table in metadata.sorted_tables:
                 if table.name not in selected:
                     continue
-                result = ingest_sql_table(con, engine, system, table, quarantine_fields(policy, table.name))
+                result = ingest_sql_table(con, engine, system, table, quarantine_fields(policy, table.name),
+                                          marker=change_marker(policy, table.name), full=config.full_reread)
                 if result.quarantined:
                     context.log.warning(f"{table.name}: {result.quarantined} row(s) quarantined (see raw.quarantine)")
-                yield dg.MaterializeResult(asset_key=["raw", table.name], metadata=_metadata(result))
+                yield dg.MaterializeResult(asset_key=["raw", table.name], metadata=_sql_metadata(result))
 
     return _ingest
 

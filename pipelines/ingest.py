@@ -1,9 +1,11 @@
 """Ingestion: typed raw copies of the source systems in the warehouse, malformed rows quarantined.
 
-The SQL systems are copied in full each run: push-back deletes and updates rows at the source, and
-their `updated_at` does not see deletions, so no watermark there is reliable. The navigation log is
-append-only Parquet partitioned by day: only new or rewritten day files are read (a file manifest with
-size and mtime is the watermark).
+A SQL table whose dataset declares a `change_marker` (policies/datasets.yaml: a timestamp the source sets on
+every insert and update, push-back's included) is read incrementally: the rows changed since the watermark
+(less a safety margin), and only its key column to find the rows deleted at the source, merged by key in one
+transaction with the new watermark. A table without a marker, the first load and an explicit full re-read copy
+the whole table. The navigation log is append-only Parquet partitioned by day: only new or rewritten day files
+are read (a file manifest with size and mtime is the watermark).
 
 Every value is read as text and cast in DuckDB with TRY_CAST, so a value that breaks the declared
 schema (schema.py) sends its row to `raw.quarantine` with the reason instead of failing the run. The
@@ -21,7 +23,8 @@ goes through its SQLAlchemy DB-API driver.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+import datetime as dt
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote as url_quote
@@ -58,7 +61,17 @@ CREATE TABLE IF NOT EXISTS raw.ingested_files (
 CREATE TABLE IF NOT EXISTS raw.quarantine_files (
     path VARCHAR PRIMARY KEY, size BIGINT, mtime_ns BIGINT, reason VARCHAR, quarantined_at TIMESTAMP
 );
+CREATE TABLE IF NOT EXISTS raw.watermarks (
+    system VARCHAR, table_name VARCHAR, marker VARCHAR, watermark TIMESTAMP, PRIMARY KEY (system, table_name)
+);
+CREATE TABLE IF NOT EXISTS raw.ingest_scope (system VARCHAR, table_name VARCHAR, scope VARCHAR, item VARCHAR);
 """
+
+# Change markers are ISO text at the sources ('YYYY-MM-DD HH:MM:SS'), compared as text there.
+MARKER_FORMAT = "%Y-%m-%d %H:%M:%S"
+# How far before its watermark an incremental read starts: a transaction that commits after a read may carry an
+# earlier time, and the clocks writing markers (the source's, push-back's) drift apart.
+SAFETY_MARGIN = dt.timedelta(hours=1)
 
 _SA_TO_DUCKDB = {sa.Integer: "BIGINT", sa.Float: "DOUBLE", sa.Boolean: "BOOLEAN"}
 
@@ -94,11 +107,24 @@ def quarantine_fields(policy: Policy, table: str) -> QuarantineFields:
                             shown=tuple(c.name for c in ds.columns if c.identifying != "direct"))
 
 
+def change_marker(policy: Policy, table: str) -> str | None:
+    """The column policies/datasets.yaml declares as the table's change marker, if any."""
+    return policy.dataset(table).change_marker
+
+
 @dataclass(frozen=True)
 class IngestResult:
     table: str
     rows: int
     quarantined: int
+    # SQL tables: rows read from the source, of them new and changed; rows deleted at the source; the watermark
+    # kept for the next load; whether it was a full copy.
+    read: int = 0
+    new: int = 0
+    changed: int = 0
+    deleted: int = 0
+    watermark: dt.datetime | None = None
+    full: bool = True
     # Incremental loads: the files whose rows were (re)loaded or dropped by this call.
     replaced_files: tuple[str, ...] = ()
     # Files set aside whole (unreadable or wrongly shaped): path -> reason, in raw.quarantine_files.
@@ -117,12 +143,13 @@ def duckdb_type(column: sa.Column) -> str:
     return "VARCHAR"
 
 
-def _text_select(table: sa.Table) -> sa.Select:
-    return sa.select(*[sa.cast(c, sa.Text).label(c.name) for c in table.columns])
+def _text_select(columns: Sequence[sa.Column], where: sa.ColumnElement[bool] | None) -> sa.Select:
+    query = sa.select(*[sa.cast(c, sa.Text).label(c.name) for c in columns])
+    return query if where is None else query.where(where)
 
 
-def _text_schema(table: sa.Table) -> pa.Schema:
-    return pa.schema([(c.name, pa.string()) for c in table.columns])
+def _text_schema(columns: Sequence[sa.Column]) -> pa.Schema:
+    return pa.schema([(c.name, pa.string()) for c in columns])
 
 
 def adbc_uri(url: sa.URL) -> str | None:
@@ -152,8 +179,11 @@ def adbc_uri(url: sa.URL) -> str | None:
     return f"postgresql://{userinfo}{host}{port}{database}{query}"
 
 
-def read_sql_table(engine: sa.Engine, table: sa.Table, batch_size: int = 250_000) -> pa.Table:
-    """Read a whole source table as text columns (the warehouse does the typing).
+def read_sql_table(engine: sa.Engine, table: sa.Table, batch_size: int = 250_000, *,
+                   columns: Sequence[sa.Column] | None = None, where: sa.ColumnElement[bool] | None = None
+                   ) -> pa.Table:
+    """Read a source table as text columns (the warehouse does the typing): all its columns unless `columns`
+    (the key-only read), all its rows unless `where` (the rows changed since a watermark).
 
     SQLite and PostgreSQL are read through ADBC as a stream of Arrow batches (SQLite's of `batch_size`
     rows; PostgreSQL's driver sizes its own by bytes); a URL that ADBC cannot open (see `adbc_uri`) goes
@@ -165,16 +195,17 @@ def read_sql_table(engine: sa.Engine, table: sa.Table, batch_size: int = 250_000
     """
     uri = adbc_uri(engine.url)
     if uri is None:
-        return read_sql_table_dbapi(engine, table, batch_size)
-    schema = _text_schema(table)
+        return read_sql_table_dbapi(engine, table, batch_size, columns=columns, where=where)
+    columns = list(table.columns) if columns is None else columns
+    schema = _text_schema(columns)
     sqlite = engine.dialect.name == "sqlite"
     connect: Callable[[str], adbc_driver_manager.dbapi.Connection]
     if sqlite:
         connect, options = adbc_driver_sqlite.dbapi.connect, {_SQLITE_BATCH_ROWS: str(batch_size)}
-        query = _with_type_sentinel(_text_select(table), schema.names)
+        query = _with_type_sentinel(_text_select(columns, where), schema.names)
     else:
         connect, options = adbc_driver_postgresql.dbapi.connect, {}
-        query = _text_select(table)
+        query = _text_select(columns, where)
     sql = str(query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
     batches: list[pa.RecordBatch] = []
     with connect(uri) as con, con.cursor() as cursor:
@@ -205,20 +236,23 @@ def _with_type_sentinel(query: sa.Select, names: list[str]) -> sa.CompoundSelect
     return sa.union_all(sentinel, query.add_columns(sa.null().label(_SENTINEL)))
 
 
-def read_sql_table_dbapi(engine: sa.Engine, table: sa.Table, batch_size: int = 250_000) -> pa.Table:
+def read_sql_table_dbapi(engine: sa.Engine, table: sa.Table, batch_size: int = 250_000, *,
+                         columns: Sequence[sa.Column] | None = None, where: sa.ColumnElement[bool] | None = None
+                         ) -> pa.Table:
     """`read_sql_table` through the engine's DB-API driver: any dialect, but rows cross as Python tuples.
 
     It serves the dialects without an ADBC driver here (and the URLs `adbc_uri` leaves out); tests compare
     the ADBC readers against it.
     """
-    names = [c.name for c in table.columns]
+    columns = list(table.columns) if columns is None else columns
+    names = [c.name for c in columns]
     batches: list[pa.RecordBatch] = []
     with engine.connect() as con:
-        result = con.execution_options(stream_results=True).execute(_text_select(table))
+        result = con.execution_options(stream_results=True).execute(_text_select(columns, where))
         while rows := result.fetchmany(batch_size):
-            columns = list(zip(*rows, strict=True))
-            batches.append(pa.record_batch([pa.array(col, type=pa.string()) for col in columns], names=names))
-    return pa.Table.from_batches(batches, schema=_text_schema(table))
+            values = list(zip(*rows, strict=True))
+            batches.append(pa.record_batch([pa.array(col, type=pa.string()) for col in values], names=names))
+    return pa.Table.from_batches(batches, schema=_text_schema(columns))
 
 
 def _problems_sql(columns: dict[str, str], required: list[str], key: list[str], source: str) -> str:
@@ -258,6 +292,12 @@ def _quarantine_sql(columns: dict[str, str], key: list[str], fields: QuarantineF
     return as_json(record), as_json(fix)
 
 
+def _key_sql(key: list[str], alias: str = "") -> str:
+    """The record key of a row as text (raw.quarantine's record_key): its key columns joined by '|'."""
+    prefix = f"{alias}." if alias else ""
+    return " || '|' || ".join(f"coalesce(CAST({prefix}{ident(k)} AS VARCHAR), '∅')" for k in key) or "NULL"
+
+
 def load_typed(
     con: duckdb.DuckDBPyConnection,
     source: str,
@@ -268,18 +308,24 @@ def load_typed(
     required: list[str],
     key: list[str],
     replace_files: list[str] | None = None,
+    replace_keys: str | None = None,
     fields: QuarantineFields | None = None,
+    also: Sequence[tuple[str, list[object]]] = (),
 ) -> IngestResult:
     """Cast `source` (a relation of text columns) into `raw.<table>`, quarantining bad rows (minimised).
 
-    Without `replace_files` the table is replaced whole; with it, only the rows whose `source_file` is
-    listed are replaced (incremental loads). One transaction: a crash leaves the previous state.
+    Without `replace_files` or `replace_keys` the table is replaced whole; with `replace_files`, only the rows
+    whose `source_file` is listed are replaced (the navigation log); with `replace_keys` (a relation of
+    `record_key`s: the rows changed or gone at the source), only the rows of those keys. The quarantine of the
+    rows out of scope is left as it is, so an incremental load ends as a full one would. The statements of
+    `also` (a watermark) run in the same transaction: a crash leaves the previous state, watermark included.
+    The rows loaded are recorded in `raw.ingest_scope` (what the raw quality checks look at).
     """
     target = f"raw.{ident(table)}"
     con.execute(QUARANTINE_DDL)
     con.execute(f"CREATE OR REPLACE TEMP TABLE _staged AS {_problems_sql(columns, required, key, source)}")
     typed = ", ".join(f"TRY_CAST({ident(c)} AS {t}) AS {ident(c)}" for c, t in columns.items())
-    key_expr = " || '|' || ".join(f"coalesce(CAST({ident(k)} AS VARCHAR), '∅')" for k in key) or "NULL"
+    key_expr = _key_sql(key)
     record, fix = _quarantine_sql(columns, key, fields)
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _quarantined AS SELECT ?::VARCHAR AS system, ?::VARCHAR AS table_name, "
@@ -287,16 +333,25 @@ def load_typed(
         "FROM _staged WHERE _problems <> ''",
         [system, table],
     )
+    # Which quarantine rows and raw rows this call replaces.
+    if replace_files is not None:
+        quarantine_scope, target_scope, scope_params = "AND list_contains(?, record->>'source_file') ", \
+            "list_contains(?, source_file)", [replace_files]
+        loaded = "SELECT DISTINCT 'files', source_file FROM _staged"
+    elif replace_keys is not None:
+        quarantine_scope = f"AND record_key IN (SELECT record_key FROM {ident(replace_keys)}) "
+        target_scope = f"{key_expr} IN (SELECT record_key FROM {ident(replace_keys)})"
+        scope_params, loaded = [], f"SELECT 'keys', {key_expr} FROM _staged"
+    else:
+        quarantine_scope, target_scope, scope_params, loaded = "", "", [], "SELECT 'all', NULL"
     con.execute("BEGIN TRANSACTION")
     try:
         # The rows this call replaces: when each was first quarantined, whether its fix was cleared.
         con.execute(
             "CREATE OR REPLACE TEMP TABLE _first_seen AS SELECT record_key, reason, CAST(record AS VARCHAR) AS record, "
             "min(quarantined_at) AS quarantined_at, min(fix_cleared_on) AS fix_cleared_on FROM raw.quarantine "
-            "WHERE system = ? AND table_name = ? "
-            + ("" if replace_files is None else "AND list_contains(?, record->>'source_file') ")
-            + "GROUP BY ALL",
-            [system, table] if replace_files is None else [system, table, replace_files],
+            f"WHERE system = ? AND table_name = ? {quarantine_scope}GROUP BY ALL",
+            [system, table, *scope_params],
         )
         # Rows no longer malformed (fixed, or gone from the source): only their key, reason and dates are kept,
         # in raw.quarantine_resolved, for the period policies/own_records.yaml declares (pipelines.purge).
@@ -306,18 +361,14 @@ def load_typed(
             "WHERE q.record_key IS NOT DISTINCT FROM f.record_key) GROUP BY record_key", [system, table])
         con.execute("DELETE FROM raw.quarantine_resolved WHERE system = ? AND table_name = ? AND record_key IN "
                     "(SELECT record_key FROM _quarantined)", [system, table])  # broken again: not resolved
-        if replace_files is None:
+        if not target_scope:
             con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT {typed} FROM _staged WHERE _problems = ''")
-            con.execute("DELETE FROM raw.quarantine WHERE system = ? AND table_name = ?", [system, table])
         else:
             con.execute(f"CREATE TABLE IF NOT EXISTS {target} AS SELECT {typed} FROM _staged WHERE false")
-            con.execute(f"DELETE FROM {target} WHERE list_contains(?, source_file)", [replace_files])
-            con.execute(
-                "DELETE FROM raw.quarantine WHERE system = ? AND table_name = ? "
-                "AND list_contains(?, record->>'source_file')",
-                [system, table, replace_files],
-            )
+            con.execute(f"DELETE FROM {target} WHERE {target_scope}", scope_params)
             con.execute(f"INSERT INTO {target} SELECT {typed} FROM _staged WHERE _problems = ''")
+        con.execute(f"DELETE FROM raw.quarantine WHERE system = ? AND table_name = ? {quarantine_scope}",
+                    [system, table, *scope_params])
         con.execute(
             "INSERT INTO raw.quarantine (system, table_name, record_key, reason, record, fix, quarantined_at, "
             "fix_cleared_on) SELECT q.system, q.table_name, q.record_key, q.reason, q.record, "
@@ -325,8 +376,12 @@ def load_typed(
             "FROM _quarantined q LEFT JOIN _first_seen f ON f.record_key IS NOT DISTINCT FROM q.record_key "
             "AND f.reason = q.reason AND f.record IS NOT DISTINCT FROM CAST(q.record AS VARCHAR)"
         )
+        con.execute("DELETE FROM raw.ingest_scope WHERE system = ? AND table_name = ?", [system, table])
+        con.execute(f"INSERT INTO raw.ingest_scope SELECT ?, ?, * FROM ({loaded})", [system, table])
+        for sql, params in also:
+            con.execute(sql, params)
         con.execute("COMMIT")
-    except Exception:
+    except BaseException:
         con.execute("ROLLBACK")
         raise
     finally:
@@ -338,24 +393,89 @@ def load_typed(
     return IngestResult(table=table, rows=rows, quarantined=quarantined)
 
 
+def _watermark(con: duckdb.DuckDBPyConnection, system: str, table: str, marker: str) -> dt.datetime | None:
+    """The table's watermark, if its last load kept one for this marker and its raw copy is there."""
+    if not scalar(con, "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'raw' AND table_name = ?",
+                  [table]):
+        return None
+    return scalar(con, "SELECT watermark FROM raw.watermarks WHERE system = ? AND table_name = ? AND marker = ?",
+                  [system, table, marker])
+
+
+def _changed_since(column: sa.Column, since: dt.datetime) -> sa.ColumnElement[bool]:
+    """Rows whose marker is at or after `since`, or that no watermark can place: a NULL marker, or text not
+    shaped like an ISO timestamp (compared as text, it could sort anywhere; such a row is quarantined)."""
+    return sa.or_(column.is_(None), column >= since.strftime(MARKER_FORMAT), column.not_like("____-__-__%"))
+
+
 def ingest_sql_table(con: duckdb.DuckDBPyConnection, engine: sa.Engine, system: str, table: sa.Table,
-                     fields: QuarantineFields | None = None) -> IngestResult:
-    """Full copy of one SQL source table into `raw.<table>`; `fields`: what a quarantined row keeps."""
-    arrow = read_sql_table(engine, table)
-    con.register("_source_rows", arrow)
+                     fields: QuarantineFields | None = None, *, marker: str | None = None, full: bool = False,
+                     now: dt.datetime | None = None, margin: dt.timedelta = SAFETY_MARGIN) -> IngestResult:
+    """One SQL source table into `raw.<table>`; `fields`: what a quarantined row keeps.
+
+    Without a `marker` (policies: `change_marker`), with `full`, or on the first load, a full copy. Otherwise an
+    incremental one: the rows whose marker is at or after the watermark less `margin` (clocks and transactions
+    overlap: a row committed late can carry an earlier time), plus a key-only read of the table to find the rows
+    deleted at the source; the watermark (latest marker read, never past `now`) is committed with the rows.
+    """
+    con.execute(QUARANTINE_DDL)
+    columns = {c.name: duckdb_type(c) for c in table.columns}
+    key = [c.name for c in table.primary_key.columns]
+    previous = None if full or marker is None else _watermark(con, system, table.name, marker)
+    if previous is None:
+        rows, keys = read_sql_table(engine, table), None
+    else:
+        keys = read_sql_table(engine, table, columns=list(table.primary_key.columns))
+        rows = read_sql_table(engine, table, where=_changed_since(table.c[marker], previous - margin))
+    con.register("_source_rows", rows)
     try:
-        return load_typed(
-            con,
-            "_source_rows",
-            system=system,
-            table=table.name,
-            columns={c.name: duckdb_type(c) for c in table.columns},
+        also: list[tuple[str, list[object]]] = [
+            ("DELETE FROM raw.watermarks WHERE system = ? AND table_name = ?", [system, table.name])]
+        watermark = None
+        if marker is not None:
+            latest = scalar(con, f"SELECT max(TRY_CAST({ident(marker)} AS TIMESTAMP)) FROM _source_rows")
+            cap = (now or dt.datetime.now(dt.UTC)).replace(tzinfo=None)
+            watermark = max([w for w in (previous, latest and min(latest, cap)) if w is not None], default=None)
+            if watermark is not None:
+                also.append(("INSERT INTO raw.watermarks VALUES (?, ?, ?, ?)",
+                             [system, table.name, marker, watermark]))
+        counts: dict[str, int] = {}
+        if keys is not None:
+            con.register("_source_keys", keys)
+            counts = _key_changes(con, system, table.name, key)
+        result = load_typed(
+            con, "_source_rows", system=system, table=table.name, columns=columns,
             required=[c.name for c in table.columns if c.primary_key or c.info.get("required")],
-            key=[c.name for c in table.primary_key.columns],
-            fields=fields,
+            key=key, fields=fields, replace_keys=None if keys is None else "_scope_keys", also=also,
         )
     finally:
         con.unregister("_source_rows")
+        if keys is not None:
+            con.unregister("_source_keys")
+            con.execute("DROP TABLE IF EXISTS _scope_keys")
+    return replace(result, read=rows.num_rows, full=keys is None,
+                   new=counts.get("new", 0), changed=counts.get("changed", 0),
+                   deleted=counts.get("deleted", 0), watermark=watermark)
+
+
+def _key_changes(con: duckdb.DuckDBPyConnection, system: str, table: str, key: list[str]) -> dict[str, int]:
+    """`_scope_keys`: the keys of the rows read (`_source_rows`) and of the rows the warehouse holds (in raw or in
+    quarantine) that are gone from the source (`_source_keys`); how many of each are new, changed, deleted."""
+    held = (f"SELECT {_key_sql(key)} AS record_key FROM raw.{ident(table)} UNION "
+            "SELECT record_key FROM raw.quarantine WHERE system = ? AND table_name = ?")
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _held AS {held}", [system, table])
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _scope_keys AS "
+        f"SELECT DISTINCT {_key_sql(key)} AS record_key, true AS read FROM _source_rows UNION ALL "
+        f"SELECT record_key, false FROM _held h WHERE NOT EXISTS "
+        f"(SELECT 1 FROM _source_keys s WHERE {_key_sql(key, 's')} = h.record_key)")
+    new, changed, deleted = con.execute(
+        "SELECT count(*) FILTER (WHERE read AND NOT held), count(*) FILTER (WHERE read AND held), "
+        "count(*) FILTER (WHERE NOT read) FROM (SELECT s.read, h.record_key IS NOT NULL AS held "
+        "FROM _scope_keys s LEFT JOIN _held h USING (record_key))").fetchall()[0]
+    con.execute("DROP TABLE _held")
+    return {"new": new, "changed": changed, "deleted": deleted}
 
 
 def file_problem(path: str, columns: Collection[str]) -> str | None:

@@ -103,8 +103,20 @@ def test_column_not_in_the_source_schema_is_refused(tmp_path: Path):
     folder = _policy_copy(tmp_path, "datasets.yaml", lambda d: _dataset(d, "prospects")["columns"].append(
         {"name": "nickname", "category": "user.name", "identifying": "direct", "purposes": ["prospecting"]}))
     error = _refused(folder)
-    assert error.key == "datasets[12].columns[12].name"
+    assert error.key == "datasets[12].columns[13].name"
     assert "'nickname' does not exist in prospects.prospects" in error.problem
+
+
+@pytest.mark.parametrize(("dataset", "marker", "problem"), [
+    ("members", "updated", "'updated' is not a column of this dataset"),
+    ("members", "birth_date", "'birth_date' is not a timestamp column"),
+    ("navigation_events", "ts", "the navigation log has no change marker"),
+])
+def test_a_change_marker_that_cannot_mark_changes_is_refused(tmp_path: Path, dataset, marker, problem):
+    folder = _policy_copy(tmp_path, "datasets.yaml", lambda d: _dataset(d, dataset).update(change_marker=marker))
+    error = _refused(folder)
+    assert error.key.endswith(".change_marker") and problem in error.problem
+    assert error.file.endswith("datasets.yaml")
 
 
 def test_purpose_referenced_but_not_defined_is_refused(tmp_path: Path):

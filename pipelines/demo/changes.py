@@ -9,8 +9,10 @@ nightly run as of `day` + 1 has a day's worth of news to take in, in proportion 
   and verified that day;
 - prospecting platform: prospects collected, existing ones selected for a campaign, inbound contacts.
 
-Same (sources, day, seed) -> same changes. New rows take ids after the largest present; updates are
-set-based statements with bound parameters. Nothing here is privacy logic: it only feeds the sources.
+Same (sources, day, seed) -> same changes, but for the change markers (`updated_at`): the sources stamp every
+row they insert or update with their own clock at the time of writing, as a real system does, so the nights
+after the day see the changes whatever day is simulated. New rows take ids after the largest present; updates
+are set-based statements with bound parameters. Nothing here is privacy logic: it only feeds the sources.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from pipelines.demo.generate import (
     _email_domains,
     _people,
 )
-from pipelines.sources.schema import COOKIE_CONSENT_SCHEMA, NAVIGATION_EVENT_SCHEMA
+from pipelines.sources.schema import COOKIE_CONSENT_SCHEMA, NAVIGATION_EVENT_SCHEMA, SQL_SYSTEMS
 
 # Share of the members each kind of change touches in one day (about 0.1 % of members in all).
 NEW_MEMBERS = 0.0003
@@ -68,6 +70,14 @@ _ID_COLUMNS = {
 }
 
 
+_MARKED = {t.name for metadata in SQL_SYSTEMS.values() for t in metadata.sorted_tables if "updated_at" in t.c}
+
+
+def _clock() -> str:
+    """The source's clock, as its change markers hold it."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def _count(members: int, share: float) -> int:
     return max(1, round(members * share))
 
@@ -79,6 +89,8 @@ def _next_ids(con: sqlite3.Connection, table: str, n: int) -> np.ndarray:
 
 
 def _insert(con: sqlite3.Connection, table: str, rows: pa.Table) -> int:
+    if table in _MARKED:
+        rows = rows.append_column("updated_at", pa.array([_clock()] * rows.num_rows, pa.string()))
     names = rows.column_names
     placeholders = ", ".join("?" * len(names))
     columns = [rows[name].to_pylist() for name in names]
@@ -120,7 +132,6 @@ def _member_system(path: Path, rng: np.random.Generator, words: vocab.Vocabulary
                 "iban": random_codes(rng, n, "FR76 DDDD DDDD DDDD DDDD DDDD DDD"),
                 "marketing_consent": rng.random(n) < 0.4,
                 "created_at": timestamp_text(joined),
-                "updated_at": timestamp_text(joined),
             }))
             _insert(con, "contracts", pa.table({
                 "contract_id": _next_ids(con, "contracts", n),
@@ -142,10 +153,10 @@ def _member_system(path: Path, rng: np.random.Generator, words: vocab.Vocabulary
                               "AND status = 'active'", _count(members, ENDED_MEMBERSHIPS))
             reasons = pick(vocab.TERMINATION_REASONS, rng.integers(0, len(vocab.TERMINATION_REASONS), len(ended)))
             day_text = date_text(np.array([today]))[0].as_py()
-            stamp = timestamp_text(at_office_hours(rng, np.full(len(ended), today))).to_pylist()
-            con.executemany("UPDATE contracts SET end_date = ?, status = 'terminated', termination_reason = ? "
-                            "WHERE contract_id = ?", zip([day_text] * len(ended), reasons.to_pylist(), ended,
-                                                         strict=True))
+            stamp = [_clock()] * len(ended)
+            con.executemany("UPDATE contracts SET end_date = ?, status = 'terminated', termination_reason = ?, "
+                            "updated_at = ? WHERE contract_id = ?",
+                            zip([day_text] * len(ended), reasons.to_pylist(), stamp, ended, strict=True))
             con.executemany("UPDATE members SET updated_at = ? WHERE member_id = "
                             "(SELECT member_id FROM contracts WHERE contract_id = ?)", zip(stamp, ended, strict=True))
             counts["memberships_ended"] = len(ended)
@@ -253,8 +264,8 @@ def _prospecting(path: Path, rng: np.random.Generator, words: vocab.Vocabulary, 
 
             inbound = _pick_ids(con, rng, "SELECT prospect_id FROM prospects", _count(members, INBOUND_CONTACTS))
             stamp = timestamp_text(at_office_hours(rng, np.full(len(inbound), today))).to_pylist()
-            con.executemany("UPDATE prospects SET last_inbound_contact_at = ? WHERE prospect_id = ?",
-                            zip(stamp, inbound, strict=True))
+            con.executemany("UPDATE prospects SET last_inbound_contact_at = ?, updated_at = ? WHERE prospect_id = ?",
+                            zip(stamp, [_clock()] * len(inbound), inbound, strict=True))
             counts["inbound_contacts"] = len(inbound)
         return counts
     finally:

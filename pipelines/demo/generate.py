@@ -716,8 +716,9 @@ def _python_columns(batch: pa.Table, names: Iterable[str]) -> list[Iterable[obje
     return columns
 
 
-def _write_sqlite(path: Path, metadata: sa.MetaData, tables: dict[str, pa.Table]) -> dict[str, int]:
-    """Create the schema with SQLAlchemy, then bulk-insert each table in one transaction per table."""
+def _write_sqlite(path: Path, metadata: sa.MetaData, tables: dict[str, pa.Table], today: int) -> dict[str, int]:
+    """Create the schema with SQLAlchemy, then bulk-insert each table in one transaction per table. A table's
+    change marker (`updated_at`) the generated rows do not set says they were last written just before `today`."""
     path.unlink(missing_ok=True)
     open_private(path, "wb").close()  # SQLite keeps the mode of the (empty) file it is given, journals included
     engine = sa.create_engine(f"sqlite:///{path}")
@@ -730,6 +731,9 @@ def _write_sqlite(path: Path, metadata: sa.MetaData, tables: dict[str, pa.Table]
         con.execute("PRAGMA synchronous=OFF")
         for table in metadata.sorted_tables:
             data = tables[table.name]
+            if "updated_at" in table.c and "updated_at" not in data.column_names:
+                written = np.full(data.num_rows, today * SECONDS_PER_DAY - 1)
+                data = data.append_column("updated_at", timestamp_text(written))
             names = [c.name for c in table.columns]
             sql = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
             with con:
@@ -796,7 +800,7 @@ def _member_system(run: _Run) -> dict[str, int]:
         "litigation_cases": litigation,
         "rights_requests": requests,
     }
-    return _write_sqlite(run.out_dir / "members.db", member_metadata, member_tables)
+    return _write_sqlite(run.out_dir / "members.db", member_metadata, member_tables, today)
 
 
 def _prospecting_and_navigation(run: _Run) -> dict[str, int]:
@@ -815,7 +819,7 @@ def _prospecting_and_navigation(run: _Run) -> dict[str, int]:
         ),
         "suppression_list": suppression,
     }
-    counts = _write_sqlite(run.out_dir / "prospects.db", prospect_metadata, prospect_tables)
+    counts = _write_sqlite(run.out_dir / "prospects.db", prospect_metadata, prospect_tables, today)
     del prospect_tables, prospects
     events, consents = _navigation(rng["navigation"], run.members, today)
     _write_navigation(run.out_dir / "navigation", events, consents)

@@ -155,6 +155,22 @@ class Dataset(_Strict):
     row_purposes: list[RowPurposes] = []  # first entry whose `where` holds; none: every purpose of the columns
 
     columns: list[Column] = pydantic.Field(min_length=1)
+    # A column the source sets on every insert and update (ISO timestamp text, `*_at`): ingestion then reads only
+    # the rows changed since its watermark, plus a key-only read for deletions; none: the table is copied whole.
+    change_marker: Name | None = None
+
+    @pydantic.field_validator("change_marker")
+    @classmethod
+    def _marker_known(cls, value: str | None, info: pydantic.ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        if info.data.get("system") == "navigation":
+            raise ValueError("the navigation log has no change marker: its file manifest says what changed")
+        if value not in {c.name for c in info.data.get("columns", [])}:
+            raise ValueError(f"{value!r} is not a column of this dataset")
+        if not value.endswith("_at"):
+            raise ValueError(f"{value!r} is not a timestamp column (`*_at`, typed TIMESTAMP at ingestion)")
+        return value
 
     @pydantic.model_validator(mode="after")
     def _rectifiable_known(self) -> Dataset:

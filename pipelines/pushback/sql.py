@@ -172,6 +172,11 @@ def _count_effects(con: sa.Connection, table: sa.Table, batch_id: str, group: Gr
                                                counted))
 
 
+def _marked(table: sa.Table, values: dict[str, object], now: str) -> dict[str, object]:
+    """`values`, and `now` as the change marker where the source keeps one: incremental ingest re-reads the row."""
+    return {**values, "updated_at": now} if "updated_at" in table.c else values
+
+
 def _statement(table: sa.Table, batch_id: str, group: Group, now: str) -> sa.Executable:
     in_group = _in_group(batch_id, group)
     key = table.c[group.key_column]
@@ -179,29 +184,29 @@ def _statement(table: sa.Table, batch_id: str, group: Group, now: str) -> sa.Exe
         return sa.delete(table).where(key.in_(_staged_keys(table, batch_id, group)))
     if group.action == "anonymise":
         return sa.update(table).where(key.in_(_staged_keys(table, batch_id, group))).values(
-            {c: None for c in group.columns})
+            _marked(table, {c: None for c in group.columns}, now))
     if group.action == "lift_restriction":
         return sa.update(table).where(key.in_(_staged_keys(table, batch_id, group))).values(
-            restricted_at=None, restriction_decision_id=None)
+            _marked(table, {"restricted_at": None, "restriction_decision_id": None}, now))
     if group.action == "restrict":
         return sa.update(table).where(_key_match(table, group.key_column), in_group).values(
-            restricted_at=now, restriction_decision_id=staging.c.decision_id)
+            _marked(table, {"restricted_at": now, "restriction_decision_id": staging.c.decision_id}, now))
     if group.action == "rectify":
         return sa.update(table).where(_key_match(table, group.key_column), in_group).values(
-            {c: _payload_value(table, c) for c in group.columns})
+            _marked(table, {c: _payload_value(table, c) for c in group.columns}, now))
     # suppress: one suppression row per new contact hash, whatever the number of decisions naming it
+    row = _marked(table, {
+        "contact_hash": staging.c.key_value,
+        "channel": sa.func.min(staging.c.payload["channel"].as_string()),
+        "objected_at": sa.func.coalesce(sa.func.min(staging.c.payload["objected_at"].as_string()), now),
+        "source_request_id": sa.func.min(staging.c.payload["source_request_id"].as_string()),
+    }, now)
     new_hashes = (
-        sa.select(
-            staging.c.key_value,
-            sa.func.min(staging.c.payload["channel"].as_string()),
-            sa.func.coalesce(sa.func.min(staging.c.payload["objected_at"].as_string()), now),
-            sa.func.min(staging.c.payload["source_request_id"].as_string()),
-        )
+        sa.select(*(v if isinstance(v, sa.ColumnElement) else sa.literal(v) for v in row.values()))
         .where(in_group, ~_suppressed(table))
         .group_by(staging.c.key_value)
     )
-    return sa.insert(table).from_select(["contact_hash", "channel", "objected_at", "source_request_id"],
-                                        new_hashes)
+    return sa.insert(table).from_select(list(row), new_hashes)
 
 
 def _collect_notices(con: sa.Connection, metadata: sa.MetaData, system: str, batch_id: str,

@@ -18,6 +18,14 @@ RESTRICTION_COLUMNS = ("restricted_at", "restriction_decision_id")
 # systems do hold such rows, and ingestion must quarantine them rather than fail.
 REQUIRED = {"required": True}
 
+
+def _updated_at() -> sa.Column:
+    """The change marker a source maintains (ISO text, set on every insert and update, push-back's included):
+    ingestion reads only the rows changed since its last watermark where policies/datasets.yaml declares it
+    (`change_marker`). Tables without one (small reference tables, and rights_requests, whose status the rights
+    pipeline mirrors) are copied whole."""
+    return sa.Column("updated_at", sa.Text)
+
 member_metadata = sa.MetaData()
 
 establishments = sa.Table(
@@ -61,6 +69,7 @@ contracts = sa.Table(
     sa.Column("end_date", sa.Text),  # null while the membership runs
     sa.Column("status", sa.Text),  # active | terminated | radiated
     sa.Column("termination_reason", sa.Text),
+    _updated_at(),
 )
 
 id_documents = sa.Table(
@@ -72,6 +81,7 @@ id_documents = sa.Table(
     sa.Column("received_at", sa.Text),
     sa.Column("reason", sa.Text),  # membership | rights_request
     sa.Column("request_id", sa.Integer),  # the rights request the copy was sent with (reason rights_request)
+    _updated_at(),
 )
 
 reimbursements = sa.Table(
@@ -86,6 +96,7 @@ reimbursements = sa.Table(
     sa.Column("professional_name", sa.Text),
     sa.Column("professional_country", sa.Text),  # FR | MC
     sa.Column("paid_at", sa.Text),
+    _updated_at(),
 )
 
 contributions = sa.Table(
@@ -95,6 +106,7 @@ contributions = sa.Table(
     sa.Column("due_date", sa.Text),
     sa.Column("amount_eur", sa.Float),
     sa.Column("paid_at", sa.Text),  # null = unpaid
+    _updated_at(),
 )
 
 debt_recoveries = sa.Table(
@@ -105,6 +117,7 @@ debt_recoveries = sa.Table(
     sa.Column("opened_at", sa.Text),
     sa.Column("closed_at", sa.Text),
     sa.Column("sued", sa.Boolean),
+    _updated_at(),
 )
 
 accounting_entries = sa.Table(
@@ -116,6 +129,7 @@ accounting_entries = sa.Table(
     sa.Column("account", sa.Text),
     sa.Column("label", sa.Text),
     sa.Column("amount_eur", sa.Float),
+    _updated_at(),
 )
 
 interactions = sa.Table(
@@ -129,6 +143,7 @@ interactions = sa.Table(
     sa.Column("body", sa.Text),
     sa.Column("created_at", sa.Text),
     sa.Column("closed_at", sa.Text),
+    _updated_at(),
 )
 
 survey_answers = sa.Table(
@@ -139,6 +154,7 @@ survey_answers = sa.Table(
     sa.Column("answered_at", sa.Text),
     sa.Column("score", sa.Integer),  # 0..10
     sa.Column("comment", sa.Text),
+    _updated_at(),
 )
 
 litigation_cases = sa.Table(
@@ -149,6 +165,7 @@ litigation_cases = sa.Table(
     sa.Column("status", sa.Text),  # open | closed
     sa.Column("final_decision_at", sa.Text),
     sa.Column("subject", sa.Text),
+    _updated_at(),
 )
 
 rights_requests = sa.Table(
@@ -181,6 +198,7 @@ prospects = sa.Table(
     sa.Column("marketing_consent", sa.Boolean),
     sa.Column("restricted_at", sa.Text),
     sa.Column("restriction_decision_id", sa.Text),
+    _updated_at(),
 )
 
 campaigns = sa.Table(
@@ -199,6 +217,7 @@ campaign_selections = sa.Table(
     sa.Column("prospect_id", sa.Integer),  # one of prospect_id / member_id is set
     sa.Column("member_id", sa.Integer),
     sa.Column("selected_at", sa.Text),
+    _updated_at(),
 )
 
 suppression_list = sa.Table(
@@ -208,6 +227,7 @@ suppression_list = sa.Table(
     sa.Column("channel", sa.Text),  # email | phone
     sa.Column("objected_at", sa.Text),
     sa.Column("source_request_id", sa.Text),
+    _updated_at(),
 )
 
 NAVIGATION_EVENT_SCHEMA = pa.schema([
