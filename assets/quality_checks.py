@@ -55,8 +55,10 @@ def _raw_check(spec: RawTableSpec) -> dg.AssetChecksDefinition:
     @dg.asset_check(
         asset=dg.AssetKey(["raw", spec.table]),
         name="gx_raw_expectations",
-        description=f"GX: keys of raw.{spec.table} unique and not null, required columns present, e-mails well "
-        "formed, dates parsed (plausible year; not null wherever the source held text).",
+        description=f"GX on the rows the last load of raw.{spec.table} brought in (all of them after a full copy; "
+        "none on a night without changes), in bounded batches: keys not null, required columns present, e-mails "
+        "well formed, dates parsed (plausible year; not null wherever the source held text). Keys unique over the "
+        "whole table, in SQL.",
         required_resource_keys={"warehouse", *([source_key] if source_key else [])},
         pool=WAREHOUSE_POOL,
     )

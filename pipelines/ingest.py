@@ -292,7 +292,7 @@ def _quarantine_sql(columns: dict[str, str], key: list[str], fields: QuarantineF
     return as_json(record), as_json(fix)
 
 
-def _key_sql(key: list[str], alias: str = "") -> str:
+def record_key_sql(key: list[str], alias: str = "") -> str:
     """The record key of a row as text (raw.quarantine's record_key): its key columns joined by '|'."""
     prefix = f"{alias}." if alias else ""
     return " || '|' || ".join(f"coalesce(CAST({prefix}{ident(k)} AS VARCHAR), '∅')" for k in key) or "NULL"
@@ -311,6 +311,7 @@ def load_typed(
     replace_keys: str | None = None,
     fields: QuarantineFields | None = None,
     also: Sequence[tuple[str, list[object]]] = (),
+    add_to_scope: bool = False,
 ) -> IngestResult:
     """Cast `source` (a relation of text columns) into `raw.<table>`, quarantining bad rows (minimised).
 
@@ -319,13 +320,14 @@ def load_typed(
     `record_key`s: the rows changed or gone at the source), only the rows of those keys. The quarantine of the
     rows out of scope is left as it is, so an incremental load ends as a full one would. The statements of
     `also` (a watermark) run in the same transaction: a crash leaves the previous state, watermark included.
-    The rows loaded are recorded in `raw.ingest_scope` (what the raw quality checks look at).
+    The rows loaded are recorded in `raw.ingest_scope` (what the raw quality checks look at), in place of those of
+    the table's previous load unless `add_to_scope` (the re-read after push-back, in the run that ingested them).
     """
     target = f"raw.{ident(table)}"
     con.execute(QUARANTINE_DDL)
     con.execute(f"CREATE OR REPLACE TEMP TABLE _staged AS {_problems_sql(columns, required, key, source)}")
     typed = ", ".join(f"TRY_CAST({ident(c)} AS {t}) AS {ident(c)}" for c, t in columns.items())
-    key_expr = _key_sql(key)
+    key_expr = record_key_sql(key)
     record, fix = _quarantine_sql(columns, key, fields)
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _quarantined AS SELECT ?::VARCHAR AS system, ?::VARCHAR AS table_name, "
@@ -337,13 +339,13 @@ def load_typed(
     if replace_files is not None:
         quarantine_scope, target_scope, scope_params = "AND list_contains(?, record->>'source_file') ", \
             "list_contains(?, source_file)", [replace_files]
-        loaded = "SELECT DISTINCT 'files', source_file FROM _staged"
+        loaded = "files", "SELECT DISTINCT source_file FROM _staged"
     elif replace_keys is not None:
         quarantine_scope = f"AND record_key IN (SELECT record_key FROM {ident(replace_keys)}) "
         target_scope = f"{key_expr} IN (SELECT record_key FROM {ident(replace_keys)})"
-        scope_params, loaded = [], f"SELECT 'keys', {key_expr} FROM _staged"
+        scope_params, loaded = [], ("keys", f"SELECT {key_expr} FROM _staged")
     else:
-        quarantine_scope, target_scope, scope_params, loaded = "", "", [], "SELECT 'all', NULL"
+        quarantine_scope, target_scope, scope_params, loaded = "", "", [], ("all", "SELECT NULL WHERE false")
     con.execute("BEGIN TRANSACTION")
     try:
         # The rows this call replaces: when each was first quarantined, whether its fix was cleared.
@@ -376,8 +378,11 @@ def load_typed(
             "FROM _quarantined q LEFT JOIN _first_seen f ON f.record_key IS NOT DISTINCT FROM q.record_key "
             "AND f.reason = q.reason AND f.record IS NOT DISTINCT FROM CAST(q.record AS VARCHAR)"
         )
-        con.execute("DELETE FROM raw.ingest_scope WHERE system = ? AND table_name = ?", [system, table])
-        con.execute(f"INSERT INTO raw.ingest_scope SELECT ?, ?, * FROM ({loaded})", [system, table])
+        if not add_to_scope:
+            con.execute("DELETE FROM raw.ingest_scope WHERE system = ? AND table_name = ?", [system, table])
+        # One row saying what kind of load it was (even one that brought nothing in), one per key or file loaded.
+        con.execute(f"INSERT INTO raw.ingest_scope SELECT ?, ?, ?, NULL UNION ALL SELECT ?, ?, ?, * FROM ({loaded[1]})",
+                    [system, table, loaded[0]] * 2)
         for sql, params in also:
             con.execute(sql, params)
         con.execute("COMMIT")
@@ -393,10 +398,13 @@ def load_typed(
     return IngestResult(table=table, rows=rows, quarantined=quarantined)
 
 
-def _watermark(con: duckdb.DuckDBPyConnection, system: str, table: str, marker: str) -> dt.datetime | None:
-    """The table's watermark, if its last load kept one for this marker and its raw copy is there."""
-    if not scalar(con, "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'raw' AND table_name = ?",
-                  [table]):
+def _watermark(con: duckdb.DuckDBPyConnection, system: str, table: str, marker: str,
+               columns: dict[str, str]) -> dt.datetime | None:
+    """The table's watermark, if its last load kept one for this marker and its raw copy has the columns the
+    source has now (a column added at the source needs every row read again)."""
+    held = con.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'raw' "
+                       "AND table_name = ? ORDER BY ordinal_position", [table]).fetchall()
+    if held != list(columns.items()):
         return None
     return scalar(con, "SELECT watermark FROM raw.watermarks WHERE system = ? AND table_name = ? AND marker = ?",
                   [system, table, marker])
@@ -410,8 +418,10 @@ def _changed_since(column: sa.Column, since: dt.datetime) -> sa.ColumnElement[bo
 
 def ingest_sql_table(con: duckdb.DuckDBPyConnection, engine: sa.Engine, system: str, table: sa.Table,
                      fields: QuarantineFields | None = None, *, marker: str | None = None, full: bool = False,
-                     now: dt.datetime | None = None, margin: dt.timedelta = SAFETY_MARGIN) -> IngestResult:
-    """One SQL source table into `raw.<table>`; `fields`: what a quarantined row keeps.
+                     now: dt.datetime | None = None, margin: dt.timedelta = SAFETY_MARGIN,
+                     add_to_scope: bool = False) -> IngestResult:
+    """One SQL source table into `raw.<table>`; `fields`: what a quarantined row keeps; `add_to_scope`: see
+    `load_typed`.
 
     Without a `marker` (policies: `change_marker`), with `full`, or on the first load, a full copy. Otherwise an
     incremental one: the rows whose marker is at or after the watermark less `margin` (clocks and transactions
@@ -421,7 +431,7 @@ def ingest_sql_table(con: duckdb.DuckDBPyConnection, engine: sa.Engine, system: 
     con.execute(QUARANTINE_DDL)
     columns = {c.name: duckdb_type(c) for c in table.columns}
     key = [c.name for c in table.primary_key.columns]
-    previous = None if full or marker is None else _watermark(con, system, table.name, marker)
+    previous = None if full or marker is None else _watermark(con, system, table.name, marker, columns)
     if previous is None:
         rows, keys = read_sql_table(engine, table), None
     else:
@@ -442,39 +452,49 @@ def ingest_sql_table(con: duckdb.DuckDBPyConnection, engine: sa.Engine, system: 
         counts: dict[str, int] = {}
         if keys is not None:
             con.register("_source_keys", keys)
-            counts = _key_changes(con, system, table.name, key)
+            counts = _key_changes(con, system, table.name, key, columns)
         result = load_typed(
-            con, "_source_rows", system=system, table=table.name, columns=columns,
-            required=[c.name for c in table.columns if c.primary_key or c.info.get("required")],
+            con, "_source_rows" if keys is None else "_changed_rows", system=system, table=table.name,
+            columns=columns, required=[c.name for c in table.columns if c.primary_key or c.info.get("required")],
             key=key, fields=fields, replace_keys=None if keys is None else "_scope_keys", also=also,
+            add_to_scope=add_to_scope,
         )
     finally:
-        con.unregister("_source_rows")
         if keys is not None:
+            con.execute("DROP TABLE IF EXISTS _changed_rows; DROP TABLE IF EXISTS _scope_keys")
             con.unregister("_source_keys")
-            con.execute("DROP TABLE IF EXISTS _scope_keys")
+        con.unregister("_source_rows")
     return replace(result, read=rows.num_rows, full=keys is None,
                    new=counts.get("new", 0), changed=counts.get("changed", 0),
                    deleted=counts.get("deleted", 0), watermark=watermark)
 
 
-def _key_changes(con: duckdb.DuckDBPyConnection, system: str, table: str, key: list[str]) -> dict[str, int]:
-    """`_scope_keys`: the keys of the rows read (`_source_rows`) and of the rows the warehouse holds (in raw or in
-    quarantine) that are gone from the source (`_source_keys`); how many of each are new, changed, deleted."""
-    held = (f"SELECT {_key_sql(key)} AS record_key FROM raw.{ident(table)} UNION "
-            "SELECT record_key FROM raw.quarantine WHERE system = ? AND table_name = ?")
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _held AS {held}", [system, table])
+def _key_changes(con: duckdb.DuckDBPyConnection, system: str, table: str, key: list[str],
+                 columns: dict[str, str]) -> dict[str, int]:
+    """What the rows read (`_source_rows`) and the key-only read (`_source_keys`) change in `raw.<table>`:
+    `_changed_rows`, the rows read that are not already in raw as they are (read again inside the safety margin);
+    `_scope_keys`, their keys and those of the rows the warehouse holds (in raw or in quarantine) that are gone
+    from the source. Returns how many rows are new, changed and deleted."""
+    typed = ", ".join(f"TRY_CAST({ident(c)} AS {t}) AS {ident(c)}" for c, t in columns.items())
+    record_key = record_key_sql(key)
+    read_keys = ", ".join(f"TRY_CAST({ident(k)} AS {columns[k]}) AS {ident(k)}" for k in key)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _unchanged AS SELECT {record_key} AS record_key FROM "
+                f"(SELECT {typed} FROM _source_rows INTERSECT SELECT r.* FROM raw.{ident(table)} r "
+                f"SEMI JOIN (SELECT {read_keys} FROM _source_rows) USING ({', '.join(ident(k) for k in key)}))")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _changed_rows AS SELECT * FROM _source_rows "
+                f"WHERE {record_key} NOT IN (SELECT record_key FROM _unchanged)")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _held AS SELECT {record_key} AS record_key FROM raw.{ident(table)} "
+                "UNION SELECT record_key FROM raw.quarantine WHERE system = ? AND table_name = ?", [system, table])
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _scope_keys AS "
-        f"SELECT DISTINCT {_key_sql(key)} AS record_key, true AS read FROM _source_rows UNION ALL "
+        f"SELECT DISTINCT {record_key} AS record_key, true AS read FROM _changed_rows UNION ALL "
         f"SELECT record_key, false FROM _held h WHERE NOT EXISTS "
-        f"(SELECT 1 FROM _source_keys s WHERE {_key_sql(key, 's')} = h.record_key)")
+        f"(SELECT 1 FROM _source_keys s WHERE {record_key_sql(key, 's')} = h.record_key)")
     new, changed, deleted = con.execute(
         "SELECT count(*) FILTER (WHERE read AND NOT held), count(*) FILTER (WHERE read AND held), "
         "count(*) FILTER (WHERE NOT read) FROM (SELECT s.read, h.record_key IS NOT NULL AS held "
         "FROM _scope_keys s LEFT JOIN _held h USING (record_key))").fetchall()[0]
-    con.execute("DROP TABLE _held")
+    con.execute("DROP TABLE _held; DROP TABLE _unchanged")
     return {"new": new, "changed": changed, "deleted": deleted}
 
 
@@ -502,6 +522,7 @@ def ingest_parquet(
     required: list[str],
     reread: Collection[str] = (),
     fields: QuarantineFields | None = None,
+    add_to_scope: bool = False,
 ) -> IngestResult:
     """Incremental copy of a folder of Parquet files: only new, rewritten or removed files are handled.
 
@@ -538,7 +559,7 @@ def ingest_parquet(
     con.execute(f"CREATE OR REPLACE TEMP VIEW _parquet_rows AS SELECT * FROM {source}")
     result = load_typed(
         con, "_parquet_rows", system="navigation", table=table, columns={**columns, "source_file": "VARCHAR"},
-        required=required, key=[], replace_files=stale, fields=fields,
+        required=required, key=[], replace_files=stale, fields=fields, add_to_scope=add_to_scope,
     )
     con.execute("DELETE FROM raw.ingested_files WHERE list_contains(?, path)", [stale])
     if changed:

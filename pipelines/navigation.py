@@ -37,15 +37,16 @@ class DayCounts:
 
 def ingest_navigation_table(
     con: duckdb.DuckDBPyConnection, navigation_dir: Path, table: str, reread_days: Collection[str] = (),
-    fields: QuarantineFields | None = None,
+    fields: QuarantineFields | None = None, add_to_scope: bool = False,
 ) -> IngestResult:
     """Bring `raw.<table>` in line with the log's files; the files of `reread_days` are read again; `fields`:
-    what a quarantined row keeps."""
+    what a quarantined row keeps; `add_to_scope`: see pipelines.ingest.load_typed."""
     schema, required, folder = NAVIGATION_TABLES[table]
     root = navigation_dir / folder
     reread = [str(f) for day in reread_days for f in sorted((root / f"day={day}").glob("*.parquet"))]
     return ingest_parquet(
-        con, root, table=table, columns=navigation_columns(schema), required=required, reread=reread, fields=fields
+        con, root, table=table, columns=navigation_columns(schema), required=required, reread=reread, fields=fields,
+        add_to_scope=add_to_scope,
     )
 
 

@@ -59,7 +59,8 @@ def refresh_from_sources(
     as_of: dt.date,
     ledger: bool = True,
 ) -> list[str]:
-    """Re-ingest the touched (system, table) pairs, then rebuild identity links (if one of their input tables
+    """Re-ingest the touched (system, table) pairs (what they read adds to what the raw checks look at: the run's
+    own load, when the checks run after this), then rebuild identity links (if one of their input tables
     is among them) and, unless `ledger` is false, the ledger.
 
     Returns the tables re-read (sorted); does nothing when nothing was touched.
@@ -70,10 +71,10 @@ def refresh_from_sources(
     for system, table in touched:
         fields = quarantine_fields(policy, table)
         if system == "navigation":
-            ingest_navigation_table(con, navigation_dir, table, fields=fields)
+            ingest_navigation_table(con, navigation_dir, table, fields=fields, add_to_scope=True)
         else:
             ingest_sql_table(con, engines[system], system, SQL_SYSTEMS[system].tables[table], fields,
-                             marker=change_marker(policy, table))
+                             marker=change_marker(policy, table), add_to_scope=True)
     if INPUT_TABLES & {table for _, table in touched}:
         resolve_identities(con, policy.datasets_file.identity)
     if ledger:

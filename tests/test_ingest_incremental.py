@@ -15,9 +15,11 @@ import pytest
 import sqlalchemy as sa
 
 from assets.ingest import ingest_members
+from pipelines.demo.changes import day_of_changes
 from pipelines.identity import resolve_identities
 from pipelines.ingest import SAFETY_MARGIN, change_marker, ingest_sql_table, quarantine_fields
 from pipelines.policy.load import load_policy
+from pipelines.quality.checks import check_raw_table, raw_table_specs
 from pipelines.refresh import ingest_all
 from pipelines.rights.process import process_rights
 from pipelines.sources.schema import SQL_SYSTEMS
@@ -171,3 +173,42 @@ def test_a_run_killed_between_read_and_commit_is_caught_up_by_the_next(sandbox, 
 def test_a_table_without_marker_is_copied_whole_and_a_marker_is_policy_data():
     assert change_marker(POLICY, "rights_requests") is None
     assert change_marker(POLICY, "members") == "updated_at"
+
+
+def _raw_check(con: duckdb.DuckDBPyConnection, table: str, engine: sa.Engine | None):
+    return check_raw_table(con, next(s for s in raw_table_specs() if s.table == table), engine)
+
+
+def test_raw_checks_look_at_the_rows_the_load_brought_in_and_keys_over_the_whole_table(sandbox):
+    engines = _engines(sandbox)
+    navigation = sandbox.sources / "navigation"
+    with duckdb.connect(str(sandbox.warehouse)) as con:
+        ingest_all(con, engines, navigation, POLICY)
+        everything = con.execute("SELECT count(*) FROM raw.members").fetchone()[0]
+        assert _raw_check(con, "members", engines["members"]).row_count == everything
+        ingest_all(con, engines, navigation, POLICY)  # a quiet night: nothing new to check
+        quiet = _raw_check(con, "members", engines["members"])
+        assert (quiet.row_count, quiet.success) == (0, True)
+        assert _raw_check(con, "navigation_events", None).row_count == 0
+    started = _clock()
+    with engines["members"].begin() as con:
+        con.execute(MEMBERS.update().where(MEMBERS.c.member_id == 5).values(email="jean dupont@gmail",
+                                                                            updated_at=_clock()))
+    day_of_changes(sandbox.sources, TEST_AS_OF, seed=3)
+    with duckdb.connect(str(sandbox.warehouse)) as con:
+        ingest_all(con, engines, navigation, POLICY)
+        members = _raw_check(con, "members", engines["members"])
+        # the changed member, the day's new members and those whose membership ended
+        assert members.row_count == con.execute("SELECT count(*) FROM raw.members WHERE updated_at >= ?",
+                                                [started]).fetchone()[0] > 1
+        assert {o.label: o.unexpected_count for o in members.failed} == {"email well formed": 1}
+        events = _raw_check(con, "navigation_events", None)
+        assert events.row_count == con.execute("SELECT count(*) FROM raw.navigation_events "
+                                               "WHERE CAST(ts AS DATE) = ?", [TEST_AS_OF]).fetchone()[0] > 0
+        # a duplicate key that the load brought in is found, though the other row of the pair is older
+        con.execute("INSERT INTO raw.members SELECT * REPLACE (CAST(1 AS BIGINT) AS member_id) FROM raw.members "
+                    "WHERE member_id = 5")
+        con.execute("DELETE FROM raw.members WHERE member_id = 5 AND member_id <> 1")
+        con.execute("INSERT INTO raw.ingest_scope VALUES ('members', 'members', 'keys', '1')")
+        duplicated = _raw_check(con, "members", None)
+        assert {o.label: o.unexpected_count for o in duplicated.failed}["member_id unique"] == 2

@@ -309,7 +309,7 @@ class Expected:
 
 
 def expected_place(row: Row, night: dt.date) -> Expected:
-    filled = {c for c, v in row.values.items() if v is not None}
+    filled = {c for c, v in row.values.items() if v is not None and c != row.ds.change_marker}  # see World._present
     if not row.ds.subjects:  # not about a person as such (a rights request): the rights pipeline runs it
         return Expected(frozenset(filled), frozenset(filled), None)
     stages = row.stages(night)
@@ -446,9 +446,10 @@ class World:
 
     @staticmethod
     def _present(row: Row, found: dict[str, object] | None) -> frozenset[str] | None:
-        """The dataset's columns holding a value (not the partition or lineage columns around them)."""
+        """The dataset's columns holding a value (not the partition or lineage columns around them, nor the change
+        marker the source sets on every update)."""
         return None if found is None else frozenset(
-            c for c, v in found.items() if v is not None and row.ds.column(c) is not None)
+            c for c, v in found.items() if v is not None and row.ds.column(c) is not None and c != row.ds.change_marker)
 
     def in_source(self, row: Row) -> dict[str, object] | None:
         ds = row.ds

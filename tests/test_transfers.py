@@ -208,7 +208,7 @@ def test_next_day_sends_only_new_or_changed_rows_and_nothing_when_nothing_change
     assert len(_entries(world.audit)) == 1, "nothing transferred, nothing audited"
     world.sql("UPDATE raw.members SET email = 'nouvelle@example.fr' WHERE member_id = 4")
     world.sql(f"INSERT INTO raw.interactions VALUES (16, 5, 'complaint', 'phone', '{MOROCCO}', 'devis', 'x', "
-              f"TIMESTAMP '{AS_OF + DAY} 09:00', NULL)")
+              f"TIMESTAMP '{AS_OF + DAY} 09:00', NULL, TIMESTAMP '{AS_OF + DAY} 09:00')")
     report = world.deliver(MOROCCO, AS_OF + 2 * DAY)
     assert _ids(report.folder, "requests_complaints__interactions.csv", "interaction_id") == ["16"]
     assert _ids(report.folder, "requests_complaints__members.csv", "member_id") == ["4", "5"]

@@ -169,7 +169,7 @@ class Dataset(_Strict):
         if value not in {c.name for c in info.data.get("columns", [])}:
             raise ValueError(f"{value!r} is not a column of this dataset")
         if not value.endswith("_at"):
-            raise ValueError(f"{value!r} is not a timestamp column (`*_at`, typed TIMESTAMP at ingestion)")
+            raise ValueError(f"{value!r} is not a timestamp column (named `*_at`, read as a timestamp at ingestion)")
         return value
 
     @pydantic.model_validator(mode="after")

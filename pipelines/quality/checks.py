@@ -1,8 +1,9 @@
 """Data checks on the warehouse and the analytics file: DuckDB selects what GX needs, GX validates it.
 
 DuckDB hands GX only the columns an expectation reads (keys, e-mails, the year of each date, the active
-ledger rows), so checks stay fast on large tables. Every function returns SuiteOutcome(s) with counts and
-masked examples; none returns or logs a raw value.
+ledger rows), so checks stay fast on large tables. A raw table is checked on the rows its last load brought in,
+in bounded batches; key uniqueness, which needs the whole table, is SQL over it. Every function returns
+SuiteOutcome(s) with counts and masked examples; none returns or logs a raw value.
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 import sqlalchemy as sa
 
-from pipelines.quality.gx_runner import SuiteOutcome, run_suite
+from pipelines.duck import scalar
+from pipelines.ingest import read_sql_table, record_key_sql
+from pipelines.quality.gx_runner import MAX_EXAMPLES, ExpectationOutcome, SuiteOutcome, combine, run_suite
+from pipelines.quality.masking import mask_value
 from pipelines.quality.patterns import TOKEN_PATTERN
 from pipelines.quality.suites import (
     HAD_TEXT_SUFFIX,
@@ -34,6 +39,9 @@ from pipelines.sources.schema import (
 )
 from pipelines.sqltext import ident, literal
 
+# Rows handed to GX at a time, and source keys per read of the source's date text.
+BATCH_ROWS = 200_000
+SOURCE_KEYS_PER_READ = 5_000
 CATALOGUE_TABLE = "catalogue"
 PSEUDONYM_ROLE = "pseudonym"
 TOKEN_FULL_MATCH = TOKEN_PATTERN.removeprefix("^").removesuffix("$")  # for DuckDB's regexp_full_match
@@ -91,41 +99,87 @@ def raw_table_specs() -> list[RawTableSpec]:
     return specs
 
 
-def _source_text_flags(engine: sa.Engine, system: str, spec: RawTableSpec) -> pd.DataFrame:
-    """Per source row: its key and, for each date column, whether the source held non-blank text."""
-    table = SQL_SYSTEMS[system].tables[spec.table]
-    flags = [
-        sa.func.coalesce(sa.func.length(sa.func.trim(sa.cast(table.c[c], sa.Text))), 0).label(c + HAD_TEXT_SUFFIX)
-        for c in spec.temporal
-    ]
-    with engine.connect() as con:
-        frame = pd.read_sql(sa.select(*[table.c[k] for k in spec.keys], *flags), con)
-    for column in spec.temporal:
-        frame[column + HAD_TEXT_SUFFIX] = frame[column + HAD_TEXT_SUFFIX] > 0
-    return frame
+def _scope(con: duckdb.DuckDBPyConnection, spec: RawTableSpec) -> tuple[str, str]:
+    """What the last load of `raw.<table>` brought in (raw.ingest_scope, pipelines.ingest), as a condition on the
+    table's rows (alias `r`), and its kind: 'all' (a full copy, or no record of the load), 'keys' (the rows new or
+    changed at the source), 'files' (the rows of the navigation files read)."""
+    table = "ingest_scope"
+    recorded = scalar(con, "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'raw' "
+                      "AND table_name = ?", [table])
+    kinds = [k for (k,) in con.execute(
+        "SELECT DISTINCT scope FROM raw.ingest_scope WHERE system = ? AND table_name = ?",
+        [spec.system, spec.table]).fetchall()] if recorded else []
+    items = (f"(SELECT item FROM raw.ingest_scope WHERE system = {literal(spec.system)} "
+             f"AND table_name = {literal(spec.table)})")
+    if kinds == ["keys"]:
+        return "keys", f"({record_key_sql(list(spec.keys), 'r')}) IN {items}"
+    if kinds == ["files"]:
+        return "files", f"r.source_file IN {items}"
+    return "all", "true"
+
+
+def _duplicated_keys(con: duckdb.DuckDBPyConnection, spec: RawTableSpec, scope: str) -> ExpectationOutcome:
+    """Keys unique over the whole table, in SQL: the keys of the rows in scope that occur more than once in the
+    table (a duplicate among rows out of scope was reported by the check of the load that brought the later of
+    them). Counted like GX: every row holding a duplicated key."""
+    keys = ", ".join(ident(k) for k in spec.keys)
+    table = f"raw.{ident(spec.table)}"
+    probed = f"SELECT {keys} FROM {table} r WHERE {scope}"
+    checked, unexpected, examples = con.execute(
+        f"SELECT (SELECT count(*) FROM {table} r WHERE {scope}), coalesce(sum(n), 0), "
+        f"list(k ORDER BY k)[1:{MAX_EXAMPLES}] FROM (SELECT concat_ws('|', {keys}) AS k, count(*) AS n "
+        f"FROM {table} WHERE ({keys}) IN ({probed}) AND {' AND '.join(f'{ident(k)} IS NOT NULL' for k in spec.keys)} "
+        f"GROUP BY {keys} HAVING count(*) > 1)").fetchall()[0]
+    return ExpectationOutcome(label=f"{'+'.join(spec.keys)} unique", success=not unexpected,
+                              element_count=checked, unexpected_count=int(unexpected),
+                              examples=[mask_value(v) for v in examples or []])
+
+
+def _source_text(engine: sa.Engine, spec: RawTableSpec, keys: list[str] | None) -> pa.Table:
+    """Key and date columns of the source rows as text (all rows, or those of `keys`), read in chunks of keys."""
+    table = SQL_SYSTEMS[spec.system].tables[spec.table]
+    columns = [table.c[c] for c in (*spec.keys, *spec.temporal)]
+    if keys is None:
+        return read_sql_table(engine, table, columns=columns)
+    [key] = [table.c[k] for k in spec.keys]
+    values = [key.type.python_type(v) for v in keys]
+    return pa.concat_tables([
+        read_sql_table(engine, table, columns=columns, where=key.in_(values[i:i + SOURCE_KEYS_PER_READ]))
+        for i in range(0, max(len(values), 1), SOURCE_KEYS_PER_READ)])
 
 
 def check_raw_table(
-    con: duckdb.DuckDBPyConnection, spec: RawTableSpec, source_engine: sa.Engine | None = None
+    con: duckdb.DuckDBPyConnection, spec: RawTableSpec, source_engine: sa.Engine | None = None,
+    batch_rows: int = BATCH_ROWS,
 ) -> SuiteOutcome:
-    """Run the raw-table suite on `raw.<table>`; with `source_engine`, also compare dates to the source text."""
-    years = [f"year({ident(c)}) AS {ident(c + YEAR_SUFFIX)}" for c in spec.temporal]
-    columns = [ident(c) for c in dict.fromkeys([*spec.keys, *spec.required, *spec.emails])]
-    query = f"SELECT {', '.join(columns + years)} FROM raw.{ident(spec.table)}"
+    """Run the raw-table suite on the rows of `raw.<table>` its last load brought in (all of them after a full
+    copy), `batch_rows` at a time: the table never goes whole into pandas. Key uniqueness is checked in SQL over
+    the whole table. With `source_engine`, dates are also compared to the source text (of the same rows)."""
+    kind, scope = _scope(con, spec)
+    years = [f"year(r.{ident(c)}) AS {ident(c + YEAR_SUFFIX)}" for c in spec.temporal]
+    columns = [f"r.{ident(c)}" for c in dict.fromkeys([*spec.keys, *spec.required, *spec.emails])]
+    query = f"SELECT {', '.join(columns + years)} FROM raw.{ident(spec.table)} r WHERE {scope}"
     compared = source_engine is not None and spec.system in SQL_SYSTEMS and bool(spec.temporal)
     if compared:
-        flags = _source_text_flags(source_engine, spec.system, spec)
-        con.register("_source_flags", flags)
-        try:
-            on = " AND ".join(f"r.{ident(k)} = s.{ident(k)}" for k in spec.keys)
-            flag_cols = ", ".join(f"s.{ident(c + HAD_TEXT_SUFFIX)}" for c in spec.temporal)
-            frame = con.sql(f"SELECT r.*, {flag_cols} FROM ({query}) r JOIN _source_flags s ON {on}").df()
-        finally:
-            con.unregister("_source_flags")
-    else:
-        frame = con.sql(query).df()
-    suite = raw_table_suite(spec.table, spec.keys, spec.required, spec.emails, spec.temporal, compared)
-    return run_suite(frame, suite)
+        keys = None
+        if kind != "all":
+            keys = [k for (k,) in con.execute(f"SELECT CAST(r.{ident(spec.keys[0])} AS VARCHAR) "
+                                              f"FROM raw.{ident(spec.table)} r WHERE {scope}").fetchall()]
+        con.register("_source_text", _source_text(source_engine, spec, keys))
+        on = " AND ".join(f"CAST(r.{ident(k)} AS VARCHAR) = s.{ident(k)}" for k in spec.keys)
+        flags = ", ".join(f"coalesce(length(trim(s.{ident(c)})), 0) > 0 AS {ident(c + HAD_TEXT_SUFFIX)}"
+                          for c in spec.temporal)
+        query = f"SELECT r.*, {flags} FROM ({query}) r JOIN _source_text s ON {on}"
+    suite = raw_table_suite(spec.table, spec.keys, spec.required, spec.emails, spec.temporal, compared,
+                            unique=False)
+    try:
+        unique = _duplicated_keys(con, spec, scope)
+        reader = con.sql(query).to_arrow_reader(batch_rows)
+        outcomes = [run_suite(batch.to_pandas(), suite) for batch in reader if batch.num_rows]
+    finally:
+        if compared:
+            con.unregister("_source_text")
+    return combine(suite.name, [SuiteOutcome(suite.name, 0, [unique]), *outcomes])
 
 
 def check_ledger(con: duckdb.DuckDBPyConnection, as_of: date) -> SuiteOutcome:

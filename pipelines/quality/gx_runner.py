@@ -70,6 +70,20 @@ class SuiteOutcome:
         }
 
 
+def combine(suite: str, parts: list[SuiteOutcome]) -> SuiteOutcome:
+    """One outcome of the suite over several frames (batches of one relation): counts added up per expectation,
+    the first examples kept; an expectation fails if it failed on any frame."""
+    merged: dict[str, ExpectationOutcome] = {}
+    for outcome in (o for part in parts for o in part.outcomes):
+        seen = merged.get(outcome.label)
+        merged[outcome.label] = outcome if seen is None else ExpectationOutcome(
+            label=outcome.label, success=seen.success and outcome.success,
+            element_count=seen.element_count + outcome.element_count,
+            unexpected_count=seen.unexpected_count + outcome.unexpected_count,
+            examples=(seen.examples + outcome.examples)[:MAX_EXAMPLES], error=seen.error or outcome.error)
+    return SuiteOutcome(suite=suite, row_count=sum(p.row_count for p in parts), outcomes=list(merged.values()))
+
+
 def ephemeral_context() -> Any:
     """An in-memory GX context: nothing written to disk, no usage statistics, no progress bars."""
     config = DataContextConfig(

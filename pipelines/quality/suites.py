@@ -31,17 +31,19 @@ def raw_table_suite(
     emails: Iterable[str],
     temporal: Iterable[str],
     compared_to_source: bool,
+    unique: bool = True,
 ) -> gx.ExpectationSuite:
-    """Keys unique and not null, required columns present, e-mails well formed, dates parsed.
+    """Keys unique (unless `unique` is false: checked in SQL over the whole table when the frame is a batch of
+    it) and not null, required columns present, e-mails well formed, dates parsed.
 
     "Dates parsed": every typed date/timestamp column has a plausible year (frame column `<col>__year`) and,
     when the frame was joined to the source (`<col>__source_had_text`), is not null where the source held text.
     """
     keys = list(keys)
     expectations: list[gxe.Expectation] = []
-    if len(keys) == 1:
+    if unique and len(keys) == 1:
         expectations.append(gxe.ExpectColumnValuesToBeUnique(column=keys[0], meta=_meta(f"{keys[0]} unique")))
-    else:
+    elif unique:
         expectations.append(
             gxe.ExpectCompoundColumnsToBeUnique(column_list=keys, meta=_meta(f"{'+'.join(keys)} unique"))
         )
