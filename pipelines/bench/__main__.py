@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--regenerate", action="store_true", help="generate the cached workload again")
     parser.add_argument("--no-ui", action="store_true", help="skip the night launched as the UI launches it")
+    parser.add_argument("--resume", action="store_true",
+                        help="start from the state the last report kept after its first night (skip that night)")
     parser.add_argument("--rights", type=_count, default=100, help="new verified requests for the rights run")
     parser.add_argument("--micro", choices=["sql_read", "tokens", "pushback"], action="append",
                         help="run these micro-benchmarks instead of the reference report")
@@ -37,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.micro:
         from pipelines.bench.reference import run_report
 
-        run_report(args.members, args.seed, args.regenerate, ui=not args.no_ui, rights=args.rights)
+        run_report(args.members, args.seed, args.regenerate, ui=not args.no_ui, rights=args.rights,
+                   resume=args.resume)
         return 0
 
     report: dict[str, dict] = {}

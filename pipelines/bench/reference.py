@@ -69,10 +69,17 @@ def _machine() -> dict:
             "load_average_at_start": os.getloadavg()}
 
 
-def run_report(members: int, seed: int, regenerate: bool, ui: bool = True, rights: int = 100) -> dict:
+def run_report(members: int, seed: int, regenerate: bool, ui: bool = True, rights: int = 100,
+               resume: bool = False) -> dict:
+    """`resume`: start from the site a previous report left right after its first night (at 1,000,000 members the
+    first night is the longest run; the following nights can then be measured again, on newer code)."""
     cache, workload = cached_workload(members, seed, regenerate)
     first = dt.date.fromisoformat(workload["as_of"])
-    site = Site.create(RUNS / f"members-{members}", cache / "sources")
+    after_first = RUNS / f"members-{members}-after-first-night"
+    measured_first = after_first / "first_night.json"
+    resuming = resume and measured_first.exists()
+    site = (Site(after_first).clone(RUNS / f"members-{members}") if resuming
+            else Site.create(RUNS / f"members-{members}", cache / "sources"))
     report: dict = {"date": dt.date.today().isoformat(), "members": members, "machine": _machine(),
                     "workload": workload, "days_of_changes": {}, "runs": []}
 
@@ -85,7 +92,14 @@ def run_report(members: int, seed: int, regenerate: bool, ui: bool = True, right
         path.write_text(json.dumps(report, indent=2) + "\n")  # after each run: a report cut short keeps its runs
 
     print(_header(), flush=True)
-    record(site.in_process("first night", first))
+    if resuming:
+        report["runs"].append({**json.loads(measured_first.read_text()), "resumed_from": str(after_first)})
+        print(_row(report["runs"][-1]), flush=True)
+    else:
+        measured = site.in_process("first night", first)
+        record(measured)
+        site.clone(after_first)
+        (after_first / "first_night.json").write_text(json.dumps(measured.as_json(), indent=2) + "\n")
     for k in range(1, FOLLOWING_NIGHTS + 1):
         day = first + dt.timedelta(days=k - 1)
         report["days_of_changes"][day.isoformat()] = day_of_changes(site.data / "sources", day, seed)
