@@ -718,7 +718,8 @@ def _python_columns(batch: pa.Table, names: Iterable[str]) -> list[Iterable[obje
 
 def _write_sqlite(path: Path, metadata: sa.MetaData, tables: dict[str, pa.Table], today: int) -> dict[str, int]:
     """Create the schema with SQLAlchemy, then bulk-insert each table in one transaction per table. A table's
-    change marker (`updated_at`) the generated rows do not set says they were last written just before `today`."""
+    change marker (`updated_at`) the generated rows do not set says when each was last written: over the year
+    before `today`, in the order of the rows (of their ids), as a system whose rows are written one after another."""
     path.unlink(missing_ok=True)
     open_private(path, "wb").close()  # SQLite keeps the mode of the (empty) file it is given, journals included
     engine = sa.create_engine(f"sqlite:///{path}")
@@ -732,7 +733,8 @@ def _write_sqlite(path: Path, metadata: sa.MetaData, tables: dict[str, pa.Table]
         for table in metadata.sorted_tables:
             data = tables[table.name]
             if "updated_at" in table.c and "updated_at" not in data.column_names:
-                written = np.full(data.num_rows, today * SECONDS_PER_DAY - 1)
+                written = today * SECONDS_PER_DAY - 1 - np.arange(data.num_rows)[::-1] * (
+                    365 * SECONDS_PER_DAY // max(data.num_rows, 1))
                 data = data.append_column("updated_at", timestamp_text(written))
             names = [c.name for c in table.columns]
             sql = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
