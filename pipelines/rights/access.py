@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from pipelines.policy.models import Policy
 from pipelines.private import open_private, private_dir
-from pipelines.rights.intake import table_exists
+from pipelines.rights.intake import column_type, table_exists
 from pipelines.rights.scope import SubjectTable, portable_columns, subject_tables
 from pipelines.sources.schema import SQL_SYSTEMS
 from pipelines.sqltext import ident
@@ -81,10 +81,7 @@ def read_held(con: duckdb.DuckDBPyConnection, policy: Policy, nodes: Iterable[tu
             engines, navigation_dir, st.system, st.table_name, st.key_column, keys)}
         for schema in WAREHOUSE_SCHEMAS:
             if table_exists(con, schema, st.table_name):
-                # the keys typed as the column (a hash join on its values, no text made of every row)
-                typed = con.execute("SELECT data_type FROM information_schema.columns WHERE table_schema = ? "
-                                    "AND table_name = ? AND column_name = ?",
-                                    [schema, st.table_name, st.key_column]).fetchall()[0][0]
+                typed = column_type(con, schema, st.table_name, st.key_column)
                 located[f"warehouse.{schema}.{st.table_name}"] = con.sql(
                     f"SELECT *, CAST({ident(st.key_column)} AS VARCHAR) AS {KEY} FROM {schema}.{ident(st.table_name)} "
                     f"WHERE {ident(st.key_column)} IN (SELECT TRY_CAST(unnest($keys) AS {typed}))",

@@ -51,6 +51,13 @@ def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> boo
                             "table_name = ?", [schema, table]))
 
 
+def column_type(con: duckdb.DuckDBPyConnection, schema: str, table: str, column: str) -> str:
+    """The column's DuckDB type: keys given as text are cast to it, so a lookup hashes the column's own values
+    instead of making a text of every row."""
+    return scalar(con, "SELECT data_type FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
+                       "AND column_name = ?", [schema, table, column])
+
+
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     run_sql(con, "CREATE SCHEMA IF NOT EXISTS rights")
     run_sql(con, REQUESTS_DDL)

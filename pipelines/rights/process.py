@@ -57,6 +57,7 @@ from pipelines.rights.access import Held, read_held, write_access_bundle
 from pipelines.rights.answer import record_kept, write_erasure_answers
 from pipelines.rights.intake import (
     TERMINAL_STATES,
+    column_type,
     ensure_schema,
     intake,
     nightly_decided,
@@ -203,15 +204,15 @@ def _archive_kept(con: duckdb.DuckDBPyConnection, policy: Policy, tables: list[S
     for t in tables:
         if not table_exists(con, "raw", t.table_name):
             continue
-        raw, key = f"raw.{ident(t.table_name)}", f"CAST({ident(t.key_column)} AS VARCHAR)"
+        raw, typed = f"raw.{ident(t.table_name)}", column_type(con, "raw", t.table_name, t.key_column)
         rules = ([("true", t.kept_reason)] if t.kept_reason else []) + [
             # a person under a hold keeps every row of the hold's table, not only the matching ones
-            (f"n.person_id IN (SELECT n2.person_id FROM _nodes n2 JOIN {raw} h ON CAST(h.{ident(t.key_column)} AS "
-             f"VARCHAR) = n2.node_value AND n2.node_type = {literal(t.node_type)} WHERE {condition})", reason)
+            (f"n.person_id IN (SELECT n2.person_id FROM _nodes n2 JOIN {raw} h ON h.{ident(t.key_column)} = "
+             f"TRY_CAST(n2.node_value AS {typed}) AND n2.node_type = {literal(t.node_type)} WHERE {condition})", reason)
             for condition, reason in holds.get(t.table_name, [])]
         for condition, reason in rules:
-            matched = (f"FROM {raw} r JOIN _nodes n ON {key} = n.node_value AND n.node_type = {literal(t.node_type)} "
-                       f"WHERE n.request_type = 'erasure' AND {condition}")
+            matched = (f"FROM {raw} r JOIN _nodes n ON r.{ident(t.key_column)} = TRY_CAST(n.node_value AS {typed}) "
+                       f"AND n.node_type = {literal(t.node_type)} WHERE n.request_type = 'erasure' AND {condition}")
             run_sql(con, f"INSERT INTO _kept SELECT n.decision_id, {literal(t.table_name)}, ?, count(*) {matched} "
                         "GROUP BY n.decision_id", [reason])
             archive, pk = f"archive.{ident(t.table_name)}", ident(t.primary_key)
@@ -231,14 +232,15 @@ def _erase_in_warehouse(con: duckdb.DuckDBPyConnection, tables: list[SubjectTabl
         FROM rights.decision_targets t JOIN rights.decisions d USING (decision_id)
         WHERE t.action = 'erase' AND list_contains(?, t.decision_id)""", [decision_ids])
     for t in tables:
-        keys = (f"SELECT key_value FROM _erased WHERE system = {literal(t.system)} "
-                f"AND table_name = {literal(t.table_name)} "
-                f"AND key_column = {literal(t.key_column)}")
-        key = f"CAST({ident(t.key_column)} AS VARCHAR)"
-        if table_exists(con, "raw", t.table_name):
-            run_sql(con, f"DELETE FROM raw.{ident(t.table_name)} WHERE {key} IN ({keys})")
-        if table_exists(con, "archive", t.table_name) and not t.kept_reason and t.table_name not in hold_tables:
-            run_sql(con, f"DELETE FROM archive.{ident(t.table_name)} WHERE {key} IN ({keys})")
+        erased = (f"FROM _erased WHERE system = {literal(t.system)} AND table_name = {literal(t.table_name)} "
+                  f"AND key_column = {literal(t.key_column)}")
+        for schema in ("raw", "archive"):
+            if not table_exists(con, schema, t.table_name) or (
+                    schema == "archive" and (t.kept_reason or t.table_name in hold_tables)):
+                continue
+            typed = column_type(con, schema, t.table_name, t.key_column)
+            run_sql(con, f"DELETE FROM {schema}.{ident(t.table_name)} WHERE {ident(t.key_column)} IN "
+                         f"(SELECT TRY_CAST(key_value AS {typed}) {erased})")
     run_sql(con, """
         DELETE FROM identity.person_links WHERE person_id IN (SELECT person_id FROM _erased
                                                             WHERE request_type = 'erasure')
