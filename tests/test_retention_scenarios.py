@@ -286,14 +286,14 @@ def test_a_night_with_nothing_newly_due_pushes_no_decision_and_changes_nothing(w
     """The day's decisions carried out, the next night's ledger decides nothing new: applying it records and sends
     no push-back decision and leaves the sources and the warehouse as they were."""
     world.nightly(policy)
-    before = _state(world)
-    ctx = core_context(world.root, policy, world.navigation)
     quiet = AS_OF + dt.timedelta(days=1)
     world.ingest()
     with duckdb.connect(str(world.warehouse)) as con:
         build_ledger(con, policy, quiet)
-        outcome = apply_retention(con, ctx, quiet, members=world.engines["members"],
-                                  prospects=world.engines["prospects"])
+    before = _state(world)
+    with duckdb.connect(str(world.warehouse)) as con:
+        outcome = apply_retention(con, core_context(world.root, policy, world.navigation), quiet,
+                                  members=world.engines["members"], prospects=world.engines["prospects"])
         assert con.execute("SELECT count(*) FROM retention.pushback_targets").fetchall() == [(0,)]
     assert outcome.source_rows == 0 and not outcome.changed and not outcome.touched
     for engine in world.engines.values():
