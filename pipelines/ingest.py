@@ -95,7 +95,8 @@ def quarantine_fields(policy: Policy, table: str) -> QuarantineFields:
     """From policies/: kept = the primary key, ids (`identifying: key`) and references, the columns that time
     the row's retention, hold it or say which purposes it serves (clocks, legal holds, row purposes: retention
     applies to quarantined rows too), and the columns that identify no one and are not health data (a request's
-    type, a status); shown = all but direct identifiers."""
+    type, a status), but the change marker (a technical time: were it kept, every update of a malformed row would
+    make it a new quarantine entry); shown = all but direct identifiers."""
     ds = policy.dataset(table)
     kept = [ds.primary_key, *(c.name for c in ds.columns if c.identifying == "key"), *ds.references,
             *(c for clock in policy.clocks.values() if clock.table == table for c in clock.columns),
@@ -103,7 +104,7 @@ def quarantine_fields(policy: Policy, table: str) -> QuarantineFields:
             *(c.column for entry in ds.row_purposes for c in entry.where),  # which purposes the row serves
             *(c.name for c in ds.columns
               if c.identifying == "none" and not c.category.startswith("user.health_and_medical"))]
-    return QuarantineFields(kept=tuple(dict.fromkeys(kept)),
+    return QuarantineFields(kept=tuple(c for c in dict.fromkeys(kept) if c != ds.change_marker),
                             shown=tuple(c.name for c in ds.columns if c.identifying != "direct"))
 
 
