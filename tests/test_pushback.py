@@ -250,6 +250,31 @@ def test_navigation_files_are_rewritten_and_recorded_once(tmp_path):
         ("web_analytics_processor", "nav-anon", "t-member:2"), ("web_analytics_processor", "nav-erase", "t-visitor:v1")]
 
 
+def test_a_page_view_of_an_erased_visitor_written_during_the_push_back_is_found_by_the_re_read(tmp_path):
+    """The re-read skips the files that held none of a decision's rows and have not changed since: one the website
+    writes to meanwhile, here a day without the visitor until then, is read again, so the erasure is not confirmed
+    while the new page view is there."""
+    root = tmp_path / "navigation"
+    write_navigation(root)
+    quiet_day = root / "events" / "day=2026-10-09" / "part-0.parquet"
+    quiet_day.parent.mkdir(parents=True)
+    rows = pq.read_table(root / "events" / "day=2026-10-01" / "part-0.parquet").to_pylist()
+    pq.write_table(pa.Table.from_pylist([r for r in rows if r["visitor_id"] != "v1"], NAVIGATION_EVENT_SCHEMA),
+                   quiet_day)
+    erase = navigation_targets().slice(0, 1)
+
+    def website_writes(point: str) -> None:
+        if point == "navigation_file" and len(pq.read_table(quiet_day)) < len(rows):
+            pq.write_table(pa.Table.from_pylist(rows, NAVIGATION_EVENT_SCHEMA), quiet_day)
+
+    report = apply_decisions(erase, navigation_dir=root, outbox_dir=tmp_path, checkpoint=website_writes, **NOTICES)
+    assert list(report.failed) == ["nav-erase"]
+    assert [e["event_id"] for e in read_events(root).to_pylist() if e["visitor_id"] == "v1"] == ["e0-1", "e0-6",
+                                                                                                 "e0-11", "e0-16"]
+    assert apply_decisions(erase, navigation_dir=root, outbox_dir=tmp_path, **NOTICES).failed == {
+        "nav-erase": "effect not found on re-reading navigation"}
+
+
 # --- crash test: a real SIGKILL inside the transaction, then a re-run ---------------------------------
 
 CRASH_BATCH = 300

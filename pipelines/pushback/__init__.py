@@ -159,7 +159,10 @@ def apply_decisions(
             nav = apply_to_navigation(navigation_dir, part, now=now_text, notice_rules=notice_rules,
                                       before_commit=persist_notices, checkpoint=checkpoint)
             report.applied[system], report.rows_affected[system] = nav.newly_applied, nav.rows_affected
-            unconfirmed_by[system] = unconfirmed_navigation(navigation_dir, part)
+            # what this run applied is re-read where its rows were or may have come since; the rest everywhere
+            fresh = pc.is_in(part["decision_id"], value_set=pa.array(nav.newly_applied, pa.string()))
+            unconfirmed_by[system] = (unconfirmed_navigation(navigation_dir, part.filter(fresh), nav.clear)
+                                      | unconfirmed_navigation(navigation_dir, part.filter(pc.invert(fresh))))
             continue
         engine = engines[system]
         if engine is None:

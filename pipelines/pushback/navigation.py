@@ -15,7 +15,7 @@ The art. 19 notices the decisions owe are persisted at that point too, before an
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,10 +33,21 @@ JOURNAL_NAME = "_privacy_pending_decisions.json"  # decision -> rows and tables,
 TABLE_DIRS = {"navigation_events": "events", "cookie_consents": "consents"}
 
 
+Stat = tuple[int, int]  # a file's size and modification time (ns): changed by any rewrite or append
+
+
+def _stat(path: Path) -> Stat:
+    found = path.stat()
+    return found.st_size, found.st_mtime_ns
+
+
 @dataclass
 class NavigationOutcome:
     newly_applied: list[str] = field(default_factory=list)
     rows_affected: int = 0
+    # files read for the newly applied decisions that held none of their rows, as they were before that read:
+    # re-reading them for those decisions is needless while they are unchanged (unconfirmed_navigation `clear`)
+    clear: dict[str, Stat] = field(default_factory=dict)
 
 
 def _files(navigation_dir: Path, table_name: str) -> list[Path]:
@@ -138,12 +149,14 @@ def apply_to_navigation(navigation_dir: Path, targets: pa.Table, *, now: str, no
     counted: dict[str, dict[str, object]] = {}
     rewrites: list[tuple[dict[str, str], list[str], pa.Array]] = []
     notices: list[dict[str, str]] = []
+    seen: dict[str, Stat] = {}  # every file read, as it was before its first read
     con = duckdb.connect()
     try:
         for group in _groups(pending):
             files = _files(navigation_dir, group["table_name"])
             if not files:
                 continue
+            seen |= {str(f): _stat(f) for f in files if str(f) not in seen}
             con.register("group_targets", _group_targets(pending, group))
             notices += _notices(con, files, group, notice_rules)
             counts = _matches(con, files, group["key_column"]).aggregate(
@@ -156,6 +169,8 @@ def apply_to_navigation(navigation_dir: Path, targets: pa.Table, *, now: str, no
                 entry["tables"] = sorted({*entry["tables"], group["table_name"]})
     finally:
         con.close()
+    matched = {f for _, paths, _ in rewrites for f in paths}
+    outcome.clear = {f: stat for f, stat in seen.items() if f not in matched}
     # Recorded before any file changes; what an interrupted run recorded first stands (it counted the whole).
     journal = {**counted, **_read_journal(navigation_dir)}
     write_atomically(navigation_dir / JOURNAL_NAME, json.dumps(journal, sort_keys=True, indent=1), in_source=True)
@@ -176,14 +191,20 @@ def apply_to_navigation(navigation_dir: Path, targets: pa.Table, *, now: str, no
     return outcome
 
 
-def unconfirmed_navigation(navigation_dir: Path, targets: pa.Table) -> set[str]:
+def unconfirmed_navigation(navigation_dir: Path, targets: pa.Table, clear: Mapping[str, Stat] | None = None
+                           ) -> set[str]:
     """Re-read the logs: the decision ids whose rows are still there (erase) or still carry a value in a
-    column they had to null (anonymise), plus those missing from the manifest."""
+    column they had to null (anonymise), plus those missing from the manifest. `clear`: files known to hold none
+    of the targets' rows when they had this size and modification time (NavigationOutcome.clear); those still
+    so are not read again (any rewrite or append changes them)."""
+    if targets.num_rows == 0:
+        return set()
     failed = set(pc.unique(targets["decision_id"]).to_pylist()) - set(read_manifest(navigation_dir))
+    clear = clear or {}
     con = duckdb.connect()
     try:
         for group in _groups(targets):
-            files = _files(navigation_dir, group["table_name"])
+            files = [f for f in _files(navigation_dir, group["table_name"]) if clear.get(str(f)) != _stat(f)]
             if not files:
                 continue
             con.register("group_targets", _group_targets(targets, group))
