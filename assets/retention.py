@@ -12,11 +12,11 @@ from pipelines.orchestration.resources import (
     WarehouseResource,
     core_context,
 )
-from pipelines.orchestration.runs import RetentionConfig, as_of_date
+from pipelines.orchestration.runs import LedgerConfig, as_of_date
 from pipelines.policy.load import source_columns
 from pipelines.refresh import refresh_from_sources
 from pipelines.retention.apply import apply_retention, audit_applied, residue
-from pipelines.retention.ledger import build_ledger, counts_by_purpose, fallback_clocks
+from pipelines.retention.ledger import build_ledger, counts_by_purpose, fallback_clocks, ledger_day
 
 OWNER = "team:data-engineering"
 LEDGER_KEY = dg.AssetKey(["retention", "ledger"])
@@ -57,13 +57,14 @@ def _purpose_table(counts: dict[str, dict[str, int]]) -> str:
     pool="warehouse",
 )
 def retention_ledger(
-    context: dg.AssetExecutionContext, config: RetentionConfig, warehouse: WarehouseResource,
+    context: dg.AssetExecutionContext, config: LedgerConfig, warehouse: WarehouseResource,
     policies: PoliciesResource,
 ) -> dg.MaterializeResult:
     as_of = as_of_date(config.as_of, context.run.tags)
     policy = policies.load()
     with warehouse.connect() as con:
-        if not build_ledger(con, policy, as_of):
+        plan = build_ledger(con, policy, as_of, full=config.full_recompute)
+        if plan is None:
             context.log.info(f"Push-back of {as_of} is still owed (an interrupted run or a failed source): the "
                              "day's ledger stands as decided, not recomputed from half-changed sources")
         counts = counts_by_purpose(con)
@@ -78,6 +79,8 @@ def retention_ledger(
         "dagster/row_count": dg.MetadataValue.int(rows),
         "as_of": dg.MetadataValue.text(as_of.isoformat()),
         "policy_version": dg.MetadataValue.text(policy.version_label),
+        # which path ran: "full: <reason>" or "incremental: N subjects in scope (due X, changed Y, flags Z)"
+        "ledger_path": dg.MetadataValue.text(plan.describe() if plan else "kept: the day's push-back is owed"),
         "records_by_status": dg.MetadataValue.json(records),
         # kept records whose column group left their stage: "dataset: purposes" -> archived / cleared records
         "column_groups_out_of_stage": dg.MetadataValue.json(column_groups),
@@ -106,7 +109,7 @@ def retention_applied(
     ctx = core_context(policies, pseudonymisation_key, compliance, navigation)
     policy = ctx.policy
     with warehouse.connect() as con:
-        as_of = con.execute("SELECT max(as_of) FROM retention.record_status").fetchall()[0][0]
+        as_of = ledger_day(con)
         if as_of is None:
             raise dg.Failure("retention.record_status is empty: materialise retention/ledger first")
         engines = {"members": member_source.engine(), "prospects": prospect_source.engine()}

@@ -1,4 +1,5 @@
-"""The nightly schedule: `nightly_job` at 01:30 Europe/Paris, for the scheduled day (`as_of`).
+"""The nightly schedule: `nightly_job` at 01:30 Europe/Paris, for the scheduled day (`as_of`); on Sunday nights
+the same run with a full recompute of the retention ledger (every other night it re-evaluates only what changed).
 
 The run's partition is the navigation day that has just ended (`as_of` - 1 day).
 
@@ -18,18 +19,25 @@ from sensors.policy_change import PREVIEW_KEY
 # The preview's `as_of` is the day a proposal is previewed for (by default its effective date), not the run's
 # day; it reads the run's day from the tag.
 OWN_AS_OF = {PREVIEW_KEY.to_python_identifier()}
+SUNDAY = 6  # date.weekday()
 
 
-def as_of_run_config(job: dg.JobDefinition | None, as_of: dt.date) -> dict:
-    """Run config setting `as_of` on every op of `job` whose config schema has that field (but OWN_AS_OF)."""
+def _fields(node: dg.OpDefinition) -> dict:
+    return (getattr(node.config_schema.config_type, "fields", None) or {}) if node.config_schema else {}
+
+
+def as_of_run_config(job: dg.JobDefinition | None, as_of: dt.date, full_recompute: bool = False) -> dict:
+    """Run config setting `as_of` on every op of `job` whose config schema has that field (but OWN_AS_OF), and
+    `full_recompute` on the ops that have it (the retention ledger) when asked."""
     if job is None:
         return {}
-    ops = {
-        node.name: {"config": {"as_of": as_of.isoformat()}}
-        for node in job.all_node_defs
-        if node.name not in OWN_AS_OF
-        and node.config_schema and "as_of" in (getattr(node.config_schema.config_type, "fields", None) or {})
-    }
+    ops = {}
+    for node in job.all_node_defs:
+        config = {"as_of": as_of.isoformat()} if node.name not in OWN_AS_OF and "as_of" in _fields(node) else {}
+        if full_recompute and "full_recompute" in _fields(node):
+            config["full_recompute"] = True
+        if config:
+            ops[node.name] = {"config": config}
     return {"ops": ops} if ops else {}
 
 
@@ -38,16 +46,41 @@ def as_of_run_config(job: dg.JobDefinition | None, as_of: dt.date) -> dict:
     cron_schedule="30 1 * * *",
     execution_timezone=PARIS.key,
     job_name=NIGHTLY_JOB,
-    description="Every night at 01:30 Europe/Paris: the whole pipeline, as of the scheduled day, with the "
-    "navigation day that has just ended as the run's partition.",
+    description="Every night at 01:30 Europe/Paris (but Sunday's, the weekly full recompute's): the whole "
+    "pipeline, as of the scheduled day, with the navigation day that has just ended as the run's partition.",
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
-def nightly_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    as_of = context.scheduled_execution_time.astimezone(PARIS).date()
+def nightly_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+    if _scheduled_day(context).weekday() == SUNDAY:
+        return dg.SkipReason("Sunday: weekly_full_recompute_schedule runs this night")
+    return _nightly_run(context, full_recompute=False)
+
+
+@dg.schedule(
+    name="weekly_full_recompute_schedule",
+    cron_schedule="30 1 * * 0",
+    execution_timezone=PARIS.key,
+    job_name=NIGHTLY_JOB,
+    description="Sunday at 01:30 Europe/Paris, instead of that night's nightly run: the same run, with the "
+    "retention ledger recomputed for every record (the other nights re-evaluate only what changed since the last "
+    "ledger); a safety net that also proves the two agree.",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+def weekly_full_recompute_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    return _nightly_run(context, full_recompute=True)
+
+
+def _scheduled_day(context: dg.ScheduleEvaluationContext) -> dt.date:
+    return context.scheduled_execution_time.astimezone(PARIS).date()
+
+
+def _nightly_run(context: dg.ScheduleEvaluationContext, full_recompute: bool) -> dg.RunRequest:
+    as_of = _scheduled_day(context)
     job = context.repository_def.get_job(NIGHTLY_JOB) if context.repository_def else None
     return dg.RunRequest(
+        # the same key for both schedules: Sunday's night runs once, whichever ticks first
         run_key=f"nightly-{as_of.isoformat()}",
-        run_config=as_of_run_config(job, as_of),
+        run_config=as_of_run_config(job, as_of, full_recompute),
         tags={AS_OF_TAG: as_of.isoformat()},
         # The navigation day that has just ended; days missed or rewritten since are caught up by the same run.
         partition_key=(as_of - dt.timedelta(days=1)).isoformat(),

@@ -35,11 +35,13 @@ def _generate(out: Path, members: int, seed: int, as_of: dt.date) -> dict[str, i
     return counts
 
 
-def run_job(as_of: dt.date, job_name: str = "nightly_job") -> dg.ExecuteInProcessResult:
+def run_job(as_of: dt.date, job_name: str = "nightly_job", full_recompute: bool = False
+            ) -> dg.ExecuteInProcessResult:
     """Run `job_name` in process on the current DagsterInstance (DAGSTER_HOME), as of `as_of`.
 
     As the schedule does: the run's partition is the navigation day before `as_of` (none when that day is
-    not over yet); every other new or rewritten day file is caught up by the same run.
+    not over yet); every other new or rewritten day file is caught up by the same run. `full_recompute`: the
+    retention ledger re-evaluates every record (as the weekly schedule asks).
     """
     from pipelines.definitions import defs
     from pipelines.orchestration.partitions import nightly_partition
@@ -52,7 +54,8 @@ def run_job(as_of: dt.date, job_name: str = "nightly_job") -> dg.ExecuteInProces
             instance=instance,
             # Step events stay in the run's event log (the UI shows them); the console gets warnings and the
             # INFO lines the assets write, not one line per caught-up navigation day.
-            run_config={**as_of_run_config(job, as_of), "loggers": {"console": {"config": {"log_level": "INFO"}}}},
+            run_config={**as_of_run_config(job, as_of, full_recompute),
+                        "loggers": {"console": {"config": {"log_level": "INFO"}}}},
             tags={AS_OF_TAG: as_of.isoformat()},
             partition_key=nightly_partition(as_of) if job.partitions_def else None,
             raise_on_error=False,

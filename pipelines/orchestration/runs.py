@@ -21,6 +21,12 @@ class RetentionConfig(dg.Config):
     as_of: str | None = None
 
 
+class LedgerConfig(RetentionConfig):
+    """`full_recompute`: the ledger re-evaluates every record, not only what changed (the weekly schedule)."""
+
+    full_recompute: bool = False
+
+
 def as_of_date(value: str | None, tags: dict[str, str]) -> dt.date:
     value = value or tags.get(AS_OF_TAG)
     return dt.date.fromisoformat(value) if value else dt.datetime.now(PARIS).date()

@@ -23,6 +23,19 @@ import duckdb
 from pipelines.policy.models import Clock, Dataset, Policy, RetentionRule, SubjectType
 from pipelines.retention.columns import compute_columns
 from pipelines.retention.intent import owed_on
+from pipelines.retention.scope import (
+    DDL,
+    FLAGS,
+    INPUTS,
+    SCOPE,
+    STATE,
+    Plan,
+    fingerprint,
+    inputs_sql,
+    plan_scope,
+    previous_state,
+    why_full,
+)
 from pipelines.retention.until import kept_on_sql, last_day_sql
 from pipelines.rights.scope import marketing_purposes
 from pipelines.sources.schema import RESTRICTION_COLUMNS
@@ -33,6 +46,8 @@ from pipelines.sqltext import literal as lit
 STATUSES = ("active", "archived", "to_erase", "to_anonymise", "legal_hold", "restricted")
 RESTRICTED_AT = RESTRICTION_COLUMNS[0]
 UNIDENTIFIED = "unidentified"
+EMPTY_SUBJECTS = "SELECT NULL::VARCHAR AS subject_type, NULL::VARCHAR AS subject_id WHERE false"
+RESTRICTED, HELD, OBJECTING = "restricted", "legal_hold", "marketing_objection"  # retention.flag_sets flags
 # rights.exclusions reasons that are objections to direct marketing (pipelines.rights.process)
 OBJECTION_REASONS = ("objection", "objection_prospecting")
 
@@ -93,14 +108,17 @@ CLOCK_EVENTS = "retention.clock_events"
 
 
 def _clock_sql(policy: Policy, name: str, sources: dict[str, str], *, stored: bool,
-               as_of: dt.date | None = None) -> str:
+               as_of: dt.date | None = None, only: str | None = None) -> str:
     """(clock_subject_type, clock_key, clock, is_open) per subject id, or per primary key of the clock table.
 
     The rows of the clock table still held give the event; once they are gone (a contract erased at its own
     date), the dated fact kept in retention.clock_events still times the records of the subject that remain.
     An event that has not happened yet (a running contract) is open whatever an older fact says. A row the
     clock's declared fallback covers (a case closed without a decision date) starts on the night it is first
-    seen so: `as_of` tonight, then the fact kept from that night."""
+    seen so: `as_of` tonight, then the fact kept from that night (`provisional` until then).
+
+    `only`, a relation of `(clock_subject_type, clock_key)` (per subject) or `clock_key` (per record), limits the
+    clock to the keys an incremental ledger needs."""
     clock = policy.clocks[name]
     ds = policy.dataset(clock.table)
     value = _clock_value(clock)
@@ -108,23 +126,30 @@ def _clock_sql(policy: Policy, name: str, sources: dict[str, str], *, stored: bo
     open_expr = f"({value}) IS NULL AND NOT ({fallback})" if clock.open_when_null else "false"
     seen = f"TIMESTAMP {lit(as_of.isoformat())}" if as_of else "NULL::TIMESTAMP"
     current = None
+    per_subject = clock.per == "subject"
+    key_of = "(clock_subject_type, clock_key)" if per_subject else "clock_key"
+    needed = "" if only is None else f" AND {key_of} IN (SELECT {key_of} FROM ({only}))"
     if ds.name in sources:
-        subject_type, subject_id = ((_subject_exprs(ds)) if clock.per == "subject"
+        subject_type, subject_id = ((_subject_exprs(ds)) if per_subject
                                     else ("NULL::VARCHAR", f"CAST({q(ds.primary_key)} AS VARCHAR)"))
-        current = (f"SELECT {subject_type} AS clock_subject_type, {subject_id} AS clock_key, "
+        current = (f"SELECT * FROM (SELECT {subject_type} AS clock_subject_type, {subject_id} AS clock_key, "
                    f"CASE WHEN {fallback} THEN {seen} ELSE {value} END AS clock, "
                    f"CASE WHEN {fallback} THEN 2 ELSE 0 END AS origin, {open_expr} AS is_open "
-                   f"FROM ({sources[ds.name]}) WHERE {subject_id} IS NOT NULL")
+                   f"FROM ({sources[ds.name]})) WHERE clock_key IS NOT NULL{needed}")
     facts = (f"SELECT clock_subject_type, clock_key, clock, 1 AS origin, false AS is_open FROM {CLOCK_EVENTS} "
-             f"WHERE clock_name = {lit(name)}" if stored else None)
+             f"WHERE clock_name = {lit(name)}{needed}" if stored else None)
     union = " UNION ALL ".join(x for x in (current, facts) if x) or (
         "SELECT NULL::VARCHAR clock_subject_type, NULL::VARCHAR clock_key, NULL::TIMESTAMP clock, 0 origin, "
         "false is_open WHERE false")
     aggregate = clock.aggregate if clock.per == "subject" else "max"
     # the event the rows still show, else the fact kept, else the night a fallback row was first seen
     best = ", ".join(f"{aggregate}(clock) FILTER (origin = {o})" for o in (0, 1, 2))
+    # timed by the night it was first seen, not kept yet: re-evaluated the next night, when the kept fact times it
+    provisional = ("NOT bool_or(is_open) AND count(clock) FILTER (origin < 2) = 0 AND "
+                   "count(clock) FILTER (origin = 2) > 0")
     return (f"SELECT clock_subject_type, clock_key, CASE WHEN bool_or(is_open) THEN NULL "
-            f"ELSE coalesce({best}) END AS clock, bool_or(is_open) AS is_open FROM ({union}) GROUP BY ALL")
+            f"ELSE coalesce({best}) END AS clock, bool_or(is_open) AS is_open, {provisional} AS provisional "
+            f"FROM ({union}) GROUP BY ALL")
 
 
 def fallback_clocks(con: duckdb.DuckDBPyConnection, policy: Policy) -> dict[str, list[str]]:
@@ -153,9 +178,7 @@ def _purpose_sql(policy: Policy, ds: Dataset, purpose: str, rule: RetentionRule,
                 f"AND k.clock_subject_type = r.subject_type")
         where = f"WHERE r.subject_type IN ({', '.join(lit(t) for t in clock_types)})"
     else:
-        target = f"{clock.table}.{clock_ds.primary_key}"
-        ref = next((c for c, t in ds.references.items() if t == target), None)
-        key = "r.record_key" if clock.table == ds.name else f"r.{q('_ref_' + str(ref))}"
+        key = f"r.{q(_clock_key(policy, ds, rule.clock))}"
         join, where = f"LEFT JOIN {q(prefix + '_clock_' + rule.clock)} k ON k.clock_key = {key}", ""
     if ds.row_purposes:  # only the rows that serve the purpose (datasets.yaml row_purposes)
         where = f"{where} {'AND' if where else 'WHERE'} list_contains(r._row_purposes, {lit(purpose)})"
@@ -179,21 +202,36 @@ def _purpose_sql(policy: Policy, ds: Dataset, purpose: str, rule: RetentionRule,
                     WHEN {kept_on_sql(as_of_day, archive_until)}
                          THEN 'archive through ' || strftime({archive_until}, '%Y-%m-%d')
                     ELSE {lit(rule.end_action + ' after ')} || strftime({archive_until}, '%Y-%m-%d') END
-                 || {lit(f' ({rule.describe()})')} AS purpose_reason
+                 || {lit(f' ({rule.describe()})')} AS purpose_reason,
+               CASE WHEN k.provisional THEN {as_of_day} + 1
+                    WHEN k.clock IS NULL THEN NULL
+                    WHEN {kept_on_sql(as_of_day, active_until)} THEN {active_until} + 1
+                    WHEN {kept_on_sql(as_of_day, archive_until)} THEN {archive_until} + 1 END AS next_change
         FROM {q(prefix + '_records_' + ds.name)} r {join} {where}"""
 
 
-def _records_sql(ds: Dataset, source: str) -> str:
+def _record_subject(ds: Dataset, alias: str = "") -> tuple[str, str]:
     """A record naming none of its subjects (a page view without visitor id or member) is still personal data
-    (IP, time): it is listed as subject `unidentified`, so per-record clocks still apply to it."""
-    subject_type, subject_id = _subject_exprs(ds, "s")
-    pk = f"CAST(s.{q(ds.primary_key)} AS VARCHAR)"
+    (IP, time): it is listed as subject `unidentified:<key>`, so per-record clocks still apply to it."""
+    subject_type, subject_id = _subject_exprs(ds, alias)
+    pk = f"CAST({alias + '.' if alias else ''}{q(ds.primary_key)} AS VARCHAR)"
+    return (f"coalesce({subject_type}, {lit(UNIDENTIFIED)})",
+            f"coalesce({subject_id}, {lit(UNIDENTIFIED + ':')} || {pk})")
+
+
+def _records_sql(ds: Dataset, source: str, scope: str | None = None) -> str:
+    """The dataset's records with their subject, references and row purposes; only the subjects of `scope` (a
+    relation of subject_type, subject_id) if given."""
+    subject_type, subject_id = _record_subject(ds, "s")
     refs = "".join(f", CAST(s.{q(c)} AS VARCHAR) AS {q('_ref_' + c)}" for c in ds.references)
     if ds.row_purposes:
         refs += f", {ds.row_purposes_sql('s')} AS _row_purposes"
-    return (f"SELECT {lit(ds.name)} AS dataset, {pk} AS record_key, "
-            f"coalesce({subject_type}, {lit(UNIDENTIFIED)}) AS subject_type, "
-            f"coalesce({subject_id}, {lit(UNIDENTIFIED + ':')} || {pk}) AS subject_id{refs} FROM ({source}) s")
+    records = (f"SELECT {lit(ds.name)} AS dataset, CAST(s.{q(ds.primary_key)} AS VARCHAR) AS record_key, "
+               f"{subject_type} AS subject_type, {subject_id} AS subject_id{refs} FROM ({source}) s")
+    if scope is None:
+        return records
+    return (f"SELECT * FROM ({records}) WHERE (subject_type, subject_id) IN "
+            f"(SELECT (subject_type, subject_id) FROM ({scope}))")
 
 
 def _flags_sql(policy: Policy, sources: dict[str, str]) -> tuple[str, str]:
@@ -210,16 +248,23 @@ def _flags_sql(policy: Policy, sources: dict[str, str]) -> tuple[str, str]:
             if hold.table == ds.name:
                 held.append(f"SELECT {subject_type} AS subject_type, {subject_id} AS subject_id "
                             f"FROM ({sources[ds.name]}) WHERE {hold.where_sql()}")
-    empty = "SELECT NULL::VARCHAR AS subject_type, NULL::VARCHAR AS subject_id WHERE false"
-    return " UNION ".join(restricted) or empty, " UNION ".join(held) or empty
+    return " UNION ".join(restricted) or EMPTY_SUBJECTS, " UNION ".join(held) or EMPTY_SUBJECTS
+
+
+def _objecting_sql(con: duckdb.DuckDBPyConnection, policy: Policy) -> str:
+    """Subjects of every person with an objection to direct marketing in force (rights.exclusions)."""
+    linked = table_exists(con, "rights", "exclusions") and table_exists(con, "identity", "person_links")
+    if not marketing_purposes(policy) or not linked:
+        return EMPTY_SUBJECTS
+    return (f"SELECT node_type, node_value FROM identity.person_links WHERE person_id IN ("
+            f"SELECT person_id FROM rights.exclusions WHERE reason IN {in_list(OBJECTION_REASONS)})")
 
 
 def _end_marketing_on_objection(con: duckdb.DuckDBPyConnection, policy: Policy, prefix: str) -> None:
     """Art. 21(3): once the rights stage has an objection to direct marketing in force, the marketing purposes
     of the whole person end that night (what only they kept goes; the suppression list keeps the objection)."""
     marketing = sorted(marketing_purposes(policy))
-    linked = table_exists(con, "rights", "exclusions") and table_exists(con, "identity", "person_links")
-    if not marketing or not linked:
+    if not marketing:
         return
     status = {"anonymise": "to_anonymise", "delete": "to_erase"}
     ended = " ".join(f"WHEN {lit(p)} THEN {lit(status[policy.purpose(p).retention.end_action])}" for p in marketing)
@@ -227,8 +272,19 @@ def _end_marketing_on_objection(con: duckdb.DuckDBPyConnection, policy: Policy, 
         UPDATE {q(prefix + '_purposes')} SET purpose_status = CASE purpose {ended} END,
                purpose_reason = 'objection to direct marketing in force (GDPR art. 21(3)): marketing stopped'
         WHERE purpose IN {in_list(marketing)} AND (subject_type, subject_id) IN (
-            SELECT (node_type, node_value) FROM identity.person_links WHERE person_id IN (
-                SELECT person_id FROM rights.exclusions WHERE reason IN {in_list(OBJECTION_REASONS)}))""")
+            SELECT (subject_type, subject_id) FROM {q(prefix + '_flags')} WHERE flag = {lit(OBJECTING)})""")
+
+
+def flag_sets(con: duckdb.DuckDBPyConnection, policy: Policy, sources: dict[str, str], prefix: str) -> str:
+    """Temp table `{prefix}_flags` (flag, subject_type, subject_id): the person-wide restricted, legal-hold and
+    marketing-objection sets, whole (they are small); returns its name."""
+    restricted, held = _flags_sql(policy, sources)
+    sets = {RESTRICTED: _person_wide(con, restricted, "restricted"), HELD: _person_wide(con, held),
+            OBJECTING: _objecting_sql(con, policy)}
+    body = " UNION ALL ".join(f"SELECT DISTINCT {lit(flag)} AS flag, * FROM ({sql}) AS f(subject_type, subject_id) "
+                              f"WHERE subject_id IS NOT NULL" for flag, sql in sets.items())
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {q(prefix + '_flags')} AS {body}")
+    return prefix + "_flags"
 
 
 def _person_wide(con: duckdb.DuckDBPyConnection, flagged: str, rights_reason: str | None = None) -> str:
@@ -245,9 +301,42 @@ def _person_wide(con: duckdb.DuckDBPyConnection, flagged: str, rights_reason: st
             f"WHERE node_type IN ({subject_types}) AND person_id IN ({persons})")
 
 
+def _clock_key(policy: Policy, ds: Dataset, clock_name: str) -> str:
+    """The column of `{prefix}_records_<ds>` a per-record clock joins on (its own key, or its reference)."""
+    clock = policy.clocks[clock_name]
+    if clock.table == ds.name:
+        return "record_key"
+    target = f"{clock.table}.{policy.dataset(clock.table).primary_key}"
+    return "_ref_" + str(next((c for c, t in ds.references.items() if t == target), None))
+
+
+def _clock_users(policy: Policy, datasets: list[Dataset]) -> dict[str, list[tuple[Dataset, str]]]:
+    """Per clock name, the (dataset, purpose) pairs among `datasets` it times."""
+    users: dict[str, list[tuple[Dataset, str]]] = {name: [] for name in policy.clocks}
+    for ds in datasets:
+        for purpose in ds.purposes:
+            users[policy.rule_for(purpose, ds.name).clock].append((ds, purpose))
+    return users
+
+
+def clock_references(policy: Policy, sources: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(clock table, records relation, reference column) for every record timed by another table's per-record
+    clock: a change to that table's row changes the record's retention."""
+    datasets = [ds for ds in policy.datasets if ds.subjects and ds.name in sources]
+    found = set()
+    for name, users in _clock_users(policy, datasets).items():
+        clock = policy.clocks[name]
+        for ds, _ in users:
+            if clock.per == "record" and clock.table != ds.name:
+                found.add((clock.table, ds.name, _clock_key(policy, ds, name)))
+    return [(table, _records_sql(policy.dataset(ds), sources[ds]), column) for table, ds, column in sorted(found)]
+
+
 def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, prefix: str = "_ret",
-            datasets: Collection[str] | None = None) -> None:
-    """Create temp tables `{prefix}_purposes` (record × purpose) and `{prefix}_records` (record status).
+            datasets: Collection[str] | None = None, scope: str | None = None) -> None:
+    """Create temp tables `{prefix}_purposes` (record × purpose), `{prefix}_records` (record status, with the
+    day it next changes: `next_review`), `{prefix}_flags` (pipelines.retention.scope), `{prefix}_clock_facts`
+    and `{prefix}_columns`; with `scope` (a relation of subject_type, subject_id), only for those subjects.
 
     Temp tables only: safe on a read-only connection, so the policy preview can run it twice side by side.
     `datasets`: only the records of these datasets, with the clocks their purposes run on (a transfer reads a
@@ -256,30 +345,35 @@ def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pref
     as_of_text = as_of.isoformat()
     sources = {ds.name: sql for ds in policy.datasets if (sql := source_sql(con, ds)) is not None}
     stored = table_exists(con, *CLOCK_EVENTS.split("."))
-    chosen = [ds for ds in policy.datasets if datasets is None or ds.name in datasets]
-    needed = {policy.rule_for(p, ds.name).clock for ds in chosen for p in ds.purposes}
-    # Clocks and record lists as temp tables: each is read by several purposes, computed once.
-    helpers = {f"{prefix}_clock_{name}": _clock_sql(policy, name, sources, stored=stored, as_of=as_of)
-               for name in policy.clocks if datasets is None or name in needed}
-    selects = []
-    for ds in chosen:
-        if not ds.subjects or ds.name not in sources:
+    chosen = [ds for ds in policy.datasets if ds.subjects and ds.name in sources
+              and (datasets is None or ds.name in datasets)]
+    flag_sets(con, policy, sources, prefix)
+    # Record lists, then the clocks they need, as temp tables: each is read by several purposes, computed once.
+    helpers = {f"{prefix}_records_{ds.name}": _records_sql(ds, sources[ds.name], scope) for ds in chosen}
+    for name, users in _clock_users(policy, chosen).items():
+        if datasets is not None and not users:
             continue
-        helpers[f"{prefix}_records_{ds.name}"] = _records_sql(ds, sources[ds.name])
-        for purpose in ds.purposes:
-            selects.append(_purpose_sql(policy, ds, purpose, policy.rule_for(purpose, ds.name), as_of_text, prefix))
+        only = None
+        if scope is not None and policy.clocks[name].per == "subject":
+            only = f"SELECT subject_type AS clock_subject_type, subject_id AS clock_key FROM ({scope})"
+        elif scope is not None:
+            only = " UNION ".join(f"SELECT {q(_clock_key(policy, ds, name))} AS clock_key "
+                                  f"FROM {q(prefix + '_records_' + ds.name)}" for ds, _ in users
+                                  ) or "SELECT NULL::VARCHAR AS clock_key WHERE false"
+        helpers[f"{prefix}_clock_{name}"] = _clock_sql(policy, name, sources, stored=stored, as_of=as_of, only=only)
+    selects = [_purpose_sql(policy, ds, purpose, policy.rule_for(purpose, ds.name), as_of_text, prefix)
+               for ds in chosen for purpose in ds.purposes]
     for name, sql in helpers.items():
         con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
     body = " UNION ALL ".join(selects) if selects else (
         "SELECT NULL::VARCHAR dataset, NULL::VARCHAR record_key, NULL::VARCHAR subject_type, NULL::VARCHAR "
         "subject_id, NULL::VARCHAR purpose, NULL::VARCHAR clock_name, NULL::VARCHAR "
         "clock_key, NULL::TIMESTAMP clock_start, NULL::DATE "
-        "active_until, NULL::DATE archive_until, NULL::VARCHAR purpose_status, NULL::VARCHAR purpose_reason "
-        "WHERE false")
+        "active_until, NULL::DATE archive_until, NULL::VARCHAR purpose_status, NULL::VARCHAR purpose_reason, "
+        "NULL::DATE next_change WHERE false")
     con.execute(f"CREATE OR REPLACE TEMP TABLE {prefix}_purposes AS {body}")
     _end_marketing_on_objection(con, policy, prefix)
-    restricted, held = _flags_sql(policy, sources)
-    restricted, held = _person_wide(con, restricted, "restricted"), _person_wide(con, held)
+    flags = q(prefix + "_flags")
     systems = " ".join(f"WHEN {lit(ds.name)} THEN {lit(ds.system)}" for ds in policy.datasets)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {prefix}_flagged AS
@@ -290,14 +384,15 @@ def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pref
                         WHEN bool_or(purpose_status = 'to_anonymise') THEN 'to_anonymise'
                         ELSE 'to_erase' END AS outcome,
                    list(purpose ORDER BY purpose) FILTER (purpose_status = 'active') AS active_purposes,
-                   list(purpose ORDER BY purpose) FILTER (purpose_status = 'archived') AS archive_purposes
-            FROM {prefix}_purposes GROUP BY ALL
-        ),
-        restricted AS ({restricted}), held AS ({held})
+                   list(purpose ORDER BY purpose) FILTER (purpose_status = 'archived') AS archive_purposes,
+                   -- the first day one of its purposes changes stage (nothing dated: only a change of input)
+                   min(next_change) AS next_review
+            FROM {prefix}_purposes GROUP BY dataset, record_key, subject_type, subject_id
+        )
         SELECT c.*, r.subject_id IS NOT NULL AS is_restricted, h.subject_id IS NOT NULL AS is_held
         FROM combined c
-        LEFT JOIN (SELECT DISTINCT * FROM restricted) r USING (subject_type, subject_id)
-        LEFT JOIN (SELECT DISTINCT * FROM held) h USING (subject_type, subject_id)
+        LEFT JOIN (SELECT * FROM {flags} WHERE flag = {lit(RESTRICTED)}) r USING (subject_type, subject_id)
+        LEFT JOIN (SELECT * FROM {flags} WHERE flag = {lit(HELD)}) h USING (subject_type, subject_id)
     """)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {prefix}_records AS
@@ -307,14 +402,15 @@ def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pref
                     ELSE f.outcome END AS status
         FROM {prefix}_flagged f
     """)
-    # The dated facts still timing a record that stays (closed events only: an open one is re-read every night).
+    # The dated facts still timing a record that stays (closed events only: an open one is re-read every night),
+    # with the subject of the record they time (an incremental ledger replaces its subjects' facts).
     clocks = " UNION ALL ".join(f"SELECT {lit(n)} AS clock_name, * FROM {q(prefix + '_clock_' + n)}"
                                 for n in policy.clocks if f"{prefix}_clock_{n}" in helpers) or (
         "SELECT NULL::VARCHAR clock_name, NULL::VARCHAR clock_subject_type, NULL::VARCHAR clock_key, "
-        "NULL::TIMESTAMP clock, false is_open WHERE false")
+        "NULL::TIMESTAMP clock, false is_open, false provisional WHERE false")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {prefix}_clock_facts AS
-        SELECT DISTINCT p.clock_name, k.clock_subject_type, p.clock_key, k.clock
+        SELECT DISTINCT p.clock_name, k.clock_subject_type, p.clock_key, k.clock, r.subject_type, r.subject_id
         FROM {prefix}_purposes p JOIN {prefix}_records r USING (dataset, record_key)
         JOIN ({clocks})
              k ON k.clock_name = p.clock_name AND k.clock_key = p.clock_key
@@ -343,25 +439,61 @@ PURPOSE_STATUS = """CASE WHEN rec.status = 'restricted' THEN 'restricted'
     ELSE p.purpose_status END"""
 
 
-def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date) -> bool:
+def ledger_day(con: duckdb.DuckDBPyConnection) -> dt.date | None:
+    """The `as_of` of the last ledger written (rows of record_status carry the day they were last evaluated)."""
+    state = previous_state(con)
+    if state is not None:
+        return state[0]
+    if table_exists(con, "retention", "record_status"):
+        return con.execute("SELECT max(as_of) FROM retention.record_status").fetchall()[0][0]
+    return None
+
+
+def _inputs(con: duckdb.DuckDBPyConnection, policy: Policy, sources: dict[str, str]) -> str:
+    """Temp table `_ret_inputs`: tonight's hash of what the ledger reads, per record (pipelines.retention.scope)."""
+    parts = []
+    for ds in policy.datasets:
+        if ds.subjects and ds.name in sources:
+            available = {row[0] for row in con.execute(f"DESCRIBE {sources[ds.name]}").fetchall()}
+            parts.append(inputs_sql(policy, ds, sources[ds.name], _record_subject(ds), available))
+    body = " UNION ALL ".join(parts) or f"SELECT * FROM {INPUTS} WHERE false"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _ret_inputs AS {body}")
+    return "_ret_inputs"
+
+
+def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, full: bool = False) -> Plan | None:
     """(Re)write retention.ledger (subject × purpose × dataset), retention.record_status, retention.column_status
     (per kept record, the column groups that leave its stage, and why) and retention.clock_events for `as_of`.
 
     A dataset whose clock runs per record (navigation events, contributions) can put one subject's records in
     several statuses: the ledger then has one row per status, with the record count.
 
+    Incremental unless `full` or the last ledger is no base for it (pipelines.retention.scope): only the subjects
+    whose retention can have changed since the last ledger are re-evaluated and rewritten; the other rows stay
+    as they are, with the `as_of` of the night that last evaluated them. Both give the same statuses.
+
     While push-back targets of the day are still owed (a run killed between two sources' commits, or a source
     that failed), the day's ledger stands as decided and nothing is recomputed from half-changed sources
-    (pipelines.retention.intent). Returns whether the ledger was (re)computed.
+    (pipelines.retention.intent). Returns how the ledger was computed, None when it was not.
     """
-    if owed_on(con, as_of) and table_exists(con, "retention", "record_status") and con.execute(
-            "SELECT max(as_of) FROM retention.record_status").fetchall()[0][0] == as_of:
-        return False
-    compute(con, policy, as_of)
+    if owed_on(con, as_of) and ledger_day(con) == as_of:
+        return None
+    reason = why_full(con, policy, as_of, full)
+    sources = {ds.name: sql for ds in policy.datasets if (sql := source_sql(con, ds)) is not None}
+    inputs = _inputs(con, policy, sources)
+    if reason is None:
+        plan = plan_scope(con, as_of, inputs, flag_sets(con, policy, sources, "_ret"),
+                          clock_references(policy, sources))
+        compute(con, policy, as_of, scope=f"SELECT subject_type, subject_id FROM {SCOPE}")
+        scoped = f"(subject_type, subject_id) IN (SELECT (subject_type, subject_id) FROM {SCOPE})"
+    else:
+        plan = Plan(True, reason)
+        compute(con, policy, as_of)
+        scoped = "true"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ret_new_status AS
         SELECT ?::DATE AS as_of, dataset, system, record_key, subject_type, subject_id, status,
-               {STATUS_REASON} AS reason FROM _ret_records rec
+               {STATUS_REASON} AS reason, next_review FROM _ret_records rec
     """, [as_of])
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ret_new_ledger AS
@@ -382,36 +514,58 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date)
                reason FROM _ret_columns""", [as_of])
     con.execute("CREATE OR REPLACE TEMP TABLE _ret_new_clocks AS SELECT * FROM _ret_clock_facts")
     _ensure_tables(con)
+    # Re-running the same as_of: what an earlier run already erased or anonymised is no longer found, but it is
+    # still this date's decision, so it stays in the ledger (with the inputs it was decided on, so the next night
+    # sees it gone) and the second run changes nothing.
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ret_kept AS SELECT dataset, record_key FROM retention.record_status
+        WHERE {scoped} AND as_of = ? AND status IN ('to_erase', 'to_anonymise')
+        AND (dataset, record_key) NOT IN (SELECT (dataset, record_key) FROM _ret_new_status)""", [as_of])
     with transaction(con):
-        # Re-running the same as_of: what an earlier run already erased or anonymised is no longer found, but
-        # it is still this date's decision, so it stays in the ledger and the second run changes nothing.
-        con.execute("""
-            DELETE FROM retention.record_status WHERE as_of <> ? OR status NOT IN ('to_erase', 'to_anonymise')
-            OR (dataset, record_key) IN (SELECT (dataset, record_key) FROM _ret_new_status)""", [as_of])
-        con.execute("""
-            DELETE FROM retention.ledger WHERE as_of <> ? OR status NOT IN ('to_erase', 'to_anonymise')
+        con.execute(f"""
+            DELETE FROM retention.record_status WHERE {scoped} AND (as_of <> ?
+            OR status NOT IN ('to_erase', 'to_anonymise')
+            OR (dataset, record_key) IN (SELECT (dataset, record_key) FROM _ret_new_status))""", [as_of])
+        con.execute(f"""
+            DELETE FROM retention.ledger WHERE {scoped} AND (as_of <> ? OR status NOT IN ('to_erase', 'to_anonymise')
             OR (subject_type, subject_id, purpose, dataset, status) IN (
-                SELECT (subject_type, subject_id, purpose, dataset, status) FROM _ret_new_ledger)""", [as_of])
+                SELECT (subject_type, subject_id, purpose, dataset, status) FROM _ret_new_ledger))""", [as_of])
         con.execute("INSERT INTO retention.record_status BY NAME SELECT * FROM _ret_new_status")
         con.execute("INSERT INTO retention.ledger BY NAME SELECT * FROM _ret_new_ledger")
-        # Column groups and clock facts are this run's whole picture (both only shrink as records go).
-        con.execute("DELETE FROM retention.column_status")
+        # Column groups and clock facts are the subjects' whole picture (both only shrink as records go).
+        con.execute(f"DELETE FROM retention.column_status WHERE {scoped}")
         con.execute("INSERT INTO retention.column_status BY NAME SELECT * FROM _ret_new_columns")
-        con.execute(f"DELETE FROM {CLOCK_EVENTS}")
+        con.execute(f"DELETE FROM {CLOCK_EVENTS} WHERE {scoped}")
         con.execute(f"INSERT INTO {CLOCK_EVENTS} BY NAME SELECT * FROM _ret_new_clocks")
-    return True
+        # What the next night compares with: the inputs, flags and policy this ledger was computed from.
+        con.execute(f"DELETE FROM {INPUTS} WHERE {scoped} AND (dataset, record_key) NOT IN "
+                    "(SELECT (dataset, record_key) FROM _ret_kept)")
+        con.execute(f"INSERT INTO {INPUTS} BY NAME SELECT * FROM {inputs} WHERE {scoped}")
+        con.execute(f"DELETE FROM {FLAGS}")
+        con.execute(f"INSERT INTO {FLAGS} BY NAME SELECT * FROM _ret_flags")
+        con.execute(f"DELETE FROM {STATE}")
+        con.execute(f"INSERT INTO {STATE} VALUES (?, ?)", [as_of, fingerprint(policy)])
+    for name in ("_ret_inputs", "_ret_kept", "_ret_new_status", "_ret_new_ledger", "_ret_new_columns",
+                 "_ret_new_clocks"):
+        con.execute(f"DROP TABLE {name}")
+    return plan
 
 
 def _ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the ledger tables, replacing a copy left by an older layout (it is recomputed every run)."""
-    con.execute("CREATE SCHEMA IF NOT EXISTS retention")
+    """Create the ledger tables; a copy left by an older layout gets the new columns (clock facts cannot be
+    recomputed once their rows are gone) or, if it differs otherwise, is replaced. The first ledger after that
+    is full (pipelines.retention.scope: no previous state)."""
+    con.execute(DDL)
     for table, source in (("ledger", "_ret_new_ledger"), ("record_status", "_ret_new_status"),
                           ("column_status", "_ret_new_columns"), ("clock_events", "_ret_new_clocks")):
         wanted = [(row[0], row[1]) for row in con.execute(f"DESCRIBE {source}").fetchall()]
         found = [(c, t) for (c, t) in con.execute(
             "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'retention' "
             "AND table_name = ? ORDER BY ordinal_position", [table]).fetchall()]
-        if found != wanted:
+        if found and found == wanted[:len(found)]:
+            for column, data_type in wanted[len(found):]:
+                con.execute(f"ALTER TABLE retention.{table} ADD COLUMN {q(column)} {data_type}")
+        elif found != wanted:
             con.execute(f"CREATE OR REPLACE TABLE retention.{table} AS SELECT * FROM {source} WHERE false")
 
 

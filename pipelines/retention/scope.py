@@ -1,0 +1,149 @@
+"""Which subjects the night's ledger re-evaluates: the incremental ledger's scope, and when it must be full.
+
+A record's retention only changes when (a) one of its purposes reaches a dated boundary (`next_review`, kept per
+record in retention.record_status), (b) the columns the ledger reads from it change (a hash per record, kept in
+retention.record_inputs), (c) a row of a per-record clock it references changes (through a `references`
+column), or (d) a person-wide flag reaching it changes (restricted, legal hold, objection to marketing: the
+expanded sets are small, computed whole every night and kept in retention.flag_sets). The unit re-evaluated is
+the subject: per-subject clocks, person-wide flags and the ledger rows all hang on it.
+
+Everything else stays as the last ledger decided. The whole population is recomputed (`full`) when there is no
+trustworthy previous ledger: none yet, a different policy or ledger code (`fingerprint`), a day earlier than the
+last ledger's, or an explicit request (the weekly schedule).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+
+import duckdb
+
+from pipelines.policy.models import Dataset, Policy
+from pipelines.sources.schema import RESTRICTION_COLUMNS
+from pipelines.sqltext import ident as q
+from pipelines.sqltext import literal as lit
+
+# Bump when the ledger's SQL changes what it decides: the next night then recomputes everything.
+LEDGER_CODE_VERSION = 1
+INPUTS = "retention.record_inputs"
+FLAGS = "retention.flag_sets"
+STATE = "retention.ledger_state"
+SCOPE = "_ret_scope"  # temp table (subject_type, subject_id) of the night's incremental scope
+DDL = f"""
+CREATE SCHEMA IF NOT EXISTS retention;
+CREATE TABLE IF NOT EXISTS {INPUTS} (dataset VARCHAR, record_key VARCHAR, subject_type VARCHAR,
+    subject_id VARCHAR, input_hash UBIGINT);
+CREATE TABLE IF NOT EXISTS {FLAGS} (flag VARCHAR, subject_type VARCHAR, subject_id VARCHAR);
+CREATE TABLE IF NOT EXISTS {STATE} (as_of DATE, fingerprint VARCHAR);
+"""
+
+
+def fingerprint(policy: Policy) -> str:
+    """Hash of the policy as loaded and of the ledger code's version: a ledger computed under another one is not
+    a base to update."""
+    files = [f.model_dump(mode="json") for f in (policy.purposes_file, policy.datasets_file, policy.recipients_file)]
+    text = json.dumps({"ledger": LEDGER_CODE_VERSION, "policy": files}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def input_columns(policy: Policy, ds: Dataset, available: set[str]) -> list[str]:
+    """The columns of `ds` the ledger reads (key, subjects, references, row purposes, clocks and their fallback,
+    restriction and legal-hold conditions), as far as the warehouse has them."""
+    wanted = [ds.primary_key, *(s.column for s in ds.subjects), *ds.references]
+    wanted += [c.column for entry in ds.row_purposes for c in entry.where]
+    for clock in policy.clocks.values():
+        if clock.table == ds.name:
+            wanted += [*clock.columns, *([clock.fallback.column] if clock.fallback else [])]
+    for hold in policy.datasets_file.legal_holds:
+        if hold.table == ds.name:
+            wanted += [hold.column, *([hold.until_set] if hold.until_set else [])]
+    wanted += RESTRICTION_COLUMNS
+    return sorted({c for c in wanted if c in available})
+
+
+def inputs_sql(policy: Policy, ds: Dataset, source: str, subject: tuple[str, str], available: set[str]) -> str:
+    """(dataset, record_key, subject_type, subject_id, input_hash) per record of `source`; `subject` is the
+    pair of SQL expressions naming a record's subject, as the ledger lists it."""
+    columns = ", ".join(q(c) for c in input_columns(policy, ds, available))
+    return (f"SELECT {lit(ds.name)} AS dataset, CAST({q(ds.primary_key)} AS VARCHAR) AS record_key, "
+            f"{subject[0]} AS subject_type, {subject[1]} AS subject_id, hash({columns}) AS input_hash "
+            f"FROM ({source})")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How tonight's ledger is computed: `full` (and why) or incremental over SCOPE (and why each part)."""
+
+    full: bool
+    reason: str = ""
+    due: int = 0  # subjects with a record whose next transition is due
+    changed: int = 0  # subjects with a record whose ledger inputs changed (new, changed, vanished, clock row)
+    flags: int = 0  # subjects entering or leaving a person-wide flag
+    subjects: int = 0  # the union
+
+    def describe(self) -> str:
+        if self.full:
+            return f"full: {self.reason}"
+        return (f"incremental: {self.subjects} subjects in scope (due {self.due}, changed {self.changed}, "
+                f"flags {self.flags})")
+
+
+def previous_state(con: duckdb.DuckDBPyConnection) -> tuple[dt.date, str] | None:
+    con.execute(DDL)
+    rows = con.execute(f"SELECT as_of, fingerprint FROM {STATE}").fetchall()
+    return rows[0] if rows else None
+
+
+def why_full(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, requested: bool) -> str | None:
+    """The reason tonight's ledger must be computed whole, None when the last one can be updated."""
+    state = previous_state(con)
+    if requested:
+        return "full recompute requested"
+    if state is None:
+        return "no previous incremental ledger"
+    if state[1] != fingerprint(policy):
+        return "policy or ledger code changed since the last ledger"
+    if as_of < state[0]:
+        return f"as_of {as_of} is before the last ledger's ({state[0]})"
+    return None
+
+
+def plan_scope(con: duckdb.DuckDBPyConnection, as_of: dt.date, inputs: str, flags: str,
+               clock_refs: list[tuple[str, str, str]]) -> Plan:
+    """Create SCOPE: subjects due tonight, whose inputs changed, or whose flags changed.
+
+    `inputs` and `flags` are tonight's temp tables (INPUTS and FLAGS layout); `clock_refs` lists, per reference
+    to a per-record clock table, (clock table, referencing relation with subject_type/subject_id, reference
+    column) so records timed by a changed clock row come in too."""
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ret_changed_rows AS
+        SELECT coalesce(n.dataset, o.dataset) AS dataset, coalesce(n.record_key, o.record_key) AS record_key,
+               o.subject_type AS old_type, o.subject_id AS old_id, n.subject_type AS new_type, n.subject_id AS new_id
+        FROM {inputs} n FULL JOIN {INPUTS} o ON n.dataset = o.dataset AND n.record_key = o.record_key
+        WHERE n.input_hash IS DISTINCT FROM o.input_hash OR n.subject_type IS DISTINCT FROM o.subject_type
+           OR n.subject_id IS DISTINCT FROM o.subject_id""")
+    referencing = " ".join(
+        f"UNION SELECT r.subject_type, r.subject_id FROM ({relation}) r WHERE r.{q(column)} IN "
+        f"(SELECT record_key FROM _ret_changed_rows WHERE dataset = {lit(table)})"
+        for table, relation, column in clock_refs)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ret_scope_parts AS
+        SELECT DISTINCT subject_type, subject_id, 'due' AS part FROM retention.record_status
+        WHERE next_review <= DATE {lit(as_of.isoformat())}
+        UNION SELECT subject_type, subject_id, 'changed' FROM (
+            SELECT old_type AS subject_type, old_id AS subject_id FROM _ret_changed_rows WHERE old_id IS NOT NULL
+            UNION SELECT new_type, new_id FROM _ret_changed_rows WHERE new_id IS NOT NULL {referencing})
+        UNION SELECT subject_type, subject_id, 'flags' FROM (
+            (SELECT * FROM {flags} EXCEPT SELECT * FROM {FLAGS})
+            UNION (SELECT * FROM {FLAGS} EXCEPT SELECT * FROM {flags}))""")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {SCOPE} AS SELECT DISTINCT subject_type, subject_id "
+                "FROM _ret_scope_parts")
+    counts = dict(con.execute("SELECT part, count(DISTINCT (subject_type, subject_id)) FROM _ret_scope_parts "
+                              "GROUP BY 1").fetchall())
+    subjects = con.execute(f"SELECT count(*) FROM {SCOPE}").fetchall()[0][0]
+    con.execute("DROP TABLE _ret_scope_parts; DROP TABLE _ret_changed_rows")
+    return Plan(False, due=counts.get("due", 0), changed=counts.get("changed", 0), flags=counts.get("flags", 0),
+                subjects=subjects)
