@@ -24,23 +24,27 @@ import sqlite3
 from pathlib import Path
 from types import SimpleNamespace
 
+import dagster as dg
 import duckdb
 import pytest
 
 from assets.retention import LEDGER_KEY
+from pipelines.definitions import defs
 from pipelines.demo.__main__ import run_job
 from pipelines.demo.changes import day_of_changes, verified_requests
 from pipelines.demo.generate import generate
+from pipelines.orchestration.runs import AS_OF_TAG, PARIS
 from pipelines.rights import process as rights_process
+from sensors.schedules import nightly_schedule, weekly_full_recompute_schedule
 from tests.conftest import TEST_AS_OF, TEST_KEY_HEX
-from tests.test_nightly import RUN_TIME_COLUMNS, _sources_snapshot
+from tests.test_nightly import RUN_TIME_COLUMNS
 
 MEMBERS = 150
 SEED = 11
 NIGHTS = (TEST_AS_OF + dt.timedelta(days=1), TEST_AS_OF + dt.timedelta(days=50))  # after the first
-# ledger rows: the night that last evaluated them; navigation files: when the day of changes wrote them
+# ledger rows: the night that last evaluated them; navigation files: when and how (bytes) they were written
 BOOKKEEPING = {("retention", t, "as_of") for t in ("record_status", "ledger", "column_status")} | {
-    ("raw", "ingested_files", "mtime_ns")}
+    ("raw", "ingested_files", "mtime_ns"), ("raw", "ingested_files", "size")}
 
 
 def _wall_clock(night: dt.date) -> SimpleNamespace:
@@ -132,6 +136,23 @@ def _differences(a: Path, b: Path) -> dict[str, tuple[int, int, list]]:
     return found
 
 
+def _source_rows(sources: Path) -> dict[str, list]:
+    """Every row of the SQL sources (but when push-back applied it) and the navigation files' rows."""
+    rows: dict[str, list] = {}
+    for db in ("members.db", "prospects.db"):
+        with sqlite3.connect(sources / db) as con:
+            for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"):
+                columns = [c[1] for c in con.execute(f'PRAGMA table_info("{table}")') if c[1] not in RUN_TIME_COLUMNS]
+                cols = ", ".join(f'"{c}"' for c in columns)
+                rows[f"{db}:{table}"] = sorted(map(repr, con.execute(f'SELECT {cols} FROM "{table}"')))
+    with duckdb.connect() as con:
+        for folder in ("events", "consents"):
+            rows[folder] = sorted(map(repr, con.execute(
+                f"SELECT * EXCLUDE (filename) FROM read_parquet('{sources}/navigation/{folder}/**/*.parquet', "
+                "filename = true, union_by_name = true)").fetchall()))
+    return rows
+
+
 def test_incremental_ledger_gives_the_warehouse_of_a_full_recompute_night_after_night(worlds, monkeypatch):
     paths = {}
     for k, night in enumerate(NIGHTS):
@@ -140,10 +161,27 @@ def test_incremental_ledger_gives_the_warehouse_of_a_full_recompute_night_after_
         paths[night] = {name: _night(root, night, name == "full", monkeypatch) for name, root in worlds.items()}
         differences = _differences(worlds["incremental"] / "warehouse.duckdb", worlds["full"] / "warehouse.duckdb")
         assert not differences, (night, paths[night], differences)
-        assert _sources_snapshot(worlds["incremental"] / "sources") == _sources_snapshot(worlds["full"] / "sources")
+        sources = {name: _source_rows(root / "sources") for name, root in worlds.items()}
+        assert sources["incremental"] == sources["full"], night
 
     # Each path ran as asked, and the incremental one had every kind of scope to cover.
     assert all(p["full"] == "full: full recompute requested" for p in paths.values())
     assert all(p["incremental"].startswith("incremental: ") for p in paths.values())
     scopes = [dict(re.findall(r"(due|changed|flags) (\d+)", p["incremental"])) for p in paths.values()]
     assert all(any(int(s[part]) for s in scopes) for part in ("due", "changed", "flags")), scopes
+
+
+def test_sunday_night_is_the_nightly_run_with_a_full_ledger_and_runs_once():
+    sunday = dt.datetime(2026, 11, 29, 1, 30, tzinfo=PARIS)
+    context = dg.build_schedule_context(scheduled_execution_time=sunday, repository_def=defs.get_repository_def())
+    assert not nightly_schedule.evaluate_tick(context).run_requests
+    [request] = weekly_full_recompute_schedule.evaluate_tick(context).run_requests
+    assert request.tags[AS_OF_TAG] == "2026-11-29" and request.run_key == "nightly-2026-11-29"
+    assert request.run_config["ops"][LEDGER_KEY.to_python_identifier()]["config"] == {
+        "as_of": "2026-11-29", "full_recompute": True}
+    assert weekly_full_recompute_schedule.execution_timezone == "Europe/Paris"
+    # the other nights, the ledger is incremental
+    monday = dg.build_schedule_context(scheduled_execution_time=sunday + dt.timedelta(days=1),
+                                       repository_def=defs.get_repository_def())
+    [request] = nightly_schedule.evaluate_tick(monday).run_requests
+    assert request.run_config["ops"][LEDGER_KEY.to_python_identifier()]["config"] == {"as_of": "2026-11-30"}
