@@ -50,7 +50,9 @@ def _purpose_table(counts: dict[str, dict[str, int]]) -> str:
     "generated from policies/ for the run's as_of; retention.record_status holds the per-record outcome, "
     "retention.column_status the column groups of kept records that go to the archive or are cleared (and why), "
     "retention.clock_events the dated events still timing a kept record. Holds and restrictions reach the whole "
-    "person; it runs after the rights stage.",
+    "person; it runs after the rights stage. Incremental: only subjects with a record whose next transition is "
+    "due, whose inputs changed or whose person-wide flags changed are re-evaluated (pipelines.retention.scope); "
+    "the config's `full_recompute` (the Sunday schedule) re-evaluates everyone; `ledger_path` says which ran.",
     kinds={"duckdb", "sql"},
     owners=[OWNER],
     tags={"stage": "retention"},

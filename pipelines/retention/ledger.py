@@ -1,4 +1,5 @@
-"""The retention ledger, generated as SQL from the policy and computed over the whole population in DuckDB.
+"""The retention ledger, generated as SQL from the policy and computed in DuckDB: each night for the subjects
+whose retention can have changed (pipelines.retention.scope), or for the whole population (a full recompute).
 
 For every dataset record and each purpose it serves, the purpose's clock (declared in datasets.yaml) gives
 clock start and the last day of the active and archive periods (whole days: pipelines.retention.until);
