@@ -37,7 +37,7 @@ from pipelines.orchestration.runs import AS_OF_TAG, PARIS
 from pipelines.rights import process as rights_process
 from sensors.schedules import nightly_schedule, weekly_full_recompute_schedule
 from tests.conftest import TEST_AS_OF, TEST_KEY_HEX
-from tests.test_nightly import RUN_TIME_COLUMNS
+from tests.test_nightly import RUN_TIME_COLUMNS, RUN_TIME_TABLES
 
 MEMBERS = 150
 SEED = 11
@@ -119,6 +119,8 @@ def _differences(a: Path, b: Path) -> dict[str, tuple[int, int, list]]:
         tables = con.execute("SELECT DISTINCT table_schema, table_name FROM information_schema.tables "
                              "WHERE table_catalog IN ('a', 'b') AND table_type = 'BASE TABLE' ORDER BY 1, 2").fetchall()
         for schema, table in tables:
+            if f"{schema}.{table}" in RUN_TIME_TABLES:
+                continue
             columns = {db: {c for (c,) in con.execute(
                 "SELECT column_name FROM information_schema.columns WHERE table_catalog = ? AND table_schema = ? "
                 "AND table_name = ?", [db, schema, table]).fetchall()} for db in ("a", "b")}
