@@ -9,7 +9,8 @@ restriction: person-wide flags change) and a new prospect sharing a member's e-m
 them); the last night jumps weeks ahead, across many retention boundaries (records come due). After every
 night the two warehouses are compared table by table, column by column, and so are the sources.
 
-Bookkeeping that may differ: when the pipeline did something (tests.test_nightly.RUN_TIME_COLUMNS), and the
+Bookkeeping that may differ: when the pipeline did something (tests.test_nightly.RUN_TIME_COLUMNS, the change
+markers push-back stamps and the ingest watermarks read from them, the navigation files' times), and the
 `as_of` of ledger rows, which says when the row was last evaluated (the incremental ledger leaves unchanged
 subjects' rows as they were).
 """
@@ -45,6 +46,8 @@ NIGHTS = (TEST_AS_OF + dt.timedelta(days=1), TEST_AS_OF + dt.timedelta(days=50))
 # ledger rows: the night that last evaluated them; navigation files: when and how (bytes) they were written
 BOOKKEEPING = {("retention", t, "as_of") for t in ("record_status", "ledger", "column_status")} | {
     ("raw", "ingested_files", "mtime_ns"), ("raw", "ingested_files", "size")}
+# the change marker push-back stamps on the rows it changes (the wall clock), and the watermarks read from it
+CHANGE_MARKERS = {"updated_at"}
 
 
 def _wall_clock(night: dt.date) -> SimpleNamespace:
@@ -119,7 +122,7 @@ def _differences(a: Path, b: Path) -> dict[str, tuple[int, int, list]]:
         tables = con.execute("SELECT DISTINCT table_schema, table_name FROM information_schema.tables "
                              "WHERE table_catalog IN ('a', 'b') AND table_type = 'BASE TABLE' ORDER BY 1, 2").fetchall()
         for schema, table in tables:
-            if f"{schema}.{table}" in RUN_TIME_TABLES:
+            if f"{schema}.{table}" in RUN_TIME_TABLES | {"raw.watermarks"}:
                 continue
             columns = {db: {c for (c,) in con.execute(
                 "SELECT column_name FROM information_schema.columns WHERE table_catalog = ? AND table_schema = ? "
@@ -128,7 +131,7 @@ def _differences(a: Path, b: Path) -> dict[str, tuple[int, int, list]]:
                 found[f"{schema}.{table}"] = (0, 0, [columns["a"] ^ columns["b"]])
                 continue
             kept = sorted(c for c in columns["a"]
-                          if c not in RUN_TIME_COLUMNS and (schema, table, c) not in BOOKKEEPING)
+                          if c not in RUN_TIME_COLUMNS | CHANGE_MARKERS and (schema, table, c) not in BOOKKEEPING)
             cols = ", ".join(f'"{c}"' for c in kept)
             side = {db: f'SELECT {cols} FROM {db}."{schema}"."{table}"' for db in ("a", "b")}
             only_a = con.execute(f"{side['a']} EXCEPT ALL {side['b']}").fetchall()
@@ -144,7 +147,8 @@ def _source_rows(sources: Path) -> dict[str, list]:
     for db in ("members.db", "prospects.db"):
         with sqlite3.connect(sources / db) as con:
             for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"):
-                columns = [c[1] for c in con.execute(f'PRAGMA table_info("{table}")') if c[1] not in RUN_TIME_COLUMNS]
+                columns = [c[1] for c in con.execute(f'PRAGMA table_info("{table}")')
+                           if c[1] not in RUN_TIME_COLUMNS | CHANGE_MARKERS]
                 cols = ", ".join(f'"{c}"' for c in columns)
                 rows[f"{db}:{table}"] = sorted(map(repr, con.execute(f'SELECT {cols} FROM "{table}"')))
     with duckdb.connect() as con:

@@ -515,9 +515,9 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date,
                reason FROM _ret_columns""", [as_of])
     con.execute("CREATE OR REPLACE TEMP TABLE _ret_new_clocks AS SELECT * FROM _ret_clock_facts")
     _ensure_tables(con)
-    # Re-running the same as_of: what an earlier run already erased or anonymised is no longer found, but it is
-    # still this date's decision, so it stays in the ledger (with the inputs it was decided on, so the next night
-    # sees it gone) and the second run changes nothing.
+    # Re-running the same as_of: what an earlier run already erased or anonymised is no longer found (or no longer
+    # names its subject), but it is still this date's decision, so it stays in the ledger with the inputs it was
+    # decided on (the next night sees what changed since) and the second run changes nothing.
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ret_kept AS SELECT dataset, record_key FROM retention.record_status
         WHERE {scoped} AND as_of = ? AND status IN ('to_erase', 'to_anonymise')
@@ -539,9 +539,9 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date,
         con.execute(f"DELETE FROM {CLOCK_EVENTS} WHERE {scoped}")
         con.execute(f"INSERT INTO {CLOCK_EVENTS} BY NAME SELECT * FROM _ret_new_clocks")
         # What the next night compares with: the inputs, flags and policy this ledger was computed from.
-        con.execute(f"DELETE FROM {INPUTS} WHERE {scoped} AND (dataset, record_key) NOT IN "
-                    "(SELECT (dataset, record_key) FROM _ret_kept)")
-        con.execute(f"INSERT INTO {INPUTS} BY NAME SELECT * FROM {inputs} WHERE {scoped}")
+        kept = "(dataset, record_key) NOT IN (SELECT (dataset, record_key) FROM _ret_kept)"
+        con.execute(f"DELETE FROM {INPUTS} WHERE {scoped} AND {kept}")
+        con.execute(f"INSERT INTO {INPUTS} BY NAME SELECT * FROM {inputs} WHERE {scoped} AND {kept}")
         con.execute(f"DELETE FROM {FLAGS}")
         con.execute(f"INSERT INTO {FLAGS} BY NAME SELECT * FROM _ret_flags")
         con.execute(f"DELETE FROM {STATE}")
