@@ -107,9 +107,11 @@ def core_context(root: Path, policy: object, navigation: Path, audit_log: Path |
 def retention_night(warehouse: Path, root: Path, policy: object, navigation: Path, engines: dict,
                     as_of: dt.date) -> None:
     """What the nightly job does for retention once the sources are ingested: ledger, then apply (push-back to
-    the sources, then the warehouse); every decision must be confirmed."""
+    the sources, then the warehouse), then the re-read of what push-back changed (its change markers included),
+    as `retention/applied` does; every decision must be confirmed."""
     import duckdb
 
+    from pipelines.refresh import refresh_from_sources
     from pipelines.retention.apply import apply_retention
     from pipelines.retention.ledger import build_ledger
 
@@ -117,6 +119,8 @@ def retention_night(warehouse: Path, root: Path, policy: object, navigation: Pat
         build_ledger(con, policy, as_of)
         outcome = apply_retention(con, core_context(root, policy, navigation), as_of, members=engines["members"],
                                   prospects=engines["prospects"])
+        refresh_from_sources(con, outcome.touched, engines=engines, navigation_dir=navigation, policy=policy,
+                             as_of=as_of)
     assert not outcome.decisions_failed
 
 

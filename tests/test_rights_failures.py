@@ -61,8 +61,8 @@ def fingerprint(world: World) -> dict[str, object]:
                 "SELECT * FROM rights.decision_targets", "SELECT * FROM rights.exclusions",
                 "SELECT * FROM identity.person_links"):
         print_[sql] = sorted(map(repr, world.wh(sql)))
-    for schema, table in world.wh("SELECT schema_name, table_name FROM duckdb_tables() WHERE schema_name IN "
-                                  "('raw', 'archive') AND table_name NOT IN ('quarantine', 'ingested_files', 'ingest_scope')"):
+    for schema, table in world.wh("SELECT schema_name, table_name FROM duckdb_tables() WHERE schema_name IN ('raw', "
+                                  "'archive') AND table_name NOT IN ('quarantine', 'ingested_files', 'ingest_scope')"):
         print_[f"{schema}.{table}"] = world.wh(f'SELECT count(*) FROM {schema}."{table}"')
     print_["notices"] = sorted(json.dumps({k: v for k, v in n.items() if k != "created_at"}, sort_keys=True)
                                for n in read_notices(world.root / "outbox"))
