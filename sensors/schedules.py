@@ -26,16 +26,21 @@ def _fields(node: dg.OpDefinition) -> dict:
     return (getattr(node.config_schema.config_type, "fields", None) or {}) if node.config_schema else {}
 
 
+# What a full recompute asks of each op that has the field: the ledger re-evaluates every record, the SQL sources
+# are copied whole whatever their change markers (a row changed at a source without its marker is caught up).
+FULL_RECOMPUTE_FIELDS = ("full_recompute", "full_reread")
+
+
 def as_of_run_config(job: dg.JobDefinition | None, as_of: dt.date, full_recompute: bool = False) -> dict:
     """Run config setting `as_of` on every op of `job` whose config schema has that field (but OWN_AS_OF), and
-    `full_recompute` on the ops that have it (the retention ledger) when asked."""
+    when asked, `full_recompute` / `full_reread` on the ops that have them (retention ledger, SQL ingest)."""
     if job is None:
         return {}
     ops = {}
     for node in job.all_node_defs:
         config = {"as_of": as_of.isoformat()} if node.name not in OWN_AS_OF and "as_of" in _fields(node) else {}
-        if full_recompute and "full_recompute" in _fields(node):
-            config["full_recompute"] = True
+        if full_recompute:
+            config.update({field: True for field in FULL_RECOMPUTE_FIELDS if field in _fields(node)})
         if config:
             ops[node.name] = {"config": config}
     return {"ops": ops} if ops else {}
@@ -61,9 +66,10 @@ def nightly_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | d
     cron_schedule="30 1 * * 0",
     execution_timezone=PARIS.key,
     job_name=NIGHTLY_JOB,
-    description="Sunday at 01:30 Europe/Paris, instead of that night's nightly run: the same run, with the "
-    "retention ledger recomputed for every record (the other nights re-evaluate only what changed since the last "
-    "ledger); a safety net that also proves the two agree.",
+    description="Sunday at 01:30 Europe/Paris, instead of that night's nightly run: the same run, with the SQL "
+    "sources copied whole and the retention ledger recomputed for every record (the other nights read the rows "
+    "changed since the watermark and re-evaluate only what changed since the last ledger): the safety net for a "
+    "change a marker or a hash did not show.",
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
 def weekly_full_recompute_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:

@@ -2,7 +2,8 @@
 
 One small generated world has its first night (the nightly job, through Dagster in process; its ledger is
 full: there is none before), then two copies of it live the same nights through the same job: one with the
-incremental ledger (the default), one with `full_recompute` every night. Each copy runs in turn at the same
+incremental ledger and ingest (the default), one as the weekly full recompute runs (`full_recompute`: the
+ledger re-evaluates every record, the SQL sources are copied whole) every night. Each copy runs in turn at the same
 path, so the paths the warehouse records are the same. Before each night the same day of changes reaches
 both sources (new members, ended contracts, page views, prospects), with rights requests (erasure, objection,
 restriction: person-wide flags change) and a new prospect sharing a member's e-mail (an identity link joins
@@ -185,9 +186,13 @@ def test_sunday_night_is_the_nightly_run_with_a_full_ledger_and_runs_once():
     assert request.tags[AS_OF_TAG] == "2026-11-29" and request.run_key == "nightly-2026-11-29"
     assert request.run_config["ops"][LEDGER_KEY.to_python_identifier()]["config"] == {
         "as_of": "2026-11-29", "full_recompute": True}
+    # and the SQL sources copied whole, whatever their change markers say
+    assert {op: request.run_config["ops"][op]["config"] for op in ("ingest_members", "ingest_prospects")} == {
+        "ingest_members": {"full_reread": True}, "ingest_prospects": {"full_reread": True}}
     assert weekly_full_recompute_schedule.execution_timezone == "Europe/Paris"
     # the other nights, the ledger is incremental
     monday = dg.build_schedule_context(scheduled_execution_time=sunday + dt.timedelta(days=1),
                                        repository_def=defs.get_repository_def())
     [request] = nightly_schedule.evaluate_tick(monday).run_requests
     assert request.run_config["ops"][LEDGER_KEY.to_python_identifier()]["config"] == {"as_of": "2026-11-30"}
+    assert "ingest_members" not in request.run_config["ops"]
