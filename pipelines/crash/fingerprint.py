@@ -41,9 +41,11 @@ WALL_CLOCK_TIMES = frozenset({
 })
 # Drawn afresh by each run, chained over those times, or saying which run did it: compared by presence only.
 # `digest` is the audit's SHA-256 of a rights decision's targets, whose payloads hold the objection time;
-# `mac` is the keyed HMAC of an entry's hash, so it follows the entry's time.
+# `mac` is the keyed HMAC of an entry's hash, so it follows the entry's time; the incremental ledger's
+# `record_inputs.input_hash` hashes the columns the ledger reads, an objection's or restriction's time among them
+# (the rows it hashes are compared themselves).
 RUN_IDS = frozenset({"run_id", "batch_id", "ingested_files.mtime_ns", "audit.hash", "audit.prev_hash",
-                     "audit.mac", "audit.digest", "audit.newly_applied"})
+                     "audit.mac", "audit.digest", "audit.newly_applied", "record_inputs.input_hash"})
 # JSON text columns whose values embed wall-clock times (an objection's `objected_at`): times cut to the day.
 EMBEDDED_TIMES = frozenset({"decision_targets.payload", "pushback_targets.payload", "privacy_decision_staging.payload"})
 _DAY_ONLY = r"\1"  # the date group of _TIME_OF_DAY
