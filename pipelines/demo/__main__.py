@@ -76,10 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     job = sub.add_parser("job")
     job.add_argument("--job", choices=["nightly_job", "rights_job", "policy_preview_job"], default="nightly_job")
     job.add_argument("--as-of", type=_parse_date, default=dt.date.today())
+    job.add_argument("--full-recompute", action="store_true",
+                     help="as the weekly schedule: the SQL sources copied whole, the ledger over every record")
     args = parser.parse_args(argv)
 
     if args.command == "job":
-        return 0 if run_job(args.as_of, args.job).success else 1
+        return 0 if run_job(args.as_of, args.job, full_recompute=args.full_recompute).success else 1
 
     if args.command == "generate":
         _generate(args.out, args.members, args.seed, args.as_of)
