@@ -38,6 +38,13 @@ def _print_counts(title: str, path: Path) -> None:
         print(f"  {schema:<10} " + ", ".join(items))
 
 
+def _cut(text: str, width: int = 60) -> str:
+    """A metadata value on one line of the summary; a cut one ends in "…" (so "is off by …" does not read as
+    an empty figure), the UI shows it whole."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def print_run(result: dg.ExecuteInProcessResult, seconds: float) -> None:
     """The run in a few lines: outcome, steps, navigation days ingested, and every check that did not pass."""
     steps = [e for e in result.all_events if e.is_step_success]
@@ -56,7 +63,7 @@ def print_run(result: dg.ExecuteInProcessResult, seconds: float) -> None:
     print(f"  checks: {len(evaluations) - len(failed)} passed, {len(failed)} not passed")
     for e in failed:
         # Check metadata carries counts and ids only (never an identifier), so it can be shown here.
-        details = ", ".join(f"{k}={str(v.value)[:60]}" for k, v in list(e.metadata.items())[:3])
+        details = ", ".join(f"{k}={_cut(str(v.value))}" for k, v in list(e.metadata.items())[:3])
         print(f"    {e.severity.value} {'/'.join(e.asset_key.path)} · {e.check_name}: {details}")
 
 
