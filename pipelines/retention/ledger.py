@@ -334,7 +334,7 @@ def clock_references(policy: Policy, sources: dict[str, str]) -> list[tuple[str,
 
 
 def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, prefix: str = "_ret",
-            datasets: Collection[str] | None = None, scope: str | None = None) -> None:
+            datasets: Collection[str] | None = None, scope: str | None = None, flags_built: bool = False) -> None:
     """Create temp tables `{prefix}_purposes` (record × purpose), `{prefix}_records` (record status, with the
     day it next changes: `next_review`), `{prefix}_flags` (pipelines.retention.scope), `{prefix}_clock_facts`
     and `{prefix}_columns`; with `scope` (a relation of subject_type, subject_id), only for those subjects.
@@ -342,13 +342,15 @@ def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pref
     Temp tables only: safe on a read-only connection, so the policy preview can run it twice side by side.
     `datasets`: only the records of these datasets, with the clocks their purposes run on (a transfer reads a
     few datasets); their rows are those the whole computation gives them. None: every dataset.
+    `flags_built`: `{prefix}_flags` is already tonight's (the scope was planned from it), not built again.
     """
     as_of_text = as_of.isoformat()
     sources = {ds.name: sql for ds in policy.datasets if (sql := source_sql(con, ds)) is not None}
     stored = table_exists(con, *CLOCK_EVENTS.split("."))
     chosen = [ds for ds in policy.datasets if ds.subjects and ds.name in sources
               and (datasets is None or ds.name in datasets)]
-    flag_sets(con, policy, sources, prefix)
+    if not flags_built:
+        flag_sets(con, policy, sources, prefix)
     # Record lists, then the clocks they need, as temp tables: each is read by several purposes, computed once.
     helpers = {f"{prefix}_records_{ds.name}": _records_sql(ds, sources[ds.name], scope) for ds in chosen}
     for name, users in _clock_users(policy, chosen).items():
@@ -485,7 +487,7 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date,
     if reason is None:
         plan = plan_scope(con, as_of, inputs, flag_sets(con, policy, sources, "_ret"),
                           clock_references(policy, sources))
-        compute(con, policy, as_of, scope=f"SELECT subject_type, subject_id FROM {SCOPE}")
+        compute(con, policy, as_of, scope=f"SELECT subject_type, subject_id FROM {SCOPE}", flags_built=True)
         scoped = f"(subject_type, subject_id) IN (SELECT (subject_type, subject_id) FROM {SCOPE})"
     else:
         plan = Plan(True, reason)
