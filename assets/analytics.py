@@ -12,6 +12,7 @@ from dataclasses import asdict
 import dagster as dg
 from pydantic import Field
 
+from pipelines.orchestration import settings
 from pipelines.orchestration.resources import (
     AnalyticsFileResource,
     PoliciesResource,
@@ -139,6 +140,7 @@ def analytics_file(
         pseudonymisation_key.key_version,
         as_of,
         policies.load(),
+        memory_limit=settings.duckdb_memory_limit(),
     )
     context.log.info(f"analytics file published with key version {report.key_version}, as of {as_of}")
     for name in BUILDERS:

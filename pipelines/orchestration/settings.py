@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from pipelines.audit import AUDIT_DOMAIN
+from pipelines.duck import DEFAULT_MEMORY_LIMIT
 from pipelines.pseudo.keys import KeyProvider, PseudonymisationKeyError, parse_hex_key, read_key_file
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -115,4 +116,4 @@ def warehouse_lock_timeout_s() -> float:
 
 def duckdb_memory_limit() -> str:
     """DuckDB's memory cap for warehouse connections, as DuckDB reads it ('8GB', '50%')."""
-    return os.environ.get("SEM_DUCKDB_MEMORY_LIMIT") or "50%"
+    return os.environ.get("SEM_DUCKDB_MEMORY_LIMIT") or DEFAULT_MEMORY_LIMIT

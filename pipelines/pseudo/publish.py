@@ -11,12 +11,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 
+from pipelines.duck import DEFAULT_MEMORY_LIMIT, connect_scratch
 from pipelines.policy.models import Policy
 from pipelines.private import make_private, private_dir
 from pipelines.pseudo.checks import CATALOGUE, validate_analytics_file
@@ -172,16 +174,20 @@ def publish_analytics(
     key_version: int,
     as_of: dt.date,
     purposes: Policy,
+    *,
+    memory_limit: str = DEFAULT_MEMORY_LIMIT,
 ) -> PublicationReport:
-    """Build, check and atomically publish the analytics file; raise PublicationRefused on a failed check."""
+    """Build, check and atomically publish the analytics file; raise PublicationRefused on a failed check. The
+    build's DuckDB memory is capped at `memory_limit`; beyond it, it spills into a private folder beside the file."""
     private_dir(analytics.parent)
     # A run killed mid-build leaves its candidate behind; runs are serialised, so any left is stale. If
     # another publication were racing, losing its candidate only makes its swap fail: nothing half-published.
     for stale in analytics.parent.glob(f".{analytics.name}.*.building*"):
         stale.unlink(missing_ok=True)
     candidate = analytics.with_name(f".{analytics.name}.{uuid.uuid4().hex}.building")
+    spill = analytics.with_name(f".{analytics.name}.spill")
     try:
-        con = duckdb.connect()
+        con = connect_scratch(spill, memory_limit)
         try:
             con.execute(f"ATTACH {literal(warehouse)} AS wh (READ_ONLY)")
             con.execute(f"ATTACH {literal(candidate)} AS cand")
@@ -199,4 +205,5 @@ def publish_analytics(
     finally:
         candidate.unlink(missing_ok=True)
         candidate.with_name(candidate.name + ".wal").unlink(missing_ok=True)
+        shutil.rmtree(spill, ignore_errors=True)
     return PublicationReport(path=analytics, key_version=key_version, as_of=as_of, tables=reports, excluded=excluded)
