@@ -20,7 +20,7 @@ from pathlib import Path
 import duckdb
 
 from pipelines.normalise import trim_sql
-from pipelines.pseudo.kanon import achieved_k_sql, class_columns, flagged_sql
+from pipelines.pseudo.kanon import achieved_k_sql, class_columns, classes_sql
 from pipelines.pseudo.policy import PseudonymisationPolicy
 from pipelines.sqltext import ident, literal
 
@@ -103,8 +103,8 @@ def k_anonymity_problems(con: duckdb.DuckDBPyConnection, policy: Pseudonymisatio
             problems.append(f"{name}: a class has {achieved} people, k = {policy.k_of(name)}")
         if table.l_diversity:
             keys = [ident(c.name) for c in class_columns(table)]
-            flagged = flagged_sql(f"pub.main.{ident(name)}", keys, ident(table.subject), 1, table)
-            uniform = con.execute(f"SELECT count(*) FROM ({flagged}) WHERE _small").fetchall()[0][0]
+            classes = classes_sql(f"pub.main.{ident(name)}", keys, ident(table.subject), 1, table)
+            uniform = con.execute(f"SELECT coalesce(sum(_rows), 0) FROM ({classes}) WHERE _small").fetchall()[0][0]
             if uniform:
                 rules = ", ".join(f"{r.column} {r.measure} l={r.l}" for r in table.l_diversity)
                 problems.append(f"{name}: {uniform} row(s) in classes not diverse enough ({rules})")

@@ -90,27 +90,38 @@ def column_sql(column: ColumnPolicy, level: int) -> str:
     return level_sql(column.levels[level], ident(column.source))
 
 
-def flagged_sql(
+def classes_sql(
     relation: str, keys: list[str], subject: str, k: int, table: TablePolicy, weight: str = "1"
 ) -> str:
-    """`relation` plus a boolean `_small`: the row's class has fewer than k people or too little diversity.
+    """One row per class of `relation` (its `keys`): `_rows`, the published rows it holds, and `_small`, true
+    when the class has fewer than k people or too little diversity.
 
-    `keys` are the class expressions over `relation`; sensitive columns are read under their published
-    names. `weight` is how many published rows a row of `relation` stands for (the roll-up's `n`).
+    `keys` are column names of `relation`; sensitive columns are read under their published names. `weight`
+    is how many published rows a row of `relation` stands for (the roll-up's `n`). Hash aggregates, not
+    window functions: a windowed count(DISTINCT) re-sorts the relation for every node the search counts.
     """
-    part = f"PARTITION BY {', '.join(keys)}"
-    shares, small = [], [f"count(DISTINCT {subject}) OVER ({part}) < {k}"]
+    group = ", ".join(keys)
+    small = [f"count(DISTINCT {subject}) < {k}"] + [
+        f"count(DISTINCT {ident(rule.column)}) < {rule.l}" for rule in table.l_diversity if rule.measure == "distinct"
+    ]
+    ctes, joins = [f"_class AS (SELECT {group}, sum({weight}) AS _rows, ({' OR '.join(small)}) AS _small "
+                   f"FROM {relation} GROUP BY {group})"], []
     for i, rule in enumerate(table.l_diversity):
-        s = ident(rule.column)
-        if rule.measure == "distinct":
-            small.append(f"count(DISTINCT {s}) OVER ({part}) < {rule.l}")
+        if rule.measure != "entropy":
             continue
-        # Entropy of the class's sensitive values (shares of its rows): -sum(p ln p) >= ln l.
-        shares.append(f"sum({weight}) OVER ({part}, {s}) / sum({weight}) OVER ({part}) AS _share{i}")
-        small.append(f"-sum({weight} * ln(_share{i})) OVER ({part}) / sum({weight}) OVER ({part}) "
-                     f"< {literal(math.log(rule.l) - 1e-9)}")
-    inner = f"SELECT *, {', '.join(shares)} FROM {relation}" if shares else f"SELECT * FROM {relation}"
-    return f"SELECT *, ({' OR '.join(small)}) AS _small FROM ({inner})"
+        # Entropy of the class's sensitive values, shares p = w_s / W of its rows: -sum(p ln p) = ln W - sum(w_s
+        # ln w_s) / W >= ln l.
+        s = ident(rule.column)
+        ctes.append(f"_entropy{i} AS (SELECT {group}, sum(_w * ln(_w)) AS _wlnw FROM (SELECT {group}, {s}, "
+                    f"sum({weight}) AS _w FROM {relation} GROUP BY {group}, {s}) GROUP BY {group})")
+        # Keys may be NULL (a postal code that names no département): NULL matches NULL.
+        on = " AND ".join(f"c.{key} IS NOT DISTINCT FROM e{i}.{key}" for key in keys)
+        joins.append((f"JOIN _entropy{i} e{i} ON {on}",
+                      f"ln(c._rows) - e{i}._wlnw / c._rows < {literal(math.log(rule.l) - 1e-9)}"))
+    flags = " OR ".join(["c._small", *(test for _, test in joins)])
+    select = ", ".join(f"c.{key}" for key in keys)
+    return (f"WITH {', '.join(ctes)} SELECT {select}, c._rows, ({flags}) AS _small "
+            f"FROM _class c {' '.join(join for join, _ in joins)}")
 
 
 class Lattice:
@@ -168,8 +179,8 @@ class Lattice:
         if not nodes:
             return {}
         parts = [
-            f"SELECT {index} AS node, coalesce(sum(n) FILTER (WHERE _small), 0) AS rows "
-            f"FROM ({flagged_sql(self.relation, self.keys(node), '_subject', self.k, self.table, 'n')})"
+            f"SELECT {index} AS node, coalesce(sum(_rows) FILTER (WHERE _small), 0) AS rows "
+            f"FROM ({classes_sql(self.relation, self.keys(node), '_subject', self.k, self.table, 'n')})"
             for index, node in enumerate(nodes)
         ]
         found = dict(self.con.execute(" UNION ALL ".join(parts)).fetchall())
@@ -220,9 +231,11 @@ def anonymised_rows_sql(base: str, table: TablePolicy, levels: dict[str, int], k
     select = ", ".join(f"{column_sql(c, levels[c.name])} AS {ident(c.name)}" for c in table.columns)
     # Generalise once, then count people (and sensitive values) per class over the generalised columns.
     keys = [ident(c.name) for c in class_columns(table)]
-    flagged = flagged_sql("generalised", keys, ident(table.subject), k, table)
-    columns = ", ".join(ident(c.name) for c in table.columns)
-    return f"WITH generalised AS (SELECT {select} FROM {base}) SELECT {columns} FROM ({flagged}) WHERE NOT _small"
+    classes = classes_sql("generalised", keys, ident(table.subject), k, table)
+    on = " AND ".join(f"g.{key} IS NOT DISTINCT FROM c.{key}" for key in keys)
+    columns = ", ".join(f"g.{ident(c.name)}" for c in table.columns)
+    return (f"WITH generalised AS (SELECT {select} FROM {base}) SELECT {columns} FROM generalised g "
+            f"JOIN ({classes}) c ON {on} WHERE NOT c._small")
 
 
 def achieved_k_sql(relation: str, table: TablePolicy) -> str:
