@@ -97,31 +97,32 @@ def classes_sql(
     when the class has fewer than k people or too little diversity.
 
     `keys` are column names of `relation`; sensitive columns are read under their published names. `weight`
-    is how many published rows a row of `relation` stands for (the roll-up's `n`). Hash aggregates, not
-    window functions: a windowed count(DISTINCT) re-sorts the relation for every node the search counts.
+    is how many published rows a row of `relation` stands for (the roll-up's `n`). Distinct values are counted
+    by grouping twice (hash aggregates): a windowed count(DISTINCT) re-sorts the relation for every node the
+    search counts, and a grouped one keeps a set per class.
     """
     group = ", ".join(keys)
-    small = [f"count(DISTINCT {subject}) < {k}"] + [
-        f"count(DISTINCT {ident(rule.column)}) < {rule.l}" for rule in table.l_diversity if rule.measure == "distinct"
-    ]
-    ctes, joins = [f"_class AS (SELECT {group}, sum({weight}) AS _rows, ({' OR '.join(small)}) AS _small "
-                   f"FROM {relation} GROUP BY {group})"], []
+    ctes = [f"_class AS (SELECT {group}, count({subject}) AS _people, sum(_w) AS _rows FROM (SELECT {group}, "
+            f"{subject}, sum({weight}) AS _w FROM {relation} GROUP BY {group}, {subject}) GROUP BY {group})"]
+    joins, small = [], [f"c._people < {k}"]
     for i, rule in enumerate(table.l_diversity):
-        if rule.measure != "entropy":
-            continue
-        # Entropy of the class's sensitive values, shares p = w_s / W of its rows: -sum(p ln p) = ln W - sum(w_s
-        # ln w_s) / W >= ln l.
         s = ident(rule.column)
-        ctes.append(f"_entropy{i} AS (SELECT {group}, sum(_w * ln(_w)) AS _wlnw FROM (SELECT {group}, {s}, "
-                    f"sum({weight}) AS _w FROM {relation} GROUP BY {group}, {s}) GROUP BY {group})")
+        if rule.measure == "distinct":
+            ctes.append(f"_l{i} AS (SELECT {group}, count({s}) AS _v FROM (SELECT DISTINCT {group}, {s} "
+                        f"FROM {relation}) GROUP BY {group})")
+            small.append(f"l{i}._v < {rule.l}")
+        else:
+            # Entropy of the class's sensitive values, shares p = w_s / W of its rows:
+            # -sum(p ln p) = ln W - sum(w_s ln w_s) / W >= ln l.
+            ctes.append(f"_l{i} AS (SELECT {group}, sum(_w * ln(_w)) AS _v FROM (SELECT {group}, {s}, "
+                        f"sum({weight}) AS _w FROM {relation} GROUP BY {group}, {s}) GROUP BY {group})")
+            small.append(f"ln(c._rows) - l{i}._v / c._rows < {literal(math.log(rule.l) - 1e-9)}")
         # Keys may be NULL (a postal code that names no département): NULL matches NULL.
-        on = " AND ".join(f"c.{key} IS NOT DISTINCT FROM e{i}.{key}" for key in keys)
-        joins.append((f"JOIN _entropy{i} e{i} ON {on}",
-                      f"ln(c._rows) - e{i}._wlnw / c._rows < {literal(math.log(rule.l) - 1e-9)}"))
-    flags = " OR ".join(["c._small", *(test for _, test in joins)])
+        on = " AND ".join(f"c.{key} IS NOT DISTINCT FROM l{i}.{key}" for key in keys)
+        joins.append(f"JOIN _l{i} l{i} ON {on}")
     select = ", ".join(f"c.{key}" for key in keys)
-    return (f"WITH {', '.join(ctes)} SELECT {select}, c._rows, ({flags}) AS _small "
-            f"FROM _class c {' '.join(join for join, _ in joins)}")
+    return (f"WITH {', '.join(ctes)} SELECT {select}, c._rows, ({' OR '.join(small)}) AS _small "
+            f"FROM _class c {' '.join(joins)}")
 
 
 class Lattice:

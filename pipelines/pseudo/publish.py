@@ -66,19 +66,32 @@ def _table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bo
     ).fetchall()[0][0] > 0
 
 
-def _prepare(con: duckdb.DuckDBPyConnection, name: str, table: TablePolicy, key: bytes | None) -> str:
-    """Temp table of the table's base rows with its token columns joined on; returns its name."""
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _base_{name} AS {BUILDERS[name](table.domain)}")
+def _prepare(
+    con: duckdb.DuckDBPyConnection, name: str, table: TablePolicy, key: bytes | None, bases: dict[str, str]
+) -> str:
+    """Temp table of the table's base rows with its token columns joined on; returns its name.
+
+    `bases` maps each base query already run to its temp table: the three tables read from the page views
+    (navigation_pseudo and the two audiences) share one base, queried once.
+    """
+    query = BUILDERS[name](table.domain)
+    if query not in bases:
+        bases[query] = f"_base_{name}"
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {bases[query]} AS {query}")
+    base = bases[query]
+    pseudonyms = table.by_role("pseudonym")
+    if not pseudonyms:
+        return base
     prepared, joins, tokens = f"_prep_{name}", [], []
-    for i, column in enumerate(table.by_role("pseudonym")):
+    for i, column in enumerate(pseudonyms):
         normalised = normalise_sql(column.normalise, ident(column.source))
-        tokenise_table(con, f"_tok_{name}_{i}", f"SELECT {normalised} AS value FROM _base_{name}", key)
+        tokenise_table(con, f"_tok_{name}_{i}", f"SELECT {normalised} AS value FROM {base}", key)
         on = normalise_sql(column.normalise, "b." + ident(column.source))
         joins.append(f"JOIN _tok_{name}_{i} t{i} ON t{i}.value = {on}")
         tokens.append(f"t{i}.token AS {ident(column.name)}")
     select = ", ".join(["b.*", *tokens])
     # Inner joins: a row whose pseudonym source normalises to nothing has no person to count, so it goes.
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {prepared} AS SELECT {select} FROM _base_{name} b {' '.join(joins)}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {prepared} AS SELECT {select} FROM {base} b {' '.join(joins)}")
     return prepared
 
 
@@ -142,10 +155,10 @@ def build_candidate(
     if missing:
         raise ValueError(f"the warehouse lacks {', '.join(missing)}: run ingestion and identity resolution first")
     excluded = prepare_builders(con, policy, as_of, purposes)
-    reports = {}
+    reports, bases = {}, {}
     for name, table in policy.tables.items():
         uses_key = bool(table.by_role("pseudonym"))
-        prepared = _prepare(con, name, table, domain_keys[table.domain] if uses_key else None)
+        prepared = _prepare(con, name, table, domain_keys[table.domain] if uses_key else None, bases)
         kanon = anonymise(
             con, prepared, f"cand.main.{ident(name)}", table, policy.k_of(name), policy.suppression_budget(name),
             {"as_of": as_of},
