@@ -157,10 +157,13 @@ class Lattice:
         if self.table.loss == "height":
             return [level / self.heights[i] if self.heights[i] else 0.0 for level in levels]
         # Normalised certainty penalty: the share of the finest values a published value could be.
-        windows = ", ".join(f"count(DISTINCT q{i}_0) OVER (PARTITION BY q{i}_{j}) AS c{j}" for j in levels)
-        sums = ", ".join(f"sum(n * greatest(c{j} - 1, 0))" for j in levels)
+        # Counted over the column's distinct values (a few hundred), not over the roll-up's rows.
+        values = f"SELECT {', '.join(f'q{i}_{j}' for j in levels)}, sum(n) AS w FROM {self.relation} GROUP BY ALL"
+        sums = ", ".join(f"(SELECT sum(w * greatest(c - 1, 0)) FROM (SELECT sum(w) AS w, count(DISTINCT q{i}_0) "
+                         f"AS c FROM _values GROUP BY q{i}_{j}))" for j in levels)
         row = self.con.execute(
-            f"SELECT {sums}, sum(n), count(DISTINCT q{i}_0) FROM (SELECT n, q{i}_0, {windows} FROM {self.relation})"
+            f"WITH _values AS ({values}) "
+            f"SELECT {sums}, (SELECT sum(w) FROM _values), (SELECT count(DISTINCT q{i}_0) FROM _values)"
         ).fetchall()[0]
         *penalties, rows, distinct = row
         if not rows or distinct is None or distinct < 2:
