@@ -116,9 +116,15 @@ def _risks(
     generalised = ", ".join(f"{column_sql(c, levels[c.name])} AS {ident(c.name)}" for c in dims)
     person = ident(table.column(table.subject).source)
     on = " AND ".join(f"p.{ident(c.name)} IS NOT DISTINCT FROM w.{ident(c.name)}" for c in dims)
+    class_on = " AND ".join(f"r.{ident(c.name)} IS NOT DISTINCT FROM c.{ident(c.name)}" for c in dims)
     row = _one(con, f"""
-        WITH published AS (
-            SELECT {keys}, count(DISTINCT {ident(table.subject)}) OVER (PARTITION BY {keys}) AS people FROM {published}
+        WITH classes AS (  -- people per class, grouped twice (hash aggregates, no windowed count(DISTINCT))
+            SELECT {keys}, count({ident(table.subject)}) AS people
+            FROM (SELECT DISTINCT {keys}, {ident(table.subject)} FROM {published}) GROUP BY ALL
+        ),
+        published AS (
+            SELECT {', '.join(f"r.{ident(c.name)}" for c in dims)}, c.people
+            FROM {published} r JOIN classes c ON {class_on}
         ),
         population AS (
             SELECT {keys}, count(DISTINCT _person) AS people
