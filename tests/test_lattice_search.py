@@ -117,3 +117,29 @@ def test_a_class_whose_people_share_one_care_category_is_not_published(measure: 
     con.execute("CREATE TEMP TABLE base2 AS SELECT * FROM frame")
     anonymise(con, "base2", "out2", _table(), 5, 0.5, PARAMS)
     assert con.execute("SELECT count(*) FROM out2").fetchall()[0][0] == 20
+
+
+@pytest.mark.parametrize("measure", ["distinct", "entropy"])
+def test_every_node_counts_the_rows_of_small_or_uniform_classes_as_defined(measure: str) -> None:
+    con = duckdb.connect()
+    frame = _frame(6, 250)
+    # People with several rows (the roll-up weighs them), and postal codes that name no département (NULL keys).
+    frame = pd.concat([frame, frame.iloc[:60].assign(care="gp")], ignore_index=True)
+    frame.loc[frame.index % 17 == 0, "postal_code"] = "BP 12"
+    table = _table(l_diversity=[{"column": "care", "l": 2, "measure": measure}])
+    lattice = _lattice(con, frame, table, 5, 0.05)
+    rollup = con.execute(f"SELECT * FROM {lattice.relation}").df()
+    assert rollup.filter(like="q1_").isna().any().any() and (rollup["n"] > 1).any()
+    counted = lattice.suppressed(nodes(lattice.heights))
+    for node, rows in counted.items():
+        keys = [f"q{i}_{level}" for i, level in enumerate(node)]
+        classes = rollup.groupby(keys, dropna=False)
+        people = classes["_subject"].transform("nunique")
+        weight = classes["n"].transform("sum")
+        if measure == "distinct":
+            diverse = classes["care"].transform("nunique") >= 2
+        else:
+            share = rollup.groupby([*keys, "care"], dropna=False)["n"].transform("sum") / weight
+            entropy = (-rollup["n"] * np.log(share)).groupby([rollup[k] for k in keys], dropna=False).transform("sum")
+            diverse = entropy / weight >= np.log(2) - 1e-9
+        assert rows == int(rollup["n"][(people < 5) | ~diverse].sum()), node
