@@ -35,25 +35,59 @@ NAVIGATION_DIRS = {"navigation_events": "events", "cookie_consents": "consents"}
 KEY = "_key"  # the key column as text, to split the rows read for every request between them
 
 
-def _source_rows(engines: dict[str, sa.Engine | None], navigation_dir: Path | None, system: str, table: str,
-                 key_column: str, keys: list[str]) -> pa.Table | None:
-    if system in SQL_SYSTEMS:
-        engine = engines.get(system)
-        if engine is None:
-            return None
-        source = SQL_SYSTEMS[system].tables[table]
-        key = sa.cast(source.c[key_column], sa.Text)
-        with engine.connect() as con:
-            result = con.execute(sa.select(source, key.label(KEY)).where(key.in_(keys)))
-            return pa.Table.from_pylist([dict(r) for r in result.mappings()])
-    files = sorted((navigation_dir / NAVIGATION_DIRS[table]).rglob("*.parquet")) if navigation_dir else []
-    if not files:
+def _sql_rows(engine: sa.Engine, system: str, table: str, key_column: str, keys: list[str]) -> pa.Table:
+    """The rows whose key is one of `keys`, compared in the column's own type: a source can use its index on
+    the column (a text cast of every row's key could not)."""
+    source = SQL_SYSTEMS[system].tables[table]
+    column = source.c[key_column]
+    typed = sorted({_typed(column, k) for k in keys} - {None})
+    with engine.connect() as con:
+        result = con.execute(sa.select(source, sa.cast(column, sa.Text).label(KEY)).where(column.in_(typed)))
+        return pa.Table.from_pylist([dict(r) for r in result.mappings()])
+
+
+def _typed(column: sa.Column, key: str) -> object:
+    """`key` (text) as the column's Python type; None when it cannot be one (then it matches no row)."""
+    try:
+        return column.type.python_type(key)
+    except (ValueError, TypeError, NotImplementedError):
+        return None
+
+
+def _navigation_files(con: duckdb.DuckDBPyConnection, navigation_dir: Path, st: SubjectTable, keys: list[str],
+                      copied: pa.Table | None) -> list[str]:
+    """The log files that can hold rows of `keys`, out of the whole log (tens of millions of page views at a
+    million members): those the warehouse copied such rows from (`copied`: raw.<table>'s rows of the keys,
+    with their `source_file`), those it set such a malformed row aside from, and every file it has not copied
+    as it is now (new, rewritten or unreadable since the last ingest). Every file while retention still owes
+    this log a push-back: the warehouse has dropped rows that the files still hold."""
+    files = {str(f): f.stat() for f in sorted((navigation_dir / NAVIGATION_DIRS[st.table_name]).rglob("*.parquet"))}
+    owed = table_exists(con, "retention", "pushback_targets") and con.execute(
+        "SELECT count(*) FROM retention.pushback_targets WHERE system = 'navigation' AND table_name = ?",
+        [st.table_name]).fetchall()[0][0]
+    if owed or not table_exists(con, "raw", "ingested_files"):
+        return list(files)
+    copied_as_is = {path: (size, mtime) for path, size, mtime in con.execute(
+        "SELECT path, size, mtime_ns FROM raw.ingested_files WHERE list_contains(?, path)", [list(files)]).fetchall()}
+    wanted = {p for p, stat in files.items() if copied_as_is.get(p) != (stat.st_size, stat.st_mtime_ns)}
+    if copied is not None and "source_file" in copied.column_names:
+        wanted |= set(pc.unique(copied["source_file"]).drop_null().to_pylist())
+    if table_exists(con, "raw", "quarantine"):
+        wanted |= {p for (p,) in con.execute(
+            "SELECT DISTINCT record->>'source_file' FROM raw.quarantine WHERE system = 'navigation' "
+            "AND table_name = ? AND list_contains(?, record->>?)", [st.table_name, keys, st.key_column]).fetchall()}
+    return sorted(wanted & set(files))
+
+
+def _navigation_rows(navigation_dir: Path | None, files: list[str], key_column: str, keys: list[str]
+                     ) -> pa.Table | None:
+    if navigation_dir is None or not files:
         return None
     with duckdb.connect() as con:
         return con.sql(
             f"SELECT *, CAST({ident(key_column)} AS VARCHAR) AS {KEY} FROM read_parquet($files, "
             f"hive_partitioning = false) WHERE CAST({ident(key_column)} AS VARCHAR) IN (SELECT unnest($keys))",
-            params={"files": [str(f) for f in files], "keys": keys}).to_arrow_table()
+            params={"files": files, "keys": keys}).to_arrow_table()
 
 
 @dataclass(frozen=True)
@@ -77,8 +111,7 @@ def read_held(con: duckdb.DuckDBPyConnection, policy: Policy, nodes: Iterable[tu
         keys = sorted(by_type.get(st.node_type, ()))
         if not keys:
             continue
-        located = {f"source.{st.system}.{st.table_name}": _source_rows(
-            engines, navigation_dir, st.system, st.table_name, st.key_column, keys)}
+        located: dict[str, pa.Table | None] = {}
         for schema in WAREHOUSE_SCHEMAS:
             if table_exists(con, schema, st.table_name):
                 typed = column_type(con, schema, st.table_name, st.key_column)
@@ -86,6 +119,14 @@ def read_held(con: duckdb.DuckDBPyConnection, policy: Policy, nodes: Iterable[tu
                     f"SELECT *, CAST({ident(st.key_column)} AS VARCHAR) AS {KEY} FROM {schema}.{ident(st.table_name)} "
                     f"WHERE {ident(st.key_column)} IN (SELECT TRY_CAST(unnest($keys) AS {typed}))",
                     params={"keys": keys}).to_arrow_table()
+        source = f"source.{st.system}.{st.table_name}"
+        if st.system in SQL_SYSTEMS:
+            engine = engines.get(st.system)
+            located[source] = None if engine is None else _sql_rows(engine, st.system, st.table_name,
+                                                                     st.key_column, keys)
+        elif navigation_dir is not None:
+            files = _navigation_files(con, navigation_dir, st, keys, located.get(f"warehouse.raw.{st.table_name}"))
+            located[source] = _navigation_rows(navigation_dir, files, st.key_column, keys)
         rows |= {(st, location): found for location, found in located.items()
                  if found is not None and found.num_rows}
     return Held(rows)

@@ -74,10 +74,16 @@ def enqueue_audit(con: duckdb.DuckDBPyConnection, entries: list[Mapping[str, obj
     """Queue audit entries, each with a unique `details.audit_key` (call inside the state's transaction)."""
     if not entries:
         return
-    start = con.execute("SELECT coalesce(max(seq), 0) FROM rights.audit_outbox").fetchone()[0]
-    con.executemany("INSERT OR IGNORE INTO rights.audit_outbox VALUES (?, ?, ?)", [
-        [e["details"][AUDIT_KEY], start + i, json.dumps(e, sort_keys=True, default=str)]
-        for i, e in enumerate(entries, start=1)])
+    start = con.execute("SELECT coalesce(max(seq), 0) FROM rights.audit_outbox").fetchall()[0][0]
+    first: dict[str, int] = {}  # a key queued twice keeps its first entry, as one insert per entry did
+    for i, e in enumerate(entries):
+        first.setdefault(e["details"][AUDIT_KEY], i)
+    # one statement for the batch: an insert per entry cost ~4 ms each (2 s for 100 requests)
+    con.register("_queued", pa.table({
+        "entry_key": list(first), "seq": [start + 1 + i for i in first.values()],
+        "entry": [json.dumps(entries[i], sort_keys=True, default=str) for i in first.values()]}))
+    con.execute("INSERT OR IGNORE INTO rights.audit_outbox SELECT entry_key, seq, CAST(entry AS JSON) FROM _queued")
+    con.unregister("_queued")
 
 
 def flush_audit(con: duckdb.DuckDBPyConnection, audit: AuditLog, *, recover: bool = False) -> int:

@@ -201,9 +201,10 @@ def _archive_kept(con: duckdb.DuckDBPyConnection, policy: Policy, tables: list[S
     holds = {}
     for table, condition, reason in legal_hold_sql(policy, "h"):
         holds.setdefault(table, []).append((condition, reason))
+    erased_types = {t for (t,) in run_sql(con, "SELECT DISTINCT node_type FROM _nodes WHERE request_type = 'erasure'")}
     for t in tables:
-        if not table_exists(con, "raw", t.table_name):
-            continue
+        if t.node_type not in erased_types or not table_exists(con, "raw", t.table_name):
+            continue  # nobody's erasure reaches the table: no scan of it
         raw, typed = f"raw.{ident(t.table_name)}", column_type(con, "raw", t.table_name, t.key_column)
         rules = ([("true", t.kept_reason)] if t.kept_reason else []) + [
             # a person under a hold keeps every row of the hold's table, not only the matching ones
@@ -231,7 +232,10 @@ def _erase_in_warehouse(con: duckdb.DuckDBPyConnection, tables: list[SubjectTabl
         SELECT t.system, t.table_name, t.key_column, t.key_value, d.person_id, d.action AS request_type
         FROM rights.decision_targets t JOIN rights.decisions d USING (decision_id)
         WHERE t.action = 'erase' AND list_contains(?, t.decision_id)""", [decision_ids])
+    reached = set(run_sql(con, "SELECT DISTINCT system, table_name, key_column FROM _erased"))
     for t in tables:
+        if (t.system, t.table_name, t.key_column) not in reached:
+            continue  # no erased key in the table: no scan of it
         erased = (f"FROM _erased WHERE system = {literal(t.system)} AND table_name = {literal(t.table_name)} "
                   f"AND key_column = {literal(t.key_column)}")
         for schema in ("raw", "archive"):
