@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
@@ -311,3 +312,32 @@ def test_portability_gives_what_the_person_provided_per_source(world: World):
     # what the person gave under the contract, not the system's bookkeeping nor data kept for other bases
     assert {"email", "phone", "iban"} <= set(members[0]) and not {"created_at", "restricted_at"} & set(members[0])
     assert "source.members.litigation_cases" not in bundle["tables"]
+
+
+@pytest.mark.parametrize("world", ["sqlite"], indirect=True)  # backend-neutral: SQLite suffices
+def test_an_access_bundle_holds_every_page_view_the_log_holds_on_the_person(world: World):
+    """Only the day files that can hold the person are read (the log is tens of millions of page views at scale):
+    the bundle still has every page view of theirs in the log, those the warehouse copied and those of a file
+    written since the last ingest."""
+    member, visitor = world.wh("SELECT member_id, visitor_id FROM raw.navigation_events WHERE member_id IS NOT NULL "
+                               "ORDER BY event_id LIMIT 1")[0]
+    with world.engines["members"].begin() as con:
+        con.execute(sa.text("INSERT INTO rights_requests (request_id, member_id, request_type, received_at, "
+                            "identity_verified_at, status) VALUES (9402, :m, 'access', '2026-10-20 09:00:00', "
+                            "'2026-10-21 09:00:00', 'received')"), {"m": member})
+    world.ingest()
+    # a page view logged after the ingest, in a file the warehouse has not seen
+    day = sorted((world.navigation / "events").glob("day=*"))[-1]
+    known = pq.read_table(next(day.glob("*.parquet")))
+    late = known.slice(0, 1).to_pylist()[0] | {"event_id": "late-event", "member_id": member, "visitor_id": visitor}
+    pq.write_table(pa.Table.from_pylist([late], schema=known.schema), day / "part-late.parquet")
+
+    world.process()
+    assert world.wh("SELECT state FROM rights.requests WHERE request_id = 9402") == [("answered",)]
+    bundle = json.loads((world.root / "exports" / "9402" / "bundle.json").read_text())
+    person = world.wh("SELECT person_id FROM rights.requests WHERE request_id = 9402")[0][0]
+    visitors, members = set(world.links[person].get("visitor", [])), set(world.links[person].get("member", []))
+    logged = {e["event_id"] for e in pq.read_table(world.navigation / "events").to_pylist()
+              if e["visitor_id"] in visitors or str(e["member_id"]) in members}
+    found = {r["event_id"] for r in bundle["tables"]["source.navigation.navigation_events"]["rows"]}
+    assert "late-event" in found and found == logged
