@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,6 +93,8 @@ def _prepare(
     select = ", ".join(["b.*", *tokens])
     # Inner joins: a row whose pseudonym source normalises to nothing has no person to count, so it goes.
     con.execute(f"CREATE OR REPLACE TEMP TABLE {prepared} AS SELECT {select} FROM {base} b {' '.join(joins)}")
+    for i in range(len(pseudonyms)):
+        con.execute(f"DROP TABLE _tok_{name}_{i}")
     return prepared
 
 
@@ -156,6 +159,9 @@ def build_candidate(
         raise ValueError(f"the warehouse lacks {', '.join(missing)}: run ingestion and identity resolution first")
     excluded = prepare_builders(con, policy, as_of, purposes)
     reports, bases = {}, {}
+    # Each temp table is dropped once the last table reading it is built: at a million members a base of page
+    # views is gigabytes, and the build's memory is capped.
+    readers = Counter(BUILDERS[name](table.domain) for name, table in policy.tables.items())
     for name, table in policy.tables.items():
         uses_key = bool(table.by_role("pseudonym"))
         prepared = _prepare(con, name, table, domain_keys[table.domain] if uses_key else None, bases)
@@ -175,6 +181,11 @@ def build_candidate(
         reports[name] = TableReport(
             rows=rows, kanon=kanon, key_version=key_version if uses_key else None, quality=quality
         )
+        query = BUILDERS[name](table.domain)
+        readers[query] -= 1
+        done = [population, None if prepared == bases[query] else prepared, None if readers[query] else bases[query]]
+        for temp in filter(None, done):
+            con.execute(f"DROP TABLE {temp}")
     _write_catalogue(con, policy, reports)
     return reports, excluded
 
