@@ -1,8 +1,9 @@
 """Push-back to the append-only navigation logs (day-partitioned Parquet events, cookie-consent log).
 
-Each affected file is rewritten whole to a temporary name in the same folder, fsynced, then swapped in
-with os.replace, so a reader or a crash never sees a half-written file; it keeps the mode the source system
-gave the file it replaces (pipelines.private.write_atomically). The decisions applied are recorded
+Each affected file is rewritten whole, once for all the decisions with rows in it (several files at a time),
+to a temporary name in the same folder, fsynced, then swapped in with os.replace, so a reader or a crash never
+sees a half-written file; it keeps the mode the source system gave the file it replaces
+(pipelines.private.write_atomically). The decisions applied are recorded
 afterwards in a manifest (`_privacy_applied_decisions.json`, also written atomically). A crash between a
 file swap and the manifest leaves decisions unrecorded: the re-run re-filters, which is a no-op on the
 files already rewritten (erase and anonymise are idempotent), so the end state is the same. What each decision
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from pipelines.sqltext import all_of, ident, list_literal
 MANIFEST_NAME = "_privacy_applied_decisions.json"
 JOURNAL_NAME = "_privacy_pending_decisions.json"  # decision -> rows and tables, counted before any rewrite
 TABLE_DIRS = {"navigation_events": "events", "cookie_consents": "consents"}
+REWRITERS = 8  # files rewritten at once
 
 
 Stat = tuple[int, int]  # a file's size and modification time (ns): changed by any rewrite or append
@@ -81,14 +84,20 @@ def _close_journal(navigation_dir: Path, manifest: dict[str, dict[str, object]])
         (navigation_dir / JOURNAL_NAME).unlink()
 
 
-def _rewrite(path: Path, key_column: str, keys: pa.Array, action: str, columns: list[str]) -> None:
+Operation = tuple[dict[str, str], pa.Array]  # a decision group, and the keys of its targets found in one file
+
+
+def _rewrite(path: Path, operations: Sequence[Operation]) -> None:
+    """Rewrite one file once for every group with rows in it; each group's hash set holds only the keys found in
+    this file (a set of the group's every key, rebuilt for each of hundreds of files, cost the first night more
+    than reading and writing them)."""
     table = pq.read_table(path)
-    hit = pc.is_in(pc.cast(table[key_column], pa.string()), value_set=keys)
-    hit = pc.fill_null(hit, False)
-    if action == "erase":
-        table = table.filter(pc.invert(hit))
-    else:
-        for name in columns:
+    for group, keys in operations:
+        hit = pc.fill_null(pc.is_in(pc.cast(table[group["key_column"]], pa.string()), value_set=keys), False)
+        if group["action"] == "erase":
+            table = table.filter(pc.invert(hit))
+            continue
+        for name in group["columns_key"].split(","):
             index = table.schema.get_field_index(name)
             column = table[name]
             table = table.set_column(index, table.schema.field(index),
@@ -147,38 +156,42 @@ def apply_to_navigation(navigation_dir: Path, targets: pa.Table, *, now: str, no
     if pending.num_rows == 0:
         return outcome
     counted: dict[str, dict[str, object]] = {}
-    rewrites: list[tuple[dict[str, str], list[str], pa.Array]] = []
+    rewrites: dict[str, list[Operation]] = {}  # file -> what to do in it
     notices: list[dict[str, str]] = []
     seen: dict[str, Stat] = {}  # every file read, as it was before its first read
+    listed = {table: _files(navigation_dir, table) for table in TABLE_DIRS}
     con = duckdb.connect()
     try:
         for group in _groups(pending):
-            files = _files(navigation_dir, group["table_name"])
+            files = listed[group["table_name"]]
             if not files:
                 continue
             seen |= {str(f): _stat(f) for f in files if str(f) not in seen}
             con.register("group_targets", _group_targets(pending, group))
             notices += _notices(con, files, group, notice_rules)
-            counts = _matches(con, files, group["key_column"]).aggregate(
-                "decision_id, count(*) AS n, list(DISTINCT filename) AS files").fetchall()
-            keys = pa.array(pc.unique(_group_targets(pending, group)["key_value"]).to_pylist(), pa.string())
-            rewrites.append((group, sorted({f for _, _, fs in counts for f in fs}), keys))
-            for decision_id, n, _ in counts:
+            _matches(con, files, group["key_column"]).create("group_matches")  # the logs are read once per group
+            per_file = con.sql("SELECT filename, list(DISTINCT key_value) AS keys FROM group_matches "
+                               "GROUP BY filename").to_arrow_table()
+            for filename, keys in zip(per_file["filename"].to_pylist(), per_file["keys"], strict=True):
+                rewrites.setdefault(filename, []).append((group, keys.values))
+            for decision_id, n in con.sql("SELECT decision_id, count(*) FROM group_matches GROUP BY ALL").fetchall():
                 entry = counted.setdefault(decision_id, {"rows_affected": 0, "tables": []})
                 entry["rows_affected"] += n
                 entry["tables"] = sorted({*entry["tables"], group["table_name"]})
+            con.execute("DROP TABLE group_matches")
     finally:
         con.close()
-    matched = {f for _, paths, _ in rewrites for f in paths}
-    outcome.clear = {f: stat for f, stat in seen.items() if f not in matched}
+    outcome.clear = {f: stat for f, stat in seen.items() if f not in rewrites}
     # Recorded before any file changes; what an interrupted run recorded first stands (it counted the whole).
     journal = {**counted, **_read_journal(navigation_dir)}
     write_atomically(navigation_dir / JOURNAL_NAME, json.dumps(journal, sort_keys=True, indent=1), in_source=True)
     # The notices too go out before any file changes: a re-run no longer finds the rows a killed run erased.
     before_commit(notices)
-    for group, paths, keys in rewrites:
-        for path in paths:
-            _rewrite(Path(path), group["key_column"], keys, group["action"], group["columns_key"].split(","))
+    # Files rewritten side by side: each waits mostly on its own fsync (pipelines.durable), and pyarrow's reads and
+    # writes release the GIL. The crash hook runs here, as each file is swapped in.
+    with ThreadPoolExecutor(max_workers=REWRITERS) as pool:
+        for done in as_completed([pool.submit(_rewrite, Path(path), rewrites[path]) for path in sorted(rewrites)]):
+            done.result()
             checkpoint("navigation_file")
     for decision_id in pc.unique(pending["decision_id"]).to_pylist():
         entry = journal.get(decision_id, {"rows_affected": 0, "tables": []})
