@@ -7,8 +7,10 @@ ledger re-evaluates every record, the SQL sources are copied whole) every night.
 path, so the paths the warehouse records are the same. Before each night the same day of changes reaches
 both sources (new members, ended contracts, page views, prospects), with rights requests (erasure, objection,
 restriction: person-wide flags change) and a new prospect sharing a member's e-mail (an identity link joins
-them); the last night jumps weeks ahead, across many retention boundaries (records come due). After every
-night the two warehouses are compared table by table, column by column, and so are the sources.
+them); the first of them follows the first night's backlog of erasures (records that left their subjects,
+dropped without re-evaluating them: pipelines.retention.scope); the last night jumps weeks ahead, across many
+retention boundaries (records come due). After every night the two warehouses are compared table by table,
+column by column, and so are the sources.
 
 Bookkeeping that may differ: when the pipeline did something (tests.test_nightly.RUN_TIME_COLUMNS, the change
 markers push-back stamps and the ingest watermarks read from them, the navigation files' times), and the
@@ -176,6 +178,9 @@ def test_incremental_ledger_gives_the_warehouse_of_a_full_recompute_night_after_
     assert all(p["incremental"].startswith("incremental: ") for p in paths.values())
     scopes = [dict(re.findall(r"(due|changed|flags) (\d+)", p["incremental"])) for p in paths.values()]
     assert all(any(int(s[part]) for s in scopes) for part in ("due", "changed", "flags")), scopes
+    # the first night's erasures left the sources: the night after drops them without re-evaluating their subjects
+    dropped = int(re.findall(r"(\d+) ended records dropped", paths[NIGHTS[0]]["incremental"])[0])
+    assert dropped > 0, paths[NIGHTS[0]]
 
 
 def test_sunday_night_is_the_nightly_run_with_a_full_ledger_and_runs_once():

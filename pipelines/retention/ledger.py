@@ -26,12 +26,15 @@ from pipelines.retention.columns import compute_columns
 from pipelines.retention.intent import owed_on
 from pipelines.retention.scope import (
     DDL,
+    DROPPED,
+    DROPPED_ROWS,
     FLAGS,
     INPUTS,
     SCOPE,
     STATE,
     Plan,
     fingerprint,
+    forget_dropped,
     inputs_sql,
     plan_scope,
     previous_state,
@@ -464,6 +467,14 @@ def _inputs(con: duckdb.DuckDBPyConnection, policy: Policy, sources: dict[str, s
     return "_ret_inputs"
 
 
+def _shared(policy: Policy) -> list[str]:
+    """Datasets whose records that left bring their subject in unless all its records there left
+    (pipelines.retention.scope): the tables of per-subject clocks (the subject's other records are timed by an
+    aggregate over them) and the datasets whose rows serve different purposes (row_purposes)."""
+    clocks = {clock.table for clock in policy.clocks.values() if clock.per == "subject"}
+    return sorted(clocks | {ds.name for ds in policy.datasets if ds.row_purposes})
+
+
 def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, full: bool = False) -> Plan | None:
     """(Re)write retention.ledger (subject × purpose × dataset), retention.record_status, retention.column_status
     (per kept record, the column groups that leave its stage, and why) and retention.clock_events for `as_of`.
@@ -486,7 +497,7 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date,
     inputs = _inputs(con, policy, sources)
     if reason is None:
         plan = plan_scope(con, as_of, inputs, flag_sets(con, policy, sources, "_ret"),
-                          clock_references(policy, sources))
+                          clock_references(policy, sources), _shared(policy))
         compute(con, policy, as_of, scope=f"SELECT subject_type, subject_id FROM {SCOPE}", flags_built=True)
         scoped = f"(subject_type, subject_id) IN (SELECT (subject_type, subject_id) FROM {SCOPE})"
     else:
@@ -540,6 +551,8 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date,
         con.execute("INSERT INTO retention.column_status BY NAME SELECT * FROM _ret_new_columns")
         con.execute(f"DELETE FROM {CLOCK_EVENTS} WHERE {scoped}")
         con.execute(f"INSERT INTO {CLOCK_EVENTS} BY NAME SELECT * FROM _ret_new_clocks")
+        if not plan.full:
+            forget_dropped(con)
         # What the next night compares with: the inputs, flags and policy this ledger was computed from.
         kept = "(dataset, record_key) NOT IN (SELECT (dataset, record_key) FROM _ret_kept)"
         con.execute(f"DELETE FROM {INPUTS} WHERE {scoped} AND {kept}")
@@ -551,6 +564,7 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date,
     for name in ("_ret_inputs", "_ret_kept", "_ret_new_status", "_ret_new_ledger", "_ret_new_columns",
                  "_ret_new_clocks"):
         con.execute(f"DROP TABLE {name}")
+    con.execute(f"DROP TABLE IF EXISTS {DROPPED}; DROP TABLE IF EXISTS {DROPPED_ROWS}")
     return plan
 
 

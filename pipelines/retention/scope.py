@@ -7,9 +7,13 @@ column), or (d) a person-wide flag reaching it changes (restricted, legal hold, 
 expanded sets are small, computed whole every night and kept in retention.flag_sets). The unit re-evaluated is
 the subject: per-subject clocks, person-wide flags and the ledger rows all hang on it.
 
-Everything else stays as the last ledger decided. The whole population is recomputed (`full`) when there is no
-trustworthy previous ledger: none yet, a different policy or ledger code (`fingerprint`), a day earlier than the
-last ledger's, or an explicit request (the weekly schedule).
+A record that left its subject because an earlier night's ledger ended it (erased, or anonymised so that it
+no longer names the subject) does not bring the subject back where a full recompute provably decides the same
+for what stays: its rows are dropped (`DROPPED`), with the subject's ended ledger rows that counted only such
+records. That is so when the records that stay share no ledger row with it (checked per purpose from the row
+counts: `_droppable`) and do not read it: its dataset times no per-subject clock unless all the subject's
+records in it left (the clock is then the fact kept in retention.clock_events), and records timed by a clock row
+that left still come in (`clock_refs`). Otherwise the subject is re-evaluated, as for any other change.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import duckdb
 from pipelines.policy.models import Dataset, Policy
 from pipelines.sources.schema import RESTRICTION_COLUMNS
 from pipelines.sqltext import ident as q
+from pipelines.sqltext import in_list
 from pipelines.sqltext import literal as lit
 
 # Bump when the ledger's SQL changes what it decides: the next night then recomputes everything.
@@ -32,6 +37,11 @@ INPUTS = "retention.record_inputs"
 FLAGS = "retention.flag_sets"
 STATE = "retention.ledger_state"
 SCOPE = "_ret_scope"  # temp table (subject_type, subject_id) of the night's incremental scope
+# temp table (dataset, record_key, subject_type, subject_id): records that left a subject kept out of SCOPE
+DROPPED = "_ret_dropped"
+# temp table (subject_type, subject_id, dataset, purpose): ended ledger rows that counted only DROPPED records
+DROPPED_ROWS = "_ret_dropped_rows"
+ENDED = ("to_erase", "to_anonymise")  # record statuses whose records leave their subject (retention.applied)
 DDL = f"""
 CREATE SCHEMA IF NOT EXISTS retention;
 CREATE TABLE IF NOT EXISTS {INPUTS} (dataset VARCHAR, record_key VARCHAR, subject_type VARCHAR,
@@ -83,12 +93,13 @@ class Plan:
     changed: int = 0  # subjects with a record whose ledger inputs changed (new, changed, vanished, clock row)
     flags: int = 0  # subjects entering or leaving a person-wide flag
     subjects: int = 0  # the union
+    dropped: int = 0  # records the last ledger ended that left their subject, dropped without re-evaluating it
 
     def describe(self) -> str:
         if self.full:
             return f"full: {self.reason}"
         return (f"incremental: {self.subjects} subjects in scope (due {self.due}, changed {self.changed}, "
-                f"flags {self.flags})")
+                f"flags {self.flags}); {self.dropped} ended records dropped")
 
 
 def previous_state(con: duckdb.DuckDBPyConnection) -> tuple[dt.date, str] | None:
@@ -112,12 +123,14 @@ def why_full(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, req
 
 
 def plan_scope(con: duckdb.DuckDBPyConnection, as_of: dt.date, inputs: str, flags: str,
-               clock_refs: list[tuple[str, str, str]]) -> Plan:
-    """Create SCOPE: subjects due tonight, whose inputs changed, or whose flags changed.
+               clock_refs: list[tuple[str, str, str]], shared: list[str]) -> Plan:
+    """Create SCOPE: subjects due tonight, whose inputs changed, or whose flags changed; and DROPPED.
 
     `inputs` and `flags` are tonight's temp tables (INPUTS and FLAGS layout); `clock_refs` lists, per reference
     to a per-record clock table, (clock table, referencing relation with subject_type/subject_id, reference
-    column) so records timed by a changed clock row come in too."""
+    column) so records timed by a changed clock row come in too. `shared`: the datasets whose records a subject's
+    other records depend on (per-subject clock tables) or whose records serve different purposes (row purposes):
+    a record of theirs that left brings its subject in unless all the subject's records there left."""
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ret_changed_rows AS
         SELECT coalesce(n.dataset, o.dataset) AS dataset, coalesce(n.record_key, o.record_key) AS record_key,
@@ -125,6 +138,7 @@ def plan_scope(con: duckdb.DuckDBPyConnection, as_of: dt.date, inputs: str, flag
         FROM {inputs} n FULL JOIN {INPUTS} o ON n.dataset = o.dataset AND n.record_key = o.record_key
         WHERE n.input_hash IS DISTINCT FROM o.input_hash OR n.subject_type IS DISTINCT FROM o.subject_type
            OR n.subject_id IS DISTINCT FROM o.subject_id""")
+    _droppable(con, as_of, shared)
     referencing = " ".join(
         f"UNION SELECT r.subject_type, r.subject_id FROM ({relation}) r WHERE r.{q(column)} IN "
         f"(SELECT record_key FROM _ret_changed_rows WHERE dataset = {lit(table)})"
@@ -134,16 +148,78 @@ def plan_scope(con: duckdb.DuckDBPyConnection, as_of: dt.date, inputs: str, flag
         SELECT DISTINCT subject_type, subject_id, 'due' AS part FROM retention.record_status
         WHERE next_review <= DATE {lit(as_of.isoformat())}
         UNION SELECT subject_type, subject_id, 'changed' FROM (
-            SELECT old_type AS subject_type, old_id AS subject_id FROM _ret_changed_rows WHERE old_id IS NOT NULL
+            SELECT old_type AS subject_type, old_id AS subject_id FROM _ret_changed_rows c WHERE old_id IS NOT NULL
+            AND (dataset, record_key) NOT IN (SELECT (dataset, record_key) FROM {DROPPED})
             UNION SELECT new_type, new_id FROM _ret_changed_rows WHERE new_id IS NOT NULL {referencing})
         UNION SELECT subject_type, subject_id, 'flags' FROM (
             (SELECT * FROM {flags} EXCEPT SELECT * FROM {FLAGS})
             UNION (SELECT * FROM {FLAGS} EXCEPT SELECT * FROM {flags}))""")
     con.execute(f"CREATE OR REPLACE TEMP TABLE {SCOPE} AS SELECT DISTINCT subject_type, subject_id "
                 "FROM _ret_scope_parts")
+    # a subject in scope for another reason is rewritten whole: its records that left go with it
+    for table in (DROPPED, DROPPED_ROWS):
+        con.execute(f"DELETE FROM {table} WHERE (subject_type, subject_id) IN "
+                    f"(SELECT (subject_type, subject_id) FROM {SCOPE})")
     counts = dict(con.execute("SELECT part, count(DISTINCT (subject_type, subject_id)) FROM _ret_scope_parts "
                               "GROUP BY 1").fetchall())
     subjects = con.execute(f"SELECT count(*) FROM {SCOPE}").fetchall()[0][0]
+    dropped = con.execute(f"SELECT count(*) FROM {DROPPED}").fetchall()[0][0]
     con.execute("DROP TABLE _ret_scope_parts; DROP TABLE _ret_changed_rows")
     return Plan(False, due=counts.get("due", 0), changed=counts.get("changed", 0), flags=counts.get("flags", 0),
-                subjects=subjects)
+                subjects=subjects, dropped=dropped)
+
+
+def _droppable(con: duckdb.DuckDBPyConnection, as_of: dt.date, shared: list[str]) -> None:
+    """Create DROPPED and DROPPED_ROWS: the records of `_ret_changed_rows` that left their subject after an
+    earlier night's ledger ended them (the same night's re-run keeps its decisions: pipelines.retention.ledger),
+    in (subject, dataset) groups where a full recompute provably decides the same without them, and the
+    (subject, dataset, purpose) whose ended ledger rows counted only them.
+
+    Per (subject, dataset), every record serves the same purposes (no row purposes) and counts once in one ledger
+    row per purpose; a record that left counts in an ended row, or no longer (a re-run the night it was ended
+    rewrote the rows it shared with records that stay). So per purpose, the records that stay counted in ended
+    rows are the records that stay less those the other rows count: none, the ended rows go; all the ended rows
+    count, they stay as they are; a mix, the subject is re-evaluated. A `shared` dataset qualifies only when every
+    record of the subject in it left: the subject's clock is then the fact kept in retention.clock_events."""
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ret_left AS
+        SELECT c.dataset, c.record_key, c.old_type AS subject_type, c.old_id AS subject_id
+        FROM _ret_changed_rows c JOIN retention.record_status s ON s.dataset = c.dataset
+             AND s.record_key = c.record_key AND s.subject_type = c.old_type AND s.subject_id = c.old_id
+        WHERE (c.new_type, c.new_id) IS DISTINCT FROM (c.old_type, c.old_id) AND s.status IN {in_list(ENDED)}
+          AND s.as_of < DATE {lit(as_of.isoformat())}""")
+    ended = in_list(ENDED)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ret_left_purposes AS
+        WITH groups AS (SELECT subject_type, subject_id, dataset, count(*) AS left_records FROM _ret_left
+                        GROUP BY ALL),
+        held AS (SELECT subject_type, subject_id, dataset, count(*) - any_value(g.left_records) AS staying
+                 FROM groups g JOIN retention.record_status USING (subject_type, subject_id, dataset)
+                 GROUP BY subject_type, subject_id, dataset)
+        SELECT subject_type, subject_id, dataset, purpose, any_value(staying) AS staying,
+               any_value(staying) - coalesce(sum(records) FILTER (status NOT IN {ended}), 0) AS staying_ended,
+               coalesce(sum(records) FILTER (status IN {ended}), 0) AS ended
+        FROM retention.ledger JOIN held USING (subject_type, subject_id, dataset)
+        GROUP BY subject_type, subject_id, dataset, purpose""")
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ret_clean AS SELECT subject_type, subject_id, dataset
+        FROM _ret_left_purposes GROUP BY subject_type, subject_id, dataset
+        HAVING bool_and(staying_ended >= 0 AND (staying_ended = 0 OR staying_ended = ended))
+           AND (dataset NOT IN {in_list(shared)} OR bool_and(staying = 0))""")
+    clean = "(subject_type, subject_id, dataset) IN (SELECT (subject_type, subject_id, dataset) FROM _ret_clean)"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {DROPPED} AS SELECT * FROM _ret_left WHERE {clean}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {DROPPED_ROWS} AS SELECT subject_type, subject_id, dataset, purpose "
+                f"FROM _ret_left_purposes WHERE staying_ended = 0 AND ended > 0 AND {clean}")
+    con.execute("DROP TABLE _ret_left; DROP TABLE _ret_left_purposes; DROP TABLE _ret_clean")
+
+
+def forget_dropped(con: duckdb.DuckDBPyConnection) -> None:
+    """Delete what the ledger keeps of DROPPED: their record_status and inputs rows, and the ended ledger rows
+    DROPPED_ROWS names. They have no column_status rows (kept records only) and time no clock fact (facts time
+    records that stay)."""
+    dropped = f"(SELECT (dataset, record_key, subject_type, subject_id) FROM {DROPPED})"
+    con.execute(f"DELETE FROM retention.record_status WHERE (dataset, record_key, subject_type, subject_id) IN "
+                f"{dropped}")
+    con.execute(f"DELETE FROM {INPUTS} WHERE (dataset, record_key, subject_type, subject_id) IN {dropped}")
+    con.execute(f"DELETE FROM retention.ledger WHERE status IN {in_list(ENDED)} AND (subject_type, subject_id, "
+                f"dataset, purpose) IN (SELECT (subject_type, subject_id, dataset, purpose) FROM {DROPPED_ROWS})")
