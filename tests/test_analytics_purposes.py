@@ -128,3 +128,20 @@ def test_a_table_naming_no_purpose_is_refused(policy):
     wrong = policy.model_copy(update={"tables": {**policy.tables, "members_pseudo": members}})
     with pytest.raises(PurposeMismatch, match=r"members_pseudo\.purposes"):
         check_purposes(load_policy(settings.policies_dir()), wrong)
+
+
+def test_a_page_view_ends_on_the_date_its_row_shows_not_on_an_older_fact_kept(warehouse, tmp_path, policy):
+    # Retention keeps a dated fact per page view (retention.clock_events); while the row is held, its own date
+    # times it. Here every fact is older than the audience period, but only some rows are.
+    old = dt.datetime.combine(AS_OF - dt.timedelta(days=800), dt.time(9))
+    _sql(warehouse, "CREATE SCHEMA retention")
+    _sql(warehouse, "CREATE TABLE retention.clock_events AS SELECT 'navigation_visit' AS clock_name, "
+         "NULL::VARCHAR AS clock_subject_type, CAST(event_id AS VARCHAR) AS clock_key, ?::TIMESTAMP AS clock "
+         "FROM raw.navigation_events", [old])
+    gone = [f"v0{i}" for i in range(40, 46)]
+    _sql(warehouse, "UPDATE raw.navigation_events SET ts = ? WHERE list_contains(?, visitor_id)", [old, gone])
+    analytics = tmp_path / "analytics.duckdb"
+    publish(warehouse, analytics, policy)
+    published = {r[0] for r in read(analytics, "SELECT DISTINCT visitor_token FROM navigation_pseudo")}
+    assert {token("statistics", f"v0{i}") for i in range(30, 36)} <= published
+    assert not {token("statistics", v) for v in gone} & published

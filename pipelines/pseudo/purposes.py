@@ -22,7 +22,14 @@ import duckdb
 
 from pipelines.policy.models import Policy
 from pipelines.pseudo.policy import POLICY_FILE, PseudonymisationPolicy
-from pipelines.retention.ledger import _clock_sql, source_sql, table_exists
+from pipelines.retention.ledger import (
+    CLOCK_EVENTS,
+    _clock_sql,
+    _clock_value,
+    quarantined_sql,
+    source_sql,
+    table_exists,
+)
 from pipelines.retention.until import kept_on_sql, last_day_sql
 from pipelines.sqltext import ident, literal
 
@@ -57,10 +64,30 @@ def _ended_sql(con: duckdb.DuckDBPyConnection, policy: Policy, purpose: str, as_
     source = source_sql(con, clock_ds)
     if source is None:
         return None
+
+    def over(clock_sql: str) -> str:
+        return f"NOT {kept_on_sql(literal(as_of.isoformat()), last_day_sql(clock_sql, rule.active))}"
+
     ended = f"NOT (k.clock IS NULL OR {kept_on_sql(literal(as_of.isoformat()), last_day_sql('k.clock', rule.active))})"
+    stored = table_exists(con, "retention", "clock_events")
+    only = None
+    if clock.per == "record":
+        # Only the records that have a row dated past the purpose (or undated: a fallback times it) are aggregated,
+        # not every page view of 25 months. Any superset of them gives the same answer, so each place a record
+        # may be held is read on its own, without the de-duplication `source_sql` does for the clock itself.
+        value = _clock_value(clock)
+        held = [f"{schema}.{ident(clock_ds.name)}" for schema in ("raw", "archive")
+                if table_exists(con, schema, clock_ds.name)]
+        quarantined = quarantined_sql(con, clock_ds)
+        parts = [f"SELECT CAST({ident(clock_ds.primary_key)} AS VARCHAR) AS clock_key FROM {rows} "
+                 f"WHERE ({value}) IS NULL OR {over(value)}"
+                 for rows in [*held, *([f"({quarantined})"] if quarantined else [])]]
+        if stored:
+            parts.append(f"SELECT clock_key FROM {CLOCK_EVENTS} WHERE clock_name = {literal(rule.clock)} "
+                         f"AND (clock IS NULL OR {over('clock')})")
+        only = " UNION ALL ".join(parts)
     # with the dated facts retention keeps once the clock's own rows are gone (a contract erased at its date)
-    clocks = _clock_sql(policy, rule.clock, {clock_ds.name: source}, stored=table_exists(con, "retention",
-                                                                                          "clock_events"))
+    clocks = _clock_sql(policy, rule.clock, {clock_ds.name: source}, stored=stored, only=only)
     node_type = "k.clock_subject_type" if clock.per == "subject" else literal(clock_ds.name)
     return (f"SELECT {literal(purpose)} AS purpose, {node_type} AS node_type, k.clock_key AS node_value "
             f"FROM ({clocks}) k WHERE {ended}")
