@@ -142,14 +142,19 @@ def intake(con: duckdb.DuckDBPyConnection, now: str, *, hold_needs_human: bool =
                    END AS invalid
             FROM ({_requests_sql(con)})
         ),
-        by_member AS (
-            SELECT r.request_id, l.person_id FROM req r
-            JOIN identity.person_links l ON l.node_type = 'member' AND l.node_value = r.member_key
+        found AS MATERIALIZED (
+            -- one pass over the identity links for every request that needs a match: those not decided or
+            -- closed here (those keep their person, below) whose identity was verified (nobody is linked to a
+            -- request before); a night without such a request reads none of the links
+            SELECT w.request_id, w.node_type, l.person_id
+            FROM (SELECT request_id, UNNEST(['member', 'email']) AS node_type, UNNEST([member_key, email_key])
+                         AS node_value
+                  FROM req WHERE identity_verified_at IS NOT NULL AND request_id NOT IN
+                      (SELECT request_id FROM rights.requests WHERE state IN {in_list(CARRIED_STATES)})) w
+            JOIN identity.person_links l USING (node_type, node_value)
         ),
-        by_email AS (
-            SELECT r.request_id, l.person_id FROM req r
-            JOIN identity.person_links l ON l.node_type = 'email' AND l.node_value = r.email_key
-        ),
+        by_member AS (SELECT request_id, person_id FROM found WHERE node_type = 'member'),
+        by_email AS (SELECT request_id, person_id FROM found WHERE node_type = 'email'),
         matched AS (
             SELECT r.request_id, min(m.person_id) AS member_person, count(DISTINCT e.person_id) AS email_people,
                    min(e.person_id) AS email_person, coalesce(bool_or(e.person_id = m.person_id), false) AS agree
