@@ -271,6 +271,20 @@ def test_a_leaking_build_is_refused_and_the_published_file_stays(warehouse, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["analytics.duckdb", "warehouse.duckdb"]
 
 
+def test_a_leaked_name_is_counted_on_every_row_holding_it(warehouse, tmp_path, policy, monkeypatch) -> None:
+    analytics = tmp_path / "analytics.duckdb"
+    publish(warehouse, analytics, policy)
+    members = read(analytics, "SELECT count(*) FROM members_pseudo")[0][0]
+    # A last name has no identifier shape: only the match against the warehouse's values finds it.
+    leaking = tables.members_base("statistics").replace("coalesce(c.status, 'none') AS status",
+                                                         "m.last_name AS status")
+    monkeypatch.setitem(tables.BUILDERS, "members_pseudo", lambda domain: leaking)
+    with pytest.raises(PublicationRefused) as refused:
+        publish(warehouse, analytics, policy)
+    assert refused.value.problems == {"no_direct_identifiers": [
+        f"members_pseudo.status: {members} value(s) of a source identifier column, 0 shaped like an identifier"]}
+
+
 def test_checks_catch_an_uncatalogued_column_and_a_small_class(warehouse, tmp_path, policy) -> None:
     analytics = tmp_path / "analytics.duckdb"
     publish(warehouse, analytics, policy)

@@ -59,16 +59,6 @@ def identifier_leaks(con: duckdb.DuckDBPyConnection, policy: PseudonymisationPol
         for table, columns in policy.direct_identifiers.items()
         for column in columns
     ]
-    con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE _identifiers AS
-        SELECT DISTINCT v FROM (
-            SELECT lower({trim_sql('v')}) AS v FROM ({' UNION ALL '.join(sources)})
-            UNION ALL
-            SELECT node_value FROM wh.identity.person_links WHERE node_type IN ('email', 'phone')
-        ) WHERE v IS NOT NULL AND v <> ''
-        """
-    )
     # Each distinct value of a column once, with the rows holding it: a page path or a month repeats on
     # millions of rows, and normalising and matching it once per row is most of the check's work.
     values = " UNION ALL ".join(
@@ -76,14 +66,27 @@ def identifier_leaks(con: duckdb.DuckDBPyConnection, policy: PseudonymisationPol
         f"FROM (SELECT CAST({ident(c)} AS VARCHAR) AS v, count(*) AS n FROM pub.main.{ident(t)} GROUP BY ALL)"
         for t, c in published_columns(con)
     )
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _published_values AS {values}")
+    # The warehouse's identifier values (millions: an IP address per page view) are matched against the
+    # published ones, not collected into a set of their own first.
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _identifiers AS
+        SELECT DISTINCT p.v FROM (
+            SELECT lower({trim_sql('v')}) AS v FROM ({' UNION ALL '.join(sources)})
+            UNION ALL
+            SELECT node_value FROM wh.identity.person_links WHERE node_type IN ('email', 'phone')
+        ) i JOIN (SELECT DISTINCT v FROM _published_values) p ON p.v = i.v
+        WHERE p.v <> ''
+        """
+    )
     shapes = " OR ".join(f"regexp_matches(v, {literal(p)})" for p in IDENTIFIER_PATTERNS.values())
     rows = con.execute(
         f"""
-        WITH published AS ({values})
         SELECT table_name, column_name,
                coalesce(sum(n) FILTER (WHERE v IN (SELECT v FROM _identifiers)), 0) AS identifier_values,
                coalesce(sum(n) FILTER (WHERE {shapes}), 0) AS identifier_shaped
-        FROM published GROUP BY ALL HAVING identifier_values > 0 OR identifier_shaped > 0
+        FROM _published_values GROUP BY ALL HAVING identifier_values > 0 OR identifier_shaped > 0
         ORDER BY ALL
         """
     ).fetchall()
