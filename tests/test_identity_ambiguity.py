@@ -73,8 +73,9 @@ def test_shared_contacts_never_merge_and_rights_stay_with_the_requester(world: W
     world.ingest()
     world.process()
     assert _states(world)[9301][0] == "needs_human" and world.audit.path.read_text() == entries
-    with world.engines["members"].begin() as con:
-        con.execute(sa.text("UPDATE rights_requests SET status = 'confirmed' WHERE request_id = 9301"))
+    with world.engines["members"].begin() as con:  # the member system stamps its change marker on any update
+        con.execute(sa.text("UPDATE rights_requests SET status = 'confirmed', updated_at = :now "
+                            "WHERE request_id = 9301"), {"now": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")})
     world.ingest()
     world.process()
     assert _states(world)[9301][0] == "confirmed"

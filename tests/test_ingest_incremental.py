@@ -4,6 +4,7 @@ by its applications or by push-back, raw.<table> and its quarantine end as a ful
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -27,6 +28,7 @@ from tests.conftest import TEST_AS_OF, core_context
 
 POLICY = load_policy(Path("policies"))
 MEMBERS = SQL_SYSTEMS["members"].tables["members"]
+REQUESTS = SQL_SYSTEMS["members"].tables["rights_requests"]
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -92,8 +94,6 @@ def test_changed_new_deleted_skewed_and_unmarked_rows_end_as_a_full_copy(source)
         con.execute(MEMBERS.update().where(MEMBERS.c.member_id == 9).values(city="Unmarked", updated_at=None))
         con.execute(MEMBERS.update().where(MEMBERS.c.member_id == 10).values(birth_date="31/02/1999",
                                                                              updated_at=_clock()))
-        requests = SQL_SYSTEMS["members"].tables["rights_requests"]  # no change marker: copied whole
-        con.execute(requests.update().where(requests.c.request_id == 1).values(status="answered"))
     second = _materialize_members(source)["members"]
     assert second["load"] == "incremental"
     assert (second["rows_new"], second["rows_deleted"]) == (1, 1)
@@ -171,8 +171,47 @@ def test_a_run_killed_between_read_and_commit_is_caught_up_by_the_next(sandbox, 
 
 
 def test_a_table_without_marker_is_copied_whole_and_a_marker_is_policy_data():
-    assert change_marker(POLICY, "rights_requests") is None
+    assert change_marker(POLICY, "campaigns") is None
     assert change_marker(POLICY, "members") == "updated_at"
+
+
+def test_request_statuses_the_rights_pipeline_mirrors_are_read_by_the_next_incremental_ingest(source, tmp_path):
+    """The rights pipeline writes each request's state back to the member system (status, handled_at): the
+    stamp it leaves is the source's clock, so the next night's incremental ingest reads those rows (and only
+    the rows changed); a request deleted at the source leaves raw.rights_requests."""
+    engines = _engines(source)
+    navigation = source.sources / "navigation"
+    with duckdb.connect(str(source.warehouse)) as con:
+        ingest_all(con, engines, navigation, POLICY)
+    statuses = sa.select(REQUESTS.c.request_id, REQUESTS.c.status, REQUESTS.c.handled_at)
+    with engines["members"].connect() as con:
+        before = set(con.execute(statuses).all())
+    # the rights stage runs on a copy of the warehouse: its own refresh re-reads what it wrote into the copy only
+    stage = tmp_path / "stage.duckdb"
+    shutil.copy(source.warehouse, stage)
+    with duckdb.connect(str(stage)) as con:
+        resolve_identities(con, POLICY.datasets_file.identity)
+        process_rights(con, core_context(source.root, POLICY, navigation), members=engines["members"],
+                       prospects=engines["prospects"], now=dt.datetime.combine(TEST_AS_OF, dt.time(12)),
+                       as_of=TEST_AS_OF)
+    with engines["members"].begin() as con:
+        mirrored = set(con.execute(statuses).all()) - before
+        gone = con.execute(sa.select(sa.func.min(REQUESTS.c.request_id))).scalar_one()
+        con.execute(REQUESTS.delete().where(REQUESTS.c.request_id == gone))
+        total = con.execute(sa.select(sa.func.count()).select_from(REQUESTS)).scalar_one()
+    mirrored = {row for row in mirrored if row[0] != gone}
+    assert mirrored  # requests decided, confirmed, answered: their status changed at the source
+
+    with duckdb.connect(str(source.warehouse)) as con:
+        night = ingest_sql_table(con, engines["members"], "members", REQUESTS,
+                                 quarantine_fields(POLICY, "rights_requests"), marker="updated_at")
+        held = set(con.execute("SELECT request_id, status, strftime(handled_at, '%Y-%m-%d') "
+                               "FROM raw.rights_requests").fetchall())
+        assert (night.full, night.deleted) == (False, 1)
+        assert len(mirrored) <= night.read < total  # the mirrored rows, not the table
+        assert mirrored <= held and gone not in {request_id for request_id, *_ in held}
+        assert _state(con, "members", "rights_requests") == _full_copy(engines["members"], "members",
+                                                                       "rights_requests")
 
 
 def _raw_check(con: duckdb.DuckDBPyConnection, table: str, engine: sa.Engine | None):

@@ -194,9 +194,10 @@ def test_requests_wait_for_identity_and_for_a_human_when_unmatched(world: World)
 
     # once the identity proof is checked, the next run executes the request
     request_id = waiting[0][0]
-    with world.engines["members"].begin() as con:
-        con.execute(sa.text("UPDATE rights_requests SET identity_verified_at = '2026-11-01 09:00:00' "
-                            "WHERE request_id = :r"), {"r": request_id})
+    with world.engines["members"].begin() as con:  # the member system stamps its change marker, as on any update
+        con.execute(sa.text("UPDATE rights_requests SET identity_verified_at = '2026-11-01 09:00:00', "
+                            "updated_at = :now WHERE request_id = :r"),
+                    {"r": request_id, "now": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")})
     world.ingest()
     world.process()
     assert world.wh("SELECT state FROM rights.requests WHERE request_id = ?", [request_id])[0][0] in (

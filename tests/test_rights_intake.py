@@ -4,6 +4,8 @@ not parse; rectification only of what the policy declares rectifiable, with valu
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 import sqlalchemy as sa
 
@@ -65,8 +67,10 @@ def test_malformed_requests_wait_for_a_human_and_change_nothing(world: World):
     assert verify(world.root / "audit.jsonl").ok
 
     # once a human fixed the type at the source, the next run executes it
-    with world.engines["members"].begin() as con:
-        con.execute(sa.text("UPDATE rights_requests SET request_type = 'restriction' WHERE request_id = 9101"))
+    with world.engines["members"].begin() as con:  # the member system stamps its change marker on any update
+        con.execute(sa.text("UPDATE rights_requests SET request_type = 'restriction', updated_at = :now "
+                            "WHERE request_id = 9101"),
+                    {"now": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")})
     world.ingest()
     world.process()
     assert world.wh("SELECT state FROM rights.requests WHERE request_id = 9101") == [("confirmed",)]

@@ -74,7 +74,7 @@ from pipelines.rights.intent import (
     target_summary,
 )
 from pipelines.rights.scope import CONSENT_COLUMN, SubjectTable, legal_hold_sql, subject_tables
-from pipelines.sources.schema import SQL_SYSTEMS, rights_requests
+from pipelines.sources.schema import SQL_SYSTEMS, rights_requests, source_clock
 from pipelines.sqltext import ident, in_list, literal, transaction
 
 EXCLUDING = {"erasure": "erased", "objection": "objection", "objection_prospecting": "objection_prospecting"}
@@ -573,7 +573,8 @@ def _state_entries(con: duckdb.DuckDBPyConnection, token: Callable[[str], str],
 def _mirror_status(con: duckdb.DuckDBPyConnection, members: sa.Engine) -> None:
     """The member system's rights_requests.status follows the state, and `handled_at` gets the day the request
     reached a terminal state, once: it starts the clock of what only served the request, such as the ID copy sent
-    with it (whole days, as every retention period). Again next run if this one dies first."""
+    with it (whole days, as every retention period). Again next run if this one dies first. The change marker
+    takes the source's own clock, so the next incremental ingest reads the row again."""
     changed = run_sql(con, f"""
         SELECT r.request_id, r.state,
                CASE WHEN r.state IN {in_list(TERMINAL_STATES)} AND i.source_handled_at IS NULL
@@ -586,7 +587,8 @@ def _mirror_status(con: duckdb.DuckDBPyConnection, members: sa.Engine) -> None:
             source.execute(
                 sa.update(rights_requests).where(rights_requests.c.request_id == sa.bindparam("rid"))
                 .values(status=sa.bindparam("new_status"),
-                        handled_at=sa.func.coalesce(rights_requests.c.handled_at, sa.bindparam("handled"))),
+                        handled_at=sa.func.coalesce(rights_requests.c.handled_at, sa.bindparam("handled")),
+                        updated_at=source_clock()),
                 [{"rid": request_id, "new_status": state, "handled": handled}
                  for request_id, state, handled in changed])
 

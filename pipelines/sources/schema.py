@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
 
 # Columns every writable source table carries so push-back can flag a restriction at the source.
 RESTRICTION_COLUMNS = ("restricted_at", "restriction_decision_id")
@@ -20,11 +21,30 @@ REQUIRED = {"required": True}
 
 
 def _updated_at() -> sa.Column:
-    """The change marker a source maintains (ISO text, set on every insert and update, push-back's included):
-    ingestion reads only the rows changed since its last watermark where policies/datasets.yaml declares it
-    (`change_marker`). Tables without one (small reference tables, and rights_requests, whose status the rights
-    pipeline mirrors) are copied whole."""
+    """The change marker a source maintains (ISO text, set on every insert and update, push-back's and the rights
+    pipeline's included): ingestion reads only the rows changed since its last watermark where
+    policies/datasets.yaml declares it (`change_marker`). Small reference tables without one are copied whole."""
     return sa.Column("updated_at", sa.Text)
+
+
+class source_clock(sa.sql.functions.FunctionElement):
+    """The source database's own clock (UTC), as its change markers hold it ('YYYY-MM-DD HH:MM:SS'): a marker
+    the pipeline stamps this way is never older than the rows the source writes at the same moment, whatever
+    time the pipeline thinks it is."""
+
+    type = sa.Text()
+    inherit_cache = True
+
+
+@compiles(source_clock)
+def _source_clock_sqlite(element: source_clock, compiler: sa.sql.compiler.SQLCompiler, **kw: object) -> str:
+    return "strftime('%Y-%m-%d %H:%M:%S', 'now')"
+
+
+@compiles(source_clock, "postgresql")
+def _source_clock_postgresql(element: source_clock, compiler: sa.sql.compiler.SQLCompiler, **kw: object) -> str:
+    return "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')"
+
 
 member_metadata = sa.MetaData()
 
@@ -180,6 +200,7 @@ rights_requests = sa.Table(
     sa.Column("details", sa.Text),  # JSON
     sa.Column("status", sa.Text),  # received | verified | decided | executed | confirmed | answered | refused
     sa.Column("handled_at", sa.Text),  # set by the rights pipeline when the request is confirmed, answered or refused
+    _updated_at(),
 )
 
 prospect_metadata = sa.MetaData()
