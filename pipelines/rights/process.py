@@ -233,6 +233,8 @@ def _erase_in_warehouse(con: duckdb.DuckDBPyConnection, tables: list[SubjectTabl
         FROM rights.decision_targets t JOIN rights.decisions d USING (decision_id)
         WHERE t.action = 'erase' AND list_contains(?, t.decision_id)""", [decision_ids])
     reached = set(run_sql(con, "SELECT DISTINCT system, table_name, key_column FROM _erased"))
+    if not reached:
+        return  # nothing erased (most nights): no table nor identity link to scan
     for t in tables:
         if (t.system, t.table_name, t.key_column) not in reached:
             continue  # no erased key in the table: no scan of it
