@@ -417,6 +417,32 @@ def _changed_since(column: sa.Column, since: dt.datetime) -> sa.ColumnElement[bo
     return sa.or_(column.is_(None), column >= since.strftime(MARKER_FORMAT), column.not_like("____-__-__%"))
 
 
+class SourceSchemaError(RuntimeError):
+    """A source table lacks a column the project's source schema (pipelines/sources/schema.py) declares."""
+
+
+def check_source_columns(engine: sa.Engine, system: str, table: sa.Table, marker: str | None = None) -> None:
+    """Refuse, before reading anything, a source table that lacks a declared column, naming it and what to do: the
+    driver's own error ("no such column") names neither the system nor the fix. One catalogue query."""
+    inspector = sa.inspect(engine)
+    if not inspector.has_table(table.name):
+        raise SourceSchemaError(f"the {system} source has no table {table.name!r} (declared in "
+                                "pipelines/sources/schema.py): check its URL and the database it points at")
+    found = {c["name"] for c in inspector.get_columns(table.name)}
+    missing = [c.name for c in table.columns if c.name not in found]
+    if not missing:
+        return
+    advice = ""
+    if marker in missing:
+        advice = (f" {marker!r} is the change marker policies/datasets.yaml declares for {table.name!r}: add it to the "
+                  f"source (a timestamp its applications set on every insert and update, e.g. ALTER TABLE "
+                  f"{table.name} ADD COLUMN {marker} TIMESTAMP DEFAULT CURRENT_TIMESTAMP plus an update trigger); "
+                  "push-back stamps it too.")
+    names = ", ".join(map(repr, missing))
+    raise SourceSchemaError(f"the {system} source's table {table.name!r} has no column {names}, which "
+                            f"pipelines/sources/schema.py declares: nothing was read.{advice}")
+
+
 def ingest_sql_table(con: duckdb.DuckDBPyConnection, engine: sa.Engine, system: str, table: sa.Table,
                      fields: QuarantineFields | None = None, *, marker: str | None = None, full: bool = False,
                      now: dt.datetime | None = None, margin: dt.timedelta = SAFETY_MARGIN,
@@ -429,6 +455,7 @@ def ingest_sql_table(con: duckdb.DuckDBPyConnection, engine: sa.Engine, system: 
     overlap: a row committed late can carry an earlier time), plus a key-only read of the table to find the rows
     deleted at the source; the watermark (latest marker read, never past `now`) is committed with the rows.
     """
+    check_source_columns(engine, system, table, marker)
     con.execute(QUARANTINE_DDL)
     columns = {c.name: duckdb_type(c) for c in table.columns}
     key = [c.name for c in table.primary_key.columns]

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from assets.ingest import ingest_members
 from pipelines.demo.changes import day_of_changes
 from pipelines.identity import resolve_identities
-from pipelines.ingest import SAFETY_MARGIN, change_marker, ingest_sql_table, quarantine_fields
+from pipelines.ingest import SAFETY_MARGIN, SourceSchemaError, change_marker, ingest_sql_table, quarantine_fields
 from pipelines.policy.load import load_policy
 from pipelines.quality.checks import check_raw_table, raw_table_specs
 from pipelines.refresh import ingest_all
@@ -251,3 +251,20 @@ def test_raw_checks_look_at_the_rows_the_load_brought_in_and_keys_over_the_whole
         con.execute("INSERT INTO raw.ingest_scope VALUES ('members', 'members', 'keys', '1')")
         duplicated = _raw_check(con, "members", None)
         assert {o.label: o.unexpected_count for o in duplicated.failed}["member_id unique"] == 2
+
+
+def test_a_source_lacking_the_declared_change_marker_is_refused_naming_table_column_and_fix(source, tmp_path):
+    """A source that predates the change marker (rights_requests got `updated_at` late) is refused before
+    anything is read, with the table, the column and the way out; the warehouse keeps what it had."""
+    engine = _engines(source)["members"]
+    with engine.begin() as db:
+        db.execute(sa.text("ALTER TABLE rights_requests DROP COLUMN updated_at"))
+    warehouse = tmp_path / "wh.duckdb"
+    with duckdb.connect(str(warehouse)) as con:
+        with pytest.raises(SourceSchemaError) as refused:
+            ingest_sql_table(con, engine, "members", REQUESTS, quarantine_fields(POLICY, "rights_requests"),
+                             marker=change_marker(POLICY, "rights_requests"))
+        assert "raw" not in {s for (s,) in con.execute("SELECT schema_name FROM duckdb_schemas()").fetchall()}
+    message = str(refused.value)
+    assert "'rights_requests' has no column 'updated_at'" in message and "members source" in message
+    assert "change marker policies/datasets.yaml declares" in message and "ADD COLUMN updated_at" in message
