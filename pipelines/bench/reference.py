@@ -77,7 +77,11 @@ def run_report(members: int, seed: int, regenerate: bool, ui: bool = True, right
     first = dt.date.fromisoformat(workload["as_of"])
     after_first = RUNS / f"members-{members}-after-first-night"
     measured_first = after_first / "first_night.json"
-    resuming = resume and measured_first.exists()
+    # a first night kept for another workload (another generator or source schema) is not a state to resume from
+    resuming = resume and measured_first.exists() and (
+        json.loads(measured_first.read_text()).get("generator") == workload["generator"])
+    if resume and not resuming:
+        print(f"no first night kept for this workload under {after_first}: measuring it", flush=True)
     site = (Site(after_first).clone(RUNS / f"members-{members}") if resuming
             else Site.create(RUNS / f"members-{members}", cache / "sources"))
     report: dict = {"date": dt.date.today().isoformat(), "members": members, "machine": _machine(),
@@ -99,7 +103,8 @@ def run_report(members: int, seed: int, regenerate: bool, ui: bool = True, right
         measured = site.in_process("first night", first)
         record(measured)
         site.clone(after_first)
-        (after_first / "first_night.json").write_text(json.dumps(measured.as_json(), indent=2) + "\n")
+        measured_first.write_text(json.dumps({**measured.as_json(), "generator": workload["generator"]}, indent=2)
+                                  + "\n")
     for k in range(1, FOLLOWING_NIGHTS + 1):
         day = first + dt.timedelta(days=k - 1)
         report["days_of_changes"][day.isoformat()] = day_of_changes(site.data / "sources", day, seed)
