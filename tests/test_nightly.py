@@ -25,8 +25,11 @@ from tests.conftest import TEST_AS_OF, TEST_KEY_HEX, loose_modes
 # Columns that record when the pipeline did something, not what it holds.
 # What the last load read (raw.ingest_scope, for the raw checks): a second run reads less than the first.
 RUN_TIME_TABLES = {"raw.ingest_scope"}
+# `updated_at`: a source's change marker, its own clock when the row was written (push-back's writes included);
+# `watermark`: the latest marker an ingest read
 RUN_TIME_COLUMNS = {"quarantined_at", "ingested_at", "applied_at", "published_at", "computed_at", "generated_at",
-                    "decided_at", "executed_at", "confirmed_at", "ts_run", "recorded_at", "run_id"}
+                    "decided_at", "executed_at", "confirmed_at", "ts_run", "recorded_at", "run_id", "updated_at",
+                    "watermark"}
 
 
 @pytest.fixture
@@ -66,7 +69,9 @@ def _sources_snapshot(root: Path) -> dict[str, object]:
     for db in ("members.db", "prospects.db"):
         with sqlite3.connect(root / db) as con:
             for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"):
-                rows = sorted(map(repr, con.execute(f'SELECT * FROM "{table}"').fetchall()))
+                cols = ", ".join(f'"{c[1]}"' for c in con.execute(f'PRAGMA table_info("{table}")')
+                                 if c[1] not in RUN_TIME_COLUMNS)
+                rows = sorted(map(repr, con.execute(f'SELECT {cols} FROM "{table}"').fetchall()))
                 snapshot[f"{db}:{table}"] = hashlib.sha256("\n".join(rows).encode()).hexdigest()
     for f in sorted((root / "navigation").rglob("*.parquet")):
         snapshot[str(f.relative_to(root))] = pq.read_table(f).num_rows

@@ -61,12 +61,14 @@ def sources(make_url: Callable[[str], str]) -> tuple[sa.Engine, sa.Engine]:
 
 
 def dump(engine: sa.Engine, metadata: sa.MetaData) -> dict[str, list[tuple]]:
-    """Every row of every table (schema tables and push-back bookkeeping), in primary-key order."""
+    """Every row of every table (schema tables and push-back bookkeeping), in primary-key order; not the change
+    markers, the source's clock when push-back wrote the row."""
     reflected = sa.MetaData()
     reflected.reflect(engine)
     with engine.connect() as con:
         return {
-            name: [tuple(r) for r in con.execute(sa.select(t).order_by(*t.primary_key.columns or t.c))]
+            name: [tuple(r) for r in con.execute(sa.select(*(c for c in t.c if c.name != "updated_at"))
+                                                 .order_by(*t.primary_key.columns or t.c))]
             for name, t in reflected.tables.items()
             if name in metadata.tables or name == "privacy_applied_decisions"
         }

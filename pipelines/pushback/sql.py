@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from pipelines.policy.models import Condition
 from pipelines.pushback.targets import ACTIONS
+from pipelines.sources.schema import source_clock
 from pipelines.sqltext import bound_condition
 
 APPLIED_TABLE = "privacy_applied_decisions"
@@ -179,9 +180,10 @@ def _count_effects(con: sa.Connection, table: sa.Table, batch_id: str, group: Gr
                                                counted))
 
 
-def _marked(table: sa.Table, values: dict[str, object], now: str) -> dict[str, object]:
-    """`values`, and `now` as the change marker where the source keeps one: incremental ingest re-reads the row."""
-    return {**values, "updated_at": now} if "updated_at" in table.c else values
+def _marked(table: sa.Table, values: dict[str, object]) -> dict[str, object]:
+    """`values`, and the source's own clock as the change marker where the source keeps one: incremental ingest
+    re-reads the row, whatever `now` the caller decided with (one older than the watermark would be missed)."""
+    return {**values, "updated_at": source_clock()} if "updated_at" in table.c else values
 
 
 def _statement(table: sa.Table, batch_id: str, group: Group, now: str) -> sa.Executable:
@@ -191,23 +193,23 @@ def _statement(table: sa.Table, batch_id: str, group: Group, now: str) -> sa.Exe
         return sa.delete(table).where(key.in_(_staged_keys(table, batch_id, group)))
     if group.action == "anonymise":
         return sa.update(table).where(key.in_(_staged_keys(table, batch_id, group))).values(
-            _marked(table, {c: None for c in group.columns}, now))
+            _marked(table, {c: None for c in group.columns}))
     if group.action == "lift_restriction":
         return sa.update(table).where(key.in_(_staged_keys(table, batch_id, group))).values(
-            _marked(table, {"restricted_at": None, "restriction_decision_id": None}, now))
+            _marked(table, {"restricted_at": None, "restriction_decision_id": None}))
     if group.action == "restrict":
         return sa.update(table).where(_key_match(table, group.key_column), in_group).values(
-            _marked(table, {"restricted_at": now, "restriction_decision_id": staging.c.decision_id}, now))
+            _marked(table, {"restricted_at": now, "restriction_decision_id": staging.c.decision_id}))
     if group.action == "rectify":
         return sa.update(table).where(_key_match(table, group.key_column), in_group).values(
-            _marked(table, {c: _payload_value(table, c) for c in group.columns}, now))
+            _marked(table, {c: _payload_value(table, c) for c in group.columns}))
     # suppress: one suppression row per new contact hash, whatever the number of decisions naming it
     row = _marked(table, {
         "contact_hash": staging.c.key_value,
         "channel": sa.func.min(staging.c.payload["channel"].as_string()),
         "objected_at": sa.func.coalesce(sa.func.min(staging.c.payload["objected_at"].as_string()), now),
         "source_request_id": sa.func.min(staging.c.payload["source_request_id"].as_string()),
-    }, now)
+    })
     new_hashes = (
         sa.select(*(v if isinstance(v, sa.ColumnElement) else sa.literal(v) for v in row.values()))
         .where(in_group, ~_suppressed(table))
