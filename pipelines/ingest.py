@@ -541,6 +541,19 @@ def file_problem(path: str, columns: Collection[str]) -> str | None:
     return None
 
 
+def _loaded_elsewhere(con: duckdb.DuckDBPyConnection, table: str, prefix: str) -> list[str]:
+    """Files `raw.<table>` or its quarantine holds rows of that are not under `prefix`: the log was read from
+    another folder (moved, remounted, a copied site). Its files there are the same files, so their rows go before
+    the new paths load, or every page view would be counted twice."""
+    found = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'raw' AND table_name = ?",
+                        [table]).fetchall()[0][0]
+    held = f"SELECT DISTINCT source_file AS f FROM raw.{ident(table)} UNION " if found else ""
+    return [f for (f,) in con.execute(
+        f"SELECT f FROM ({held}SELECT DISTINCT record->>'source_file' AS f FROM raw.quarantine "
+        "WHERE system = 'navigation' AND table_name = ?) WHERE f IS NOT NULL AND NOT starts_with(f, ?)",
+        [table, prefix]).fetchall()]
+
+
 def ingest_parquet(
     con: duckdb.DuckDBPyConnection,
     folder: Path,
@@ -568,7 +581,7 @@ def ingest_parquet(
     }
     forced = set(reread)
     changed = [p for p, st in stats.items() if p in forced or seen.get(p) != (st.st_size, st.st_mtime_ns)]
-    stale = sorted(set(changed) | (set(seen) - set(stats)))
+    stale = sorted(set(changed) | (set(seen) - set(stats)) | set(_loaded_elsewhere(con, table, prefix)))
     # A bad file is set aside (its earlier rows go too: the file as it is now is what the source holds) and
     # tried again every run until it reads; every other file still goes in.
     bad = {p: problem for p in changed if (problem := file_problem(p, columns)) is not None}

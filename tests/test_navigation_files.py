@@ -3,10 +3,12 @@ day still goes in, the file is read once it is fixed, and the asset check names 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import dagster as dg
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from assets.ingest import navigation_events, navigation_files_readable
@@ -71,3 +73,32 @@ def test_the_asset_run_succeeds_and_its_check_lists_the_bad_files(tmp_path):
     [check] = result.get_asset_check_evaluations()
     assert not check.passed and check.metadata["files_quarantined"].value == 4
     assert str(_file(root, MISSING)) in check.metadata["files"].value
+
+
+def test_a_log_read_from_a_new_folder_replaces_the_rows_of_the_old_one(tmp_path):
+    """The log moved (remounted, a copied site): its files under the new folder are the same files, so the rows
+    and quarantined rows read from the old folder go, and no page view is counted twice."""
+    old, new = tmp_path / "old" / "navigation", tmp_path / "new" / "navigation"
+    write_navigation(old, days=3, per_day=10)
+    day = pq.read_table(_file(old, GOOD))
+    ts = day["ts"].to_pylist()
+    ts[0] = None  # one malformed page view, quarantined
+    pq.write_table(day.set_column(day.schema.get_field_index("ts"), "ts", pa.array(ts, day["ts"].type)),
+                   _file(old, GOOD))
+    shutil.copytree(old, new)
+
+    def state(con: duckdb.DuckDBPyConnection) -> tuple:
+        return (con.execute("SELECT event_id, source_file FROM raw.navigation_events ORDER BY ALL").fetchall(),
+                con.execute("SELECT record_key, record->>'source_file' FROM raw.quarantine ORDER BY ALL").fetchall())
+
+    with duckdb.connect(str(tmp_path / "moved.duckdb")) as con:
+        ingest_navigation_table(con, old, "navigation_events")
+        rows, quarantined = state(con)
+        assert len(rows) == 29 and len(quarantined) == 1
+        ingest_navigation_table(con, new, "navigation_events")
+        moved = state(con)
+        files = {p for (p,) in con.execute("SELECT path FROM raw.ingested_files").fetchall()}
+    with duckdb.connect(str(tmp_path / "fresh.duckdb")) as con:
+        ingest_navigation_table(con, new, "navigation_events")
+        assert moved == state(con)  # as if the log had always been there
+    assert all(str(new) in f for f in files) and len(files) == 3
