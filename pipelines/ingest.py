@@ -70,7 +70,8 @@ CREATE TABLE IF NOT EXISTS raw.ingest_scope (system VARCHAR, table_name VARCHAR,
 # Change markers are ISO text at the sources ('YYYY-MM-DD HH:MM:SS'), compared as text there.
 MARKER_FORMAT = "%Y-%m-%d %H:%M:%S"
 # How far before its watermark an incremental read starts: a transaction that commits after a read may carry an
-# earlier time, and the clocks writing markers (the source's, push-back's) drift apart.
+# earlier time, and the source's applications may stamp markers with clocks of their own (push-back and the
+# rights stage use the source database's clock).
 SAFETY_MARGIN = dt.timedelta(hours=1)
 
 _SA_TO_DUCKDB = {sa.Integer: "BIGINT", sa.Float: "DOUBLE", sa.Boolean: "BOOLEAN"}
