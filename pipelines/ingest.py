@@ -435,10 +435,11 @@ def check_source_columns(engine: sa.Engine, system: str, table: sa.Table, marker
         return
     advice = ""
     if marker in missing:
-        advice = (f" {marker!r} is the change marker policies/datasets.yaml declares for {table.name!r}: add it to the "
-                  f"source (a timestamp its applications set on every insert and update, e.g. ALTER TABLE "
-                  f"{table.name} ADD COLUMN {marker} TIMESTAMP DEFAULT CURRENT_TIMESTAMP plus an update trigger); "
-                  "push-back stamps it too.")
+        # an operator's message, not SQL run here: the statement is an example to adapt
+        example = f"ALTER TABLE {table.name} ADD COLUMN {marker} TIMESTAMP DEFAULT CURRENT_TIMESTAMP"
+        advice = (f" '{marker}' is the change marker policies/datasets.yaml declares for '{table.name}': add it to "
+                  f"the source (a timestamp its applications set on every insert and update, e.g. {example}, plus an "
+                  "update trigger); push-back stamps it too.")
     names = ", ".join(map(repr, missing))
     raise SourceSchemaError(f"the {system} source's table {table.name!r} has no column {names}, which "
                             f"pipelines/sources/schema.py declares: nothing was read.{advice}")

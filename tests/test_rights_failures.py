@@ -42,13 +42,16 @@ def _plain(row: tuple) -> str:
 def fingerprint(world: World) -> dict[str, object]:
     """Everything a rights run changes: the three sources, the warehouse's rights, raw, archive and identity
     tables, and the art. 19 notices (not raw.ingest_scope: what the last load read, for the quality checks, is
-    bookkeeping that differs between a run and its re-run by design)."""
+    bookkeeping that differs between a run and its re-run by design; nor the sources' `updated_at` markers)."""
     print_ = {}
     for system, engine in world.engines.items():
         tables = sa.inspect(engine).get_table_names()
         with engine.connect() as con:
             for table in sorted(set(tables) - set(SKIPPED_TABLES)):
-                columns = "decision_id, table_name, rows_affected" if table == "privacy_applied_decisions" else "*"
+                # change markers are the source's clock when push-back ran: a re-run stamps its own time
+                marked = [c["name"] for c in sa.inspect(engine).get_columns(table) if c["name"] != "updated_at"]
+                columns = ("decision_id, table_name, rows_affected" if table == "privacy_applied_decisions"
+                           else ", ".join(marked))
                 rows = con.execute(sa.text(f"SELECT {columns} FROM {table}")).fetchall()
                 print_[f"{system}.{table}"] = sorted(map(_plain, rows))
     with duckdb.connect() as con:

@@ -188,7 +188,6 @@ def _droppable(con: duckdb.DuckDBPyConnection, as_of: dt.date, shared: list[str]
              AND s.record_key = c.record_key AND s.subject_type = c.old_type AND s.subject_id = c.old_id
         WHERE (c.new_type, c.new_id) IS DISTINCT FROM (c.old_type, c.old_id) AND s.status IN {in_list(ENDED)}
           AND s.as_of < DATE {lit(as_of.isoformat())}""")
-    ended = in_list(ENDED)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ret_left_purposes AS
         WITH groups AS (SELECT subject_type, subject_id, dataset, count(*) AS left_records FROM _ret_left
@@ -197,8 +196,8 @@ def _droppable(con: duckdb.DuckDBPyConnection, as_of: dt.date, shared: list[str]
                  FROM groups g JOIN retention.record_status USING (subject_type, subject_id, dataset)
                  GROUP BY subject_type, subject_id, dataset)
         SELECT subject_type, subject_id, dataset, purpose, any_value(staying) AS staying,
-               any_value(staying) - coalesce(sum(records) FILTER (status NOT IN {ended}), 0) AS staying_ended,
-               coalesce(sum(records) FILTER (status IN {ended}), 0) AS ended
+               any_value(staying) - coalesce(sum(records) FILTER (status NOT IN {in_list(ENDED)}), 0) AS staying_ended,
+               coalesce(sum(records) FILTER (status IN {in_list(ENDED)}), 0) AS ended
         FROM retention.ledger JOIN held USING (subject_type, subject_id, dataset)
         GROUP BY subject_type, subject_id, dataset, purpose""")
     con.execute(f"""
@@ -217,9 +216,8 @@ def forget_dropped(con: duckdb.DuckDBPyConnection) -> None:
     """Delete what the ledger keeps of DROPPED: their record_status and inputs rows, and the ended ledger rows
     DROPPED_ROWS names. They have no column_status rows (kept records only) and time no clock fact (facts time
     records that stay)."""
-    dropped = f"(SELECT (dataset, record_key, subject_type, subject_id) FROM {DROPPED})"
-    con.execute(f"DELETE FROM retention.record_status WHERE (dataset, record_key, subject_type, subject_id) IN "
-                f"{dropped}")
-    con.execute(f"DELETE FROM {INPUTS} WHERE (dataset, record_key, subject_type, subject_id) IN {dropped}")
+    for table in ("retention.record_status", INPUTS):
+        con.execute(f"DELETE FROM {table} WHERE (dataset, record_key, subject_type, subject_id) IN "
+                    f"(SELECT (dataset, record_key, subject_type, subject_id) FROM {DROPPED})")
     con.execute(f"DELETE FROM retention.ledger WHERE status IN {in_list(ENDED)} AND (subject_type, subject_id, "
                 f"dataset, purpose) IN (SELECT (subject_type, subject_id, dataset, purpose) FROM {DROPPED_ROWS})")
