@@ -19,6 +19,12 @@ def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = 
     return rows[0][0] if rows else None
 
 
+def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    """Whether `schema.table` exists in the connection's current database."""
+    return bool(scalar(con, "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND "
+                            "table_name = ?", [schema, table]))
+
+
 # Half the machine, not DuckDB's 80 %: room for the Arrow tables the same process builds. A fixed 4 GB cap made
 # the first night's full ledger at 100,000 members fail out of memory (DuckDB cannot spill every operator), so a
 # smaller cap is an operator's choice (SEM_DUCKDB_MEMORY_LIMIT), measured first.

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from pipelines.duck import scalar
+from pipelines.duck import scalar, table_exists
 from pipelines.policy.models import Policy
 from pipelines.sqltext import ident, list_literal, literal
 
@@ -547,9 +547,7 @@ def _loaded_elsewhere(con: duckdb.DuckDBPyConnection, table: str, prefix: str) -
     """Files `raw.<table>` or its quarantine holds rows of that are not under `prefix`: the log was read from
     another folder (moved, remounted, a copied site). Its files there are the same files, so their rows go before
     the new paths load, or every page view would be counted twice."""
-    found = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'raw' AND table_name = ?",
-                        [table]).fetchall()[0][0]
-    held = f"SELECT DISTINCT source_file AS f FROM raw.{ident(table)} UNION " if found else ""
+    held = f"SELECT DISTINCT source_file AS f FROM raw.{ident(table)} UNION " if table_exists(con, "raw", table) else ""
     return [f for (f,) in con.execute(
         f"SELECT f FROM ({held}SELECT DISTINCT record->>'source_file' AS f FROM raw.quarantine "
         "WHERE system = 'navigation' AND table_name = ?) WHERE f IS NOT NULL AND NOT starts_with(f, ?)",

@@ -68,7 +68,7 @@ def _ended_sql(con: duckdb.DuckDBPyConnection, policy: Policy, purpose: str, as_
     def over(clock_sql: str) -> str:
         return f"NOT {kept_on_sql(literal(as_of.isoformat()), last_day_sql(clock_sql, rule.active))}"
 
-    ended = f"NOT (k.clock IS NULL OR {kept_on_sql(literal(as_of.isoformat()), last_day_sql('k.clock', rule.active))})"
+    ended = f"k.clock IS NOT NULL AND {over('k.clock')}"
     stored = table_exists(con, "retention", "clock_events")
     only = None
     if clock.per == "record":

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from pipelines.audit import current_head, logged
 from pipelines.context import CoreContext
+from pipelines.duck import table_exists
 from pipelines.policy.models import Dataset, Policy
 from pipelines.pushback import TARGET_SCHEMA, apply_decisions
 from pipelines.refresh import touched_tables
@@ -36,7 +37,7 @@ from pipelines.retention.intent import (
     record_targets,
     recorded_day,
 )
-from pipelines.retention.ledger import quarantined_sql, table_exists
+from pipelines.retention.ledger import quarantined_sql
 from pipelines.sqltext import ident as q
 from pipelines.sqltext import list_literal, literal, transaction
 

@@ -21,6 +21,7 @@ from typing import get_args
 
 import duckdb
 
+from pipelines.duck import table_exists
 from pipelines.policy.models import Clock, Dataset, Policy, RetentionRule, SubjectType
 from pipelines.retention.columns import compute_columns
 from pipelines.retention.intent import owed_on
@@ -54,12 +55,6 @@ EMPTY_SUBJECTS = "SELECT NULL::VARCHAR AS subject_type, NULL::VARCHAR AS subject
 RESTRICTED, HELD, OBJECTING = "restricted", "legal_hold", "marketing_objection"  # retention.flag_sets flags
 # rights.exclusions reasons that are objections to direct marketing (pipelines.rights.process)
 OBJECTION_REASONS = ("objection", "objection_prospecting")
-
-
-def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
-    return bool(con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-        [schema, table]).fetchall()[0][0])
 
 
 def quarantined_sql(con: duckdb.DuckDBPyConnection, ds: Dataset) -> str | None:

@@ -23,9 +23,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import sqlalchemy as sa
 
+from pipelines.duck import table_exists
 from pipelines.policy.models import Policy
 from pipelines.private import open_private, private_dir
-from pipelines.rights.intake import column_type, table_exists
+from pipelines.rights.intake import column_type
 from pipelines.rights.scope import SubjectTable, portable_columns, subject_tables
 from pipelines.sources.schema import SQL_SYSTEMS
 from pipelines.sqltext import ident

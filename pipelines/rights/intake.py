@@ -14,7 +14,7 @@ from typing import Any
 
 import duckdb
 
-from pipelines.duck import scalar
+from pipelines.duck import scalar, table_exists
 from pipelines.normalise import email_sql
 from pipelines.rights.intent import ensure_intent_schema
 from pipelines.sqltext import in_list
@@ -44,11 +44,6 @@ CREATE TABLE IF NOT EXISTS rights.requests (
 def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[tuple]:
     """Execute and read the whole result: DuckDB 2 keeps an unread result pending on the connection."""
     return con.execute(sql, params or []).fetchall()
-
-
-def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
-    return bool(scalar(con, "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND "
-                            "table_name = ?", [schema, table]))
 
 
 def column_type(con: duckdb.DuckDBPyConnection, schema: str, table: str, column: str) -> str:
