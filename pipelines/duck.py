@@ -21,8 +21,12 @@ def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = 
 
 def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
     """Whether `schema.table` exists in the connection's current database."""
-    return bool(scalar(con, "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND "
-                            "table_name = ?", [schema, table]))
+    # duckdb_tables()/duckdb_views() rather than information_schema.tables: 0.8 ms instead of 2.2 (the ledger asks
+    # a few hundred times a night)
+    return bool(scalar(con, "SELECT count(*) FROM (SELECT schema_name, table_name, database_name FROM duckdb_tables() "
+                            "UNION ALL SELECT schema_name, view_name, database_name FROM duckdb_views()) "
+                            "WHERE database_name = current_database() AND schema_name = ? AND table_name = ?",
+                       [schema, table]))
 
 
 # Half the machine, not DuckDB's 80 %: room for the Arrow tables the same process builds. A fixed 4 GB cap made

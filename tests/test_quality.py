@@ -151,6 +151,18 @@ def test_identifier_planted_in_analytics_is_found_and_never_shown(tmp_path, plan
         assert fragment not in shown
 
 
+def test_identifier_values_are_counted_distinct_per_column(tmp_path):
+    path = _analytics_file(tmp_path / "a.duckdb")
+    with duckdb.connect(str(path)) as con:
+        con.execute("UPDATE members_pseudo SET member_token = 'x' || member_token")  # no longer whole tokens
+        con.execute("UPDATE members_pseudo SET departement = '06 12 34 56 78' WHERE visits = 4")
+    outcomes = check_analytics_identifiers(path)
+    assert [(f.label, f.unexpected_count) for o in outcomes for f in o.failed] == [
+        ("members_pseudo.departement: no phone", 1)]
+    # distinct values per column, added up: 51 tokens + 3 départements + 2 age bands + 1 comment
+    assert sum(o.row_count for o in outcomes if o.suite.startswith("analytics_members_pseudo_")) == 51 + 3 + 2 + 1
+
+
 def test_identifier_hidden_among_tokens_is_found(tmp_path):
     path = _analytics_file(tmp_path / "a.duckdb")
     with duckdb.connect(str(path)) as con:
