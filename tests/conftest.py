@@ -9,6 +9,10 @@ Fixtures:
 - `sandbox` (function): a private copy of those sources + fresh warehouse/analytics paths, with
   `.resources()` for `dg.materialize` / `execute_in_process`; `pg_sandbox`: the same with the SQL
   systems copied into a real PostgreSQL.
+- `first_night` (session): those sources after the nightly job's first night (the backlog of years), run once per
+  test worker through the real Definitions under a umask of 022; `site_after_first_night` (function): a copy of
+  that site, back at the path the first night ran at, with SEM_DATA_DIR and DAGSTER_HOME pointing into it. Tests
+  using them share the group FIRST_NIGHT (`pytest.mark.xdist_group`), so one worker runs the first night once.
 
 Without PostgreSQL binaries these tests are skipped locally, but fail in CI (CI=true or
 SEM_REQUIRE_POSTGRES=1): PostgreSQL-backed tests are mandatory there.
@@ -26,6 +30,22 @@ from pathlib import Path
 import pytest
 
 from pipelines.sources.throwaway_pg import PgCluster, find_pg_bin, start_cluster
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`--dist loadgroup` sends the tests of one `xdist_group` to one worker by a `@group` suffix pytest-xdist
+    3.8 puts on their node ids; under pytest 9 its assignment (`item._nodeid`) no longer reaches the node id, so the
+    groups were silently ignored. The suffix is put where pytest 9 keeps the id; nothing happens once xdist does it."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                         for m in item.iter_markers("xdist_group")})
+        if groups and "@" not in item.nodeid:
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")
 
 
 def _postgres_required() -> bool:
@@ -184,6 +204,59 @@ def sandbox(tmp_path: Path, generated_sources: Path, monkeypatch: pytest.MonkeyP
         members_url=f"sqlite:///{tmp_path / 'sources' / 'members.db'}",
         prospects_url=f"sqlite:///{tmp_path / 'sources' / 'prospects.db'}",
     )
+
+
+FIRST_NIGHT = "first_night"
+
+
+@dataclass
+class FirstNight:
+    """The generated sources after the first nightly run: the site as it was then (`pristine`), where the run
+    happened (`site`: paths the warehouse records, such as the navigation files', point there) and its result."""
+
+    site: Path
+    pristine: Path
+    result: object  # dg.ExecuteInProcessResult
+
+
+@pytest.fixture(scope="session")
+def first_night(tmp_path_factory: pytest.TempPathFactory, generated_sources: Path) -> FirstNight:
+    from pipelines.demo.__main__ import run_job
+
+    base = tmp_path_factory.mktemp("first-night")
+    site = base / "site"
+    shutil.copytree(generated_sources, site / "sources")
+    (site / "dagster_home").mkdir()
+    previous = os.umask(0o022)  # what a shell usually has: everything the run writes must still be private
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            _point_at(mp, site)
+            result = run_job(TEST_AS_OF)
+    finally:
+        os.umask(previous)
+    site.rename(base / "pristine")
+    return FirstNight(site=site, pristine=base / "pristine", result=result)
+
+
+def _point_at(mp: pytest.MonkeyPatch, site: Path) -> None:
+    """Every default at `site`, as an operator would with SEM_DATA_DIR (and the site's own Dagster instance)."""
+    mp.setenv("SEM_PSEUDONYMISATION_KEY", TEST_KEY_HEX)
+    mp.setenv("SEM_DATA_DIR", str(site))
+    mp.setenv("DAGSTER_HOME", str(site / "dagster_home"))
+
+
+@pytest.fixture
+def site_after_first_night(first_night: FirstNight, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
+    """A copy of the site after its first night, at the path it ran at (file times kept, so the navigation files
+    read as unchanged); removed after the test."""
+    shutil.copytree(first_night.pristine, first_night.site)
+    _point_at(monkeypatch, first_night.site)
+    sources = first_night.site / "sources"
+    try:
+        yield Sandbox(root=first_night.site, members_url=f"sqlite:///{sources / 'members.db'}",
+                      prospects_url=f"sqlite:///{sources / 'prospects.db'}")
+    finally:
+        shutil.rmtree(first_night.site)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from pipelines.demo.summary import print_run
 from pipelines.normalise import normalise_email
 from pipelines.orchestration.runs import PREVIEW_KEY
 from pipelines.pseudo.keys import KeyProvider
-from tests.conftest import TEST_AS_OF, TEST_KEY_HEX, loose_modes
+from tests.conftest import FIRST_NIGHT, TEST_AS_OF, TEST_KEY_HEX, loose_modes
 
 # Columns that record when the pipeline did something, not what it holds.
 # What the last load read (raw.ingest_scope, for the raw checks): a second run reads less than the first.
@@ -30,15 +30,6 @@ RUN_TIME_TABLES = {"raw.ingest_scope"}
 RUN_TIME_COLUMNS = {"quarantined_at", "ingested_at", "applied_at", "published_at", "computed_at", "generated_at",
                     "decided_at", "executed_at", "confirmed_at", "ts_run", "recorded_at", "run_id", "updated_at",
                     "watermark"}
-
-
-@pytest.fixture
-def project_env(sandbox, monkeypatch, tmp_path):
-    """Point every default at the sandbox, as an operator would with SEM_DATA_DIR."""
-    monkeypatch.setenv("SEM_DATA_DIR", str(sandbox.root))
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
-    (tmp_path / "dagster_home").mkdir()
-    return sandbox
 
 
 def _duckdb_snapshot(path: Path) -> dict[str, tuple]:
@@ -82,9 +73,12 @@ def _snapshot(env) -> tuple[dict, dict, dict]:
     return _sources_snapshot(env.sources), _duckdb_snapshot(env.warehouse), _duckdb_snapshot(env.analytics)
 
 
-def test_nightly_job_runs_everything_passes_every_check_and_a_second_run_changes_nothing(project_env, capsys,
-                                                                                       open_umask):
-    result = run_job(TEST_AS_OF)
+@pytest.mark.xdist_group(FIRST_NIGHT)
+def test_nightly_job_runs_everything_passes_every_check_and_a_second_run_changes_nothing(
+        first_night, site_after_first_night, capsys, open_umask):
+    # the first night ran under a umask of 022, every default pointing at the site (SEM_DATA_DIR)
+    project_env = site_after_first_night
+    result = first_night.result
     assert result.success
     graph = defs.resolve_asset_graph()
     # Everything but the policy-change preview, which runs when a policy file changes (policy_preview_job).

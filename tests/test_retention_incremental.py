@@ -1,16 +1,16 @@
 """The incremental retention ledger leaves the warehouse and the sources exactly as a full recompute does.
 
-One small generated world has its first night (the nightly job, through Dagster in process; its ledger is
-full: there is none before), then two copies of it live the same nights through the same job: one with the
-incremental ledger and ingest (the default), one as the weekly full recompute runs (`full_recompute`: the
-ledger re-evaluates every record, the SQL sources are copied whole) every night. Each copy runs in turn at the same
-path, so the paths the warehouse records are the same. Before each night the same day of changes reaches
-both sources (new members, ended contracts, page views, prospects), with rights requests (erasure, objection,
-restriction: person-wide flags change) and a new prospect sharing a member's e-mail (an identity link joins
-them); the first of them follows the first night's backlog of erasures (records that left their subjects,
-dropped without re-evaluating them: pipelines.retention.scope); the last night jumps weeks ahead, across many
-retention boundaries (records come due). After every night the two warehouses are compared table by table,
-column by column, and so are the sources.
+The generated test world after its first night (tests.conftest `first_night`: the nightly job through Dagster in
+process; its ledger is full, there is none before), then two copies of it live the same nights through the same
+job: one with the incremental ledger and ingest (the default), one as the weekly full recompute runs
+(`full_recompute`: the ledger re-evaluates every record, the SQL sources are copied whole) every night. Each copy
+runs in turn at the path the first night ran at, so the paths the warehouse records are the same. Before each night
+the same day of changes reaches both sources (new members, ended contracts, page views, prospects), with rights
+requests (erasure, objection, restriction: person-wide flags change) and a new prospect sharing a member's e-mail
+(an identity link joins them); the first of them follows the first night's backlog of erasures (records that left
+their subjects, dropped without re-evaluating them: pipelines.retention.scope); the last night jumps weeks ahead,
+across many retention boundaries (records come due). After every night the two warehouses are compared table by
+table, column by column, and so are the sources.
 
 Bookkeeping that may differ: when the pipeline did something (tests.test_nightly.RUN_TIME_COLUMNS, the change
 markers push-back stamps and the ingest watermarks read from them, the navigation files' times), and the
@@ -36,15 +36,13 @@ from assets.retention import LEDGER_KEY
 from pipelines.definitions import defs
 from pipelines.demo.__main__ import run_job
 from pipelines.demo.changes import day_of_changes, verified_requests
-from pipelines.demo.generate import generate
 from pipelines.orchestration.runs import AS_OF_TAG, PARIS
 from pipelines.rights import process as rights_process
 from sensors.schedules import nightly_schedule, weekly_full_recompute_schedule
-from tests.conftest import TEST_AS_OF, TEST_KEY_HEX
+from tests.conftest import FIRST_NIGHT, TEST_AS_OF, TEST_KEY_HEX, FirstNight
 from tests.test_nightly import RUN_TIME_COLUMNS, RUN_TIME_TABLES
 
-MEMBERS = 150
-SEED = 11
+SEED = 11  # of the days of changes
 NIGHTS = (TEST_AS_OF + dt.timedelta(days=1), TEST_AS_OF + dt.timedelta(days=50))  # after the first
 # ledger rows: the night that last evaluated them; navigation files: when and how (bytes) they were written
 BOOKKEEPING = {("retention", t, "as_of") for t in ("record_status", "ledger", "column_status")} | {
@@ -66,17 +64,24 @@ def _wall_clock(night: dt.date) -> SimpleNamespace:
 
 
 @pytest.fixture
-def worlds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    """The two copies after the first night, each under its own folder while the other one runs."""
+def worlds(tmp_path: Path, first_night: FirstNight, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Two copies of the site after its first night, each under its own folder while the other one runs at the
+    path the first night ran at."""
+    # the first night had no ledger before it: it evaluated every record
+    assert _ledger_path(first_night.result).startswith("full: no previous")
     monkeypatch.setenv("SEM_PSEUDONYMISATION_KEY", TEST_KEY_HEX)
-    monkeypatch.setenv("SEM_DATA_DIR", str(tmp_path / "world"))
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "world" / "dagster_home"))
-    first = tmp_path / "incremental"
-    generate(first / "sources", members=MEMBERS, seed=SEED, as_of=TEST_AS_OF)
-    (first / "dagster_home").mkdir()
-    assert _night(first, TEST_AS_OF, False, monkeypatch).startswith("full: no previous")
-    shutil.copytree(first, tmp_path / "full")
-    return {"incremental": first, "full": tmp_path / "full"}
+    monkeypatch.setenv("SEM_DATA_DIR", str(first_night.site))
+    monkeypatch.setenv("DAGSTER_HOME", str(first_night.site / "dagster_home"))
+    for name in ("incremental", "full"):
+        shutil.copytree(first_night.pristine, tmp_path / name)
+    return {"incremental": tmp_path / "incremental", "full": tmp_path / "full"}
+
+
+def _ledger_path(result: dg.ExecuteInProcessResult) -> str:
+    """What the run's ledger step says it did (full or incremental, and its scope)."""
+    [ledger] = [e.materialization for e in result.get_asset_materialization_events()
+                if e.materialization.asset_key == LEDGER_KEY]
+    return ledger.metadata["ledger_path"].value
 
 
 def _night(world: Path, night: dt.date, full: bool, monkeypatch: pytest.MonkeyPatch) -> str:
@@ -90,9 +95,7 @@ def _night(world: Path, night: dt.date, full: bool, monkeypatch: pytest.MonkeyPa
     finally:
         active.rename(world)
     assert result.success
-    [ledger] = [e.materialization for e in result.get_asset_materialization_events()
-                if e.materialization.asset_key == LEDGER_KEY]
-    return ledger.metadata["ledger_path"].value
+    return _ledger_path(result)
 
 
 def _day_of_changes(sources: Path, night: dt.date, k: int) -> None:
@@ -162,6 +165,7 @@ def _source_rows(sources: Path) -> dict[str, list]:
     return rows
 
 
+@pytest.mark.xdist_group(FIRST_NIGHT)
 def test_incremental_ledger_gives_the_warehouse_of_a_full_recompute_night_after_night(worlds, monkeypatch):
     paths = {}
     for k, night in enumerate(NIGHTS):

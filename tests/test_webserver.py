@@ -21,6 +21,8 @@ import pytest
 import yaml
 from dagster._core.events import DagsterEventType
 
+from tests.conftest import FIRST_NIGHT, TEST_KEY_HEX, FirstNight
+
 STARTUP_TIMEOUT_S = 240
 WEBSERVER = Path(sys.executable).with_name("dagster-webserver")
 PROJECT = Path(__file__).resolve().parents[1]
@@ -92,10 +94,28 @@ def _serving(command: list[str], home: Path, env: dict[str, str]) -> Iterator[st
         log.close()
 
 
+# Every test here talks to one webserver, whose runs read the site after its first night (tests.conftest).
+pytestmark = pytest.mark.xdist_group(FIRST_NIGHT)
+
+
 @pytest.fixture(scope="module")
-def graphql_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with _serving([str(WEBSERVER)], tmp_path_factory.mktemp("dagster_home"), {}) as url:
-        yield url
+def served(tmp_path_factory: pytest.TempPathFactory, first_night: FirstNight) -> Iterator[tuple[str, Path]]:
+    """The webserver on an instance that launches runs at once (no run queue, so no daemon: the daemon would also
+    start the sensors, whose runs are tested on their own); everything else is the project's dagster.yaml. Its
+    runs read and write the site of `site_after_first_night` (SEM_DATA_DIR)."""
+    home = tmp_path_factory.mktemp("dagster_home")
+    instance = yaml.safe_load((PROJECT / "dagster.yaml").read_text())
+    del instance["concurrency"]["runs"]
+    instance["run_coordinator"] = {"module": "dagster._core.run_coordinator", "class": "DefaultRunCoordinator"}
+    (home / "dagster.yaml").write_text(yaml.safe_dump(instance))
+    env = {"SEM_DATA_DIR": str(first_night.site), "SEM_PSEUDONYMISATION_KEY": TEST_KEY_HEX}
+    with _serving([str(WEBSERVER)], home, env) as url:
+        yield url, home
+
+
+@pytest.fixture
+def graphql_url(served: tuple[str, Path]) -> str:
+    return served[0]
 
 
 def test_graphql_lists_raw_and_analytics_assets_with_their_checks(graphql_url):
@@ -134,44 +154,37 @@ RUN_STATUS = "query Status($id: ID!) { runOrError(runId: $id) { ... on Run { sta
 DONE = {"SUCCESS", "FAILURE", "CANCELED"}
 
 
-def test_nightly_job_launched_like_the_ui_runs_to_success_in_its_own_process(sandbox, tmp_path):
-    """A nightly run launched over GraphQL, as the UI's launchpad does, runs in a process of its own (not the
-    webserver's) with the project's in-process executor and `warehouse` pool, and publishes the analytics file.
-
-    The instance launches runs at once (no run queue, so no daemon: the daemon would also start the sensors,
-    whose runs are tested on their own); everything else is the project's dagster.yaml.
-    """
+def test_nightly_job_launched_like_the_ui_runs_to_success_in_its_own_process(served, site_after_first_night):
+    """The next night's run launched over GraphQL, as the UI's launchpad does, runs in a process of its own (not the
+    webserver's) with the project's in-process executor and `warehouse` pool, and publishes the analytics file."""
     from pipelines.definitions import defs
     from sensors.schedules import as_of_run_config
     from tests.conftest import TEST_AS_OF
 
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    instance = yaml.safe_load((PROJECT / "dagster.yaml").read_text())
-    del instance["concurrency"]["runs"]
-    instance["run_coordinator"] = {"module": "dagster._core.run_coordinator", "class": "DefaultRunCoordinator"}
-    (home / "dagster.yaml").write_text(yaml.safe_dump(instance))
-    day = (TEST_AS_OF - dt.timedelta(days=1)).isoformat()
-    with _serving([str(WEBSERVER)], home, {"SEM_DATA_DIR": str(sandbox.root)}) as url:
-        [repository] = _post(url, LOCATION)["repositoriesOrError"]["nodes"]
-        params = {
-            "selector": {"repositoryLocationName": repository["location"]["name"],
-                         "repositoryName": repository["name"], "jobName": "nightly_job"},
-            "runConfigData": as_of_run_config(defs.resolve_job_def("nightly_job"), TEST_AS_OF),
-            "executionMetadata": {"tags": [{"key": "dagster/partition", "value": day},
-                                           {"key": "sem/as_of", "value": TEST_AS_OF.isoformat()}]},
-        }
-        launched = _post(url, LAUNCH, {"params": params})["launchRun"]
-        assert launched["__typename"] == "LaunchRunSuccess", launched
-        run_id = launched["run"]["runId"]
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        status = None
-        while status not in DONE and time.monotonic() < deadline:
-            time.sleep(3)
-            status = _post(url, RUN_STATUS, {"id": run_id})["runOrError"]["status"]
+    url, home = served
+    as_of = TEST_AS_OF + dt.timedelta(days=1)
+    day = (as_of - dt.timedelta(days=1)).isoformat()
+    published = site_after_first_night.analytics.stat().st_mtime_ns
+    [repository] = _post(url, LOCATION)["repositoriesOrError"]["nodes"]
+    params = {
+        "selector": {"repositoryLocationName": repository["location"]["name"],
+                     "repositoryName": repository["name"], "jobName": "nightly_job"},
+        "runConfigData": as_of_run_config(defs.resolve_job_def("nightly_job"), as_of),
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": day},
+                                       {"key": "sem/as_of", "value": as_of.isoformat()}]},
+    }
+    launched = _post(url, LAUNCH, {"params": params})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"]["runId"]
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    status = None
+    while status not in DONE and time.monotonic() < deadline:
+        time.sleep(1)
+        status = _post(url, RUN_STATUS, {"id": run_id})["runOrError"]["status"]
     assert status == "SUCCESS", (home / "server.log").read_text()[-5000:]
     _assert_steps_ran_in_the_run_process_one_warehouse_step_at_a_time(home, run_id)
-    with duckdb.connect(str(sandbox.root / "analytics.duckdb"), read_only=True) as con:
+    assert site_after_first_night.analytics.stat().st_mtime_ns != published  # the night published it again
+    with duckdb.connect(str(site_after_first_night.analytics), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM members_pseudo").fetchall()[0][0] > 0
 
 
