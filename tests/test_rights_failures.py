@@ -86,6 +86,10 @@ def assert_each_decision_audited_once(world: World) -> None:
     assert verify(world.root / "audit.jsonl").ok
 
 
+# the uninterrupted run below is computed once, by the one worker that runs this file's tests
+pytestmark = pytest.mark.xdist_group("rights_failures")
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory, generated_sources: Path) -> dict[str, object]:
     """The fingerprint of one plain run over the generated sources, nothing failing."""
