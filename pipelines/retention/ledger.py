@@ -62,8 +62,8 @@ def quarantined_sql(con: duckdb.DuckDBPyConnection, ds: Dataset) -> str | None:
     values allow: a page view without visitor id still has its timestamp, a claim with a bad date its member."""
     if not (table_exists(con, "raw", "quarantine") and table_exists(con, "raw", ds.name)):
         return None
-    columns = con.execute("SELECT column_name, data_type FROM information_schema.columns "
-                          "WHERE table_schema = 'raw' AND table_name = ? ORDER BY ordinal_position",
+    columns = con.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = "
+                          "current_database() AND schema_name = 'raw' AND table_name = ? ORDER BY column_index",
                           [ds.name]).fetchall()
     typed = ", ".join(f"TRY_CAST(record->>{lit(c)} AS {t}) AS {q(c)}" for c, t in columns)
     return (f"SELECT {typed} FROM raw.quarantine WHERE system = {lit(ds.system)} AND table_name = {lit(ds.name)} "
