@@ -98,22 +98,28 @@ class _Seen:
 
 
 def _watch(world: World, launch: Launch, point: KillPoint | None) -> _Seen:
-    """Poll the sources, outbox and audit log while the run lives; with a `point` (after a commit or a
-    transfer mark), kill the run as soon as it is reached."""
+    """Poll the sources, outbox and audit log while the run lives; with a `point` (after a commit, a transfer mark
+    or a file rewrite), watch only what it counts and kill the run as soon as it is reached. (Every poll lists
+    and stats the whole navigation log and reads the audit log: a watcher polling all of them every 50 ms takes
+    a good part of a core from the run it watches.)"""
     seen = _Seen()
+    watch_commits, watch_transfers, watch_files = (
+        (True, True, True) if point is None else
+        (point.after_commit is not None, point.after_transfer is not None, point.after_rewrite is not None))
     commits = world.source_commits() or (frozenset(), frozenset(), frozenset())
     transfers = world.transfer_marks() or frozenset()
-    files = world.navigation_files()
+    files = world.navigation_files() if watch_files else {}
     while launch.process.poll() is None:
         time.sleep(POLL_S)
         now = time.monotonic() - launch.started
-        current_files = world.navigation_files()
-        seen.rewrites += [(now, f) for f, mtime in sorted(current_files.items()) if files.get(f, mtime) != mtime]
-        files = current_files
-        if (current := world.source_commits()) is not None:
+        if watch_files:
+            current_files = world.navigation_files()
+            seen.rewrites += [(now, f) for f, mtime in sorted(current_files.items()) if files.get(f, mtime) != mtime]
+            files = current_files
+        if watch_commits and (current := world.source_commits()) is not None:
             seen.commits += [(now, name) for name in _commit_changes(commits, current)]
             commits = current
-        if (marks := world.transfer_marks()) is not None:
+        if watch_transfers and (marks := world.transfer_marks()) is not None:
             seen.transfers += [(now, mark) for mark in sorted(marks - transfers)]
             transfers = marks
         if point is not None and seen.reached(point):
