@@ -160,7 +160,8 @@ def test_identifier_values_are_counted_distinct_per_column(tmp_path):
     assert [(f.label, f.unexpected_count) for o in outcomes for f in o.failed] == [
         ("members_pseudo.departement: no phone", 1)]
     # distinct values per column, added up: 51 tokens + 3 départements + 2 age bands + 1 comment
-    assert sum(o.row_count for o in outcomes if o.suite.startswith("analytics_members_pseudo_")) == 51 + 3 + 2 + 1
+    members = [o for o in outcomes if o.suite.startswith("analytics_identifiers: members_pseudo.")]
+    assert sum(o.row_count for o in members) == 51 + 3 + 2 + 1
 
 
 def test_identifier_hidden_among_tokens_is_found(tmp_path):

@@ -19,7 +19,14 @@ import sqlalchemy as sa
 
 from pipelines.duck import scalar
 from pipelines.ingest import read_sql_table, record_key_sql
-from pipelines.quality.gx_runner import MAX_EXAMPLES, ExpectationOutcome, SuiteOutcome, combine, run_suite
+from pipelines.quality.gx_runner import (
+    MAX_EXAMPLES,
+    ExpectationOutcome,
+    SuiteOutcome,
+    combine,
+    outcomes_by,
+    run_suite,
+)
 from pipelines.quality.masking import mask_value
 from pipelines.quality.patterns import TOKEN_PATTERN
 from pipelines.quality.suites import (
@@ -223,22 +230,24 @@ def _catalogue_frame(con: duckdb.DuckDBPyConnection, columns: pd.DataFrame) -> p
 def check_analytics_identifiers(path: Path) -> list[SuiteOutcome]:
     """No e-mail, phone, IPv4 or French postal address in any text column of any analytics table.
 
-    A pattern is a property of a value, so GX sees each column's distinct values (counts are distinct values).
-    Values that are whole 64-hex tokens are left out in SQL: none of the patterns can match inside one (no
-    "@", dot, space or "+", and no word boundary between hex characters), and on large tables they are most
-    of the data.
+    A pattern is a property of a value, so GX sees each column's distinct values (counts are distinct values), all
+    columns stacked in one frame and validated at once (pipelines.quality.suites.analytics_identifier_suite); one
+    outcome per column. Values that are whole 64-hex tokens are left out in SQL: none of the patterns can match
+    inside one (no "@", dot, space or "+", and no word boundary between hex characters), and on large tables they
+    are most of the data.
     """
     with duckdb.connect(str(path), read_only=True) as con:
         columns = _analytics_columns(con)
         text = columns[columns["data_type"] == "VARCHAR"]
-        outcomes = []
-        for table, column in text[["table_name", "column_name"]].itertuples(index=False):
-            frame = con.sql(
-                f"SELECT DISTINCT {ident(column)} FROM {ident(table)} "
-                f"WHERE NOT regexp_full_match({ident(column)}, {literal(TOKEN_FULL_MATCH)})"
-            ).df()
-            outcomes.append(run_suite(frame, analytics_identifier_suite(str(table), [column])))
-    return outcomes
+        distinct = [
+            f"SELECT DISTINCT {literal(f'{table}.{column}')} AS column_ref, {ident(column)} AS value "
+            f"FROM {ident(table)} WHERE NOT regexp_full_match({ident(column)}, {literal(TOKEN_FULL_MATCH)})"
+            for table, column in text[["table_name", "column_name"]].itertuples(index=False)
+        ]
+        frame = (con.sql(" UNION ALL ".join(distinct)).df() if distinct
+                 else pd.DataFrame({"column_ref": [], "value": []}))
+    return outcomes_by(frame, analytics_identifier_suite(), "column_ref", "value",
+                       [f"{t}.{c}" for t, c in text[["table_name", "column_name"]].itertuples(index=False)])
 
 
 def check_analytics_tokens(path: Path) -> list[SuiteOutcome]:
