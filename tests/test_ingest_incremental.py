@@ -270,3 +270,16 @@ def test_a_source_lacking_the_declared_change_marker_is_refused_naming_table_col
     message = str(refused.value)
     assert "'rights_requests' has no column 'updated_at'" in message and "members source" in message
     assert "change marker policies/datasets.yaml declares" in message and "ADD COLUMN updated_at" in message
+
+
+def test_a_source_lacking_a_declared_table_is_refused_naming_system_and_table(source, tmp_path):
+    """A URL pointing at the wrong database (or a table not yet created) is refused before anything is read."""
+    engine = _engines(source)["members"]
+    with engine.begin() as db:
+        db.execute(sa.text("DROP TABLE rights_requests"))
+    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:
+        with pytest.raises(SourceSchemaError) as refused:
+            ingest_sql_table(con, engine, "members", REQUESTS, quarantine_fields(POLICY, "rights_requests"),
+                             marker=change_marker(POLICY, "rights_requests"))
+        assert "raw" not in {s for (s,) in con.execute("SELECT schema_name FROM duckdb_schemas()").fetchall()}
+    assert "the members source has no table 'rights_requests'" in str(refused.value)
