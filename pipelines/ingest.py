@@ -61,6 +61,8 @@ CREATE TABLE IF NOT EXISTS raw.ingested_files (
 CREATE TABLE IF NOT EXISTS raw.quarantine_files (
     path VARCHAR PRIMARY KEY, size BIGINT, mtime_ns BIGINT, reason VARCHAR, quarantined_at TIMESTAMP
 );
+-- which table's folder a bad file was found in (warehouses made before it have NULL there)
+ALTER TABLE raw.quarantine_files ADD COLUMN IF NOT EXISTS table_name VARCHAR;
 CREATE TABLE IF NOT EXISTS raw.watermarks (
     system VARCHAR, table_name VARCHAR, marker VARCHAR, watermark TIMESTAMP, PRIMARY KEY (system, table_name)
 );
@@ -586,10 +588,13 @@ def ingest_parquet(
     # tried again every run until it reads; every other file still goes in.
     bad = {p: problem for p in changed if (problem := file_problem(p, columns)) is not None}
     changed = [p for p in changed if p not in bad]
-    con.execute("DELETE FROM raw.quarantine_files WHERE starts_with(path, ?)", [prefix])
+    # The table's bad files are listed afresh, those found under an earlier folder of the log included (moved:
+    # they are not bad files of the source any more).
+    con.execute("DELETE FROM raw.quarantine_files WHERE table_name = ? OR starts_with(path, ?)", [table, prefix])
     if bad:
-        con.executemany("INSERT INTO raw.quarantine_files VALUES (?, ?, ?, ?, now())",
-                        [[p, stats[p].st_size, stats[p].st_mtime_ns, reason] for p, reason in bad.items()])
+        con.executemany("INSERT INTO raw.quarantine_files (path, size, mtime_ns, reason, quarantined_at, table_name) "
+                        "VALUES (?, ?, ?, ?, now(), ?)",
+                        [[p, stats[p].st_size, stats[p].st_mtime_ns, reason, table] for p, reason in bad.items()])
     text_cols = ", ".join(f"CAST({ident(c)} AS VARCHAR) AS {ident(c)}" for c in columns)
     source = (
         f"(SELECT {text_cols}, filename AS source_file FROM read_parquet({list_literal(changed)}, filename = true))"

@@ -85,6 +85,7 @@ def test_a_log_read_from_a_new_folder_replaces_the_rows_of_the_old_one(tmp_path)
     ts[0] = None  # one malformed page view, quarantined
     pq.write_table(day.set_column(day.schema.get_field_index("ts"), "ts", pa.array(ts, day["ts"].type)),
                    _file(old, GOOD))
+    _file(old, CORRUPT).write_bytes(b"this is not parquet at all")  # a bad file, set aside
     shutil.copytree(old, new)
 
     def state(con: duckdb.DuckDBPyConnection) -> tuple:
@@ -94,11 +95,13 @@ def test_a_log_read_from_a_new_folder_replaces_the_rows_of_the_old_one(tmp_path)
     with duckdb.connect(str(tmp_path / "moved.duckdb")) as con:
         ingest_navigation_table(con, old, "navigation_events")
         rows, quarantined = state(con)
-        assert len(rows) == 29 and len(quarantined) == 1
+        assert len(rows) == 19 and len(quarantined) == 1 and list(_quarantined(con)) == [str(_file(old, CORRUPT))]
         ingest_navigation_table(con, new, "navigation_events")
         moved = state(con)
+        # the bad file is listed where the log is now, once (the asset check names what to fix)
+        assert list(_quarantined(con)) == [str(_file(new, CORRUPT))]
         files = {p for (p,) in con.execute("SELECT path FROM raw.ingested_files").fetchall()}
     with duckdb.connect(str(tmp_path / "fresh.duckdb")) as con:
         ingest_navigation_table(con, new, "navigation_events")
         assert moved == state(con)  # as if the log had always been there
-    assert all(str(new) in f for f in files) and len(files) == 3
+    assert all(str(new) in f for f in files) and len(files) == 2  # the bad file is read again once it changes
