@@ -21,7 +21,7 @@ def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = 
 
 def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
     """Whether `schema.table` exists in the connection's current database."""
-    # duckdb_tables()/duckdb_views() rather than information_schema.tables: 0.8 ms instead of 2.2 (the ledger asks
+    # duckdb_tables()/duckdb_views() rather than information_schema.tables: 1.2 ms instead of 2.2 (the ledger asks
     # a few hundred times a night)
     return bool(scalar(con, "SELECT count(*) FROM (SELECT schema_name, table_name, database_name FROM duckdb_tables() "
                             "UNION ALL SELECT schema_name, view_name, database_name FROM duckdb_views()) "

@@ -162,6 +162,13 @@ class Sandbox:
     members_url: str
     prospects_url: str
 
+    @classmethod
+    def at(cls, root: Path) -> Sandbox:
+        """The site under `root`, with its SQL sources in the SQLite files of `root/sources`."""
+        sources = root / "sources"
+        return cls(root=root, members_url=f"sqlite:///{sources / 'members.db'}",
+                   prospects_url=f"sqlite:///{sources / 'prospects.db'}")
+
     @property
     def sources(self) -> Path:
         return self.root / "sources"
@@ -199,11 +206,7 @@ class Sandbox:
 def sandbox(tmp_path: Path, generated_sources: Path, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
     shutil.copytree(generated_sources, tmp_path / "sources")
     monkeypatch.setenv("SEM_PSEUDONYMISATION_KEY", TEST_KEY_HEX)
-    return Sandbox(
-        root=tmp_path,
-        members_url=f"sqlite:///{tmp_path / 'sources' / 'members.db'}",
-        prospects_url=f"sqlite:///{tmp_path / 'sources' / 'prospects.db'}",
-    )
+    return Sandbox.at(tmp_path)
 
 
 FIRST_NIGHT = "first_night"
@@ -230,7 +233,7 @@ def first_night(tmp_path_factory: pytest.TempPathFactory, generated_sources: Pat
     previous = os.umask(0o022)  # what a shell usually has: everything the run writes must still be private
     try:
         with pytest.MonkeyPatch.context() as mp:
-            _point_at(mp, site)
+            point_at(mp, site)
             result = run_job(TEST_AS_OF)
     finally:
         os.umask(previous)
@@ -238,7 +241,7 @@ def first_night(tmp_path_factory: pytest.TempPathFactory, generated_sources: Pat
     return FirstNight(site=site, pristine=base / "pristine", result=result)
 
 
-def _point_at(mp: pytest.MonkeyPatch, site: Path) -> None:
+def point_at(mp: pytest.MonkeyPatch, site: Path) -> None:
     """Every default at `site`, as an operator would with SEM_DATA_DIR (and the site's own Dagster instance)."""
     mp.setenv("SEM_PSEUDONYMISATION_KEY", TEST_KEY_HEX)
     mp.setenv("SEM_DATA_DIR", str(site))
@@ -250,11 +253,9 @@ def site_after_first_night(first_night: FirstNight, monkeypatch: pytest.MonkeyPa
     """A copy of the site after its first night, at the path it ran at (file times kept, so the navigation files
     read as unchanged); removed after the test."""
     shutil.copytree(first_night.pristine, first_night.site)
-    _point_at(monkeypatch, first_night.site)
-    sources = first_night.site / "sources"
+    point_at(monkeypatch, first_night.site)
     try:
-        yield Sandbox(root=first_night.site, members_url=f"sqlite:///{sources / 'members.db'}",
-                      prospects_url=f"sqlite:///{sources / 'prospects.db'}")
+        yield Sandbox.at(first_night.site)
     finally:
         shutil.rmtree(first_night.site)
 

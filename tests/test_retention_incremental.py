@@ -39,7 +39,7 @@ from pipelines.demo.changes import day_of_changes, verified_requests
 from pipelines.orchestration.runs import AS_OF_TAG, PARIS
 from pipelines.rights import process as rights_process
 from sensors.schedules import nightly_schedule, weekly_full_recompute_schedule
-from tests.conftest import FIRST_NIGHT, TEST_AS_OF, TEST_KEY_HEX, FirstNight
+from tests.conftest import FIRST_NIGHT, TEST_AS_OF, FirstNight, point_at
 from tests.test_nightly import RUN_TIME_COLUMNS, RUN_TIME_TABLES
 
 SEED = 11  # of the days of changes
@@ -69,9 +69,7 @@ def worlds(tmp_path: Path, first_night: FirstNight, monkeypatch: pytest.MonkeyPa
     path the first night ran at."""
     # the first night had no ledger before it: it evaluated every record
     assert _ledger_path(first_night.result).startswith("full: no previous")
-    monkeypatch.setenv("SEM_PSEUDONYMISATION_KEY", TEST_KEY_HEX)
-    monkeypatch.setenv("SEM_DATA_DIR", str(first_night.site))
-    monkeypatch.setenv("DAGSTER_HOME", str(first_night.site / "dagster_home"))
+    point_at(monkeypatch, first_night.site)
     for name in ("incremental", "full"):
         shutil.copytree(first_night.pristine, tmp_path / name)
     return {"incremental": tmp_path / "incremental", "full": tmp_path / "full"}

@@ -81,7 +81,7 @@ def _parse_yaml(path: Path) -> tuple[Any, str]:
 
 
 def load_policy_file(path: Path, model: type[M]) -> M:
-    """Parse `path` with yaml.safe_load and validate it as `model`; raise PolicyError on the first problem."""
+    """Parse `path` with the safe loader and validate it as `model`; raise PolicyError on the first problem."""
     path = Path(path)
     data, text = _parse_yaml(path)
     if not isinstance(data, dict):

@@ -239,15 +239,15 @@ def check_analytics_identifiers(path: Path) -> list[SuiteOutcome]:
     with duckdb.connect(str(path), read_only=True) as con:
         columns = _analytics_columns(con)
         text = columns[columns["data_type"] == "VARCHAR"]
+        pairs = list(text[["table_name", "column_name"]].itertuples(index=False))
         distinct = [
             f"SELECT DISTINCT {literal(f'{table}.{column}')} AS column_ref, {ident(column)} AS value "
             f"FROM {ident(table)} WHERE NOT regexp_full_match({ident(column)}, {literal(TOKEN_FULL_MATCH)})"
-            for table, column in text[["table_name", "column_name"]].itertuples(index=False)
+            for table, column in pairs
         ]
         frame = (con.sql(" UNION ALL ".join(distinct)).df() if distinct
                  else pd.DataFrame({"column_ref": [], "value": []}))
-    return outcomes_by(frame, analytics_identifier_suite(), "column_ref", "value",
-                       [f"{t}.{c}" for t, c in text[["table_name", "column_name"]].itertuples(index=False)])
+    return outcomes_by(frame, analytics_identifier_suite(), "column_ref", "value", [f"{t}.{c}" for t, c in pairs])
 
 
 def check_analytics_tokens(path: Path) -> list[SuiteOutcome]:

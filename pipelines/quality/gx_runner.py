@@ -155,22 +155,25 @@ def outcomes_by(frame: pd.DataFrame, suite: gx.ExpectationSuite, by: str, value:
     without rows passes): its rows, and per expectation a label prefixed with the name (``members_pseudo.comment:
     no email``), its unexpected rows and masked examples of them. One validation for all relations instead of
     one each (GX's cost is per expectation)."""
-    results = _validate(frame, suite, {"result_format": "COMPLETE"})
-    groups = frame.groupby(by, sort=True).indices
-    outcomes = []
-    for name in names:
-        rows = groups.get(name, [])
-        expectations = []
-        for item in results:
-            error = _error(item)
-            unexpected = sorted(set((item.result or {}).get("unexpected_index_list") or []) & set(rows))
-            expectations.append(ExpectationOutcome(
-                label=f"{name}: {_label(item.expectation_config)}",
-                success=not unexpected and error is None,
-                element_count=len(rows),
-                unexpected_count=len(unexpected),
-                examples=[mask_value(v) for v in frame[value].iloc[unexpected[:MAX_EXAMPLES]]],
+    rows = frame[by].value_counts()
+    checked = []  # per expectation: its label, its error, its unexpected rows by name
+    for item in _validate(frame, suite, {"result_format": "COMPLETE"}):
+        unexpected: dict[str, list[int]] = {}
+        found = sorted(set((item.result or {}).get("unexpected_index_list") or []))
+        for i, name in zip(found, frame[by].iloc[found], strict=True):
+            unexpected.setdefault(name, []).append(i)
+        checked.append((_label(item.expectation_config), _error(item), unexpected))
+    return [
+        SuiteOutcome(suite=f"{suite.name}: {name}", row_count=int(rows.get(name, 0)), outcomes=[
+            ExpectationOutcome(
+                label=f"{name}: {label}",
+                success=name not in unexpected and error is None,
+                element_count=int(rows.get(name, 0)),
+                unexpected_count=len(unexpected.get(name, [])),
+                examples=[mask_value(v) for v in frame[value].iloc[unexpected.get(name, [])[:MAX_EXAMPLES]]],
                 error=error,
-            ))
-        outcomes.append(SuiteOutcome(suite=f"{suite.name}: {name}", row_count=len(rows), outcomes=expectations))
-    return outcomes
+            )
+            for label, error, unexpected in checked
+        ])
+        for name in names
+    ]
