@@ -73,24 +73,38 @@ def compute_columns(con: duckdb.DuckDBPyConnection, policy: Policy, prefix: str)
     A group with no evaluated purpose for the record (its clock does not apply to this kind of subject) follows
     the record. Holds and restrictions suspend clearing like every other step.
     """
+    purposes, records = q(prefix + "_purposes"), q(prefix + "_records")
+    # The reasons (text per record, group and purpose) are built only for the groups that leave their stage: built
+    # for every record first, they held the first night's page views in memory (out of memory under a 4 GB cap).
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {q(prefix + '_columns')} AS
         WITH g AS ({groups_sql(column_groups(policy))}),
         -- one row per (group, purpose): an equality join (a list_contains condition made it a nested loop)
         gp AS (SELECT dataset, column_group, columns, unnest(purposes) AS purpose FROM g),
         states AS (
-            SELECT p.dataset, p.record_key, g.column_group, any_value(g.columns) AS columns,
+            SELECT p.dataset, p.record_key, g.column_group,
                    CASE WHEN bool_or(p.purpose_status = 'active') THEN 'active'
                         WHEN bool_or(p.purpose_status = 'archived') THEN {lit(ARCHIVED)}
-                        ELSE {lit(CLEARED)} END AS state,
+                        ELSE {lit(CLEARED)} END AS state
+            FROM {purposes} p JOIN gp AS g ON g.dataset = p.dataset AND g.purpose = p.purpose
+            GROUP BY ALL
+        ),
+        leaving AS (
+            SELECT s.*, r.system, r.subject_type, r.subject_id
+            FROM states s JOIN {records} r USING (dataset, record_key)
+            WHERE (r.status = 'active' AND s.state IN ({lit(ARCHIVED)}, {lit(CLEARED)}))
+               OR (r.status = 'archived' AND s.state = {lit(CLEARED)})
+        ),
+        why AS (
+            SELECT l.dataset, l.record_key, l.column_group,
                    string_agg(p.purpose || ': ' || p.purpose_reason, '; ' ORDER BY p.purpose) AS why
-            FROM {q(prefix + '_purposes')} p JOIN gp AS g ON g.dataset = p.dataset AND g.purpose = p.purpose
+            FROM leaving l JOIN gp AS g ON g.dataset = l.dataset AND g.column_group = l.column_group
+            JOIN {purposes} p ON p.dataset = l.dataset AND p.record_key = l.record_key AND p.purpose = g.purpose
             GROUP BY ALL
         )
-        SELECT s.dataset, r.system, s.record_key, r.subject_type, r.subject_id, s.column_group, s.columns, s.state,
-               CASE s.state WHEN {lit(ARCHIVED)} THEN 'moved to the restricted archive: '
-                    ELSE 'cleared, every purpose of these columns ended: ' END || s.why AS reason
-        FROM states s JOIN {q(prefix + '_records')} r USING (dataset, record_key)
-        WHERE (r.status = 'active' AND s.state IN ({lit(ARCHIVED)}, {lit(CLEARED)}))
-           OR (r.status = 'archived' AND s.state = {lit(CLEARED)})
+        SELECT l.dataset, l.system, l.record_key, l.subject_type, l.subject_id, l.column_group, g.columns, l.state,
+               CASE l.state WHEN {lit(ARCHIVED)} THEN 'moved to the restricted archive: '
+                    ELSE 'cleared, every purpose of these columns ended: ' END || w.why AS reason
+        FROM leaving l JOIN why w USING (dataset, record_key, column_group)
+        JOIN g ON g.dataset = l.dataset AND g.column_group = l.column_group
     """)
