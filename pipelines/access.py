@@ -17,6 +17,7 @@ import duckdb
 import pydantic
 
 from pipelines.audit import AuditLog
+from pipelines.duck import connect_memory
 from pipelines.policy.loader import load_policy_file
 from pipelines.policy.models import SLUG
 from pipelines.sqltext import literal
@@ -102,7 +103,7 @@ def open_archive(
     """A read-only connection on the restricted archive, for a role allowed to read it, with a reason; logged."""
     _require(roles, role, "archive", reason)
     path = Path(warehouse_path)
-    con = duckdb.connect()
+    con = connect_memory()
     try:
         con.execute(f"ATTACH {literal(path)} AS warehouse (READ_ONLY)")
         tables = [

@@ -82,10 +82,14 @@ def connect_warehouse(
             waited, delay = waited + pause, delay * 2
 
 
-def connect_scratch(spill_dir: Path, memory_limit: str = DEFAULT_MEMORY_LIMIT) -> duckdb.DuckDBPyConnection:
-    """An in-memory connection for work that attaches files (building the analysts' file), capped like the
-    warehouse's and spilling into `spill_dir`, created 0700: DuckDB's own default would spill personal data into
-    `.tmp` under whatever the working directory is, with the umask's modes, and let it grow to 80 % of the
-    machine."""
+def connect_memory(spill_dir: Path | None = None, memory_limit: str = DEFAULT_MEMORY_LIMIT
+                   ) -> duckdb.DuckDBPyConnection:
+    """An in-memory connection for work on files and Arrow tables (push-back's reads of the navigation logs,
+    access bundles, tokens, the analysts' file), capped like the warehouse's. Past its cap it spills into
+    `spill_dir`, created 0700, or, without one, fails: DuckDB's own default spills into `.tmp` under whatever the
+    working directory is (the project folder, for a run started there), with the umask's modes, and lets memory
+    grow to 80 % of the machine. Personal data never lands in a folder nobody chose."""
+    if spill_dir is None:
+        return duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": ""})
     private_dir(spill_dir)
     return duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": str(spill_dir)})

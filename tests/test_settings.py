@@ -1,12 +1,13 @@
 """Environment settings an operator sets reach the connections they are meant for."""
 
+import ast
 import stat
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from pipelines.duck import connect_scratch
+from pipelines.duck import connect_memory
 from pipelines.orchestration.resources import WarehouseResource
 
 
@@ -30,7 +31,7 @@ def test_scratch_connections_are_capped_and_spill_into_a_private_folder(tmp_path
     """The analysts' file is built in an in-memory connection: past its cap, DuckDB must spill into a folder only
     the owner can read (its default is `.tmp` in the working directory, with the umask's modes)."""
     spill = tmp_path / "data" / ".analytics.duckdb.spill"
-    with connect_scratch(spill, "1GB") as con:
+    with connect_memory(spill, "1GB") as con:
         assert con.execute("SELECT current_setting('memory_limit'), current_setting('temp_directory')"
                            ).fetchall()[0] == ("953.6 MiB", str(spill))
         # a table larger than the cap: it is built, its blocks offloaded into the private folder
@@ -40,3 +41,30 @@ def test_scratch_connections_are_capped_and_spill_into_a_private_folder(tmp_path
         files = [Path(p) for (p,) in con.execute("SELECT path FROM duckdb_temporary_files()").fetchall()]
         assert files and all(f.parent == spill for f in files)
         assert stat.S_IMODE(spill.stat().st_mode) == 0o700
+
+
+def test_in_memory_work_past_its_cap_fails_instead_of_spilling_into_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Push-back's reads of the navigation logs, access bundles and tokens run in in-memory connections with no
+    spill folder: DuckDB's default would write their rows into `.tmp` under the working directory."""
+    monkeypatch.chdir(tmp_path)
+    with connect_memory(memory_limit="64MB") as con, pytest.raises(duckdb.OutOfMemoryException):
+        con.execute("CREATE TEMP TABLE big AS SELECT x, md5(x::VARCHAR) AS h FROM range(3000000) t(x)")
+    assert list(tmp_path.iterdir()) == []
+    with duckdb.connect(config={"memory_limit": "64MB"}) as plain:  # what connect_memory is there to prevent
+        plain.execute("CREATE TEMP TABLE big AS SELECT x, md5(x::VARCHAR) AS h FROM range(3000000) t(x)")
+        assert (tmp_path / ".tmp").exists()  # (DuckDB removes it on close)
+
+
+def test_the_core_opens_in_memory_connections_only_through_connect_memory():
+    root = Path(__file__).resolve().parents[1] / "pipelines"
+    bare = []
+    for path in root.rglob("*.py"):
+        if path.name == "duck.py" or "demo" in path.parts:  # the generator's data is synthetic
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "connect"
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "duckdb"
+                    and not node.args and not any(k.arg == "database" for k in node.keywords)):
+                bare.append(f"{path.relative_to(root.parent)}:{node.lineno}")
+    assert bare == []

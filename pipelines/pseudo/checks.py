@@ -19,6 +19,7 @@ from pathlib import Path
 
 import duckdb
 
+from pipelines.duck import connect_memory
 from pipelines.normalise import trim_sql
 from pipelines.pseudo.kanon import achieved_k_sql, class_columns, classes_sql
 from pipelines.pseudo.policy import PseudonymisationPolicy
@@ -35,7 +36,7 @@ IDENTIFIER_PATTERNS = {
 @contextmanager
 def attached(analytics: Path, warehouse: Path | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """In-memory connection with the analytics file as `pub` (and the warehouse as `wh`), read-only."""
-    con = duckdb.connect()
+    con = connect_memory()
     try:
         con.execute(f"ATTACH {literal(analytics)} AS pub (READ_ONLY)")
         if warehouse is not None:

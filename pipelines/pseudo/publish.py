@@ -19,7 +19,7 @@ from pathlib import Path
 
 import duckdb
 
-from pipelines.duck import DEFAULT_MEMORY_LIMIT, connect_scratch
+from pipelines.duck import DEFAULT_MEMORY_LIMIT, connect_memory
 from pipelines.policy.models import Policy
 from pipelines.private import make_private, private_dir
 from pipelines.pseudo.checks import CATALOGUE, validate_analytics_file
@@ -211,7 +211,7 @@ def publish_analytics(
     candidate = analytics.with_name(f".{analytics.name}.{uuid.uuid4().hex}.building")
     spill = analytics.with_name(f".{analytics.name}.spill")
     try:
-        con = connect_scratch(spill, memory_limit)
+        con = connect_memory(spill, memory_limit)
         try:
             con.execute(f"ATTACH {literal(warehouse)} AS wh (READ_ONLY)")
             con.execute(f"ATTACH {literal(candidate)} AS cand")

@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.duck import connect_memory
 from pipelines.normalise import email_sql, id_sql, phone_sql
 from pipelines.pseudo.keys import SecretKey
 
@@ -89,7 +90,7 @@ def tokenise_series(values: pd.Series, kind: str, key: bytes) -> pd.Series:
     projection keeps their order) and Arrow maps them back. When nearly every value is distinct, the
     encoding costs more than it saves, and every row is hashed in one projection instead.
     """
-    con = duckdb.connect()
+    con = connect_memory()
     try:
         con.register("source", pa.table({"value": pa.array(values, type=pa.string())}))
         normalised = con.sql(f"SELECT {normalise_sql(kind, 'value')} AS value FROM source").to_arrow_table()

@@ -43,12 +43,12 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from pipelines.audit import AuditLog, logged
+from pipelines.duck import connect_memory
 from pipelines.pushback.navigation import apply_to_navigation, unconfirmed_navigation
 from pipelines.pushback.notices import write_notices
 from pipelines.pushback.sql import NoticeRule, apply_to_source, unconfirmed
@@ -87,7 +87,7 @@ def _checkpoint(name: str) -> None:
 
 def _prepare(targets: pa.Table) -> pa.Table:
     """Validated targets plus `columns_key`, the sorted columns an anonymise/rectify payload names."""
-    con = duckdb.connect()
+    con = connect_memory()
     try:
         con.register("t", validate_targets(targets))
         prepared = con.sql("""

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines.duck import connect_memory
 from pipelines.private import write_atomically
 from pipelines.pushback.sql import NoticeRule
 from pipelines.sqltext import all_of, ident, list_literal
@@ -160,7 +161,7 @@ def apply_to_navigation(navigation_dir: Path, targets: pa.Table, *, now: str, no
     notices: list[dict[str, str]] = []
     seen: dict[str, Stat] = {}  # every file read, as it was before its first read
     listed = {table: _files(navigation_dir, table) for table in TABLE_DIRS}
-    con = duckdb.connect()
+    con = connect_memory()
     try:
         for group in _groups(pending):
             files = listed[group["table_name"]]
@@ -214,7 +215,7 @@ def unconfirmed_navigation(navigation_dir: Path, targets: pa.Table, clear: Mappi
         return set()
     failed = set(pc.unique(targets["decision_id"]).to_pylist()) - set(read_manifest(navigation_dir))
     clear = clear or {}
-    con = duckdb.connect()
+    con = connect_memory()
     try:
         for group in _groups(targets):
             files = [f for f in _files(navigation_dir, group["table_name"]) if clear.get(str(f)) != _stat(f)]

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import sqlalchemy as sa
 
-from pipelines.duck import table_exists
+from pipelines.duck import connect_memory, table_exists
 from pipelines.policy.models import Policy
 from pipelines.private import open_private, private_dir
 from pipelines.rights.intake import column_type
@@ -84,7 +84,7 @@ def _navigation_rows(navigation_dir: Path | None, files: list[str], key_column: 
                      ) -> pa.Table | None:
     if navigation_dir is None or not files:
         return None
-    with duckdb.connect() as con:
+    with connect_memory() as con:
         return con.sql(
             f"SELECT *, CAST({ident(key_column)} AS VARCHAR) AS {KEY} FROM read_parquet($files, "
             f"hive_partitioning = false) WHERE CAST({ident(key_column)} AS VARCHAR) IN (SELECT unnest($keys))",
