@@ -9,17 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import great_expectations as gx
 import pandas as pd
-from great_expectations.data_context.types.base import (
-    DataContextConfig,
-    InMemoryStoreBackendDefaults,
-    ProgressBarsConfig,
-)
 
 from pipelines.quality.masking import mask_value
+
+# GX is imported where a suite is built or run: whatever only loads the Dagster definitions (the webserver, the
+# daemon, code servers, sensors) skips its import, 3 to 5 s per process on this machine.
+if TYPE_CHECKING:
+    import great_expectations as gx
 
 MAX_EXAMPLES = 3
 
@@ -87,6 +86,13 @@ def combine(suite: str, parts: list[SuiteOutcome]) -> SuiteOutcome:
 
 def ephemeral_context() -> Any:
     """An in-memory GX context: nothing written to disk, no usage statistics, no progress bars."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
     config = DataContextConfig(
         analytics_enabled=False,
         progress_bars=ProgressBarsConfig(globally=False),

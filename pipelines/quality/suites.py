@@ -8,11 +8,12 @@ that GX handles poorly on pandas timestamps (dates against a reference day) alre
 from __future__ import annotations
 
 from collections.abc import Iterable
-
-import great_expectations as gx
-import great_expectations.expectations as gxe
+from typing import TYPE_CHECKING
 
 from pipelines.quality.patterns import EMAIL_WELL_FORMED, IDENTIFIER_PATTERNS, TOKEN_PATTERN
+
+if TYPE_CHECKING:  # imported where a suite is built (pipelines.quality.gx_runner says why)
+    import great_expectations as gx
 
 # Typed dates outside this range are parse accidents (year 0001, 9999, swapped fields), not real events.
 PLAUSIBLE_YEARS = (1900, 2100)
@@ -39,6 +40,9 @@ def raw_table_suite(
     "Dates parsed": every typed date/timestamp column has a plausible year (frame column `<col>__year`) and,
     when the frame was joined to the source (`<col>__source_had_text`), is not null where the source held text.
     """
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
     keys = list(keys)
     expectations: list[gxe.Expectation] = []
     if unique and len(keys) == 1:
@@ -77,6 +81,9 @@ def raw_table_suite(
 
 def ledger_suite() -> gx.ExpectationSuite:
     """No active ledger row is past its active-until date (frame: active rows, `days_left_active`)."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
     return gx.ExpectationSuite(
         name="retention_ledger",
         expectations=[
@@ -96,6 +103,9 @@ def analytics_identifier_suite() -> gx.ExpectationSuite:
     four expectations whatever the number of columns (one set per column cost GX ~15 ms an expectation, 2 s a
     file), their unexpected rows told apart by column afterwards (pipelines.quality.gx_runner.outcomes_by).
     """
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
     return gx.ExpectationSuite(
         name="analytics_identifiers",
         expectations=[
@@ -107,6 +117,9 @@ def analytics_identifier_suite() -> gx.ExpectationSuite:
 
 def analytics_token_suite(table: str, token_columns: Iterable[str]) -> gx.ExpectationSuite:
     """Every pseudonym column holds 64 lowercase hex characters (a keyed HMAC-SHA256)."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
     return gx.ExpectationSuite(
         name=f"analytics_{table}_tokens",
         expectations=[
@@ -124,6 +137,9 @@ def analytics_catalogue_suite() -> gx.ExpectationSuite:
     Frame: one row per (table, column) of the file with `column_ref` ("table.column"), `role` (null when not
     catalogued) and `looks_like_token`.
     """
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
     return gx.ExpectationSuite(
         name="analytics_catalogue",
         expectations=[
