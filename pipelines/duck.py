@@ -89,7 +89,5 @@ def connect_memory(spill_dir: Path | None = None, memory_limit: str = DEFAULT_ME
     `spill_dir`, created 0700, or, without one, fails: DuckDB's own default spills into `.tmp` under whatever the
     working directory is (the project folder, for a run started there), with the umask's modes, and lets memory
     grow to 80 % of the machine. Personal data never lands in a folder nobody chose."""
-    if spill_dir is None:
-        return duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": ""})
-    private_dir(spill_dir)
-    return duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": str(spill_dir)})
+    spill = "" if spill_dir is None else str(private_dir(spill_dir))  # "": DuckDB spills nowhere
+    return duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": spill})
