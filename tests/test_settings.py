@@ -7,7 +7,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipelines.duck import connect_memory
+from pipelines.duck import connect_memory, connect_warehouse, scratch
 from pipelines.orchestration.resources import WarehouseResource
 
 
@@ -54,6 +54,24 @@ def test_in_memory_work_past_its_cap_fails_instead_of_spilling_into_the_working_
     with duckdb.connect(config={"memory_limit": "64MB"}) as plain:  # what connect_memory is there to prevent
         plain.execute("CREATE TEMP TABLE big AS SELECT x, md5(x::VARCHAR) AS h FROM range(3000000) t(x)")
         assert (tmp_path / ".tmp").exists()  # (DuckDB removes it on close)
+
+
+def test_scratch_work_beside_the_warehouse_shares_its_budget_and_never_lands_in_the_file(tmp_path: Path):
+    """Push-back during the retention stage works in a cursor of the warehouse connection: one DuckDB memory budget
+    for the process (a second instance at the same cap could take as much again), its spill folder, and temp
+    tables that vanish with the cursor, never tables in the warehouse file."""
+    path = tmp_path / "warehouse.duckdb"
+    with connect_warehouse(path, memory_limit="64MB") as warehouse:
+        with scratch(warehouse) as con:
+            assert con.execute("SELECT current_setting('memory_limit'), current_database()").fetchall()[0] == (
+                "61.0 MiB", "warehouse")
+            # more than the cap: spilled into the warehouse's own temp folder, not a second budget
+            con.execute("CREATE TEMP TABLE big AS SELECT x, md5(x::VARCHAR) AS h FROM range(3000000) t(x)")
+            assert con.execute("SELECT count(*) FROM big").fetchall()[0][0] == 3000000
+            files = [Path(p) for (p,) in con.execute("SELECT path FROM duckdb_temporary_files()").fetchall()]
+            assert files and all(f.parent == Path(f"{path}.tmp") for f in files)
+        assert warehouse.execute("SELECT count(*) FROM duckdb_tables() WHERE NOT temporary").fetchall()[0][0] == 0
+        assert warehouse.execute("SELECT count(*) FROM duckdb_tables()").fetchall()[0][0] == 0  # the cursor's gone
 
 
 def test_the_core_opens_in_memory_connections_only_through_connect_memory():

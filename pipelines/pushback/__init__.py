@@ -7,8 +7,8 @@ API
                     audit: AuditLog | None = None, tokenise: Callable[[str], str],
                     notice_rules: Sequence[NoticeRule],
                     table_order: Mapping[str, Sequence[str]] | None = None,
-                    now: datetime | None = None, checkpoint: Callable[[str], None] | None = None
-                    ) -> PushbackReport
+                    now: datetime | None = None, checkpoint: Callable[[str], None] | None = None,
+                    shared: duckdb.DuckDBPyConnection | None = None) -> PushbackReport
 
 `targets` follows TARGET_SCHEMA (build one with `make_targets`), one row per (decision, source row key):
     decision_id  stable id chosen by the caller (e.g. "rights:42:erase"); the unit recorded as applied
@@ -33,6 +33,9 @@ the caller gives (`notice_rules(policy)`), subjects as tokens of the caller's `t
 
 `checkpoint(name)` is called at each point a crash could land (staged, after:<table>, before_commit,
 navigation_file): the crash tests pass a hook that stops or breaks the process there; by default nothing.
+
+`shared`: the caller's DuckDB connection (the warehouse's), whose cursors do push-back's own work on the targets
+and the navigation files within the process's one memory budget (pipelines.duck.scratch); else an in-memory one.
 """
 
 from __future__ import annotations
@@ -43,12 +46,13 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from pipelines.audit import AuditLog, logged
-from pipelines.duck import connect_memory
+from pipelines.duck import scratch
 from pipelines.pushback.navigation import apply_to_navigation, unconfirmed_navigation
 from pipelines.pushback.notices import write_notices
 from pipelines.pushback.sql import NoticeRule, apply_to_source, unconfirmed
@@ -85,10 +89,9 @@ def _checkpoint(name: str) -> None:
     """The default crash point hook: nothing happens there."""
 
 
-def _prepare(targets: pa.Table) -> pa.Table:
+def _prepare(targets: pa.Table, shared: duckdb.DuckDBPyConnection | None) -> pa.Table:
     """Validated targets plus `columns_key`, the sorted columns an anonymise/rectify payload names."""
-    con = connect_memory()
-    try:
+    with scratch(shared) as con:
         con.register("t", validate_targets(targets))
         prepared = con.sql("""
             SELECT *, CASE action
@@ -97,8 +100,6 @@ def _prepare(targets: pa.Table) -> pa.Table:
                 ELSE '' END AS columns_key
             FROM t
         """).to_arrow_table()
-    finally:
-        con.close()
     for combo in prepared.group_by(["system", "table_name", "action", "columns_key"]).aggregate([]).to_pylist():
         _check_columns(**combo)
     return prepared
@@ -133,12 +134,13 @@ def apply_decisions(
     now: dt.datetime | None = None,
     checkpoint: Callable[[str], None] | None = None,
     carried_over: Collection[str] = (),
+    shared: duckdb.DuckDBPyConnection | None = None,
 ) -> PushbackReport:
     """Apply the decisions of `targets` to the sources, then re-read and confirm them (see module doc).
 
     `carried_over`: decisions an earlier, interrupted run already pushed; one it already audited as confirmed is
     not audited again."""
-    prepared = _prepare(targets)
+    prepared = _prepare(targets, shared)
     checkpoint = checkpoint or _checkpoint
     now_text = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d %H:%M:%S")
     report = PushbackReport(batch_id=uuid.uuid4().hex)
@@ -157,12 +159,13 @@ def apply_decisions(
             if navigation_dir is None:
                 raise ValueError("decision targets name the navigation logs but no navigation_dir was given")
             nav = apply_to_navigation(navigation_dir, part, now=now_text, notice_rules=notice_rules,
-                                      before_commit=persist_notices, checkpoint=checkpoint)
+                                      before_commit=persist_notices, checkpoint=checkpoint, shared=shared)
             report.applied[system], report.rows_affected[system] = nav.newly_applied, nav.rows_affected
             # what this run applied is re-read where its rows were or may have come since; the rest everywhere
             fresh = pc.is_in(part["decision_id"], value_set=pa.array(nav.newly_applied, pa.string()))
-            unconfirmed_by[system] = (unconfirmed_navigation(navigation_dir, part.filter(fresh), nav.clear)
-                                      | unconfirmed_navigation(navigation_dir, part.filter(pc.invert(fresh))))
+            unconfirmed_by[system] = (
+                unconfirmed_navigation(navigation_dir, part.filter(fresh), nav.clear, shared=shared)
+                | unconfirmed_navigation(navigation_dir, part.filter(pc.invert(fresh)), shared=shared))
             continue
         engine = engines[system]
         if engine is None:

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.duck import connect_memory
+from pipelines.duck import scratch
 from pipelines.private import write_atomically
 from pipelines.pushback.sql import NoticeRule
 from pipelines.sqltext import all_of, ident, list_literal
@@ -106,11 +106,10 @@ def _rewrite(path: Path, operations: Sequence[Operation]) -> None:
     write_atomically(path, lambda temp: pq.write_table(table, temp), in_source=True)
 
 
-def _matches(con: duckdb.DuckDBPyConnection, files: list[Path], key_column: str,
-             extra_where: str = "") -> duckdb.DuckDBPyRelation:
-    """Rows of `files` whose key is among the registered `group_targets`, with their file name."""
+def _matches(files: list[Path], key_column: str, extra_where: str = "") -> str:
+    """SQL: rows of `files` whose key is among the registered `group_targets`, with their file name."""
     paths = [str(f) for f in files]
-    return con.sql(
+    return (
         f"SELECT t.decision_id, t.key_value, e.filename "
         f"FROM read_parquet({list_literal(paths)}, filename = true, hive_partitioning = false) e"
         f" JOIN group_targets t ON CAST(e.{ident(key_column)} AS VARCHAR) = t.key_value {extra_where}"
@@ -138,7 +137,8 @@ def _notices(con: duckdb.DuckDBPyConnection, files: list[Path], group: dict[str,
                 or group["action"] not in rule.actions:
             continue
         where = f"WHERE {all_of(c.sql('e') for c in rule.where)}"
-        pairs = _matches(con, files, group["key_column"], where).aggregate("decision_id, key_value").fetchall()
+        matches = _matches(files, group["key_column"], where)
+        pairs = con.execute(f"SELECT DISTINCT decision_id, key_value FROM ({matches})").fetchall()
         found += [{"recipient": rule.recipient, "decision_id": d, "action": group["action"],
                    "key_column": group["key_column"], "key_value": k} for d, k in pairs]
     return found
@@ -146,9 +146,11 @@ def _notices(con: duckdb.DuckDBPyConnection, files: list[Path], group: dict[str,
 
 def apply_to_navigation(navigation_dir: Path, targets: pa.Table, *, now: str, notice_rules: Sequence[NoticeRule],
                         before_commit: Callable[[list[dict[str, str]]], None],
-                        checkpoint: Callable[[str], None]) -> NavigationOutcome:
+                        checkpoint: Callable[[str], None],
+                        shared: duckdb.DuckDBPyConnection | None = None) -> NavigationOutcome:
     """Apply the navigation targets (prepared: columns_key added) not yet in the manifest. `before_commit`
-    receives the art. 19 notices and persists them before any file is rewritten."""
+    receives the art. 19 notices and persists them before any file is rewritten. `shared`: see
+    pipelines.duck.scratch."""
     manifest = read_manifest(navigation_dir)
     _close_journal(navigation_dir, manifest)  # a run killed between the manifest and the journal's end
     pending = targets.filter(pc.invert(pc.is_in(targets["decision_id"], value_set=pa.array(list(manifest),
@@ -161,8 +163,7 @@ def apply_to_navigation(navigation_dir: Path, targets: pa.Table, *, now: str, no
     notices: list[dict[str, str]] = []
     seen: dict[str, Stat] = {}  # every file read, as it was before its first read
     listed = {table: _files(navigation_dir, table) for table in TABLE_DIRS}
-    con = connect_memory()
-    try:
+    with scratch(shared) as con:
         for group in _groups(pending):
             files = listed[group["table_name"]]
             if not files:
@@ -170,7 +171,8 @@ def apply_to_navigation(navigation_dir: Path, targets: pa.Table, *, now: str, no
             seen |= {str(f): _stat(f) for f in files if str(f) not in seen}
             con.register("group_targets", _group_targets(pending, group))
             notices += _notices(con, files, group, notice_rules)
-            _matches(con, files, group["key_column"]).create("group_matches")  # the logs are read once per group
+            # the logs are read once per group; a temp table, so never in the warehouse file when `shared` is its
+            con.execute(f"CREATE OR REPLACE TEMP TABLE group_matches AS {_matches(files, group['key_column'])}")
             per_file = con.sql("SELECT filename, list(DISTINCT key_value) AS keys FROM group_matches "
                                "GROUP BY filename").to_arrow_table()
             for filename, keys in zip(per_file["filename"].to_pylist(), per_file["keys"], strict=True):
@@ -180,8 +182,6 @@ def apply_to_navigation(navigation_dir: Path, targets: pa.Table, *, now: str, no
                 entry["rows_affected"] += n
                 entry["tables"] = sorted({*entry["tables"], group["table_name"]})
             con.execute("DROP TABLE group_matches")
-    finally:
-        con.close()
     outcome.clear = {f: stat for f, stat in seen.items() if f not in rewrites}
     # Recorded before any file changes; what an interrupted run recorded first stands (it counted the whole).
     journal = {**counted, **_read_journal(navigation_dir)}
@@ -205,8 +205,8 @@ def apply_to_navigation(navigation_dir: Path, targets: pa.Table, *, now: str, no
     return outcome
 
 
-def unconfirmed_navigation(navigation_dir: Path, targets: pa.Table, clear: Mapping[str, Stat] | None = None
-                           ) -> set[str]:
+def unconfirmed_navigation(navigation_dir: Path, targets: pa.Table, clear: Mapping[str, Stat] | None = None,
+                           shared: duckdb.DuckDBPyConnection | None = None) -> set[str]:
     """Re-read the logs: the decision ids whose rows are still there (erase) or still carry a value in a
     column they had to null (anonymise), plus those missing from the manifest. `clear`: files known to hold none
     of the targets' rows when they had this size and modification time (NavigationOutcome.clear); those still
@@ -215,8 +215,7 @@ def unconfirmed_navigation(navigation_dir: Path, targets: pa.Table, clear: Mappi
         return set()
     failed = set(pc.unique(targets["decision_id"]).to_pylist()) - set(read_manifest(navigation_dir))
     clear = clear or {}
-    con = connect_memory()
-    try:
+    with scratch(shared) as con:
         for group in _groups(targets):
             files = [f for f in _files(navigation_dir, group["table_name"]) if clear.get(str(f)) != _stat(f)]
             if not files:
@@ -225,7 +224,5 @@ def unconfirmed_navigation(navigation_dir: Path, targets: pa.Table, clear: Mappi
             where = ""
             if group["action"] == "anonymise":
                 where = "WHERE " + " OR ".join(f"e.{c} IS NOT NULL" for c in group["columns_key"].split(","))
-            failed |= {r[0] for r in _matches(con, files, group["key_column"], where).fetchall()}
-    finally:
-        con.close()
+            failed |= {r[0] for r in con.execute(_matches(files, group["key_column"], where)).fetchall()}
     return failed

@@ -316,7 +316,7 @@ def apply_retention(
         report = apply_decisions(owed, members=members, prospects=prospects, navigation_dir=ctx.paths.navigation,
                                  outbox_dir=ctx.paths.outbox, audit=ctx.audit, tokenise=ctx.tokenise,
                                  notice_rules=ctx.notice_rules, table_order=table_order(policy),
-                                 carried_over=carried_over | set(owed["decision_id"].to_pylist()))
+                                 carried_over=carried_over | set(owed["decision_id"].to_pylist()), shared=con)
         forget_confirmed(con, report.confirmed)
         confirmed, failed = len(report.confirmed), dict(report.failed)
         touched = touched_tables(owed, report)
