@@ -398,7 +398,7 @@ def process_rights(
                            "WHERE status = 'decided' ORDER BY decision_id")
     failed, touched = _push(pending_targets(con, [d for d, *_ in pending]), policy=policy, members=members,
                             prospects=prospects, navigation_dir=navigation_dir, outbox_dir=outbox_dir,
-                            tokenise=token, notices=ctx.notice_rules, now=now)
+                            tokenise=token, notices=ctx.notice_rules, now=now, shared=con)
     touched.add(("members", rights_requests.name))  # the requests' status changes at the source too
 
     # 3. Carry out in the warehouse what every source confirmed, and record it applied (audited once).
@@ -442,8 +442,10 @@ def _unavailable(system: str, exc: Exception) -> str:
 
 def _push(targets: pa.Table, *, policy: Policy, members: sa.Engine, prospects: sa.Engine | None,
           navigation_dir: Path | None, outbox_dir: Path, tokenise: Callable[[str], str],
-          notices: tuple[NoticeRule, ...], now: dt.datetime | None) -> tuple[dict[str, str], set[tuple[str, str]]]:
-    """Each source in its own transaction(s); (decision_id -> why not confirmed, (system, table) changed)."""
+          notices: tuple[NoticeRule, ...], now: dt.datetime | None, shared: duckdb.DuckDBPyConnection
+          ) -> tuple[dict[str, str], set[tuple[str, str]]]:
+    """Each source in its own transaction(s); (decision_id -> why not confirmed, (system, table) changed).
+    `shared`: the warehouse connection, whose cursors push-back works in (pipelines.duck.scratch)."""
     failed: dict[str, str] = {}
     touched: set[tuple[str, str]] = set()
     for system in sorted(set(targets["system"].to_pylist())):
@@ -451,7 +453,7 @@ def _push(targets: pa.Table, *, policy: Policy, members: sa.Engine, prospects: s
         try:
             report = apply_decisions(
                 part, members=members, prospects=prospects, navigation_dir=navigation_dir, outbox_dir=outbox_dir,
-                tokenise=tokenise, notice_rules=notices, table_order=table_order(policy), now=now)
+                tokenise=tokenise, notice_rules=notices, table_order=table_order(policy), now=now, shared=shared)
         except SOURCE_ERRORS as exc:
             reason = _unavailable(system, exc)
             for decision_id in pc.unique(part["decision_id"]).to_pylist():
