@@ -138,6 +138,8 @@ def retention_applied(
         "decisions_failed": dg.MetadataValue.int(len(outcome.decisions_failed)),
         **compliance.audit_head_metadata(),
         "source_tables_reread": dg.MetadataValue.json(reread),
+        # rewritten by push-back after the warehouse carried the same decisions out: recorded, not read again
+        "navigation_files_mirrored": dg.MetadataValue.int(len(outcome.mirrored)),
         "by_dataset": dg.MetadataValue.json(outcome.warehouse.rows),
         "by_purpose": dg.MetadataValue.md(_purpose_table(counts)),
     })

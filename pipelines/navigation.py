@@ -8,12 +8,14 @@ re-reads those days' files even when unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
+from pipelines.duck import table_exists
 from pipelines.ingest import IngestResult, QuarantineFields, ingest_parquet, navigation_columns
 from pipelines.navigation_days import DAY_FOLDER_PATTERN, days_of_files
 from pipelines.sources.schema import COOKIE_CONSENT_SCHEMA, NAVIGATION_EVENT_SCHEMA, NAVIGATION_REQUIRED
@@ -48,6 +50,36 @@ def ingest_navigation_table(
         con, root, table=table, columns=navigation_columns(schema), required=required, reread=reread, fields=fields,
         add_to_scope=add_to_scope,
     )
+
+
+Stat = tuple[int, int]  # a file's size and modification time (ns): changed by any rewrite or append
+
+
+def mark_mirrored(con: duckdb.DuckDBPyConnection, rewritten: Mapping[str, tuple[Stat, Stat]],
+                  skip: Collection[str] = ()) -> list[str]:
+    """Record as ingested, at their new size and time, the files push-back rewrote for decisions the warehouse
+    carried out first (the retention stage's): their rows in `raw` already are the rewritten rows, so the re-read
+    after push-back and the next ingest leave them be. `rewritten` maps a file to its (size, time) just before the
+    rewrite read it and after. Only a file the manifest had as it was just before the rewrite qualifies (nothing
+    came at the source since it was ingested), and none of `skip`: files with a quarantined row the decisions
+    changed, whose quarantine copy only a re-read makes again as push-back left it. Returns the files recorded."""
+    chosen = {path: stats for path, stats in rewritten.items() if path not in skip}
+    if not chosen or not table_exists(con, "raw", "ingested_files"):
+        return []
+    con.register("_rewritten", pa.table({
+        "path": list(chosen),
+        "size_before": [before[0] for before, _ in chosen.values()],
+        "mtime_before": [before[1] for before, _ in chosen.values()],
+        "size_after": [after[0] for _, after in chosen.values()],
+        "mtime_after": [after[1] for _, after in chosen.values()],
+    }))
+    try:
+        return sorted(path for (path,) in con.execute(
+            "UPDATE raw.ingested_files f SET size = r.size_after, mtime_ns = r.mtime_after, ingested_at = now() "
+            "FROM _rewritten r WHERE f.path = r.path AND f.size = r.size_before AND f.mtime_ns = r.mtime_before "
+            "RETURNING f.path").fetchall())
+    finally:
+        con.unregister("_rewritten")
 
 
 def _day_of(path_sql: str) -> str:

@@ -11,8 +11,11 @@ import duckdb
 import sqlalchemy as sa
 
 from pipelines.identity import resolve_identities
+from pipelines.ingest import quarantine_fields
+from pipelines.navigation import NAVIGATION_TABLES, ingest_navigation_table, mark_mirrored
 from pipelines.policy.load import load_policy
-from pipelines.refresh import ingest_all
+from pipelines.refresh import ingest_all, refresh_from_sources
+from pipelines.retention.apply import apply_retention
 from pipelines.retention.ledger import build_ledger
 from pipelines.rights.process import process_rights
 from pipelines.sources.schema import SQL_SYSTEMS
@@ -52,3 +55,57 @@ def test_leaving_the_ledger_to_the_step_after_gives_the_same_warehouse_and_sourc
     assert warehouse_once.pop("raw.ingested_files")[0] == warehouse_twice.pop("raw.ingested_files")[0]
     assert warehouse_once == warehouse_twice
     assert sources_once == sources_twice
+
+
+def _navigation_rows(warehouse: Path) -> dict[str, list[tuple]]:
+    """The navigation tables and their quarantined rows (times of quarantine left out), sorted."""
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        found = {table: sorted(con.execute(f"SELECT * FROM raw.{table}").fetchall(), key=repr)
+                 for table in NAVIGATION_TABLES}
+        found["quarantine"] = sorted(con.execute(
+            "SELECT table_name, record_key, reason, CAST(record AS VARCHAR) FROM raw.quarantine "
+            "WHERE system = 'navigation'").fetchall(), key=repr)
+    return found
+
+
+def test_navigation_files_push_back_rewrote_are_recorded_not_read_again_and_hold_what_a_fresh_read_finds(
+        sandbox, tmp_path):
+    policy = load_policy(Path("policies"))
+    navigation = sandbox.sources / "navigation"
+    engines = {s: sa.create_engine(f"sqlite:///{sandbox.sources / (s + '.db')}") for s in SQL_SYSTEMS}
+    with duckdb.connect(str(sandbox.warehouse)) as con:
+        ingest_all(con, engines, navigation, policy)
+        resolve_identities(con, policy.datasets_file.identity)
+        build_ledger(con, policy, TEST_AS_OF)
+        outcome = apply_retention(con, core_context(sandbox.root, policy, navigation), TEST_AS_OF,
+                                  members=engines["members"], prospects=engines["prospects"])
+        assert not outcome.decisions_failed
+        refresh_from_sources(con, outcome.touched, engines=engines, navigation_dir=navigation, policy=policy,
+                             as_of=TEST_AS_OF)
+        # the first night's backlog rewrote day files, recorded as rewritten without reading them again
+        assert len(outcome.mirrored) > 10
+        # nothing left for the next ingest to read
+        assert all(ingest_navigation_table(con, navigation, table).replaced_files == () for table in NAVIGATION_TABLES)
+    for engine in engines.values():
+        engine.dispose()
+    fresh = tmp_path / "fresh.duckdb"
+    with duckdb.connect(str(fresh)) as con:
+        for table in NAVIGATION_TABLES:
+            ingest_navigation_table(con, navigation, table, fields=quarantine_fields(policy, table))
+    assert _navigation_rows(sandbox.warehouse) == _navigation_rows(fresh)
+
+
+def test_only_files_the_warehouse_had_as_they_were_before_the_rewrite_are_recorded(tmp_path):
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:
+        con.execute("CREATE SCHEMA raw; CREATE TABLE raw.ingested_files (path VARCHAR, size BIGINT, mtime_ns BIGINT, "
+                    "ingested_at TIMESTAMP)")
+        con.execute("INSERT INTO raw.ingested_files VALUES ('a', 10, 1, NULL), ('b', 10, 1, NULL), "
+                    "('c', 10, 1, NULL)")
+        rewritten = {"a": ((10, 1), (8, 2)),  # as ingested, then rewritten: recorded at its new size and time
+                     "b": ((12, 5), (9, 6)),  # grew at the source since it was ingested: left to the next read
+                     "c": ((10, 1), (7, 2)),  # holds quarantined rows: left to the next read
+                     "d": ((10, 1), (7, 2))}  # never ingested
+        assert mark_mirrored(con, rewritten, skip={"c"}) == ["a"]
+        assert con.execute("SELECT path, size, mtime_ns FROM raw.ingested_files ORDER BY path").fetchall() == [
+            ("a", 8, 2), ("b", 10, 1), ("c", 10, 1)]
+

@@ -53,6 +53,7 @@ import sqlalchemy as sa
 
 from pipelines.audit import AuditLog, logged
 from pipelines.duck import scratch
+from pipelines.navigation import Stat
 from pipelines.pushback.navigation import apply_to_navigation, unconfirmed_navigation
 from pipelines.pushback.notices import write_notices
 from pipelines.pushback.sql import NoticeRule, apply_to_source, unconfirmed
@@ -80,6 +81,8 @@ class PushbackReport:
     failed: dict[str, str] = field(default_factory=dict)  # decision_id -> reason
     skipped: list[str] = field(default_factory=list)  # already applied by an earlier run, nothing redone
     notices: int = 0
+    # navigation files rewritten by this run: (size, mtime_ns) just before the rewrite read them, and after it
+    rewritten: dict[str, tuple[Stat, Stat]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -176,6 +179,7 @@ def apply_decisions(
             nav = apply_to_navigation(navigation_dir, part, now=now_text, notice_rules=notice_rules,
                                       before_commit=persist_notices, checkpoint=checkpoint, shared=shared)
             report.applied[system], report.rows_affected[system] = nav.newly_applied, nav.rows_affected
+            report.rewritten = nav.rewritten
             # what this run applied is re-read where its rows were or may have come since; the rest everywhere
             fresh = pc.is_in(part["decision_id"], value_set=pa.array(nav.newly_applied, pa.string()))
             unconfirmed_by[system] = (

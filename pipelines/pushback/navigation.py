@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.duck import scratch
+from pipelines.navigation import Stat
 from pipelines.private import write_atomically
 from pipelines.pushback.sql import NoticeRule
 from pipelines.sqltext import all_of, ident, list_literal, literal
@@ -35,9 +36,6 @@ MANIFEST_NAME = "_privacy_applied_decisions.json"
 JOURNAL_NAME = "_privacy_pending_decisions.json"  # decision -> rows and tables, counted before any rewrite
 TABLE_DIRS = {"navigation_events": "events", "cookie_consents": "consents"}
 REWRITERS = 8  # files rewritten at once
-
-
-Stat = tuple[int, int]  # a file's size and modification time (ns): changed by any rewrite or append
 
 
 def _stat(path: Path) -> Stat:
@@ -52,6 +50,8 @@ class NavigationOutcome:
     # files read for the newly applied decisions that held none of their rows, as they were before that read:
     # re-reading them for those decisions is needless while they are unchanged (unconfirmed_navigation `clear`)
     clear: dict[str, Stat] = field(default_factory=dict)
+    # files this run rewrote: as they were just before the rewrite read them, and as the rewrite left them
+    rewritten: dict[str, tuple[Stat, Stat]] = field(default_factory=dict)
 
 
 def _files(navigation_dir: Path, table_name: str) -> list[Path]:
@@ -88,22 +88,29 @@ def _close_journal(navigation_dir: Path, manifest: dict[str, dict[str, object]])
 Operation = tuple[dict[str, str], pa.Array]  # a decision group, and the keys of its targets found in one file
 
 
-def _rewrite(path: Path, operations: Sequence[Operation]) -> None:
+def _rewrite(path: Path, operations: Sequence[Operation]) -> tuple[Stat, Stat] | None:
     """Rewrite one file once for every group with rows in it; each group's hash set holds only the keys found in
     this file (a set of the group's every key, rebuilt for each of hundreds of files, cost the first night more
-    than reading and writing them)."""
+    than reading and writing them). Returns the file's size and time before it was read and after the swap; None
+    when nothing in it changes (every row to anonymise already holds nothing there), and the file is left alone."""
+    before = _stat(path)
     table = pq.read_table(path)
+    changed = False
     for group, keys in operations:
         hit = pc.fill_null(pc.is_in(pc.cast(table[group["key_column"]], pa.string()), value_set=keys), False)
         if group["action"] == "erase":
-            table = table.filter(pc.invert(hit))
+            table, changed = table.filter(pc.invert(hit)), True
             continue
         for name in group["columns_key"].split(","):
             index = table.schema.get_field_index(name)
             column = table[name]
+            changed = changed or bool(pc.any(pc.and_(hit, pc.is_valid(column))).as_py())
             table = table.set_column(index, table.schema.field(index),
                                      pc.if_else(hit, pa.scalar(None, column.type), column))
+    if not changed:
+        return None
     write_atomically(path, lambda temp: pq.write_table(table, temp), in_source=True)
+    return before, _stat(path)
 
 
 def _matches(files: list[Path], key_column: str, extra_where: str = "") -> str:
@@ -194,8 +201,10 @@ def apply_to_navigation(navigation_dir: Path, targets: pa.Table, *, now: str, no
     # Files rewritten side by side: each waits mostly on its own fsync (pipelines.durable), and pyarrow's reads and
     # writes release the GIL. The crash hook runs here, as each file is swapped in.
     with ThreadPoolExecutor(max_workers=REWRITERS) as pool:
-        for done in as_completed([pool.submit(_rewrite, Path(path), rewrites[path]) for path in sorted(rewrites)]):
-            done.result()
+        futures = {pool.submit(_rewrite, Path(path), rewrites[path]): path for path in sorted(rewrites)}
+        for done in as_completed(futures):
+            if (stats := done.result()) is not None:
+                outcome.rewritten[futures[done]] = stats
             checkpoint("navigation_file")
     for decision_id in pc.unique(pending["decision_id"]).to_pylist():
         entry = journal.get(decision_id, {"rows_affected": 0, "tables": []})

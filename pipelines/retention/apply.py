@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from pipelines.audit import current_head, logged
 from pipelines.context import CoreContext
 from pipelines.duck import table_exists
+from pipelines.navigation import mark_mirrored
 from pipelines.policy.models import Dataset, Policy
 from pipelines.pushback import TARGET_SCHEMA, apply_decisions
 from pipelines.refresh import touched_tables
@@ -119,6 +120,28 @@ def _pending_sql(con: duckdb.DuckDBPyConnection, policy: Policy, ds: Dataset) ->
             parts.append(f"{held.format(place=literal(QUARANTINE))} JOIN ({quarantine}) x ON x.k = {key} "
                          f"WHERE s.status = {literal(CLEARED)}")
     return " UNION ALL ".join(parts)
+
+
+def _requarantined(con: duckdb.DuckDBPyConnection, policy: Policy) -> set[str]:
+    """Navigation files holding a quarantined row whose copy in raw.quarantine would differ from what re-reading the
+    file after push-back gives: an anonymised row (the warehouse lets its copy go: _settle_quarantined) or a column
+    group cleared from it that its copy holds a column of. An erased row is gone from both; a group of columns its
+    copy does not hold leaves the copy as it is (push-back stands in for a re-read of the others: mark_mirrored)."""
+    if not table_exists(con, "raw", "quarantine"):
+        return set()
+    parts = []
+    for ds in (d for d in policy.datasets if d.system == "navigation"):
+        changed = [f"(p.kind = {literal(RECORD)} AND p.status = 'to_anonymise')"] + [
+            f"(p.kind = {literal(g.name)} AND list_has_any(json_keys(q.record), {list_literal(g.columns)}))"
+            for g in column_groups(policy) if g.dataset == ds.name]
+        parts.append(f"SELECT q.record->>'source_file' FROM raw.quarantine q JOIN {PENDING} p "
+                     f"ON p.dataset = {literal(ds.name)} AND p.place = {literal(QUARANTINE)} "
+                     f"AND p.record_key = q.record->>{literal(ds.primary_key)} "
+                     f"WHERE q.system = 'navigation' AND q.table_name = {literal(ds.name)} "
+                     f"AND ({' OR '.join(changed)})")
+    if not parts:
+        return set()
+    return {path for (path,) in con.execute(" UNION ".join(parts)).fetchall()}
 
 
 def find_pending(con: duckdb.DuckDBPyConnection, policy: Policy) -> set[str]:
@@ -281,6 +304,7 @@ class RetentionOutcome:
     day: Day | None = None  # the day as recorded before this run (None: this run applied it first)
 
     newly_applied: int = 0  # decisions a source applied in this run (not skipped as already applied)
+    mirrored: list[str] = field(default_factory=list)  # navigation files rewritten and recorded as such, not re-read
 
     @property
     def changed(self) -> bool:
@@ -307,17 +331,21 @@ def apply_retention(
     day = recorded_day(con, as_of)
     pending = find_pending(con, policy)
     owed, carried_over = record_targets(con, decision_targets(con, policy, as_of, pending))
+    requarantined = _requarantined(con, policy)  # before the warehouse side lets their quarantine copy go
     with transaction(con):
         warehouse = apply_in_warehouse(con, policy, pending)
         if day is None:
             record_day(con, as_of, Day(warehouse.rows, owed.num_rows, current_head(ctx.audit.path).seq))
-    confirmed, failed, touched, newly = 0, {}, set(), 0
+    confirmed, failed, touched, newly, mirrored = 0, {}, set(), 0, []
     if owed.num_rows:
         report = apply_decisions(owed, members=members, prospects=prospects, navigation_dir=ctx.paths.navigation,
                                  outbox_dir=ctx.paths.outbox, audit=ctx.audit, tokenise=ctx.tokenise,
                                  notice_rules=ctx.notice_rules, table_order=table_order(policy),
                                  carried_over=carried_over | set(owed["decision_id"].to_pylist()), shared=con)
         forget_confirmed(con, report.confirmed)
+        # The warehouse carried the decisions out before the navigation files were rewritten: what it holds of
+        # them is already what they now hold, so they are not read again (pipelines.navigation.mark_mirrored).
+        mirrored = mark_mirrored(con, report.rewritten, skip=requarantined)
         confirmed, failed = len(report.confirmed), dict(report.failed)
         touched = touched_tables(owed, report)
         newly = len({d for ids in report.applied.values() for d in ids})
@@ -326,7 +354,7 @@ def apply_retention(
     if day is not None and not day.audited:
         warehouse = WarehouseOutcome(day.warehouse_rows)
     source_rows = day.source_rows if day is not None and not day.audited else owed.num_rows
-    return RetentionOutcome(warehouse, source_rows, confirmed, failed, touched, day, newly)
+    return RetentionOutcome(warehouse, source_rows, confirmed, failed, touched, day, newly, mirrored)
 
 
 def audit_applied(con: duckdb.DuckDBPyConnection, ctx: CoreContext, as_of: dt.date, outcome: RetentionOutcome
