@@ -252,6 +252,26 @@ def test_navigation_files_are_rewritten_and_recorded_once(tmp_path):
         ("web_analytics_processor", "nav-anon", "t-member:2"), ("web_analytics_processor", "nav-erase", "t-visitor:v1")]
 
 
+
+def test_a_new_decision_on_rows_that_already_hold_nothing_leaves_their_files_alone_and_is_confirmed(tmp_path):
+    """A quarantined page view out of a purpose is sent to the source again each night (its quarantine copy cannot
+    show the values are gone): a file whose every row to change already holds nothing is not rewritten."""
+    root = tmp_path / "navigation"
+    write_navigation(root)
+    apply_decisions(navigation_targets(), navigation_dir=root, outbox_dir=tmp_path, **NOTICES)
+    mtimes = {f: f.stat().st_mtime_ns for f in root.rglob("*.parquet")}
+    tomorrow = make_targets([
+        {"decision_id": "nav-anon-again", "system": "navigation", "table_name": "navigation_events",
+         "key_column": "member_id", "key_value": "2", "action": "anonymise", "payload": ["ip_address", "city"]},
+        {"decision_id": "nav-anon-day-1", "system": "navigation", "table_name": "navigation_events",
+         "key_column": "event_id", "key_value": "e0-3", "action": "anonymise", "payload": ["user_agent"]}])
+    report = apply_decisions(tomorrow, navigation_dir=root, outbox_dir=tmp_path, **NOTICES)
+    assert report.ok and sorted(report.confirmed) == ["nav-anon-again", "nav-anon-day-1"]
+    changed = [f.parent.name for f in root.rglob("*.parquet") if f.stat().st_mtime_ns != mtimes[f]]
+    assert changed == ["day=2026-10-01"]
+    assert list(report.rewritten) == [str(root / "events" / "day=2026-10-01" / "part-0.parquet")]
+    assert [e["user_agent"] for e in read_events(root).to_pylist() if e["event_id"] == "e0-3"] == [None]
+
 def test_a_page_view_of_an_erased_visitor_written_during_the_push_back_is_found_by_the_re_read(tmp_path):
     """The re-read skips the files that held none of a decision's rows and have not changed since: one the website
     writes to meanwhile, here a day without the visitor until then, is read again, so the erasure is not confirmed
