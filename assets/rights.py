@@ -84,6 +84,8 @@ def rights_requests(
         "by_status": dg.MetadataValue.json(decisions),
         "confirmed_this_run": dg.MetadataValue.int(outcome.decisions_confirmed),
         "not_confirmed_this_run": dg.MetadataValue.int(len(outcome.decisions_failed)),
+        # navigation day files push-back rewrote and the warehouse already mirrors (not read again)
+        "navigation_files_mirrored": dg.MetadataValue.int(len(outcome.mirrored)),
         **compliance.audit_head_metadata(),
     })
     yield dg.MaterializeResult(asset_key=EXCLUSIONS_KEY, metadata={

@@ -14,6 +14,7 @@ from pipelines.identity import resolve_identities
 from pipelines.ingest import quarantine_fields
 from pipelines.navigation import NAVIGATION_TABLES, ingest_navigation_table, mark_mirrored
 from pipelines.policy.load import load_policy
+from pipelines.policy.models import Policy
 from pipelines.refresh import ingest_all, refresh_from_sources
 from pipelines.retention.apply import apply_retention
 from pipelines.retention.ledger import build_ledger
@@ -88,11 +89,57 @@ def test_navigation_files_push_back_rewrote_are_recorded_not_read_again_and_hold
         assert all(ingest_navigation_table(con, navigation, table).replaced_files == () for table in NAVIGATION_TABLES)
     for engine in engines.values():
         engine.dispose()
-    fresh = tmp_path / "fresh.duckdb"
+    assert _navigation_rows(sandbox.warehouse) == _navigation_rows(_fresh_read(navigation, policy, tmp_path))
+
+
+def _fresh_read(navigation: Path, policy: Policy, folder: Path) -> Path:
+    """A new warehouse holding only the navigation log as it now is."""
+    fresh = folder / "fresh.duckdb"
     with duckdb.connect(str(fresh)) as con:
         for table in NAVIGATION_TABLES:
             ingest_navigation_table(con, navigation, table, fields=quarantine_fields(policy, table))
-    assert _navigation_rows(sandbox.warehouse) == _navigation_rows(fresh)
+    return fresh
+
+
+def test_navigation_files_a_rights_erasure_rewrote_are_recorded_not_read_again_and_hold_what_a_fresh_read_finds(
+        sandbox, tmp_path):
+    policy = load_policy(Path("policies"))
+    navigation = sandbox.sources / "navigation"
+    engines = {s: sa.create_engine(f"sqlite:///{sandbox.sources / (s + '.db')}") for s in SQL_SYSTEMS}
+    with duckdb.connect(str(sandbox.warehouse)) as con:
+        ingest_all(con, engines, navigation, policy)
+        # a member one of whose page views was set aside (no visitor id), and the two members with most page views
+        set_aside, set_aside_file = con.execute(
+            "SELECT CAST(record->>'member_id' AS BIGINT), record->>'source_file' FROM raw.quarantine "
+            "WHERE system = 'navigation' AND table_name = 'navigation_events' AND record->>'member_id' IS NOT NULL "
+            "ORDER BY 1 LIMIT 1").fetchall()[0]
+        viewers = [m for (m,) in con.execute(
+            "SELECT member_id FROM raw.navigation_events WHERE member_id IS NOT NULL AND member_id <> ? "
+            "GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 2", [set_aside]).fetchall()]
+    with engines["members"].begin() as src:
+        for request_id, member in enumerate([set_aside, *viewers], start=9801):
+            src.execute(sa.text(  # stamped with its change marker, as the source does
+                "INSERT INTO rights_requests (request_id, member_id, request_type, received_at, identity_verified_at, "
+                "status, updated_at) VALUES (:r, :m, 'erasure', :at, :at, 'received', :at)"),
+                {"r": request_id, "m": member, "at": str(NOW - dt.timedelta(hours=1))})
+    with duckdb.connect(str(sandbox.warehouse)) as con:
+        ingest_all(con, engines, navigation, policy)
+        resolve_identities(con, policy.datasets_file.identity)
+        outcome = process_rights(con, core_context(sandbox.root, policy, navigation), members=engines["members"],
+                                 prospects=engines["prospects"], now=NOW, as_of=TEST_AS_OF)
+        assert not outcome.decisions_failed
+        # carried out for all three (one is left to a human as well, for records near the person)
+        assert con.execute("SELECT count(*) FROM rights.decisions WHERE request_id >= 9801 AND status = 'applied'"
+                           ).fetchall() == [(3,)]
+        # the erased people's day files were rewritten and recorded as such, but for the one whose set-aside row
+        # went: read again, so its quarantine copy goes too
+        assert len(outcome.mirrored) > 10 and set_aside_file not in outcome.mirrored
+        assert all(ingest_navigation_table(con, navigation, table).replaced_files == () for table in NAVIGATION_TABLES)
+        assert con.execute("SELECT count(*) FROM raw.quarantine WHERE record->>'member_id' = ?",
+                           [str(set_aside)]).fetchall() == [(0,)]
+    for engine in engines.values():
+        engine.dispose()
+    assert _navigation_rows(sandbox.warehouse) == _navigation_rows(_fresh_read(navigation, policy, tmp_path))
 
 
 def test_only_files_the_warehouse_had_as_they_were_before_the_rewrite_are_recorded(tmp_path):

@@ -29,7 +29,9 @@ re-reading, the warehouse is brought in line and the decision is "applied" (audi
 confirmed. rights.exclusions (person_id, reason, since) is rebuilt from the requests in force, and the
 member system's rights_requests.status follows the state (with `handled_at`, the day it ended). Subjects
 appear in the audit as tokens only. Finally the source tables the run changed are re-read into raw.*
-(pipelines.refresh), so the warehouse ends where the next run starts.
+(pipelines.refresh), so the warehouse ends where the next run starts; the navigation files push-back rewrote are
+recorded as rewritten rather than read again when every decision was confirmed (the warehouse erased the same
+rows), unless a quarantined row of theirs was erased (its quarantine copy only a re-read takes away).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import sqlalchemy as sa
 
 from pipelines.context import CoreContext
 from pipelines.ingest import duckdb_type
+from pipelines.navigation import Stat, mark_mirrored
 from pipelines.policy.models import Policy
 from pipelines.pushback import TARGET_SCHEMA, apply_decisions, make_targets
 from pipelines.pushback.sql import NoticeRule
@@ -90,6 +93,7 @@ class RightsOutcome:
     decisions_confirmed: int = 0
     decisions_failed: dict[str, str] = field(default_factory=dict)
     bundles: list[Path] = field(default_factory=list)
+    mirrored: list[str] = field(default_factory=list)  # navigation files rewritten and recorded as such, not re-read
 
 
 def _stage(con: duckdb.DuckDBPyConnection, tables: list[SubjectTable]) -> None:
@@ -255,6 +259,20 @@ def _erase_in_warehouse(con: duckdb.DuckDBPyConnection, tables: list[SubjectTabl
                WHERE e.request_type = 'erasure' AND s.key_column = s.primary_key)""")
 
 
+def _quarantined_erased(con: duckdb.DuckDBPyConnection, tables: list[SubjectTable]) -> set[str]:
+    """Navigation files holding a quarantined row whose subject column names someone erased (`_erased`, left by
+    _erase_in_warehouse): push-back deleted the row from the file, while raw.quarantine keeps its copy until the
+    file is read again."""
+    parts = [f"SELECT q.record->>'source_file' FROM raw.quarantine q JOIN _erased e "
+             f"ON e.system = q.system AND e.table_name = q.table_name AND e.key_column = {literal(t.key_column)} "
+             f"AND q.record->>{literal(t.key_column)} = e.key_value "
+             f"WHERE q.system = 'navigation' AND q.table_name = {literal(t.table_name)}"
+             for t in tables if t.system == "navigation"]
+    if not parts or not table_exists(con, "raw", "quarantine"):
+        return set()
+    return {path for (path,) in run_sql(con, " UNION ".join(parts))}
+
+
 def _rebuild_exclusions(con: duckdb.DuckDBPyConnection) -> None:
     """rights.exclusions from the requests in force; a restriction holds until a later lift_restriction."""
     reasons = " ".join(f"WHEN {literal(k)} THEN {literal(v)}" for k, v in EXCLUDING.items())
@@ -396,7 +414,7 @@ def process_rights(
     # 2. Push every pending decision (this run's and any an earlier run left) from its recorded targets.
     pending = run_sql(con, "SELECT decision_id, request_id, reason, targets FROM rights.decisions "
                            "WHERE status = 'decided' ORDER BY decision_id")
-    failed, touched = _push(pending_targets(con, [d for d, *_ in pending]), policy=policy, members=members,
+    failed, touched, rewritten = _push(pending_targets(con, [d for d, *_ in pending]), policy=policy, members=members,
                             prospects=prospects, navigation_dir=navigation_dir, outbox_dir=outbox_dir,
                             tokenise=token, notices=ctx.notice_rules, now=now, shared=con)
     touched.add(("members", rights_requests.name))  # the requests' status changes at the source too
@@ -415,6 +433,8 @@ def process_rights(
         _save(con, later, now_text, "SELECT *, state AS previous_state FROM rights.requests", token, {})
     flush_audit(con, audit)
     _mirror_status(con, members)
+    # A decision not confirmed everywhere was not carried out in the warehouse: its rewritten files are re-read.
+    mirrored = [] if failed else mark_mirrored(con, rewritten, skip=_quarantined_erased(con, tables))
     day = as_of or (now or dt.datetime.now(dt.UTC)).date()
     # the warehouse re-reads what this run changed at the sources, so the next run starts where this one ends
     refresh_from_sources(con, touched, engines={"members": members, "prospects": prospects},
@@ -423,7 +443,7 @@ def process_rights(
     return RightsOutcome(
         states=summary["states"], needs_human=summary["needs_human"], overdue=summary["overdue"],
         due_within_7_days=summary["due_within_7_days"], decisions_confirmed=len(applied),
-        decisions_failed=dict(failed), bundles=bundles)
+        decisions_failed=dict(failed), bundles=bundles, mirrored=mirrored)
 
 
 # A source that cannot be reached or written leaves its decisions pending for the next run; anything else
@@ -443,11 +463,13 @@ def _unavailable(system: str, exc: Exception) -> str:
 def _push(targets: pa.Table, *, policy: Policy, members: sa.Engine, prospects: sa.Engine | None,
           navigation_dir: Path | None, outbox_dir: Path, tokenise: Callable[[str], str],
           notices: tuple[NoticeRule, ...], now: dt.datetime | None, shared: duckdb.DuckDBPyConnection
-          ) -> tuple[dict[str, str], set[tuple[str, str]]]:
-    """Each source in its own transaction(s); (decision_id -> why not confirmed, (system, table) changed).
-    `shared`: the warehouse connection, whose cursors push-back works in (pipelines.duck.scratch)."""
+          ) -> tuple[dict[str, str], set[tuple[str, str]], dict[str, tuple[Stat, Stat]]]:
+    """Each source in its own transaction(s); (decision_id -> why not confirmed, (system, table) changed,
+    navigation files rewritten with their (size, mtime) before and after). `shared`: the warehouse connection,
+    whose cursors push-back works in (pipelines.duck.scratch)."""
     failed: dict[str, str] = {}
     touched: set[tuple[str, str]] = set()
+    rewritten: dict[str, tuple[Stat, Stat]] = {}
     for system in sorted(set(targets["system"].to_pylist())):
         part = targets.filter(pc.equal(targets["system"], system))
         try:
@@ -462,7 +484,8 @@ def _push(targets: pa.Table, *, policy: Policy, members: sa.Engine, prospects: s
         for decision_id, reason in report.failed.items():
             failed.setdefault(decision_id, reason)
         touched |= touched_tables(part, report)
-    return failed, touched
+        rewritten |= report.rewritten
+    return failed, touched, rewritten
 
 
 RESULTS_SCHEMA = pa.schema([("request_id", pa.int64()), ("state", pa.string()), ("reason", pa.string()),
