@@ -96,17 +96,19 @@ def resolve_identities(con: duckdb.DuckDBPyConnection, rules: Sequence[IdentityR
         FROM _groups g JOIN _contacts c ON c.record_type = 'prospect' AND c.record = g.prospect
         JOIN _member_contacts mc USING (contact_type, contact)
         WHERE mc.members = 1 AND list_contains(?, c.contact_type) GROUP BY g.grp""", [to_member])
-    visits = ("SELECT DISTINCT visitor_id AS visitor, CAST(member_id AS VARCHAR) AS member FROM raw.navigation_events "
-              "WHERE member_id IS NOT NULL" if login else
-              "SELECT CAST(NULL AS VARCHAR) AS visitor, CAST(NULL AS VARCHAR) AS member WHERE false")
-    con.execute(f"""
+    # the (visitor, member) logins, read once from the page views (tens of millions of rows at scale)
+    con.execute("CREATE OR REPLACE TEMP TABLE _visits AS " + (
+        "SELECT DISTINCT visitor_id AS visitor, CAST(member_id AS VARCHAR) AS member FROM raw.navigation_events "
+        "WHERE member_id IS NOT NULL" if login else
+        "SELECT CAST(NULL AS VARCHAR) AS visitor, CAST(NULL AS VARCHAR) AS member WHERE false"))
+    con.execute("""
         CREATE OR REPLACE TEMP TABLE _visitor_members AS
-        SELECT visitor, count(DISTINCT member) AS members, min(member) AS member FROM ({visits}) GROUP BY visitor""")
-    con.execute(f"""
+        SELECT visitor, count(DISTINCT member) AS members, min(member) AS member FROM _visits GROUP BY visitor""")
+    con.execute("""
         CREATE OR REPLACE TEMP TABLE _records AS
         -- a member id the navigation log names is a member record too (its row may be in quarantine)
         SELECT 'member' AS node_type, member AS node_value, 'member:' || member AS anchor FROM (
-            SELECT CAST(member_id AS VARCHAR) AS member FROM raw.members UNION SELECT member FROM ({visits}))
+            SELECT CAST(member_id AS VARCHAR) AS member FROM raw.members UNION SELECT member FROM _visits)
         UNION ALL
         SELECT 'prospect', g.prospect, CASE WHEN gm.members = 1 THEN 'member:' || gm.member ELSE g.grp END
         FROM _groups g LEFT JOIN _group_members gm USING (grp)
@@ -142,11 +144,11 @@ def resolve_identities(con: duckdb.DuckDBPyConnection, rules: Sequence[IdentityR
         WHERE list_contains($to_member, c.contact_type) AND (coalesce(gm.members, 0) <> 1 OR gm.member <> m.record)
         UNION ALL
         SELECT DISTINCT l.person_id, 'visitor', v.visitor, 'a visitor logged in as this member and another one'
-        FROM _visitor_members vm JOIN (""" + visits + """) v USING (visitor)
+        FROM _visitor_members vm JOIN _visits v USING (visitor)
         JOIN identity.person_links l ON l.node_type = 'member' AND l.node_value = v.member
         WHERE vm.members > 1""", {"to_member": to_member})
     con.execute("DROP TABLE _contacts; DROP TABLE _groups; DROP TABLE _member_contacts; DROP TABLE _group_members; "
-                "DROP TABLE _visitor_members; DROP TABLE _records")
+                "DROP TABLE _visitor_members; DROP TABLE _visits; DROP TABLE _records")
     stats = con.execute(
         """
         SELECT count(DISTINCT person_id),
