@@ -69,13 +69,20 @@ def _navigation_rows(warehouse: Path) -> dict[str, list[tuple]]:
     return found
 
 
-def test_navigation_files_push_back_rewrote_are_recorded_not_read_again_and_hold_what_a_fresh_read_finds(
-        sandbox, tmp_path):
+def _ingested(sandbox) -> tuple[Policy, Path, dict[str, sa.Engine]]:
+    """The sandbox's sources copied into its warehouse: the policy, the navigation log and the SQL engines."""
     policy = load_policy(Path("policies"))
     navigation = sandbox.sources / "navigation"
     engines = {s: sa.create_engine(f"sqlite:///{sandbox.sources / (s + '.db')}") for s in SQL_SYSTEMS}
     with duckdb.connect(str(sandbox.warehouse)) as con:
         ingest_all(con, engines, navigation, policy)
+    return policy, navigation, engines
+
+
+def test_navigation_files_push_back_rewrote_are_recorded_not_read_again_and_hold_what_a_fresh_read_finds(
+        sandbox, tmp_path):
+    policy, navigation, engines = _ingested(sandbox)
+    with duckdb.connect(str(sandbox.warehouse)) as con:
         resolve_identities(con, policy.datasets_file.identity)
         build_ledger(con, policy, TEST_AS_OF)
         outcome = apply_retention(con, core_context(sandbox.root, policy, navigation), TEST_AS_OF,
@@ -103,11 +110,8 @@ def _fresh_read(navigation: Path, policy: Policy, folder: Path) -> Path:
 
 def test_navigation_files_a_rights_erasure_rewrote_are_recorded_not_read_again_and_hold_what_a_fresh_read_finds(
         sandbox, tmp_path):
-    policy = load_policy(Path("policies"))
-    navigation = sandbox.sources / "navigation"
-    engines = {s: sa.create_engine(f"sqlite:///{sandbox.sources / (s + '.db')}") for s in SQL_SYSTEMS}
-    with duckdb.connect(str(sandbox.warehouse)) as con:
-        ingest_all(con, engines, navigation, policy)
+    policy, navigation, engines = _ingested(sandbox)
+    with duckdb.connect(str(sandbox.warehouse), read_only=True) as con:
         # a member one of whose page views was set aside (no visitor id), and the two members with most page views
         set_aside, set_aside_file = con.execute(
             "SELECT CAST(record->>'member_id' AS BIGINT), record->>'source_file' FROM raw.quarantine "
