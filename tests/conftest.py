@@ -9,6 +9,7 @@ Fixtures:
 - `sandbox` (function): a private copy of those sources + fresh warehouse/analytics paths, with
   `.resources()` for `dg.materialize` / `execute_in_process`; `pg_sandbox`: the same with the SQL
   systems copied into a real PostgreSQL.
+- `parse_source(path)`: a module's syntax tree, parsed with the garbage collector paused (see below).
 - `first_night` (session): those sources after the nightly job's first night (the backlog of years), run once per
   test worker through the real Definitions under a umask of 022; `site_after_first_night` (function): a copy of
   that site, back at the path the first night ran at, with SEM_DATA_DIR and DAGSTER_HOME pointing into it. Tests
@@ -20,7 +21,9 @@ SEM_REQUIRE_POSTGRES=1): PostgreSQL-backed tests are mandatory there.
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
+import gc
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -30,6 +33,19 @@ from pathlib import Path
 import pytest
 
 from pipelines.sources.throwaway_pg import PgCluster, find_pg_bin, start_cluster
+
+
+def parse_source(path: Path) -> ast.Module:
+    """The syntax tree of a source file. The collector is paused meanwhile: an object it collects may log a
+    traceback (a database connection dropped unclosed), and Python 3.11's traceback module parses source with ast;
+    entering ast.parse again that way breaks its recursion counter ("AST constructor recursion depth mismatch",
+    CPython gh-106905), which failed a suite run."""
+    gc.collect()
+    gc.disable()
+    try:
+        return ast.parse(path.read_text(), str(path))
+    finally:
+        gc.enable()
 
 
 @pytest.hookimpl(trylast=True)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 from pipelines.orchestration.settings import PROJECT_ROOT
+from tests.conftest import parse_source
 
 CORE_EXCLUDED = ("orchestration", "demo", "bench", "crash")
 CORE = sorted(
@@ -41,7 +42,7 @@ def test_importing_the_whole_core_loads_no_dagster_and_leaves_the_environment_al
 def test_no_core_module_reads_the_environment():
     readers = []
     for path in CORE:
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in ast.walk(parse_source(path)):
             if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "putenv"):
                 readers.append(f"{path.relative_to(PROJECT_ROOT)}:{node.lineno}")
     assert readers == []

@@ -9,6 +9,7 @@ import pytest
 
 from pipelines.duck import connect_memory, connect_warehouse, scratch
 from pipelines.orchestration.resources import WarehouseResource
+from tests.conftest import parse_source
 
 
 def _memory_limit(warehouse: WarehouseResource) -> str:
@@ -80,7 +81,7 @@ def test_the_core_opens_in_memory_connections_only_through_connect_memory():
     for path in root.rglob("*.py"):
         if path.name == "duck.py" or "demo" in path.parts:  # the generator's data is synthetic
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(parse_source(path)):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "connect"
                     and isinstance(node.func.value, ast.Name) and node.func.value.id == "duckdb"
                     and not node.args and not any(k.arg == "database" for k in node.keywords)):

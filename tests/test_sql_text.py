@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from pipelines import sqltext
 from pipelines.orchestration.settings import PROJECT_ROOT
+from tests.conftest import parse_source
 
 TRICKY = ["", "it's", "''", "a'; DROP TABLE t; --", 'say "hi"', "back\\slash", "new\nline", "nul\x00byte",
           "unicode é ☃ 𝄞", "$1", "?", "%s", "{}", "E'x'"]
@@ -152,5 +153,5 @@ def test_no_module_outside_sqltext_builds_sql_literals_by_hand():
             if path == Path(sqltext.__file__):
                 continue
             offenders += [f"{path.relative_to(PROJECT_ROOT)}:{line}: {what}"
-                          for line, what in _hand_built(ast.parse(path.read_text(), str(path)))]
+                          for line, what in _hand_built(parse_source(path))]
     assert offenders == []
