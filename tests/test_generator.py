@@ -11,12 +11,15 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 from faker import Faker
 
+from pipelines.demo import _columns
 from pipelines.demo.generate import RIGHTS_TYPES, generate
 from pipelines.normalise import normalise_email, normalise_phone
 from pipelines.sources.copy import copy_sql_system
@@ -253,3 +256,13 @@ def test_copy_to_postgresql_keeps_every_row(generated_sources, pg_url):
             assert new_id == counts["suppression_list"] + 1
     finally:
         engine.dispose()
+
+
+def test_ids_beyond_what_32_bit_offsets_hold_come_out_as_large_strings_with_the_same_values(monkeypatch):
+    # The reference workload's 67 million page view ids are 2.4 GB of text; a small limit stands in for 2 GiB.
+    ids = _columns.random_uuids(np.random.default_rng(3), 1000)
+    monkeypatch.setattr(_columns, "MAX_STRING_BYTES", 36 * 999)
+    large = _columns.random_uuids(np.random.default_rng(3), 1000)
+    assert ids.type == pa.string() and large.type == pa.large_string()
+    assert large.to_pylist() == ids.to_pylist() and len(set(ids.to_pylist())) == 1000
+    large.validate(full=True)

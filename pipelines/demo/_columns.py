@@ -78,11 +78,19 @@ def random_codes(rng: np.random.Generator, n: int, pattern: str) -> pa.Array:
     return _fixed_width_strings(np.ascontiguousarray(codes.T))
 
 
+# The most bytes a string array with 32-bit offsets holds; the reference workload's 67 million page view ids
+# (36 bytes each, 2.4 GB) need 64-bit offsets. Files read back the same either way: both are Parquet strings.
+MAX_STRING_BYTES = np.iinfo(np.int32).max
+
+
 def _fixed_width_strings(chars: np.ndarray) -> pa.Array:
-    """An (n, width) matrix of ASCII bytes as n strings, sharing its memory (no per-string conversion)."""
+    """An (n, width) matrix of ASCII bytes as n strings, sharing its memory (no per-string conversion): a string
+    array, or a large_string array beyond MAX_STRING_BYTES."""
     n, width = chars.shape
-    offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
-    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(chars)))
+    large = n * width > MAX_STRING_BYTES
+    offsets = np.arange(0, (n + 1) * width, width, dtype=np.int64 if large else np.int32)
+    kind = pa.LargeStringArray if large else pa.StringArray
+    return kind.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(chars)))
 
 
 def random_uuids(rng: np.random.Generator, n: int) -> pa.Array:

@@ -661,14 +661,17 @@ def _navigation(rng: np.random.Generator, members: int, today: int) -> tuple[pa.
     referrers, referrer_weights = zip(*vocab.REFERRERS, strict=True)
     no_visitor = null_mask(events, rng.choice(events, _malformed_count(events), replace=False))
     member_id = member_of_person[person[visit]]
+    # A visitor's id and address repeated on each of their page views take more than 2 GB at the reference
+    # workload: taken as large strings (64-bit offsets); the files store plain strings all the same.
+    visitor_ids, addresses = visitor_id.cast(pa.large_string()), ip.cast(pa.large_string())
     columns = {
         "event_id": random_uuids(rng, events),
-        "visitor_id": visitor_id.take(pa.array(who, mask=no_visitor)),
+        "visitor_id": visitor_ids.take(pa.array(who, mask=no_visitor)),
         "member_id": pa.array(member_id, mask=~logged_in_visit[visit]),
         "ts": pa.array(ts * 1_000_000 + rng.integers(0, 1_000_000, events), pa.timestamp("us")),
         "url": dictionary([vocab.SITE + p for p in paths], weighted_choice(rng, path_weights, events)),
         "referrer": dictionary(referrers, weighted_choice(rng, referrer_weights, events)),
-        "ip_address": ip.take(pa.array(who)),
+        "ip_address": addresses.take(pa.array(who)),
         "user_agent": dictionary(vocab.USER_AGENTS, agent[who]),
         "city": dictionary([c[0] for c in vocab.CITIES], city[who]),
         "latitude": np.round(latitude[who], 5),
