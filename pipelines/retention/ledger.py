@@ -378,8 +378,10 @@ def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pref
     _end_marketing_on_objection(con, policy, prefix)
     flags = q(prefix + "_flags")
     systems = " ".join(f"WHEN {lit(ds.name)} THEN {lit(ds.system)}" for ds in policy.datasets)
+    # One table: the records with their flags and status (a flagged copy beside it held a second copy of every
+    # record until the end, a gigabyte of memory at 100,000 members).
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE {prefix}_flagged AS
+        CREATE OR REPLACE TEMP TABLE {prefix}_records AS
         WITH combined AS (
             SELECT dataset, record_key, subject_type, subject_id,
                    CASE WHEN bool_or(purpose_status = 'active') THEN 'active'
@@ -391,19 +393,18 @@ def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pref
                    -- the first day one of its purposes changes stage (nothing dated: only a change of input)
                    min(next_change) AS next_review
             FROM {prefix}_purposes GROUP BY dataset, record_key, subject_type, subject_id
+        ),
+        flagged AS (
+            SELECT c.*, r.subject_id IS NOT NULL AS is_restricted, h.subject_id IS NOT NULL AS is_held
+            FROM combined c
+            LEFT JOIN (SELECT * FROM {flags} WHERE flag = {lit(RESTRICTED)}) r USING (subject_type, subject_id)
+            LEFT JOIN (SELECT * FROM {flags} WHERE flag = {lit(HELD)}) h USING (subject_type, subject_id)
         )
-        SELECT c.*, r.subject_id IS NOT NULL AS is_restricted, h.subject_id IS NOT NULL AS is_held
-        FROM combined c
-        LEFT JOIN (SELECT * FROM {flags} WHERE flag = {lit(RESTRICTED)}) r USING (subject_type, subject_id)
-        LEFT JOIN (SELECT * FROM {flags} WHERE flag = {lit(HELD)}) h USING (subject_type, subject_id)
-    """)
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE {prefix}_records AS
         SELECT f.*, CASE f.dataset {systems} END AS system,
                CASE WHEN f.is_restricted THEN 'restricted'
                     WHEN f.is_held AND f.outcome <> 'active' THEN 'legal_hold'
                     ELSE f.outcome END AS status
-        FROM {prefix}_flagged f
+        FROM flagged f
     """)
     # The dated facts still timing a record that stays (closed events only: an open one is re-read every night),
     # with the subject of the record they time (an incremental ledger replaces its subjects' facts).
@@ -420,7 +421,6 @@ def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pref
         WHERE r.status NOT IN ('to_erase', 'to_anonymise') AND NOT k.is_open AND k.clock IS NOT NULL
     """)
     compute_columns(con, policy, prefix)
-    con.execute(f"DROP TABLE {prefix}_flagged")
     for name in helpers:
         con.execute(f"DROP TABLE {name}")
 
@@ -501,11 +501,13 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date,
         plan = Plan(True, reason)
         compute(con, policy, as_of)
         scoped = "true"
+    # The rows written below are views over what compute() built, not copies of it: at 100,000 members the first
+    # night's copies held 3 GB more (a full ledger's temp tables spill to disk once past the memory cap).
+    day = f"CAST({lit(as_of.isoformat())} AS DATE)"
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _ret_new_status AS
-        SELECT ?::DATE AS as_of, dataset, system, record_key, subject_type, subject_id, status,
-               {STATUS_REASON} AS reason, next_review FROM _ret_records rec
-    """, [as_of])
+        CREATE OR REPLACE TEMP VIEW _ret_new_status AS
+        SELECT {day} AS as_of, dataset, system, record_key, subject_type, subject_id, status,
+               {STATUS_REASON} AS reason, next_review FROM _ret_records rec""")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _ret_new_ledger AS
         SELECT ?::DATE AS as_of, p.subject_type, p.subject_id, p.purpose, p.dataset, min(p.clock_start) AS clock_start,
@@ -519,11 +521,12 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date,
         FROM _ret_purposes p JOIN _ret_records rec USING (dataset, record_key)
         GROUP BY p.subject_type, p.subject_id, p.purpose, p.dataset, {PURPOSE_STATUS}
     """, [as_of])
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE _ret_new_columns AS
-        SELECT ?::DATE AS as_of, dataset, system, record_key, subject_type, subject_id, column_group, columns, state,
-               reason FROM _ret_columns""", [as_of])
-    con.execute("CREATE OR REPLACE TEMP TABLE _ret_new_clocks AS SELECT * FROM _ret_clock_facts")
+    con.execute("DROP TABLE _ret_purposes")  # read for the last time: the largest of them (record x purpose)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP VIEW _ret_new_columns AS
+        SELECT {day} AS as_of, dataset, system, record_key, subject_type, subject_id, column_group, columns, state,
+               reason FROM _ret_columns""")
+    con.execute("CREATE OR REPLACE TEMP VIEW _ret_new_clocks AS SELECT * FROM _ret_clock_facts")
     _ensure_tables(con)
     # Re-running the same as_of: what an earlier run already erased or anonymised is no longer found (or no longer
     # names its subject), but it is still this date's decision, so it stays in the ledger with the inputs it was
@@ -558,8 +561,9 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date,
         con.execute(f"INSERT INTO {FLAGS} BY NAME SELECT * FROM _ret_flags")
         con.execute(f"DELETE FROM {STATE}")
         con.execute(f"INSERT INTO {STATE} VALUES (?, ?)", [as_of, fingerprint(policy)])
-    for name in ("_ret_inputs", "_ret_kept", "_ret_new_status", "_ret_new_ledger", "_ret_new_columns",
-                 "_ret_new_clocks"):
+    for name in ("_ret_new_status", "_ret_new_columns", "_ret_new_clocks"):
+        con.execute(f"DROP VIEW {name}")
+    for name in ("_ret_inputs", "_ret_kept", "_ret_new_ledger", "_ret_records", "_ret_columns", "_ret_clock_facts"):
         con.execute(f"DROP TABLE {name}")
     con.execute(f"DROP TABLE IF EXISTS {DROPPED}; DROP TABLE IF EXISTS {DROPPED_ROWS}")
     return plan
