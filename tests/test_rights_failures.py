@@ -23,10 +23,12 @@ import sqlalchemy as sa
 
 import pipelines.pushback as pushback
 from pipelines.audit import AuditLog, AuditLogError, verify
+from pipelines.policy.load import load_policy
 from pipelines.pushback.notices import read_notices
 from pipelines.sources.schema import SQL_SYSTEMS
 from pipelines.sources.throwaway_pg import find_pg_bin, start_cluster
 from tests.conftest import TEST_KEY_HEX
+from tests.test_refresh import _fresh_read, _navigation_rows
 from tests.test_rights import World, _copy_sql_sources
 
 # wall-clock bookkeeping of the sources, not part of what a run decides
@@ -136,6 +138,11 @@ def _fails_during_pushback_then_finishes(world: World, uninterrupted: dict[str, 
                      "rights_requests WHERE request_id = :r)", r=request_id) == [(0,)]  # committed at its source
     trail = audit_trail(world)
     assert trail[("rights.decided", decision)] == 1 and trail[("rights.applied", decision)] == 0
+    # the navigation log lost the person's page views, but the warehouse did not erase them (the decision is not
+    # carried out): the rewritten files are read again, not recorded as mirrored, and raw holds what they hold
+    assert first.mirrored == []
+    assert _navigation_rows(world.warehouse) == _navigation_rows(
+        _fresh_read(world.navigation, load_policy(Path("policies")), world.root))
     repair()
     assert world.src("prospects", f"SELECT count(*) FROM prospects WHERE prospect_id IN ({', '.join(prospect_ids)})"
                      ) == [(len(prospect_ids),)]
