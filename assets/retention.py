@@ -65,7 +65,8 @@ def retention_ledger(
     as_of = as_of_date(config.as_of, context.run.tags)
     policy = policies.load()
     with warehouse.connect() as con:
-        plan = build_ledger(con, policy, as_of, full=config.full_recompute)
+        plan = build_ledger(con, policy, as_of, full=config.full_recompute,
+                            slice_records=warehouse.resolved_ledger_slice_records)
         if plan is None:
             context.log.info(f"Push-back of {as_of} is still owed (an interrupted run or a failed source): the "
                              "day's ledger stands as decided, not recomputed from half-changed sources")

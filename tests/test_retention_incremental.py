@@ -37,6 +37,9 @@ from pipelines.definitions import defs
 from pipelines.demo.__main__ import run_job
 from pipelines.demo.changes import day_of_changes, verified_requests
 from pipelines.orchestration.runs import AS_OF_TAG, PARIS
+from pipelines.orchestration.settings import PROJECT_ROOT
+from pipelines.policy.load import load_policy
+from pipelines.retention.ledger import build_ledger
 from pipelines.rights import process as rights_process
 from sensors.schedules import nightly_schedule, weekly_full_recompute_schedule
 from tests.conftest import FIRST_NIGHT, TEST_AS_OF, FirstNight, point_at
@@ -49,6 +52,7 @@ BOOKKEEPING = {("retention", t, "as_of") for t in ("record_status", "ledger", "c
     ("raw", "ingested_files", "mtime_ns"), ("raw", "ingested_files", "size")}
 # the change marker push-back stamps on the rows it changes (the wall clock), and the watermarks read from it
 CHANGE_MARKERS = {"updated_at"}
+INCREMENTAL_SLICE = 500  # records per slice of the incremental ledger: a few slices per night in the test world
 
 
 def _wall_clock(night: dt.date) -> SimpleNamespace:
@@ -84,12 +88,14 @@ def _ledger_path(result: dg.ExecuteInProcessResult) -> str:
 
 def _night(world: Path, night: dt.date, full: bool, monkeypatch: pytest.MonkeyPatch) -> str:
     """The nightly job on `world`, moved to the path SEM_DATA_DIR names for the run; what its ledger step says
-    it did."""
+    it did. The incremental ledger computes its scope in slices of INCREMENTAL_SLICE records, the full one whole."""
     monkeypatch.setattr(rights_process, "dt", _wall_clock(night))
     active = Path(os.environ["SEM_DATA_DIR"])
     world.rename(active)
     try:
-        result = run_job(night, full_recompute=full)
+        with monkeypatch.context() as mp:
+            mp.setenv("SEM_LEDGER_SLICE_RECORDS", str(10**9 if full else INCREMENTAL_SLICE))
+            result = run_job(night, full_recompute=full)
     finally:
         active.rename(world)
     assert result.success
@@ -175,14 +181,46 @@ def test_incremental_ledger_gives_the_warehouse_of_a_full_recompute_night_after_
         sources = {name: _source_rows(root / "sources") for name, root in worlds.items()}
         assert sources["incremental"] == sources["full"], night
 
-    # Each path ran as asked, and the incremental one had every kind of scope to cover.
+    # Each path ran as asked, and the incremental one had every kind of scope to cover, in slices.
     assert all(p["full"] == "full: full recompute requested" for p in paths.values())
     assert all(p["incremental"].startswith("incremental: ") for p in paths.values())
+    assert all(int(re.findall(r"computed in (\d+) slices", p["incremental"])[0]) > 1 for p in paths.values()), paths
     scopes = [dict(re.findall(r"(due|changed|flags) (\d+)", p["incremental"])) for p in paths.values()]
     assert all(any(int(s[part]) for s in scopes) for part in ("due", "changed", "flags")), scopes
     # the first night's erasures left the sources: the night after drops them without re-evaluating their subjects
     dropped = int(re.findall(r"(\d+) ended records dropped", paths[NIGHTS[0]]["incremental"])[0])
     assert dropped > 0, paths[NIGHTS[0]]
+
+
+@pytest.mark.xdist_group(FIRST_NIGHT)
+def test_a_full_ledger_computed_in_slices_is_the_ledger_computed_whole(first_night, tmp_path):
+    """Slices of subjects (by hash) each stage their rows before the next is computed; what lands is what one
+    computation gives, in every column. Re-run on the first night's own day, after its retention was applied,
+    both give back the first night's ledger: the members it erased are no longer found and their decisions
+    stay, the survey answers it anonymised out of their member are found under no member."""
+    policy = load_policy(PROJECT_ROOT / "policies")
+    plans = {}
+    for name, slice_records in (("whole", 10**9), ("sliced", 2_000)):
+        shutil.copy(first_night.pristine / "warehouse.duckdb", tmp_path / f"{name}.duckdb")
+        with duckdb.connect(str(tmp_path / f"{name}.duckdb")) as con:
+            plans[name] = build_ledger(con, policy, TEST_AS_OF, full=True, slice_records=slice_records)
+    assert plans["whole"].slices == 1 and plans["sliced"].slices >= 4, plans
+    with duckdb.connect() as con:
+        for name in ("whole", "sliced"):
+            con.execute(f"ATTACH '{tmp_path / name}.duckdb' AS {name} (READ_ONLY)")
+        con.execute(f"ATTACH '{first_night.pristine / 'warehouse.duckdb'}' AS night (READ_ONLY)")
+        tables = {db: con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = ? AND schema_name = "
+                                  "'retention' ORDER BY 1", [db]).fetchall() for db in ("whole", "sliced", "night")}
+        assert tables["whole"] == tables["sliced"] == tables["night"]  # no staging table left behind
+        for (table,) in tables["night"]:
+            for a, b in (("whole", "night"), ("night", "whole"), ("sliced", "night"), ("night", "sliced")):
+                only = con.execute(f"SELECT * FROM {a}.retention.{table} EXCEPT ALL "
+                                   f"SELECT * FROM {b}.retention.{table} LIMIT 3").fetchall()
+                assert not only, (table, a, b, only)
+        erased = con.execute("SELECT count(*) FROM sliced.retention.record_status WHERE dataset = 'members' AND "
+                             "status = 'to_erase' AND record_key NOT IN (SELECT CAST(member_id AS VARCHAR) FROM "
+                             "sliced.raw.members)").fetchall()[0][0]
+    assert erased > 0
 
 
 def test_sunday_night_is_the_nightly_run_with_a_full_ledger_and_runs_once():

@@ -23,6 +23,7 @@ from pipelines.policy.load import load_policy
 from pipelines.policy.models import Policy
 from pipelines.private import make_private, private_dir
 from pipelines.pseudo.keys import KeyProvider
+from pipelines.retention.ledger import SLICE_RECORDS
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -34,6 +35,12 @@ class WarehouseResource(dg.ConfigurableResource):
 
     path: str | None = None
     lock_timeout_s: float | None = None
+    # records per slice of the retention ledger (default SEM_LEDGER_SLICE_RECORDS, then the library's)
+    ledger_slice_records: int | None = None
+
+    @property
+    def resolved_ledger_slice_records(self) -> int:
+        return self.ledger_slice_records or settings.ledger_slice_records() or SLICE_RECORDS
 
     @property
     def resolved_lock_timeout_s(self) -> float:

@@ -117,3 +117,10 @@ def warehouse_lock_timeout_s() -> float:
 def duckdb_memory_limit() -> str:
     """DuckDB's memory cap for warehouse connections, as DuckDB reads it ('8GB', '50%')."""
     return os.environ.get("SEM_DUCKDB_MEMORY_LIMIT") or DEFAULT_MEMORY_LIMIT
+
+
+def ledger_slice_records() -> int | None:
+    """Records per slice of the retention ledger's computation (SEM_LEDGER_SLICE_RECORDS); None: the library's
+    default (pipelines.retention.ledger.SLICE_RECORDS)."""
+    value = os.environ.get("SEM_LEDGER_SLICE_RECORDS")
+    return int(value) if value else None

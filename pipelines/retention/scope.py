@@ -94,12 +94,14 @@ class Plan:
     flags: int = 0  # subjects entering or leaving a person-wide flag
     subjects: int = 0  # the union
     dropped: int = 0  # records the last ledger ended that left their subject, dropped without re-evaluating it
+    slices: int = 1  # pieces the subjects were computed in (pipelines.retention.ledger)
 
     def describe(self) -> str:
+        sliced = f"; computed in {self.slices} slices" if self.slices > 1 else ""
         if self.full:
-            return f"full: {self.reason}"
+            return f"full: {self.reason}{sliced}"
         return (f"incremental: {self.subjects} subjects in scope (due {self.due}, changed {self.changed}, "
-                f"flags {self.flags}); {self.dropped} ended records dropped")
+                f"flags {self.flags}); {self.dropped} ended records dropped{sliced}")
 
 
 def previous_state(con: duckdb.DuckDBPyConnection) -> tuple[dt.date, str] | None:
