@@ -109,9 +109,8 @@ def _clock_value(clock: Clock) -> str:
 
 CLOCK_EVENTS = "retention.clock_events"
 SUBJECTS = "_ret_subjects"  # temp table (subject_type, subject_id, slice): the subjects a ledger computes, sliced
-# Records per slice of a ledger's computation: a full ledger at 100,000 members (9.4 million records) held
-# 9.7 GB of DuckDB memory in one piece, past the cap it then spills to disk at; at 1,000,000 members the spill
-# filled a 54 GB disk.
+# Records per slice of a ledger's computation: a full ledger at 100,000 members (9.4 million records) peaked at
+# 12.9 GB resident in one piece, 5.0 GB in four; at 1,000,000 members one piece's spill filled a 54 GB disk.
 SLICE_RECORDS = 2_000_000
 
 
@@ -536,8 +535,8 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date,
 
 def _slices(con: duckdb.DuckDBPyConnection, inputs: str, scoped: str, slice_records: int) -> int:
     """How many slices tonight's subjects are computed in; with more than one, temp table SUBJECTS
-    (subject_type, subject_id, slice) lists the subjects in scope that have records, with their slice (those
-    without are only deleted, by the same hash)."""
+    (subject_type, subject_id, slice) lists the subjects in scope that have records, with their slice (the rows
+    of those without go at the swap)."""
     records = con.execute(f"SELECT count(*) FROM {inputs} WHERE {scoped}").fetchall()[0][0]
     slices = max(1, -(-records // max(1, slice_records)))
     if slices > 1:
