@@ -119,7 +119,8 @@ def retention_applied(
         outcome = apply_retention(con, ctx, as_of, members=engines["members"], prospects=engines["prospects"])
         counts = counts_by_purpose(con)
         reread = refresh_from_sources(con, outcome.touched, engines=engines,
-                                      navigation_dir=navigation.resolved_path, policy=policy, as_of=as_of)
+                                      navigation_dir=navigation.resolved_path, policy=policy, as_of=as_of,
+                                      ledger_slice_records=warehouse.resolved_ledger_slice_records)
         audited = audit_applied(con, ctx, as_of, outcome)
     summary = {step: outcome.warehouse.total(step) for step in ("archive", "erase", "anonymise")}
     if outcome.day is not None:

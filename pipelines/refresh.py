@@ -25,7 +25,7 @@ from pipelines.ingest import change_marker, ingest_sql_table, quarantine_fields
 from pipelines.navigation import NAVIGATION_TABLES, ingest_navigation_table
 from pipelines.policy.models import Policy
 from pipelines.pushback import PushbackReport
-from pipelines.retention.ledger import build_ledger
+from pipelines.retention.ledger import SLICE_RECORDS, build_ledger
 from pipelines.sources.schema import SQL_SYSTEMS
 
 
@@ -58,10 +58,11 @@ def refresh_from_sources(
     policy: Policy,
     as_of: dt.date,
     ledger: bool = True,
+    ledger_slice_records: int = SLICE_RECORDS,
 ) -> list[str]:
     """Re-ingest the touched (system, table) pairs (what they read adds to what the raw checks look at: the run's
     own load, when the checks run after this), then rebuild identity links (if one of their input tables
-    is among them) and, unless `ledger` is false, the ledger.
+    is among them) and, unless `ledger` is false, the ledger (in slices of `ledger_slice_records` records).
 
     Returns the tables re-read (sorted); does nothing when nothing was touched.
     """
@@ -78,5 +79,5 @@ def refresh_from_sources(
     if INPUT_TABLES & {table for _, table in touched}:
         resolve_identities(con, policy.datasets_file.identity)
     if ledger:
-        build_ledger(con, policy, as_of)
+        build_ledger(con, policy, as_of, slice_records=ledger_slice_records)
     return [table for _, table in touched]

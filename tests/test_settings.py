@@ -9,6 +9,7 @@ import pytest
 
 from pipelines.duck import connect_memory, connect_warehouse, scratch
 from pipelines.orchestration.resources import WarehouseResource
+from pipelines.retention.ledger import SLICE_RECORDS
 from tests.conftest import parse_source
 
 
@@ -26,6 +27,14 @@ def test_warehouse_connections_cap_duckdb_memory(tmp_path: Path, monkeypatch: py
     with duckdb.connect() as plain:
         duckdb_default = plain.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
     assert default != duckdb_default  # half the machine, not DuckDB's 80 %
+
+
+def test_the_ledger_slice_size_an_operator_sets_reaches_the_ledger_steps(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("SEM_LEDGER_SLICE_RECORDS", raising=False)
+    assert WarehouseResource().resolved_ledger_slice_records == SLICE_RECORDS
+    monkeypatch.setenv("SEM_LEDGER_SLICE_RECORDS", "500000")
+    assert WarehouseResource().resolved_ledger_slice_records == 500_000
+    assert WarehouseResource(ledger_slice_records=1000).resolved_ledger_slice_records == 1000
 
 
 def test_scratch_connections_are_capped_and_spill_into_a_private_folder(tmp_path: Path):
