@@ -71,7 +71,7 @@ def policy_change_preview(
     today = as_of_date(None, context.run.tags)
     as_of = dt.date.fromisoformat(config.as_of) if config.as_of else max(today, proposed.effective_date)
     with warehouse.connect(read_only=True) as con:
-        table = preview(current, proposed, con, as_of)
+        table = preview(current, proposed, con, as_of, slice_records=warehouse.resolved_ledger_slice_records)
     text = render_preview(table, current, proposed, as_of)
     path = compliance.reports_dir / "policy_change_preview.md"
     write_atomically(path, text)

@@ -39,6 +39,7 @@ from pipelines.demo.changes import day_of_changes, verified_requests
 from pipelines.orchestration.runs import AS_OF_TAG, PARIS
 from pipelines.orchestration.settings import PROJECT_ROOT
 from pipelines.policy.load import load_policy
+from pipelines.policy.preview import preview
 from pipelines.retention.ledger import build_ledger
 from pipelines.rights import process as rights_process
 from sensors.schedules import nightly_schedule, weekly_full_recompute_schedule
@@ -221,6 +222,28 @@ def test_a_full_ledger_computed_in_slices_is_the_ledger_computed_whole(first_nig
                              "status = 'to_erase' AND record_key NOT IN (SELECT CAST(member_id AS VARCHAR) FROM "
                              "sliced.raw.members)").fetchall()[0][0]
     assert erased > 0
+
+
+@pytest.mark.xdist_group(FIRST_NIGHT)
+def test_a_policy_preview_computed_in_slices_counts_what_the_whole_computation_counts(first_night, tmp_path):
+    """Shorter audience analytics (25 -> 13 months) and longer prospecting (3 -> 4 years), previewed on the
+    warehouse after the first night, read-only: the same counts, purpose by purpose, whole or in slices."""
+    policy = load_policy(PROJECT_ROOT / "policies")
+    text = (PROJECT_ROOT / "policies" / "purposes.yaml").read_text()
+    clocks = ("\n      clock: navigation_visit", "\n      clock: prospect_last_contact")
+    for old, new in (("version: 1", "version: 2"), (f"active: P25M{clocks[0]}", f"active: P13M{clocks[0]}"),
+                     (f"active: P3Y{clocks[1]}", f"active: P4Y{clocks[1]}")):
+        assert old in text
+        text = text.replace(old, new, 1)
+    (tmp_path / "proposed").mkdir()
+    (tmp_path / "proposed" / "purposes.yaml").write_text(text)
+    proposed = load_policy(tmp_path / "proposed", fallback=PROJECT_ROOT / "policies")
+    with duckdb.connect(str(first_night.pristine / "warehouse.duckdb"), read_only=True) as con:
+        tables = {n: preview(policy, proposed, con, TEST_AS_OF, slice_records=n).to_pylist() for n in (10**9, 2_000)}
+    whole, sliced = tables.values()
+    assert sliced == whole
+    counted = {(r["purpose"], r["status_proposed"]): r["records"] for r in whole}
+    assert counted[("audience_analytics", "to_erase")] > 1000 and counted[("prospecting", "active")] > 0, whole
 
 
 def test_sunday_night_is_the_nightly_run_with_a_full_ledger_and_runs_once():

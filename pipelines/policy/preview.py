@@ -1,7 +1,7 @@
 """Policy-change preview: what a proposed policy version would do to today's data, touching nothing.
 
-Both versions' ledgers are computed into temporary tables of the same connection (a read-only connection is
-enough); the report counts, per purpose and dataset, the records whose status would change, and says why
+Both versions' ledgers are computed into temporary tables of the same connection, slice by slice (a read-only
+connection is enough); the report counts, per purpose and dataset, the records whose status would change, and says why
 (the purpose's rule changed, or another purpose of the same records did).
 """
 
@@ -13,7 +13,7 @@ import duckdb
 import pyarrow as pa
 
 from pipelines.policy.models import Policy
-from pipelines.retention.ledger import compute
+from pipelines.retention.ledger import SLICE_RECORDS, SUBJECTS, compute, record_subjects_sql, slice_subjects
 
 
 def _why(current: Policy, proposed: Policy, purpose: str, dataset: str) -> str:
@@ -31,22 +31,41 @@ def _why(current: Policy, proposed: Policy, purpose: str, dataset: str) -> str:
     return "; ".join(changed) or "rule unchanged: another purpose of the same records changed"
 
 
-def preview(current: Policy, proposed: Policy, con: duckdb.DuckDBPyConnection, as_of: dt.date) -> pa.Table:
-    """Per purpose × dataset × (status now -> status under the proposal): records affected and why."""
-    compute(con, current, as_of, prefix="_now")
-    compute(con, proposed, as_of, prefix="_next")
-    changes = con.sql("""
-        WITH now AS (SELECT p.dataset, p.record_key, p.purpose, r.status
-                     FROM _now_purposes p JOIN _now_records r USING (dataset, record_key)),
-             next AS (SELECT p.dataset, p.record_key, p.purpose, r.status
-                      FROM _next_purposes p JOIN _next_records r USING (dataset, record_key))
-        SELECT coalesce(now.purpose, next.purpose) AS purpose, coalesce(now.dataset, next.dataset) AS dataset,
-               coalesce(now.status, 'not held') AS status_now, coalesce(next.status, 'not held') AS status_proposed,
-               count(*) AS records
-        FROM now FULL JOIN next USING (dataset, record_key, purpose)
-        WHERE now.status IS DISTINCT FROM next.status
-        GROUP BY ALL ORDER BY purpose, dataset, status_now, status_proposed
-    """).to_arrow_table()
+def preview(current: Policy, proposed: Policy, con: duckdb.DuckDBPyConnection, as_of: dt.date,
+            slice_records: int = SLICE_RECORDS) -> pa.Table:
+    """Per purpose × dataset × (status now -> status under the proposal): records affected and why.
+
+    When both versions name the same subjects in every dataset, the two ledgers are computed side by side one
+    slice of subjects at a time (about `slice_records` records for the two: pipelines.retention.ledger), as the
+    nightly ledger is; otherwise a record could fall in different slices under each, and they are computed whole.
+    """
+    slices = 1
+    if {ds.name: ds.subjects for ds in current.datasets} == {ds.name: ds.subjects for ds in proposed.datasets}:
+        slices = slice_subjects(con, record_subjects_sql(con, current), max(1, slice_records // 2), SUBJECTS)
+    con.execute("CREATE OR REPLACE TEMP TABLE _preview_changes (purpose VARCHAR, dataset VARCHAR, "
+                "status_now VARCHAR, status_proposed VARCHAR, records BIGINT)")
+    for piece in range(slices):
+        scope = None if slices == 1 else f"SELECT subject_type, subject_id FROM {SUBJECTS} WHERE slice = {piece}"
+        compute(con, current, as_of, prefix="_now", scope=scope)
+        compute(con, proposed, as_of, prefix="_next", scope=scope)
+        con.execute("""
+            INSERT INTO _preview_changes
+            WITH now AS (SELECT p.dataset, p.record_key, p.purpose, r.status
+                         FROM _now_purposes p JOIN _now_records r USING (dataset, record_key)),
+                 next AS (SELECT p.dataset, p.record_key, p.purpose, r.status
+                          FROM _next_purposes p JOIN _next_records r USING (dataset, record_key))
+            SELECT coalesce(now.purpose, next.purpose), coalesce(now.dataset, next.dataset),
+                   coalesce(now.status, 'not held'), coalesce(next.status, 'not held'), count(*)
+            FROM now FULL JOIN next USING (dataset, record_key, purpose)
+            WHERE now.status IS DISTINCT FROM next.status
+            GROUP BY ALL""")
+        for prefix in ("_now", "_next"):
+            for name in ("purposes", "records", "flags", "clock_facts", "columns"):
+                con.execute(f"DROP TABLE IF EXISTS {prefix}_{name}")
+    changes = con.sql("SELECT purpose, dataset, status_now, status_proposed, sum(records)::BIGINT AS records "
+                      "FROM _preview_changes GROUP BY ALL "
+                      "ORDER BY purpose, dataset, status_now, status_proposed").to_arrow_table()
+    con.execute(f"DROP TABLE _preview_changes; DROP TABLE IF EXISTS {SUBJECTS}")
     reasons = [_why(current, proposed, p, d)
                for p, d in zip(changes["purpose"].to_pylist(), changes["dataset"].to_pylist(), strict=True)]
     return changes.append_column("why", pa.array(reasons, pa.string()))

@@ -509,7 +509,8 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date,
         scoped = f"(subject_type, subject_id) IN (SELECT (subject_type, subject_id) FROM {SCOPE})"
     else:
         plan, scoped = Plan(True, reason), "true"
-    slices = _slices(con, inputs, scoped, slice_records)
+    # the subjects in scope that have records (the rows of those without go at the swap)
+    slices = slice_subjects(con, f"SELECT subject_type, subject_id FROM {inputs} WHERE {scoped}", slice_records)
     for piece in range(slices):
         scope = None if plan.full else f"SELECT subject_type, subject_id FROM {SCOPE}"
         if slices > 1:
@@ -533,16 +534,23 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date,
     return dataclasses.replace(plan, slices=slices)
 
 
-def _slices(con: duckdb.DuckDBPyConnection, inputs: str, scoped: str, slice_records: int) -> int:
-    """How many slices tonight's subjects are computed in; with more than one, temp table SUBJECTS
-    (subject_type, subject_id, slice) lists the subjects in scope that have records, with their slice (the rows
-    of those without go at the swap)."""
-    records = con.execute(f"SELECT count(*) FROM {inputs} WHERE {scoped}").fetchall()[0][0]
-    slices = max(1, -(-records // max(1, slice_records)))
+def slice_subjects(con: duckdb.DuckDBPyConnection, records: str, slice_records: int, table: str = SUBJECTS) -> int:
+    """How many slices of about `slice_records` records the subjects of `records` (a relation of subject_type,
+    subject_id, one row per record) are computed in; with more than one, temp table `table` (subject_type,
+    subject_id, slice) lists them with their slice."""
+    count = con.execute(f"SELECT count(*) FROM ({records})").fetchall()[0][0]
+    slices = max(1, -(-count // max(1, slice_records)))
     if slices > 1:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {SUBJECTS} AS SELECT DISTINCT subject_type, subject_id, "
-                    f"hash(subject_type, subject_id) % {slices} AS slice FROM {inputs} WHERE {scoped}")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {q(table)} AS SELECT DISTINCT subject_type, subject_id, "
+                    f"hash(subject_type, subject_id) % {slices} AS slice FROM ({records})")
     return slices
+
+
+def record_subjects_sql(con: duckdb.DuckDBPyConnection, policy: Policy) -> str:
+    """(subject_type, subject_id) of every record the ledger of `policy` evaluates, one row per record."""
+    parts = [f"SELECT subject_type, subject_id FROM ({_records_sql(ds, sql)})" for ds in policy.datasets
+             if ds.subjects and (sql := source_sql(con, ds)) is not None]
+    return " UNION ALL ".join(parts) or EMPTY_SUBJECTS
 
 
 def _kept(con: duckdb.DuckDBPyConnection, as_of: dt.date, scoped: str) -> None:
