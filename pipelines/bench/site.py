@@ -53,7 +53,8 @@ class Site:
         env = {**os.environ, "SEM_DATA_DIR": str(self.data), "DAGSTER_HOME": str(self.home),
                "SEM_PSEUDONYMISATION_KEY": BENCH_KEY_HEX, "DAGSTER_DISABLE_TELEMETRY": "yes"}
         # Every path under this site's data folder, with the defaults; the tuning variables are passed on.
-        keep = ("SEM_DATA_DIR", "SEM_PSEUDONYMISATION_KEY", "SEM_DUCKDB_MEMORY_LIMIT", "SEM_WAREHOUSE_LOCK_TIMEOUT")
+        keep = ("SEM_DATA_DIR", "SEM_PSEUDONYMISATION_KEY", "SEM_DUCKDB_MEMORY_LIMIT", "SEM_WAREHOUSE_LOCK_TIMEOUT",
+                "SEM_LEDGER_SLICE_RECORDS")
         for var in [v for v in env if v.startswith("SEM_") and v not in keep]:
             env.pop(var)
         return env
