@@ -38,6 +38,7 @@ from pipelines.retention.scope import (
     Plan,
     fingerprint,
     forget_dropped,
+    input_columns,
     inputs_sql,
     plan_scope,
     previous_state,
@@ -340,7 +341,8 @@ def clock_references(policy: Policy, sources: dict[str, str]) -> list[tuple[str,
 
 
 def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, prefix: str = "_ret",
-            datasets: Collection[str] | None = None, scope: str | None = None, flags_built: bool = False) -> None:
+            datasets: Collection[str] | None = None, scope: str | None = None, flags_built: bool = False,
+            sliced: dict[str, str] | None = None) -> None:
     """Create temp tables `{prefix}_purposes` (record × purpose), `{prefix}_records` (record status, with the
     day it next changes: `next_review`), `{prefix}_flags` (pipelines.retention.scope), `{prefix}_clock_facts`
     and `{prefix}_columns`; with `scope` (a relation of subject_type, subject_id), only for those subjects.
@@ -349,6 +351,8 @@ def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pref
     `datasets`: only the records of these datasets, with the clocks their purposes run on (a transfer reads a
     few datasets); their rows are those the whole computation gives them. None: every dataset.
     `flags_built`: `{prefix}_flags` is already tonight's (the scope was planned from it), not built again.
+    `sliced`: per dataset, a relation of the columns the ledger reads of the scope's records only (a slice, read
+    instead of the whole source); a clock read by the records of other subjects still reads its whole table.
     """
     as_of_text = as_of.isoformat()
     sources = {ds.name: sql for ds in policy.datasets if (sql := source_sql(con, ds)) is not None}
@@ -358,7 +362,9 @@ def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pref
     if not flags_built:
         flag_sets(con, policy, sources, prefix)
     # Record lists, then the clocks they need, as temp tables: each is read by several purposes, computed once.
-    helpers = {f"{prefix}_records_{ds.name}": _records_sql(ds, sources[ds.name], scope) for ds in chosen}
+    sliced = sliced or {}
+    helpers = {f"{prefix}_records_{ds.name}": _records_sql(ds, sliced.get(ds.name, sources[ds.name]), scope)
+               for ds in chosen}
     for name, users in _clock_users(policy, chosen).items():
         if datasets is not None and not users:
             continue
@@ -369,7 +375,11 @@ def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pref
             only = " UNION ".join(f"SELECT {q(_clock_key(policy, ds, name))} AS clock_key "
                                   f"FROM {q(prefix + '_records_' + ds.name)}" for ds, _ in users
                                   ) or "SELECT NULL::VARCHAR AS clock_key WHERE false"
-        helpers[f"{prefix}_clock_{name}"] = _clock_sql(policy, name, sources, stored=stored, as_of=as_of, only=only)
+        clock = policy.clocks[name]
+        # a subject's clock, or a record's own: the rows that time the slice's records are in the slice
+        own = clock.per == "subject" or all(ds.name == clock.table for ds, _ in users)
+        read = {**sources, **sliced} if own else sources
+        helpers[f"{prefix}_clock_{name}"] = _clock_sql(policy, name, read, stored=stored, as_of=as_of, only=only)
     selects = [_purpose_sql(policy, ds, purpose, policy.rule_for(purpose, ds.name), as_of_text, prefix)
                for ds in chosen for purpose in ds.purposes]
     for name, sql in helpers.items():
@@ -511,12 +521,17 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date,
         plan, scoped = Plan(True, reason), "true"
     # the subjects in scope that have records (the rows of those without go at the swap)
     slices = slice_subjects(con, f"SELECT subject_type, subject_id FROM {inputs} WHERE {scoped}", slice_records)
+    copies = _slice_copies(con, policy, sources) if slices > 1 else {}
     for piece in range(slices):
-        scope = None if plan.full else f"SELECT subject_type, subject_id FROM {SCOPE}"
+        scope, sliced = None if plan.full else f"SELECT subject_type, subject_id FROM {SCOPE}", {}
         if slices > 1:
             scope = f"SELECT subject_type, subject_id FROM {SUBJECTS} WHERE slice = {piece}"
-        compute(con, policy, as_of, scope=scope, flags_built=True)
+            sliced = {name: f"SELECT * EXCLUDE (_slice) FROM {q(table)} WHERE _slice = {piece}"
+                      for name, table in copies.items()}
+        compute(con, policy, as_of, scope=scope, flags_built=True, sliced=sliced)
         _stage(con, as_of, first=piece == 0)
+    for table in copies.values():
+        con.execute(f"DROP TABLE {q(table)}")
     with transaction(con):
         _swap(con, as_of, scoped)
         if not plan.full:
@@ -544,6 +559,29 @@ def slice_subjects(con: duckdb.DuckDBPyConnection, records: str, slice_records: 
         con.execute(f"CREATE OR REPLACE TEMP TABLE {q(table)} AS SELECT DISTINCT subject_type, subject_id, "
                     f"hash(subject_type, subject_id) % {slices} AS slice FROM ({records})")
     return slices
+
+
+def _slice_copies(con: duckdb.DuckDBPyConnection, policy: Policy, sources: dict[str, str]) -> dict[str, str]:
+    """Per dataset with subjects, temp table `_ret_slice_<dataset>`: the columns the ledger reads of the records
+    of SUBJECTS' subjects, with their slice, in slice order; returns dataset -> table. Each slice then reads its
+    own rows (row groups of other slices are skipped) instead of filtering every source again: at 1,000,000
+    members that filtering, about 25 s a slice over 67 million page views, was most of a first night's ledger."""
+    copies = {}
+    for ds in policy.datasets:
+        if not (ds.subjects and ds.name in sources):
+            continue
+        available = {row[0] for row in con.execute(f"DESCRIBE {sources[ds.name]}").fetchall()}
+        columns = ", ".join(q(c) for c in input_columns(policy, ds, available))
+        subject_type, subject_id = _record_subject(ds)
+        copies[ds.name] = table = f"_ret_slice_{ds.name}"
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE {q(table)} AS
+            SELECT s.* EXCLUDE (_subject_type, _subject_id), x.slice AS _slice
+            FROM (SELECT {columns}, {subject_type} AS _subject_type, {subject_id} AS _subject_id
+                  FROM ({sources[ds.name]})) s
+            JOIN {SUBJECTS} x ON x.subject_type = s._subject_type AND x.subject_id = s._subject_id
+            ORDER BY x.slice""")
+    return copies
 
 
 def record_subjects_sql(con: duckdb.DuckDBPyConnection, policy: Policy) -> str:
