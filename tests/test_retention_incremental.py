@@ -40,6 +40,7 @@ from pipelines.orchestration.runs import AS_OF_TAG, PARIS
 from pipelines.orchestration.settings import PROJECT_ROOT
 from pipelines.policy.load import load_policy
 from pipelines.policy.preview import preview
+from pipelines.retention import ledger
 from pipelines.retention.ledger import build_ledger
 from pipelines.rights import process as rights_process
 from sensors.schedules import nightly_schedule, weekly_full_recompute_schedule
@@ -222,6 +223,64 @@ def test_a_full_ledger_computed_in_slices_is_the_ledger_computed_whole(first_nig
                              "status = 'to_erase' AND record_key NOT IN (SELECT CAST(member_id AS VARCHAR) FROM "
                              "sliced.raw.members)").fetchall()[0][0]
     assert erased > 0
+
+
+def _retention_differences(con: duckdb.DuckDBPyConnection, a: str, b: str) -> dict[str, int]:
+    """Per retention table of attached databases `a` and `b`, rows in one and not the other, -1 for a table only
+    one of them has (tables that agree are left out)."""
+    found = {}
+    for table, databases in con.execute("SELECT table_name, count(*) FROM duckdb_tables() WHERE schema_name = "
+                                        "'retention' AND database_name IN (?, ?) GROUP BY 1 ORDER BY 1",
+                                        [a, b]).fetchall():
+        if databases == 1:
+            found[table] = -1
+            continue
+        rows = con.execute(f"SELECT count(*) FROM ((SELECT * FROM {a}.retention.{table} EXCEPT ALL SELECT * FROM "
+                           f"{b}.retention.{table}) UNION ALL (SELECT * FROM {b}.retention.{table} EXCEPT ALL "
+                           f"SELECT * FROM {a}.retention.{table}))").fetchall()[0][0]
+        if rows:
+            found[table] = rows
+    return found
+
+
+@pytest.mark.xdist_group(FIRST_NIGHT)
+def test_a_ledger_that_fails_between_two_slices_leaves_the_last_ledger_and_the_next_run_ends_as_uninterrupted(
+        first_night, tmp_path, monkeypatch):
+    """Each slice's rows are staged (committed) before the next is computed; only the swap at the end changes
+    the ledger. A run failing after two slices (as a kill would leave it: staging tables on disk) leaves the
+    last ledger as it was; the next run ends where an uninterrupted one does, and nothing staged stays."""
+    policy, night = load_policy(PROJECT_ROOT / "policies"), TEST_AS_OF + dt.timedelta(days=40)
+    for name in ("uninterrupted", "failed"):
+        shutil.copy(first_night.pristine / "warehouse.duckdb", tmp_path / f"{name}.duckdb")
+    with duckdb.connect(str(tmp_path / "uninterrupted.duckdb")) as con:
+        assert build_ledger(con, policy, night, full=True, slice_records=2_000).slices >= 4
+    staged, stage = [], ledger._stage
+
+    def fail_after_two(*args, **kwargs):
+        if len(staged) == 2:
+            raise RuntimeError("killed")
+        stage(*args, **kwargs)
+        staged.append(1)
+
+    with monkeypatch.context() as mp, duckdb.connect(str(tmp_path / "failed.duckdb")) as con:
+        mp.setattr(ledger, "_stage", fail_after_two)
+        with pytest.raises(RuntimeError, match="killed"):
+            build_ledger(con, policy, night, full=True, slice_records=2_000)
+    with duckdb.connect() as con:
+        con.execute(f"ATTACH '{first_night.pristine / 'warehouse.duckdb'}' AS night (READ_ONLY); "
+                    f"ATTACH '{tmp_path / 'failed.duckdb'}' AS failed (READ_ONLY)")
+        leftovers = {t for (t,) in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = "
+                                               "'failed' AND table_name LIKE '%\\_\\_next' ESCAPE '\\'").fetchall()}
+        assert leftovers == {"record_status__next", "ledger__next", "column_status__next", "clock_events__next"}
+        assert _retention_differences(con, "night", "failed") == dict.fromkeys(leftovers, -1)
+    with duckdb.connect(str(tmp_path / "failed.duckdb")) as con:
+        build_ledger(con, policy, night, full=True, slice_records=2_000)
+    with duckdb.connect() as con:
+        con.execute(f"ATTACH '{tmp_path / 'uninterrupted.duckdb'}' AS uninterrupted (READ_ONLY); "
+                    f"ATTACH '{tmp_path / 'failed.duckdb'}' AS failed (READ_ONLY); "
+                    f"ATTACH '{first_night.pristine / 'warehouse.duckdb'}' AS night (READ_ONLY)")
+        assert _retention_differences(con, "uninterrupted", "failed") == {}
+        assert _retention_differences(con, "night", "uninterrupted")  # the night's ledger did change something
 
 
 @pytest.mark.xdist_group(FIRST_NIGHT)

@@ -109,6 +109,7 @@ def _clock_value(clock: Clock) -> str:
 
 
 CLOCK_EVENTS = "retention.clock_events"
+STAGED = ("record_status", "ledger", "column_status", "clock_events")  # retention tables a ledger rewrites
 SUBJECTS = "_ret_subjects"  # temp table (subject_type, subject_id, slice): the subjects a ledger computes, sliced
 # Records per slice of a ledger's computation: a full ledger at 100,000 members (9.4 million records) peaked at
 # 12.9 GB resident in one piece, 5.0 GB in four; at 1,000,000 members one piece's spill filled a 54 GB disk.
@@ -508,6 +509,8 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date,
     that failed), the day's ledger stands as decided and nothing is recomputed from half-changed sources
     (pipelines.retention.intent). Returns how the ledger was computed, None when it was not.
     """
+    for table in STAGED:  # what a run killed while staging left
+        con.execute(f"DROP TABLE IF EXISTS {_next(table)}")
     if owed_on(con, as_of) and ledger_day(con) == as_of:
         return None
     reason = why_full(con, policy, as_of, full)
@@ -656,7 +659,7 @@ def _swap(con: duckdb.DuckDBPyConnection, as_of: dt.date, scoped: str) -> None:
         WITH decided AS (SELECT * FROM retention.ledger WHERE {scoped} AND as_of = ? AND status IN {in_list(ENDED)})
         SELECT * FROM decided WHERE {key} NOT IN (SELECT {key} FROM {_next('ledger')}
                                                   WHERE {key} IN (SELECT {key} FROM decided))""", [as_of])
-    for table in ("record_status", "ledger", "column_status", "clock_events"):
+    for table in STAGED:
         if scoped == "true":
             con.execute(f"DROP TABLE retention.{q(table)}")
             con.execute(f"ALTER TABLE {_next(table)} RENAME TO {q(table)}")
@@ -671,7 +674,7 @@ def _ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
     recomputed once their rows are gone) or, if it differs otherwise, is replaced. The first ledger after that
     is full (pipelines.retention.scope: no previous state)."""
     con.execute(DDL)
-    for table in ("ledger", "record_status", "column_status", "clock_events"):
+    for table in STAGED:
         source = _next(table)
         wanted = [(row[0], row[1]) for row in con.execute(f"DESCRIBE {source}").fetchall()]
         found = [(c, t) for (c, t) in con.execute(
