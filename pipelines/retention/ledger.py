@@ -510,7 +510,7 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date,
     (pipelines.retention.intent). Returns how the ledger was computed, None when it was not.
     """
     for table in STAGED:  # what a run killed while staging left
-        con.execute(f"DROP TABLE IF EXISTS {_next(table)}")
+        con.execute(f"DROP TABLE IF EXISTS {_next(table, on_disk=True)}")
     if owed_on(con, as_of) and ledger_day(con) == as_of:
         return None
     reason = why_full(con, policy, as_of, full)
@@ -532,11 +532,11 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date,
             sliced = {name: f"SELECT * EXCLUDE (_slice) FROM {q(table)} WHERE _slice = {piece}"
                       for name, table in copies.items()}
         compute(con, policy, as_of, scope=scope, flags_built=True, sliced=sliced)
-        _stage(con, as_of, first=piece == 0)
+        _stage(con, as_of, first=piece == 0, on_disk=slices > 1)
     for table in copies.values():
         con.execute(f"DROP TABLE {q(table)}")
     with transaction(con):
-        _swap(con, as_of, scoped)
+        _swap(con, as_of, scoped, on_disk=slices > 1)
         if not plan.full:
             forget_dropped(con)
         # What the next night compares with: the inputs, flags and policy this ledger was computed from.
@@ -594,7 +594,7 @@ def record_subjects_sql(con: duckdb.DuckDBPyConnection, policy: Policy) -> str:
     return " UNION ALL ".join(parts) or EMPTY_SUBJECTS
 
 
-def _kept(con: duckdb.DuckDBPyConnection, as_of: dt.date, scoped: str) -> None:
+def _kept(con: duckdb.DuckDBPyConnection, as_of: dt.date, scoped: str, on_disk: bool) -> None:
     """Temp table `_ret_kept`: re-running the same as_of, what an earlier run already erased or anonymised is no
     longer found (or no longer names its subject), but it is still this date's decision, so it stays in the
     ledger with the inputs it was decided on (the next night sees what changed since) and the second run changes
@@ -604,14 +604,14 @@ def _kept(con: duckdb.DuckDBPyConnection, as_of: dt.date, scoped: str) -> None:
         CREATE OR REPLACE TEMP TABLE _ret_kept AS
         WITH decided AS (SELECT dataset, record_key FROM retention.record_status
                          WHERE {scoped} AND as_of = ? AND status IN {in_list(ENDED)})
-        SELECT * FROM decided EXCEPT SELECT dataset, record_key FROM {_next('record_status')}
+        SELECT * FROM decided EXCEPT SELECT dataset, record_key FROM {_next('record_status', on_disk)}
         WHERE (dataset, record_key) IN (SELECT (dataset, record_key) FROM decided)""", [as_of])
 
 
-def _stage(con: duckdb.DuckDBPyConnection, as_of: dt.date, first: bool) -> None:
-    """Add what compute() built to the staging tables (`retention.<table>__next`, replaced by the first slice:
-    a run killed part-way leaves them to the next run), then drop it. Each slice commits on its own: temp tables
-    dropped inside a transaction stay in memory until it ends, 2.5 GB a slice at 100,000 members."""
+def _stage(con: duckdb.DuckDBPyConnection, as_of: dt.date, first: bool, on_disk: bool) -> None:
+    """Add what compute() built to the staging tables (`_next`, replaced by the first slice), then drop it. On
+    disk, each slice commits on its own (a run killed part-way leaves them to the next run): temp tables dropped
+    inside a transaction stay in memory until it ends, 2.5 GB a slice at 100,000 members."""
     day = f"CAST({lit(as_of.isoformat())} AS DATE)"
     rows = {
         "record_status": f"""SELECT {day} AS as_of, dataset, system, record_key, subject_type, subject_id, status,
@@ -633,49 +633,51 @@ def _stage(con: duckdb.DuckDBPyConnection, as_of: dt.date, first: bool) -> None:
     }
     for table, sql in rows.items():
         if first:
-            con.execute(f"CREATE OR REPLACE TABLE {_next(table)} AS {sql}")
+            con.execute(f"CREATE OR REPLACE {'' if on_disk else 'TEMP '}TABLE {_next(table, on_disk)} AS {sql}")
         else:
-            con.execute(f"INSERT INTO {_next(table)} BY NAME {sql}")
+            con.execute(f"INSERT INTO {_next(table, on_disk)} BY NAME {sql}")
     for name in ("_ret_purposes", "_ret_records", "_ret_columns", "_ret_clock_facts"):
         con.execute(f"DROP TABLE {name}")
 
 
-def _next(table: str) -> str:
-    return f"retention.{q(table + '__next')}"
+def _next(table: str, on_disk: bool) -> str:
+    """Where a table's new rows are staged: on disk between slices, in a temp table when there is one slice (an
+    incremental night's few subjects: no writes to the file before the swap)."""
+    return f"retention.{q(table + '__next')}" if on_disk else q(f"_ret_next_{table}")
 
 
-def _swap(con: duckdb.DuckDBPyConnection, as_of: dt.date, scoped: str) -> None:
+def _swap(con: duckdb.DuckDBPyConnection, as_of: dt.date, scoped: str, on_disk: bool) -> None:
     """Replace the rows of the subjects `scoped` selects with the staged ones (in the caller's transaction),
     keeping what `_ret_kept` names and the day's ended ledger rows no staged row replaces. A full ledger
-    (`scoped` true) takes the staging tables' place; an incremental one is copied in."""
+    staged on disk (`scoped` true) takes the staging tables' place; otherwise the rows are copied in."""
     kept = "(dataset, record_key) IN (SELECT (dataset, record_key) FROM _ret_kept)"
     key = "(subject_type, subject_id, purpose, dataset, status)"
-    _ensure_tables(con)
-    _kept(con, as_of, scoped)
-    con.execute(f"INSERT INTO {_next('record_status')} BY NAME SELECT * FROM retention.record_status "
+    _ensure_tables(con, on_disk)
+    _kept(con, as_of, scoped, on_disk)
+    con.execute(f"INSERT INTO {_next('record_status', on_disk)} BY NAME SELECT * FROM retention.record_status "
                 f"WHERE {scoped} AND {kept}")
     con.execute(f"""
-        INSERT INTO {_next('ledger')} BY NAME
+        INSERT INTO {_next('ledger', on_disk)} BY NAME
         WITH decided AS (SELECT * FROM retention.ledger WHERE {scoped} AND as_of = ? AND status IN {in_list(ENDED)})
-        SELECT * FROM decided WHERE {key} NOT IN (SELECT {key} FROM {_next('ledger')}
+        SELECT * FROM decided WHERE {key} NOT IN (SELECT {key} FROM {_next('ledger', on_disk)}
                                                   WHERE {key} IN (SELECT {key} FROM decided))""", [as_of])
     for table in STAGED:
-        if scoped == "true":
+        if scoped == "true" and on_disk:
             con.execute(f"DROP TABLE retention.{q(table)}")
-            con.execute(f"ALTER TABLE {_next(table)} RENAME TO {q(table)}")
+            con.execute(f"ALTER TABLE {_next(table, on_disk)} RENAME TO {q(table)}")
         else:
             con.execute(f"DELETE FROM retention.{q(table)} WHERE {scoped}")
-            con.execute(f"INSERT INTO retention.{q(table)} BY NAME SELECT * FROM {_next(table)}")
-            con.execute(f"DROP TABLE {_next(table)}")
+            con.execute(f"INSERT INTO retention.{q(table)} BY NAME SELECT * FROM {_next(table, on_disk)}")
+            con.execute(f"DROP TABLE {_next(table, on_disk)}")
 
 
-def _ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
+def _ensure_tables(con: duckdb.DuckDBPyConnection, on_disk: bool) -> None:
     """Create the ledger tables; a copy left by an older layout gets the new columns (clock facts cannot be
     recomputed once their rows are gone) or, if it differs otherwise, is replaced. The first ledger after that
     is full (pipelines.retention.scope: no previous state)."""
     con.execute(DDL)
     for table in STAGED:
-        source = _next(table)
+        source = _next(table, on_disk)
         wanted = [(row[0], row[1]) for row in con.execute(f"DESCRIBE {source}").fetchall()]
         found = [(c, t) for (c, t) in con.execute(
             "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'retention' "
