@@ -13,7 +13,16 @@ import duckdb
 import pyarrow as pa
 
 from pipelines.policy.models import Policy
-from pipelines.retention.ledger import SLICE_RECORDS, SUBJECTS, compute, record_subjects_sql, slice_subjects
+from pipelines.retention.ledger import (
+    SLICE_RECORDS,
+    SUBJECTS,
+    compute,
+    drop_computed,
+    flag_sets,
+    record_subjects_sql,
+    slice_subjects,
+    sources_of,
+)
 
 
 def _why(current: Policy, proposed: Policy, purpose: str, dataset: str) -> str:
@@ -44,10 +53,13 @@ def preview(current: Policy, proposed: Policy, con: duckdb.DuckDBPyConnection, a
         slices = slice_subjects(con, record_subjects_sql(con, current), max(1, slice_records // 2), SUBJECTS)
     con.execute("CREATE OR REPLACE TEMP TABLE _preview_changes (purpose VARCHAR, dataset VARCHAR, "
                 "status_now VARCHAR, status_proposed VARCHAR, records BIGINT)")
+    versions = {"_now": current, "_next": proposed}
+    for prefix, policy in versions.items():  # person-wide, whole: once for every slice
+        flag_sets(con, policy, sources_of(con, policy), prefix)
     for piece in range(slices):
         scope = None if slices == 1 else f"SELECT subject_type, subject_id FROM {SUBJECTS} WHERE slice = {piece}"
-        compute(con, current, as_of, prefix="_now", scope=scope)
-        compute(con, proposed, as_of, prefix="_next", scope=scope)
+        for prefix, policy in versions.items():
+            compute(con, policy, as_of, prefix=prefix, scope=scope, flags_built=True)
         con.execute("""
             INSERT INTO _preview_changes
             WITH now AS (SELECT p.dataset, p.record_key, p.purpose, r.status
@@ -59,13 +71,13 @@ def preview(current: Policy, proposed: Policy, con: duckdb.DuckDBPyConnection, a
             FROM now FULL JOIN next USING (dataset, record_key, purpose)
             WHERE now.status IS DISTINCT FROM next.status
             GROUP BY ALL""")
-        for prefix in ("_now", "_next"):
-            for name in ("purposes", "records", "flags", "clock_facts", "columns"):
-                con.execute(f"DROP TABLE IF EXISTS {prefix}_{name}")
+        for prefix in versions:
+            drop_computed(con, prefix)
     changes = con.sql("SELECT purpose, dataset, status_now, status_proposed, sum(records)::BIGINT AS records "
                       "FROM _preview_changes GROUP BY ALL "
                       "ORDER BY purpose, dataset, status_now, status_proposed").to_arrow_table()
-    con.execute(f"DROP TABLE _preview_changes; DROP TABLE IF EXISTS {SUBJECTS}")
+    con.execute(f"DROP TABLE _preview_changes; DROP TABLE IF EXISTS {SUBJECTS}; DROP TABLE _now_flags; "
+                "DROP TABLE _next_flags")
     reasons = [_why(current, proposed, p, d)
                for p, d in zip(changes["purpose"].to_pylist(), changes["dataset"].to_pylist(), strict=True)]
     return changes.append_column("why", pa.array(reasons, pa.string()))

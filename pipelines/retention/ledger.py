@@ -92,6 +92,21 @@ def source_sql(con: duckdb.DuckDBPyConnection, ds: Dataset) -> str | None:
     return " UNION ALL BY NAME ".join(parts) if parts else None
 
 
+# the temp tables compute() leaves for its scope, beside `{prefix}_flags` (built once for every slice)
+COMPUTED = ("purposes", "records", "clock_facts", "columns")
+
+
+def drop_computed(con: duckdb.DuckDBPyConnection, prefix: str) -> None:
+    """Drop what compute() built for a scope (a slice done with), keeping the flags."""
+    for name in COMPUTED:
+        con.execute(f"DROP TABLE IF EXISTS {q(prefix + '_' + name)}")
+
+
+def sources_of(con: duckdb.DuckDBPyConnection, policy: Policy) -> dict[str, str]:
+    """Dataset -> every record of it (source_sql), for the datasets the warehouse holds."""
+    return {ds.name: sql for ds in policy.datasets if (sql := source_sql(con, ds)) is not None}
+
+
 def _subject_exprs(ds: Dataset, alias: str = "") -> tuple[str, str]:
     a = f"{alias}." if alias else ""
     whens_type = " ".join(f"WHEN {a}{q(s.column)} IS NOT NULL THEN {lit(s.type)}" for s in ds.subjects)
@@ -356,7 +371,7 @@ def compute(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pref
     instead of the whole source); a clock read by the records of other subjects still reads its whole table.
     """
     as_of_text = as_of.isoformat()
-    sources = {ds.name: sql for ds in policy.datasets if (sql := source_sql(con, ds)) is not None}
+    sources = sources_of(con, policy)
     stored = table_exists(con, *CLOCK_EVENTS.split("."))
     chosen = [ds for ds in policy.datasets if ds.subjects and ds.name in sources
               and (datasets is None or ds.name in datasets)]
@@ -514,7 +529,7 @@ def build_ledger(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date,
     if owed_on(con, as_of) and ledger_day(con) == as_of:
         return None
     reason = why_full(con, policy, as_of, full)
-    sources = {ds.name: sql for ds in policy.datasets if (sql := source_sql(con, ds)) is not None}
+    sources = sources_of(con, policy)
     inputs = _inputs(con, policy, sources)
     flags = flag_sets(con, policy, sources, "_ret")
     if reason is None:
@@ -589,8 +604,9 @@ def _slice_copies(con: duckdb.DuckDBPyConnection, policy: Policy, sources: dict[
 
 def record_subjects_sql(con: duckdb.DuckDBPyConnection, policy: Policy) -> str:
     """(subject_type, subject_id) of every record the ledger of `policy` evaluates, one row per record."""
-    parts = [f"SELECT subject_type, subject_id FROM ({_records_sql(ds, sql)})" for ds in policy.datasets
-             if ds.subjects and (sql := source_sql(con, ds)) is not None]
+    sources = sources_of(con, policy)
+    parts = [f"SELECT subject_type, subject_id FROM ({_records_sql(ds, sources[ds.name])})" for ds in policy.datasets
+             if ds.subjects and ds.name in sources]
     return " UNION ALL ".join(parts) or EMPTY_SUBJECTS
 
 
@@ -636,8 +652,7 @@ def _stage(con: duckdb.DuckDBPyConnection, as_of: dt.date, first: bool, on_disk:
             con.execute(f"CREATE OR REPLACE {'' if on_disk else 'TEMP '}TABLE {_next(table, on_disk)} AS {sql}")
         else:
             con.execute(f"INSERT INTO {_next(table, on_disk)} BY NAME {sql}")
-    for name in ("_ret_purposes", "_ret_records", "_ret_columns", "_ret_clock_facts"):
-        con.execute(f"DROP TABLE {name}")
+    drop_computed(con, "_ret")
 
 
 def _next(table: str, on_disk: bool) -> str:
