@@ -16,25 +16,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
-import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from pipelines.identity import INPUT_TABLES, resolve_identities
 from pipelines.ingest import change_marker, ingest_sql_table, quarantine_fields
 from pipelines.navigation import NAVIGATION_TABLES, ingest_navigation_table
 from pipelines.policy.models import Policy
-from pipelines.pushback import PushbackReport
 from pipelines.retention.ledger import SLICE_RECORDS, build_ledger
 from pipelines.sources.schema import SQL_SYSTEMS
-
-
-def touched_tables(targets: pa.Table, report: PushbackReport) -> set[tuple[str, str]]:
-    """(system, table) pairs whose decisions this push-back run applied (not those skipped as already done)."""
-    applied = pa.array(sorted({d for ids in report.applied.values() for d in ids}), pa.string())
-    mask = pc.is_in(targets["decision_id"], value_set=applied)
-    pairs = targets.filter(mask).group_by(["system", "table_name"]).aggregate([])
-    return set(zip(pairs["system"].to_pylist(), pairs["table_name"].to_pylist(), strict=True))
 
 
 def ingest_all(con: duckdb.DuckDBPyConnection, engines: dict[str, sa.Engine], navigation_dir: Path,

@@ -253,6 +253,36 @@ def test_navigation_files_are_rewritten_and_recorded_once(tmp_path):
 
 
 
+@pytest.mark.parametrize("files_at_once", [1, 2, 64])
+def test_targets_read_from_a_warehouse_table_reach_every_file_whatever_the_files_rewritten_at_once(
+        tmp_path, monkeypatch, files_at_once):
+    """Retention hands push-back the name of the warehouse table its targets are recorded in (tens of millions of
+    page views the first night at 1,000,000 members), and the files are rewritten a few at a time, each with only
+    its own keys: every file still gets every decision, counted once, with the right notices."""
+    import duckdb
+
+    monkeypatch.setattr("pipelines.pushback.navigation.FILES_AT_ONCE", files_at_once)
+    root = tmp_path / "navigation"
+    write_navigation(root, days=5)
+    warehouse = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
+    given = navigation_targets()
+    warehouse.execute("CREATE SCHEMA retention; CREATE TABLE retention.owed AS SELECT * FROM given")
+    report = apply_decisions("retention.owed", navigation_dir=root, outbox_dir=tmp_path, shared=warehouse, **NOTICES)
+    events = read_events(root).to_pylist()
+    assert report.ok and sorted(report.confirmed) == ["nav-anon", "nav-erase"]
+    assert report.rows_affected["navigation"] == 5 * 4 + 5 * 4 and len(report.rewritten) == 5
+    assert report.touched == {("navigation", "navigation_events")}
+    assert len(events) == 5 * 16 and not [e for e in events if e["visitor_id"] == "v1"]
+    assert {(e["ip_address"], e["city"]) for e in events if e["member_id"] == 2} == {(None, None)}
+    assert {e["city"] for e in events if e["member_id"] != 2} == {"Paris"}
+    assert read_events(root).schema == NAVIGATION_EVENT_SCHEMA
+    assert sorted((n["recipient"], n["decision_id"], n["subject_token"]) for n in read_notices(tmp_path)) == [
+        ("web_analytics_processor", "nav-anon", "t-member:2"), ("web_analytics_processor", "nav-erase", "t-visitor:v1")]
+    # push-back's own tables were temporary: nothing of it is left in the warehouse file
+    assert warehouse.execute("SELECT schema_name || '.' || table_name FROM duckdb_tables() WHERE NOT temporary "
+                             "ORDER BY 1").fetchall() == [("retention.owed",)]
+
+
 def test_a_new_decision_on_rows_that_already_hold_nothing_leaves_their_files_alone_and_is_confirmed(tmp_path):
     """A quarantined page view out of a purpose is sent to the source again each night (its quarantine copy cannot
     show the values are gone): a file whose every row to change already holds nothing is not rewritten."""
@@ -424,7 +454,8 @@ def test_staging_loads_every_target_in_bounded_chunks(make_url: Callable[[str], 
 def test_each_target_keeps_its_own_columns_in_a_batch_of_hundreds_of_thousands():
     """Push-back works out the columns an anonymise or rectify target names once per distinct payload and sets
     them on the rows by lookup: each row of a large mixed batch must get its own, in its own order."""
-    from pipelines.pushback import _prepare
+    from pipelines.duck import connect_memory
+    from pipelines.pushback.targets import PREPARED, prepare
 
     payloads = [None, '["email", "phone"]', '{"phone": "0600000000"}', '["last_name"]']
     actions = ["erase", "anonymise", "rectify", "anonymise"]
@@ -434,6 +465,8 @@ def test_each_target_keeps_its_own_columns_in_a_batch_of_hundreds_of_thousands()
         "decision_id": [f"d{i % 97}" for i in range(n)], "system": ["members"] * n,
         "table_name": ["members"] * n, "key_column": ["member_id"] * n, "key_value": [str(i) for i in range(n)],
         "action": [actions[i % 4] for i in range(n)], "payload": [payloads[i % 4] for i in range(n)]})
-    prepared = _prepare(targets, None)
-    assert prepared["key_value"].to_pylist() == targets["key_value"].to_pylist()
-    assert prepared["columns_key"].to_pylist() == [expected[i % 4] for i in range(n)]
+    con = connect_memory()
+    con.register("given", targets)
+    prepare(con, "given")
+    prepared = con.sql(f"SELECT key_value, columns_key FROM {PREPARED} ORDER BY key_value::INTEGER").fetchall()
+    assert prepared == [(str(i), expected[i % 4]) for i in range(n)]

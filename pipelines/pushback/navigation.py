@@ -26,10 +26,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.duck import scratch
 from pipelines.navigation import Stat
 from pipelines.private import write_atomically
 from pipelines.pushback.sql import NoticeRule
+from pipelines.pushback.targets import TargetSet
 from pipelines.sqltext import all_of, ident, list_literal, literal
 
 MANIFEST_NAME = "_privacy_applied_decisions.json"
@@ -113,28 +113,26 @@ def _rewrite(path: Path, operations: Sequence[Operation]) -> tuple[Stat, Stat] |
     return before, _stat(path)
 
 
-def _matches(files: list[Path], key_column: str, extra_where: str = "") -> str:
-    """SQL: rows of `files` whose key is among the registered `group_targets`, with their file name."""
+def _matches(files: list[Path], key_column: str, columns: str = "t.decision_id, t.key_value, e.filename",
+             extra_where: str = "") -> str:
+    """SQL: rows of `files` whose key is among `group_targets`, as `columns` (t: the target, e: the row)."""
     paths = [str(f) for f in files]
     return (
-        f"SELECT t.decision_id, t.key_value, e.filename "
+        f"SELECT {columns} "
         f"FROM read_parquet({list_literal(paths)}, filename = true, hive_partitioning = false) e"
         f" JOIN group_targets t ON CAST(e.{ident(key_column)} AS VARCHAR) = t.key_value {extra_where}"
     )
 
 
 GROUP_COLUMNS = ("table_name", "key_column", "action", "columns_key")
+FILES_AT_ONCE = 64  # files whose keys are read from the matches, then rewritten, at a time
+MATCHES, FILES, DECISIONS = "_nav_matches", "_nav_files", "_nav_decisions"  # temp tables of apply_to_navigation
 
 
-def _groups(targets: pa.Table) -> list[dict[str, str]]:
-    return targets.group_by(list(GROUP_COLUMNS)).aggregate([]).to_pylist()
-
-
-def _use_group(con: duckdb.DuckDBPyConnection, group: dict[str, str]) -> None:
-    """Point the view `group_targets` at the group's rows of the registered `targets`: DuckDB scans the Arrow
-    table in place (a filtered Arrow copy per group held the first night's 4 million targets twice more)."""
-    con.execute("CREATE OR REPLACE TEMP VIEW group_targets AS SELECT decision_id, key_value FROM targets "
-                f"WHERE {all_of(f'{ident(c)} = {literal(group[c])}' for c in GROUP_COLUMNS)}")
+def _use_group(targets: TargetSet, group: dict[str, str]) -> None:
+    """Point the view `group_targets` at the group's targets, where they are (no copy)."""
+    targets.con.execute("CREATE OR REPLACE TEMP VIEW group_targets AS "
+                        + targets.narrowed(**{c: group[c] for c in GROUP_COLUMNS}).select("decision_id, key_value"))
 
 
 def _notices(con: duckdb.DuckDBPyConnection, files: list[Path], group: dict[str, str],
@@ -146,53 +144,75 @@ def _notices(con: duckdb.DuckDBPyConnection, files: list[Path], group: dict[str,
                 or group["action"] not in rule.actions:
             continue
         where = f"WHERE {all_of(c.sql('e') for c in rule.where)}"
-        matches = _matches(files, group["key_column"], where)
-        pairs = con.execute(f"SELECT DISTINCT decision_id, key_value FROM ({matches})").fetchall()
+        matches = _matches(files, group["key_column"], extra_where=where)
+        pairs = con.execute(f"SELECT DISTINCT decision_id, key_value FROM ({matches}) ORDER BY ALL").fetchall()
         found += [{"recipient": rule.recipient, "decision_id": d, "action": group["action"],
                    "key_column": group["key_column"], "key_value": k} for d, k in pairs]
     return found
 
 
-def apply_to_navigation(navigation_dir: Path, targets: pa.Table, *, now: str, notice_rules: Sequence[NoticeRule],
+def _operations(con: duckdb.DuckDBPyConnection, groups: list[dict[str, str]], first: int, last: int
+                ) -> dict[str, list[Operation]]:
+    """What to do in the files numbered first..last: each group's keys found in each, groups in order."""
+    found = con.sql(f"SELECT f.filename, m.grp, list(DISTINCT m.key_value) AS keys FROM {MATCHES} m "
+                    f"JOIN {FILES} f USING (file) WHERE m.file BETWEEN {literal(first)} AND {literal(last)} "
+                    "GROUP BY ALL ORDER BY f.filename, m.grp").to_arrow_table()
+    operations: dict[str, list[Operation]] = {}
+    for filename, grp, keys in zip(found["filename"].to_pylist(), found["grp"].to_pylist(), found["keys"],
+                                   strict=True):
+        operations.setdefault(filename, []).append((groups[grp], keys.values))
+    return operations
+
+
+def apply_to_navigation(navigation_dir: Path, targets: TargetSet, *, now: str, notice_rules: Sequence[NoticeRule],
                         before_commit: Callable[[list[dict[str, str]]], None],
-                        checkpoint: Callable[[str], None],
-                        shared: duckdb.DuckDBPyConnection | None = None) -> NavigationOutcome:
-    """Apply the navigation targets (prepared: columns_key added) not yet in the manifest. `before_commit`
-    receives the art. 19 notices and persists them before any file is rewritten. `shared`: see
-    pipelines.duck.scratch."""
+                        checkpoint: Callable[[str], None]) -> NavigationOutcome:
+    """Apply the navigation targets not yet in the manifest. `before_commit` receives the art. 19 notices and
+    persists them before any file is rewritten.
+
+    The matches (file, group, decision, key) stay in a DuckDB temp table, which spills beyond the memory budget;
+    files are then rewritten FILES_AT_ONCE at a time with only their own keys in memory: the first night at
+    1,000,000 members erases tens of millions of page views."""
     manifest = read_manifest(navigation_dir)
     _close_journal(navigation_dir, manifest)  # a run killed between the manifest and the journal's end
-    done = pc.is_in(targets["decision_id"], value_set=pa.array(list(manifest), pa.string()))
-    pending = targets.filter(pc.invert(done)) if pc.any(done).as_py() else targets
+    pending_ids = [d for d in targets.decision_ids() if d not in manifest]
     outcome = NavigationOutcome()
-    if pending.num_rows == 0:
+    if not pending_ids:
         return outcome
-    counted: dict[str, dict[str, object]] = {}
-    rewrites: dict[str, list[Operation]] = {}  # file -> what to do in it
+    pending = targets.of_decisions(pending_ids)
+    con = targets.con
+    listed = {table: _files(navigation_dir, table) for table in TABLE_DIRS}
+    every_file = sorted({str(f) for files in listed.values() for f in files})
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {FILES} AS SELECT (generate_subscripts(f, 1) - 1)::INTEGER AS file, "
+                f"unnest(f) AS filename FROM (SELECT {list_literal(every_file)}::VARCHAR[] AS f)")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {DECISIONS} AS SELECT (generate_subscripts(d, 1) - 1)::INTEGER AS "
+                f"decision, unnest(d) AS decision_id FROM (SELECT {list_literal(pending_ids)}::VARCHAR[] AS d)")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {MATCHES} (grp INTEGER, file INTEGER, decision INTEGER, "
+                "key_value VARCHAR)")
+    groups = pending.distinct(GROUP_COLUMNS)
     notices: list[dict[str, str]] = []
     seen: dict[str, Stat] = {}  # every file read, as it was before its first read
-    listed = {table: _files(navigation_dir, table) for table in TABLE_DIRS}
-    with scratch(shared) as con:
-        con.register("targets", pending)
-        for group in _groups(pending):
-            files = listed[group["table_name"]]
-            if not files:
-                continue
-            seen |= {str(f): _stat(f) for f in files if str(f) not in seen}
-            _use_group(con, group)
-            notices += _notices(con, files, group, notice_rules)
-            # the logs are read once per group; a temp table, so never in the warehouse file when `shared` is its
-            con.execute(f"CREATE OR REPLACE TEMP TABLE group_matches AS {_matches(files, group['key_column'])}")
-            per_file = con.sql("SELECT filename, list(DISTINCT key_value) AS keys FROM group_matches "
-                               "GROUP BY filename").to_arrow_table()
-            for filename, keys in zip(per_file["filename"].to_pylist(), per_file["keys"], strict=True):
-                rewrites.setdefault(filename, []).append((group, keys.values))
-            for decision_id, n in con.sql("SELECT decision_id, count(*) FROM group_matches GROUP BY ALL").fetchall():
-                entry = counted.setdefault(decision_id, {"rows_affected": 0, "tables": []})
-                entry["rows_affected"] += n
-                entry["tables"] = sorted({*entry["tables"], group["table_name"]})
-            con.execute("DROP TABLE group_matches")
-    outcome.clear = {f: stat for f, stat in seen.items() if f not in rewrites}
+    for grp, group in enumerate(groups):
+        files = listed[group["table_name"]]
+        if not files:
+            continue
+        seen |= {str(f): _stat(f) for f in files if str(f) not in seen}
+        _use_group(pending, group)
+        notices += _notices(con, files, group, notice_rules)
+        # a temp table, so never in the warehouse file when the connection is the warehouse's
+        con.execute(f"INSERT INTO {MATCHES} SELECT {literal(grp)}, f.file, d.decision, m.key_value FROM "
+                    f"({_matches(files, group['key_column'])}) m JOIN {FILES} f USING (filename) "
+                    f"JOIN {DECISIONS} d USING (decision_id)")
+    counted: dict[str, dict[str, object]] = {}
+    for decision_id, grp, n in con.execute(
+            f"SELECT d.decision_id, m.grp, count(*) FROM {MATCHES} m JOIN {DECISIONS} d USING (decision) "
+            "GROUP BY ALL ORDER BY ALL").fetchall():
+        entry = counted.setdefault(decision_id, {"rows_affected": 0, "tables": []})
+        entry["rows_affected"] += n
+        entry["tables"] = sorted({*entry["tables"], groups[grp]["table_name"]})
+    changed = [r[0] for r in con.execute(f"SELECT DISTINCT file FROM {MATCHES} ORDER BY file").fetchall()]
+    file_names = dict(con.execute(f"SELECT file, filename FROM {FILES}").fetchall())
+    outcome.clear = {f: stat for f, stat in seen.items() if f not in {file_names[i] for i in changed}}
     # Recorded before any file changes; what an interrupted run recorded first stands (it counted the whole).
     journal = {**counted, **_read_journal(navigation_dir)}
     write_atomically(navigation_dir / JOURNAL_NAME, json.dumps(journal, sort_keys=True, indent=1), in_source=True)
@@ -201,12 +221,16 @@ def apply_to_navigation(navigation_dir: Path, targets: pa.Table, *, now: str, no
     # Files rewritten side by side: each waits mostly on its own fsync (pipelines.durable), and pyarrow's reads and
     # writes release the GIL. The crash hook runs here, as each file is swapped in.
     with ThreadPoolExecutor(max_workers=REWRITERS) as pool:
-        futures = {pool.submit(_rewrite, Path(path), rewrites[path]): path for path in sorted(rewrites)}
-        for done in as_completed(futures):
-            if (stats := done.result()) is not None:
-                outcome.rewritten[futures[done]] = stats
-            checkpoint("navigation_file")
-    for decision_id in pc.unique(pending["decision_id"]).to_pylist():
+        for start in range(0, len(changed), FILES_AT_ONCE):
+            chunk = changed[start:start + FILES_AT_ONCE]
+            rewrites = _operations(con, groups, chunk[0], chunk[-1])
+            futures = {pool.submit(_rewrite, Path(path), rewrites[path]): path for path in sorted(rewrites)}
+            for done in as_completed(futures):
+                if (stats := done.result()) is not None:
+                    outcome.rewritten[futures[done]] = stats
+                checkpoint("navigation_file")
+    con.execute(f"DROP TABLE {MATCHES}")
+    for decision_id in pending_ids:
         entry = journal.get(decision_id, {"rows_affected": 0, "tables": []})
         manifest[decision_id] = {"applied_at": now, "rows_affected": entry["rows_affected"],
                                  "table_name": ",".join(entry["tables"])}
@@ -217,25 +241,26 @@ def apply_to_navigation(navigation_dir: Path, targets: pa.Table, *, now: str, no
     return outcome
 
 
-def unconfirmed_navigation(navigation_dir: Path, targets: pa.Table, clear: Mapping[str, Stat] | None = None,
-                           shared: duckdb.DuckDBPyConnection | None = None) -> set[str]:
+def unconfirmed_navigation(navigation_dir: Path, targets: TargetSet, clear: Mapping[str, Stat] | None = None
+                           ) -> set[str]:
     """Re-read the logs: the decision ids whose rows are still there (erase) or still carry a value in a
     column they had to null (anonymise), plus those missing from the manifest. `clear`: files known to hold none
     of the targets' rows when they had this size and modification time (NavigationOutcome.clear); those still
     so are not read again (any rewrite or append changes them)."""
-    if targets.num_rows == 0:
+    ids = targets.decision_ids()
+    if not ids:
         return set()
-    failed = set(pc.unique(targets["decision_id"]).to_pylist()) - set(read_manifest(navigation_dir))
+    failed = set(ids) - set(read_manifest(navigation_dir))
     clear = clear or {}
-    with scratch(shared) as con:
-        con.register("targets", targets)
-        for group in _groups(targets):
-            files = [f for f in _files(navigation_dir, group["table_name"]) if clear.get(str(f)) != _stat(f)]
-            if not files:
-                continue
-            _use_group(con, group)
-            where = ""
-            if group["action"] == "anonymise":
-                where = "WHERE " + " OR ".join(f"e.{c} IS NOT NULL" for c in group["columns_key"].split(","))
-            failed |= {r[0] for r in con.execute(_matches(files, group["key_column"], where)).fetchall()}
+    for group in targets.distinct(GROUP_COLUMNS):
+        files = [f for f in _files(navigation_dir, group["table_name"]) if clear.get(str(f)) != _stat(f)]
+        if not files:
+            continue
+        _use_group(targets, group)
+        where = ""
+        if group["action"] == "anonymise":
+            where = "WHERE " + " OR ".join(f"e.{ident(c)} IS NOT NULL" for c in group["columns_key"].split(","))
+        failed |= {r[0] for r in targets.con.execute(
+            f"SELECT DISTINCT decision_id FROM ({_matches(files, group['key_column'], 't.decision_id', where)})"
+        ).fetchall()}
     return failed

@@ -14,12 +14,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import sqlalchemy as sa
 
 from pipelines.policy.models import Condition
-from pipelines.pushback.targets import ACTIONS
+from pipelines.pushback.targets import ACTIONS, TargetSet
 from pipelines.sources.schema import source_clock
 from pipelines.sqltext import bound_condition
 
@@ -100,20 +99,24 @@ def ensure_bookkeeping(engine: sa.Engine) -> None:
     bookkeeping.create_all(engine, checkfirst=True)
 
 
-def groups_of(targets: pa.Table, order: Sequence[str]) -> list[Group]:
+def groups_of(targets: TargetSet, order: Sequence[str]) -> list[Group]:
     """Statement groups, children before parents and, within a table, in ACTIONS order."""
-    combos = targets.group_by(["table_name", "key_column", "action", "columns_key"]).aggregate([]).to_pylist()
+    combos = targets.distinct(["table_name", "key_column", "action", "columns_key"])
     position = {name: i for i, name in enumerate(order)}
     groups = [Group(**c) for c in combos]
     return sorted(groups, key=lambda g: (position.get(g.table_name, len(position)), ACTIONS.index(g.action),
                                          g.key_column, g.columns_key))
 
 
-def load_staging(con: sa.Connection, targets: pa.Table, batch_id: str, chunk_rows: int = STAGING_CHUNK_ROWS) -> None:
+def load_staging(con: sa.Connection, targets: pa.Table | TargetSet, batch_id: str,
+                 chunk_rows: int = STAGING_CHUNK_ROWS) -> None:
     """Bulk-load the targets into the staging table, `chunk_rows` at a time: a retention pass at 1 M members
     stages ~13 M targets, which as one CSV buffer or one list of Python dicts does not fit in memory."""
-    rows = targets.append_column("batch_id", pa.array([batch_id] * targets.num_rows, pa.string()))
-    chunks = rows.select(STAGING_COLUMNS).to_batches(max_chunksize=chunk_rows)
+    given = [c for c in STAGING_COLUMNS if c != "batch_id"]
+    batches = targets.select(given).to_batches(max_chunksize=chunk_rows) if isinstance(targets, pa.Table) \
+        else targets.batches(given, chunk_rows)
+    chunks = (pa.RecordBatch.from_arrays([*batch.columns, pa.array([batch_id] * batch.num_rows, pa.string())],
+                                         names=[*given, "batch_id"]).select(STAGING_COLUMNS) for batch in batches)
     dbapi = con.connection.dbapi_connection
     if con.dialect.name == "postgresql" and con.dialect.driver == "psycopg":
         with dbapi.cursor() as cur, cur.copy(
@@ -248,7 +251,7 @@ def apply_to_source(
     engine: sa.Engine,
     metadata: sa.MetaData,
     system: str,
-    targets: pa.Table,
+    targets: TargetSet,
     *,
     batch_id: str,
     now: str,
@@ -264,15 +267,12 @@ def apply_to_source(
     ensure_bookkeeping(engine)
     outcome = SqlOutcome()
     with engine.begin() as con:
-        load_staging(con, targets, batch_id)
+        already = _recorded(con, targets.decision_ids())
+        pending = targets.of_decisions(already, keep=False)
+        newly = pending.decision_ids()
+        load_staging(con, pending, batch_id)
         checkpoint("staged")
-        already = set(con.execute(sa.select(applied.c.decision_id).where(applied.c.decision_id.in_(
-            sa.select(staging.c.decision_id).where(staging.c.batch_id == batch_id)))).scalars())
-        con.execute(sa.delete(staging).where(
-            staging.c.batch_id == batch_id, staging.c.decision_id.in_(sa.select(applied.c.decision_id))))
-        pending = targets.filter(pc.invert(pc.is_in(targets["decision_id"],
-                                                    value_set=pa.array(sorted(already), pa.string()))))
-        if pending.num_rows:
+        if newly:
             outcome.notices = _collect_notices(con, metadata, system, batch_id, notice_rules)
             for group in groups_of(pending, order):
                 table = metadata.tables[group.table_name]
@@ -291,7 +291,7 @@ def apply_to_source(
                           sa.func.aggregate_strings(per_table.c.table_name, ","), sa.func.sum(per_table.c.n))
                 .group_by(per_table.c.decision_id),
             ))
-            outcome.newly_applied = sorted(pc.unique(pending["decision_id"]).to_pylist())
+            outcome.newly_applied = newly
             outcome.rows_affected = int(con.execute(
                 sa.select(sa.func.coalesce(sa.func.sum(effects.c.rows_affected), 0))
                 .where(effects.c.batch_id == batch_id)).scalar_one())
@@ -321,10 +321,16 @@ def _violations(table: sa.Table, batch_id: str, group: Group) -> sa.Select:
                                  for c in group.columns)))
 
 
-def unconfirmed(engine: sa.Engine, metadata: sa.MetaData, targets: pa.Table, batch_id: str) -> set[str]:
+def _recorded(con: sa.Connection, decision_ids: list[str]) -> set[str]:
+    """Those of the decisions the source records as applied."""
+    return set(con.execute(sa.select(applied.c.decision_id).where(applied.c.decision_id.in_(decision_ids))).scalars())
+
+
+def unconfirmed(engine: sa.Engine, metadata: sa.MetaData, targets: TargetSet, batch_id: str) -> set[str]:
     """Re-read the source: the decision ids (of `targets`) whose effect is not there. Read-only: the
     staged copy of the targets is rolled back."""
-    if targets.num_rows == 0:
+    ids = targets.decision_ids()
+    if not ids:
         return set()
     ensure_bookkeeping(engine)
     failed: set[str] = set()
@@ -335,11 +341,7 @@ def unconfirmed(engine: sa.Engine, metadata: sa.MetaData, targets: pa.Table, bat
             for group in groups_of(targets, []):
                 table = metadata.tables[group.table_name]
                 failed |= {r[0] for r in con.execute(_violations(table, batch_id, group))}
-            never_applied = set(pc.unique(targets["decision_id"]).to_pylist()) - {
-                r[0] for r in con.execute(sa.select(applied.c.decision_id).where(
-                    applied.c.decision_id.in_(sa.select(staging.c.decision_id).where(
-                        staging.c.batch_id == batch_id))))
-            }
+            never_applied = set(ids) - _recorded(con, ids)
         finally:
             trans.rollback()
     return failed | never_applied

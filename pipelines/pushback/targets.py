@@ -2,6 +2,10 @@
 
 One row per (decision, source row key): a decision (id chosen by the caller, stable across re-runs) may
 touch several tables and several keys; the source records it as applied once, atomically.
+
+Push-back reads the targets where they are, through DuckDB (`prepare`, `TargetSet`): an Arrow table the caller
+built, or a table of the warehouse. A first night at 1,000,000 members owes tens of millions of targets: held as one
+Arrow table they did not fit in memory; DuckDB streams them and spills what it must.
 """
 
 from __future__ import annotations
@@ -9,12 +13,19 @@ from __future__ import annotations
 import graphlib
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
+import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 import sqlalchemy as sa
 
-from pipelines.sources.schema import RESTRICTION_COLUMNS, SQL_SYSTEMS
+from pipelines.sources.schema import (
+    COOKIE_CONSENT_SCHEMA,
+    NAVIGATION_EVENT_SCHEMA,
+    RESTRICTION_COLUMNS,
+    SQL_SYSTEMS,
+)
+from pipelines.sqltext import all_of, ident, list_literal, literal
 
 TARGET_SCHEMA = pa.schema([
     ("decision_id", pa.string()),
@@ -42,22 +53,96 @@ def make_targets(rows: Iterable[dict[str, object]]) -> pa.Table:
     return pa.Table.from_pylist(encoded, schema=TARGET_SCHEMA)
 
 
-def validate_targets(targets: pa.Table) -> pa.Table:
-    """Cast to TARGET_SCHEMA and refuse unknown systems, tables, columns or actions with a clear message."""
-    missing = [f.name for f in TARGET_SCHEMA if f.name not in targets.column_names]
+NAVIGATION_SCHEMAS = {"navigation_events": NAVIGATION_EVENT_SCHEMA, "cookie_consents": COOKIE_CONSENT_SCHEMA}
+PREPARED = "_pushback_targets"  # temp view: the validated targets, with `columns_key`
+_PAYLOAD_COLUMNS = "_pushback_payload_columns"  # temp table: (action, payload) -> columns_key
+# What an anonymise or rectify payload names, as the sorted columns joined by ','.
+COLUMNS_OF = {"anonymise": "list_sort(CAST(CAST(payload AS JSON) AS VARCHAR[]))",
+              "rectify": "list_sort(json_keys(CAST(payload AS JSON)))"}
+
+
+def prepare(con: duckdb.DuckDBPyConnection, relation: str) -> None:
+    """Validate the targets of `relation` (SQL text naming a table or view `con` reads): every column of
+    TARGET_SCHEMA, no null but the payload, known systems, tables, columns and actions (a clear message for the
+    first that is not). Then define the temp view PREPARED over them, with `columns_key`: the sorted columns an
+    anonymise/rectify payload names. Each check reads the distinct combinations, never the rows into Python; the
+    columns are worked out once per distinct payload."""
+    names = {r[0] for r in con.execute(f"SELECT column_name FROM (DESCRIBE SELECT * FROM {relation})").fetchall()}
+    missing = [f.name for f in TARGET_SCHEMA if f.name not in names]
     if missing:
         raise ValueError(f"decision targets lack column(s) {missing}")
-    targets = targets.select(TARGET_SCHEMA.names).cast(TARGET_SCHEMA)
-    for name in ("decision_id", "system", "table_name", "key_column", "key_value", "action"):
-        if targets[name].null_count:
+    typed = ", ".join(f"CAST({ident(f.name)} AS VARCHAR) AS {ident(f.name)}" for f in TARGET_SCHEMA)
+    con.execute(f"CREATE OR REPLACE TEMP VIEW _pushback_typed AS SELECT {typed} FROM {relation}")
+    required = ("decision_id", "system", "table_name", "key_column", "key_value", "action")
+    nulls = con.execute("SELECT " + ", ".join(f"count(*) FILTER (WHERE {ident(c)} IS NULL)" for c in required)
+                        + " FROM _pushback_typed").fetchall()[0]
+    for name, n in zip(required, nulls, strict=True):
+        if n:
             raise ValueError(f"decision targets: column {name!r} has null values")
-    bad_actions = set(pc.unique(targets["action"]).to_pylist()) - set(ACTIONS)
+    combos = con.execute("SELECT DISTINCT system, table_name, key_column, action, payload FROM _pushback_typed "
+                         "ORDER BY ALL").fetchall()
+    bad_actions = {c[3] for c in combos} - set(ACTIONS)
     if bad_actions:
         raise ValueError(f"decision targets: unknown action(s) {sorted(bad_actions)}; expected one of {ACTIONS}")
-    combos = targets.group_by(["system", "table_name", "key_column", "action"]).aggregate([]).to_pylist()
-    for combo in combos:
-        _check_combo(**combo)
-    return targets
+    for combo in sorted({c[:4] for c in combos}):
+        _check_combo(*combo)
+    named = [f"SELECT action, payload, array_to_string({columns}, ',') AS columns_key FROM (SELECT DISTINCT "
+             f"action, payload FROM _pushback_typed WHERE action = {literal(action)})"
+             for action, columns in COLUMNS_OF.items()]
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {_PAYLOAD_COLUMNS} AS {' UNION ALL '.join(named)}")
+    keyed = dict(((a, p), k) for a, p, k in con.execute(f"SELECT * FROM {_PAYLOAD_COLUMNS}").fetchall())
+    for system, table_name, _, action, payload in combos:
+        _check_columns(system, table_name, action, keyed.get((action, payload)) or "")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {PREPARED} AS SELECT t.*, coalesce(p.columns_key, '') AS columns_key "
+                f"FROM _pushback_typed t LEFT JOIN {_PAYLOAD_COLUMNS} p ON p.action = t.action "
+                "AND p.payload = t.payload")
+
+
+def _check_columns(system: str, table_name: str, action: str, columns_key: str) -> None:
+    if action not in ("anonymise", "rectify"):
+        return
+    names = set(NAVIGATION_SCHEMAS[table_name].names) if system == "navigation" \
+        else set(SQL_SYSTEMS[system].tables[table_name].c.keys())
+    unknown = [c for c in columns_key.split(",") if c not in names]
+    if not columns_key or unknown:
+        raise ValueError(f"decision targets: {action} on {system}.{table_name} names no or unknown columns "
+                         f"{unknown}")
+
+
+@dataclass(frozen=True)
+class TargetSet:
+    """Prepared targets (the view PREPARED on `con`) meeting `where`, SQL built with pipelines.sqltext."""
+
+    con: duckdb.DuckDBPyConnection
+    where: str = "true"
+
+    def narrowed(self, **equal: str) -> TargetSet:
+        """The targets whose columns have these values."""
+        return TargetSet(self.con, all_of([self.where, *(f"{ident(c)} = {literal(v)}" for c, v in equal.items())]))
+
+    def of_decisions(self, decision_ids: Iterable[str], *, keep: bool = True) -> TargetSet:
+        """The targets of these decisions (`keep=False`: of every other one)."""
+        ids = sorted(decision_ids)
+        test = f"list_contains({list_literal(ids)}::VARCHAR[], decision_id)" if ids else "false"
+        return TargetSet(self.con, all_of([self.where, test if keep else f"NOT {test}"]))
+
+    def select(self, columns: str = "*") -> str:
+        return f"SELECT {columns} FROM {PREPARED} WHERE {self.where}"
+
+    def distinct(self, columns: Sequence[str]) -> list[dict[str, str]]:
+        names = ", ".join(ident(c) for c in columns)
+        rows = self.con.execute(f"SELECT DISTINCT {names} FROM {PREPARED} WHERE {self.where} ORDER BY ALL").fetchall()
+        return [dict(zip(columns, row, strict=True)) for row in rows]
+
+    def decision_ids(self) -> list[str]:
+        return [d["decision_id"] for d in self.distinct(["decision_id"])]
+
+    def count(self) -> int:
+        return self.con.execute(f"SELECT count(*) FROM {PREPARED} WHERE {self.where}").fetchall()[0][0]
+
+    def batches(self, columns: Sequence[str], rows: int) -> pa.RecordBatchReader:
+        """The targets' `columns`, `rows` at a time (read each batch before the next query on `con`)."""
+        return self.con.sql(self.select(", ".join(ident(c) for c in columns))).to_arrow_reader(rows)
 
 
 def _check_combo(system: str, table_name: str, key_column: str, action: str) -> None:

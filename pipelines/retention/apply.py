@@ -17,7 +17,6 @@ import json
 from dataclasses import dataclass, field
 
 import duckdb
-import pyarrow as pa
 import sqlalchemy as sa
 
 from pipelines.audit import current_head, logged
@@ -26,9 +25,9 @@ from pipelines.duck import table_exists
 from pipelines.navigation import mark_mirrored
 from pipelines.policy.models import Dataset, Policy
 from pipelines.pushback import TARGET_SCHEMA, apply_decisions
-from pipelines.refresh import touched_tables
 from pipelines.retention.columns import ARCHIVED, CLEARED, ColumnGroup, column_groups, structural_columns
 from pipelines.retention.intent import (
+    INTENT_TABLE,
     Day,
     day_id,
     day_prefix,
@@ -251,9 +250,8 @@ def apply_in_warehouse(con: duckdb.DuckDBPyConnection, policy: Policy, pending: 
     return outcome
 
 
-def decision_targets(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.date, pending: set[str]
-                     ) -> pa.Table:
-    """Push-back targets (pipelines.pushback.TARGET_SCHEMA) for what find_pending found at the sources' side:
+def decision_targets(policy: Policy, as_of: dt.date, pending: set[str]) -> str:
+    """SQL: push-back targets (pipelines.pushback.TARGET_SCHEMA) for what find_pending found at the sources' side:
     `pending`, the datasets it found something for.
 
     Only what the last ingest copied into raw.* (or quarantined) can still be in a source: rows already in the
@@ -279,8 +277,8 @@ def decision_targets(con: duckdb.DuckDBPyConnection, policy: Policy, as_of: dt.d
                                      f"{_pending(ds, group.name, (ARCHIVED, CLEARED), (RAW,))} UNION "
                                      f"{_pending(ds, group.name, (CLEARED,), (QUARANTINE,))}"))
     if not parts:
-        return pa.Table.from_pylist([], schema=TARGET_SCHEMA)
-    return con.sql(" UNION ALL ".join(parts) + " ORDER BY decision_id, key_value").to_arrow_table()
+        return "SELECT " + ", ".join(f"NULL::VARCHAR AS {q(c)}" for c in TARGET_SCHEMA.names) + " WHERE false"
+    return " UNION ALL ".join(parts)
 
 
 def _target_sql(ds: Dataset, decision: str, action: str, payload: str | None, keys: str) -> str:
@@ -330,30 +328,30 @@ def apply_retention(
     policy = ctx.policy
     day = recorded_day(con, as_of)
     pending = find_pending(con, policy)
-    owed, carried_over = record_targets(con, decision_targets(con, policy, as_of, pending))
+    owed = record_targets(con, decision_targets(policy, as_of, pending))
     requarantined = _requarantined(con, policy)  # before the warehouse side lets their quarantine copy go
     with transaction(con):
         warehouse = apply_in_warehouse(con, policy, pending)
         if day is None:
-            record_day(con, as_of, Day(warehouse.rows, owed.num_rows, current_head(ctx.audit.path).seq))
+            record_day(con, as_of, Day(warehouse.rows, owed.targets, current_head(ctx.audit.path).seq))
     confirmed, failed, touched, newly, mirrored = 0, {}, set(), 0, []
-    if owed.num_rows:
-        report = apply_decisions(owed, members=members, prospects=prospects, navigation_dir=ctx.paths.navigation,
-                                 outbox_dir=ctx.paths.outbox, audit=ctx.audit, tokenise=ctx.tokenise,
-                                 notice_rules=ctx.notice_rules, table_order=table_order(policy),
-                                 carried_over=carried_over | set(owed["decision_id"].to_pylist()), shared=con)
+    if owed.targets:
+        report = apply_decisions(INTENT_TABLE, members=members, prospects=prospects,
+                                 navigation_dir=ctx.paths.navigation, outbox_dir=ctx.paths.outbox, audit=ctx.audit,
+                                 tokenise=ctx.tokenise, notice_rules=ctx.notice_rules, table_order=table_order(policy),
+                                 carried_over=owed.decision_ids, shared=con)
         forget_confirmed(con, report.confirmed)
         # The warehouse carried the decisions out before the navigation files were rewritten: what it holds of
         # them is already what they now hold, so they are not read again (pipelines.navigation.mark_mirrored).
         mirrored = mark_mirrored(con, report.rewritten, skip=requarantined)
         confirmed, failed = len(report.confirmed), dict(report.failed)
-        touched = touched_tables(owed, report)
+        touched = set(report.touched)
         newly = len({d for ids in report.applied.values() for d in ids})
-    if carried_over:  # what the interrupted run pushed is re-read too: the ledger is rebuilt as after a whole run
-        touched |= set(zip(owed["system"].to_pylist(), owed["table_name"].to_pylist(), strict=True))
+    if owed.earlier:  # what the interrupted run pushed is re-read too: the ledger is rebuilt as after a whole run
+        touched |= owed.tables
     if day is not None and not day.audited:
         warehouse = WarehouseOutcome(day.warehouse_rows)
-    source_rows = day.source_rows if day is not None and not day.audited else owed.num_rows
+    source_rows = day.source_rows if day is not None and not day.audited else owed.targets
     return RetentionOutcome(warehouse, source_rows, confirmed, failed, touched, day, newly, mirrored)
 
 

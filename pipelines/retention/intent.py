@@ -24,9 +24,9 @@ import json
 from dataclasses import dataclass
 
 import duckdb
-import pyarrow as pa
 
 from pipelines.pushback import TARGET_SCHEMA
+from pipelines.sqltext import transaction
 
 INTENT_TABLE = "retention.pushback_targets"
 DAYS_TABLE = "retention.pushback_days"
@@ -50,20 +50,30 @@ def day_id(as_of: dt.date) -> str:
     return f"{KIND}:{as_of.isoformat()}"
 
 
-def record_targets(con: duckdb.DuckDBPyConnection, targets: pa.Table) -> tuple[pa.Table, set[str]]:
-    """Record the targets of decisions not recorded yet; return every recorded target still owed, and the ids of
-    the decisions among them that an earlier run recorded (it may have pushed and audited part of them)."""
+@dataclass(frozen=True)
+class Owed:
+    """What INTENT_TABLE holds once the day's targets are recorded: every target still owed, by any day."""
+
+    targets: int
+    decision_ids: frozenset[str]
+    earlier: frozenset[str]  # decisions an earlier run recorded (it may have pushed and audited part of them)
+    tables: frozenset[tuple[str, str]]  # (system, table) they target
+
+
+def record_targets(con: duckdb.DuckDBPyConnection, targets_sql: str) -> Owed:
+    """Record the targets `targets_sql` selects (TARGET_SCHEMA's columns) of decisions not recorded yet, in the
+    warehouse itself (they are never all in memory: tens of millions the first night at 1,000,000 members); return
+    what is owed."""
     con.execute(DDL)
-    earlier = {row[0] for row in con.execute(f"SELECT DISTINCT decision_id FROM {INTENT_TABLE}").fetchall()}
-    con.register("_new_targets", targets.cast(TARGET_SCHEMA))
-    try:
-        con.execute(f"INSERT INTO {INTENT_TABLE} SELECT * FROM _new_targets WHERE decision_id NOT IN "
-                    f"(SELECT decision_id FROM {INTENT_TABLE})")
-    finally:
-        con.unregister("_new_targets")
-    owed = con.sql(f"SELECT * FROM {INTENT_TABLE} ORDER BY decision_id, system, table_name, key_value"
-                   ).to_arrow_table().cast(TARGET_SCHEMA)
-    return owed, earlier
+    earlier = frozenset(r[0] for r in con.execute(f"SELECT DISTINCT decision_id FROM {INTENT_TABLE}").fetchall())
+    columns = ", ".join(TARGET_SCHEMA.names)
+    with transaction(con):
+        con.execute(f"INSERT INTO {INTENT_TABLE} ({columns}) SELECT {columns} FROM ({targets_sql}) WHERE "
+                    f"decision_id NOT IN (SELECT decision_id FROM {INTENT_TABLE})")
+    counted = con.execute(f"SELECT system, table_name, decision_id, count(*) FROM {INTENT_TABLE} GROUP BY ALL"
+                          ).fetchall()
+    return Owed(sum(r[3] for r in counted), frozenset(r[2] for r in counted), earlier,
+                frozenset((r[0], r[1]) for r in counted))
 
 
 def forget_confirmed(con: duckdb.DuckDBPyConnection, decision_ids: list[str]) -> None:

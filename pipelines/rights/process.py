@@ -54,7 +54,7 @@ from pipelines.policy.models import Policy
 from pipelines.pushback import TARGET_SCHEMA, apply_decisions, make_targets
 from pipelines.pushback.sql import NoticeRule
 from pipelines.pushback.targets import SUPPRESSION_TABLE
-from pipelines.refresh import refresh_from_sources, touched_tables
+from pipelines.refresh import refresh_from_sources
 from pipelines.retention.apply import table_order
 from pipelines.rights.access import Held, read_held, write_access_bundle
 from pipelines.rights.answer import record_kept, write_erasure_answers
@@ -483,7 +483,7 @@ def _push(targets: pa.Table, *, policy: Policy, members: sa.Engine, prospects: s
             continue
         for decision_id, reason in report.failed.items():
             failed.setdefault(decision_id, reason)
-        touched |= touched_tables(part, report)
+        touched |= report.touched
         rewritten |= report.rewritten
     return failed, touched, rewritten
 
