@@ -265,8 +265,9 @@ def test_targets_read_from_a_warehouse_table_reach_every_file_whatever_the_files
     root = tmp_path / "navigation"
     write_navigation(root, days=5)
     warehouse = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
-    given = navigation_targets()
+    warehouse.register("given", navigation_targets())
     warehouse.execute("CREATE SCHEMA retention; CREATE TABLE retention.owed AS SELECT * FROM given")
+    warehouse.unregister("given")
     report = apply_decisions("retention.owed", navigation_dir=root, outbox_dir=tmp_path, shared=warehouse, **NOTICES)
     events = read_events(root).to_pylist()
     assert report.ok and sorted(report.confirmed) == ["nav-anon", "nav-erase"]

@@ -211,8 +211,8 @@ def apply_to_navigation(navigation_dir: Path, targets: TargetSet, *, now: str, n
         entry["rows_affected"] += n
         entry["tables"] = sorted({*entry["tables"], groups[grp]["table_name"]})
     changed = [r[0] for r in con.execute(f"SELECT DISTINCT file FROM {MATCHES} ORDER BY file").fetchall()]
-    file_names = dict(con.execute(f"SELECT file, filename FROM {FILES}").fetchall())
-    outcome.clear = {f: stat for f, stat in seen.items() if f not in {file_names[i] for i in changed}}
+    with_matches = {every_file[i] for i in changed}
+    outcome.clear = {f: stat for f, stat in seen.items() if f not in with_matches}
     # Recorded before any file changes; what an interrupted run recorded first stands (it counted the whole).
     journal = {**counted, **_read_journal(navigation_dir)}
     write_atomically(navigation_dir / JOURNAL_NAME, json.dumps(journal, sort_keys=True, indent=1), in_source=True)
