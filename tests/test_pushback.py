@@ -471,3 +471,18 @@ def test_each_target_keeps_its_own_columns_in_a_batch_of_hundreds_of_thousands()
     prepare(con, "given")
     prepared = con.sql(f"SELECT key_value, columns_key FROM {PREPARED} ORDER BY key_value::INTEGER").fetchall()
     assert prepared == [(str(i), expected[i % 4]) for i in range(n)]
+
+
+def test_a_notice_already_in_the_outbox_is_not_written_again_whatever_the_line_looks_like(tmp_path):
+    """The outbox is read back for the ids of the notices it holds (cut from each line as push-back writes it): one
+    written another way (compact JSON, keys in another order, as a tool rewriting the file would) still counts."""
+    from pipelines.pushback.notices import read_notices, write_notices
+
+    found = [{"recipient": "mailing_processor", "decision_id": f"erase:{i}", "action": "erase",
+              "key_column": "member_id", "key_value": str(i)} for i in range(4)]
+    assert write_notices(tmp_path, found[:2], lambda v: f"t-{v}") == 2
+    rewritten = [json.dumps(dict(reversed(list(n.items()))), separators=(",", ":")) for n in read_notices(tmp_path)]
+    (tmp_path / "notices.jsonl").write_text("\n".join(rewritten) + "\n\n")
+    assert write_notices(tmp_path, found, lambda v: f"t-{v}") == 2
+    assert write_notices(tmp_path, found, lambda v: f"t-{v}") == 0
+    assert sorted(n["decision_id"] for n in read_notices(tmp_path)) == [f"erase:{i}" for i in range(4)]
