@@ -115,76 +115,66 @@ def apply_decisions(
 
     `carried_over`: decisions an earlier, interrupted run already pushed; one it already audited as confirmed is
     not audited again."""
+    checkpoint = checkpoint or _checkpoint
     with scratch(shared) as con:
         if isinstance(targets, pa.Table):
             con.register(GIVEN, targets)
-        relation = ident(GIVEN) if isinstance(targets, pa.Table) else targets
-        prepare(con, relation)
-        return _apply(TargetSet(con), members=members, prospects=prospects, navigation_dir=navigation_dir,
-                      outbox_dir=outbox_dir, audit=audit, tokenise=tokenise, notice_rules=notice_rules,
-                      table_order=table_order, now=now, checkpoint=checkpoint or _checkpoint,
-                      carried_over=carried_over)
+        prepare(con, ident(GIVEN) if isinstance(targets, pa.Table) else targets)
+        prepared = TargetSet(con)
+        now_text = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d %H:%M:%S")
+        report = PushbackReport(batch_id=uuid.uuid4().hex)
+        engines = {"members": members, "prospects": prospects}
+        systems = [c["system"] for c in prepared.distinct(["system"])]
+        def persist_notices(found: list[dict[str, str]]) -> None:
+            if found and outbox_dir is None:
+                raise ValueError("art. 19 notices are owed but no outbox_dir was given")
+            if found:
+                report.notices += write_notices(outbox_dir, found, tokenise)
 
+        unconfirmed_by: dict[str, set[str]] = {}
+        for system in systems:
+            part = prepared.narrowed(system=system)
+            if system == "navigation":
+                if navigation_dir is None:
+                    raise ValueError("decision targets name the navigation logs but no navigation_dir was given")
+                nav = apply_to_navigation(navigation_dir, part, now=now_text, notice_rules=notice_rules,
+                                          before_commit=persist_notices, checkpoint=checkpoint)
+                report.applied[system], report.rows_affected[system] = nav.newly_applied, nav.rows_affected
+                report.rewritten = nav.rewritten
+                # what this run applied is re-read where its rows were or may have come since; the rest everywhere
+                unconfirmed_by[system] = (
+                    unconfirmed_navigation(navigation_dir, part.of_decisions(nav.newly_applied), nav.clear)
+                    | unconfirmed_navigation(navigation_dir, part.of_decisions(nav.newly_applied, keep=False)))
+            else:
+                engine = engines[system]
+                if engine is None:
+                    raise ValueError(f"decision targets name the {system} system but no engine was given for it")
+                metadata = SQL_SYSTEMS[system]
+                order = dependency_order(metadata, (table_order or {}).get(system))
+                outcome = apply_to_source(engine, metadata, system, part, batch_id=report.batch_id, now=now_text,
+                                          order=order, notice_rules=notice_rules, before_commit=persist_notices,
+                                          checkpoint=checkpoint)
+                report.applied[system], report.rows_affected[system] = outcome.newly_applied, outcome.rows_affected
+                unconfirmed_by[system] = unconfirmed(engine, metadata, part, uuid.uuid4().hex)
+            report.touched |= {(system, t["table_name"]) for t in
+                               part.of_decisions(report.applied[system]).distinct(["table_name"])}
 
-def _apply(targets: TargetSet, *, members: sa.Engine | None, prospects: sa.Engine | None,
-           navigation_dir: Path | None, outbox_dir: Path | None, audit: AuditLog | None,
-           tokenise: Callable[[str], str], notice_rules: Sequence[NoticeRule],
-           table_order: Mapping[str, Sequence[str]] | None, now: dt.datetime | None,
-           checkpoint: Callable[[str], None], carried_over: Collection[str]) -> PushbackReport:
-    now_text = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d %H:%M:%S")
-    report = PushbackReport(batch_id=uuid.uuid4().hex)
-    engines = {"members": members, "prospects": prospects}
-    systems = [c["system"] for c in targets.distinct(["system"])]
-    def persist_notices(found: list[dict[str, str]]) -> None:
-        if found and outbox_dir is None:
-            raise ValueError("art. 19 notices are owed but no outbox_dir was given")
-        if found:
-            report.notices += write_notices(outbox_dir, found, tokenise)
-
-    unconfirmed_by: dict[str, set[str]] = {}
-    for system in systems:
-        part = targets.narrowed(system=system)
-        if system == "navigation":
-            if navigation_dir is None:
-                raise ValueError("decision targets name the navigation logs but no navigation_dir was given")
-            nav = apply_to_navigation(navigation_dir, part, now=now_text, notice_rules=notice_rules,
-                                      before_commit=persist_notices, checkpoint=checkpoint)
-            report.applied[system], report.rows_affected[system] = nav.newly_applied, nav.rows_affected
-            report.rewritten = nav.rewritten
-            # what this run applied is re-read where its rows were or may have come since; the rest everywhere
-            unconfirmed_by[system] = (
-                unconfirmed_navigation(navigation_dir, part.of_decisions(nav.newly_applied), nav.clear)
-                | unconfirmed_navigation(navigation_dir, part.of_decisions(nav.newly_applied, keep=False)))
-        else:
-            engine = engines[system]
-            if engine is None:
-                raise ValueError(f"decision targets name the {system} system but no engine was given for it")
-            metadata = SQL_SYSTEMS[system]
-            order = dependency_order(metadata, (table_order or {}).get(system))
-            outcome = apply_to_source(engine, metadata, system, part, batch_id=report.batch_id, now=now_text,
-                                      order=order, notice_rules=notice_rules, before_commit=persist_notices,
-                                      checkpoint=checkpoint)
-            report.applied[system], report.rows_affected[system] = outcome.newly_applied, outcome.rows_affected
-            unconfirmed_by[system] = unconfirmed(engine, metadata, part, uuid.uuid4().hex)
-        report.touched |= {(system, t["table_name"]) for t in
-                           part.of_decisions(report.applied[system]).distinct(["table_name"])}
-
-    all_ids = targets.decision_ids()
-    newly = {d for ids in report.applied.values() for d in ids}
-    for decision_id in all_ids:
-        bad = [s for s, ids in unconfirmed_by.items() if decision_id in ids]
-        if bad:
-            report.failed[decision_id] = f"effect not found on re-reading {', '.join(bad)}"
-        else:
-            report.confirmed.append(decision_id)
-    report.skipped = [d for d in all_ids if d not in newly]
-    if audit is not None:
-        audited = logged(audit.path, set(carried_over) & set(report.confirmed), lambda e: e.get("decision_id"),
-                         '"pushback.confirmed"')
-        audit.extend([
-            {"action": "pushback.confirmed" if d not in report.failed else "pushback.failed",
-             "decision_id": d, "reason": report.failed.get(d),
-             "details": {"batch_id": report.batch_id, "newly_applied": d in newly}}
-            for d in all_ids if d not in audited
-        ])
-    return report
+        all_ids = prepared.decision_ids()
+        newly = {d for ids in report.applied.values() for d in ids}
+        for decision_id in all_ids:
+            bad = [s for s, ids in unconfirmed_by.items() if decision_id in ids]
+            if bad:
+                report.failed[decision_id] = f"effect not found on re-reading {', '.join(bad)}"
+            else:
+                report.confirmed.append(decision_id)
+        report.skipped = [d for d in all_ids if d not in newly]
+        if audit is not None:
+            audited = logged(audit.path, set(carried_over) & set(report.confirmed), lambda e: e.get("decision_id"),
+                             '"pushback.confirmed"')
+            audit.extend([
+                {"action": "pushback.confirmed" if d not in report.failed else "pushback.failed",
+                 "decision_id": d, "reason": report.failed.get(d),
+                 "details": {"batch_id": report.batch_id, "newly_applied": d in newly}}
+                for d in all_ids if d not in audited
+            ])
+        return report
