@@ -133,13 +133,7 @@ def plan_scope(con: duckdb.DuckDBPyConnection, as_of: dt.date, inputs: str, flag
     column) so records timed by a changed clock row come in too. `shared`: the datasets whose records a subject's
     other records depend on (per-subject clock tables) or whose records serve different purposes (row purposes):
     a record of theirs that left brings its subject in unless all the subject's records there left."""
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE _ret_changed_rows AS
-        SELECT coalesce(n.dataset, o.dataset) AS dataset, coalesce(n.record_key, o.record_key) AS record_key,
-               o.subject_type AS old_type, o.subject_id AS old_id, n.subject_type AS new_type, n.subject_id AS new_id
-        FROM {inputs} n FULL JOIN {INPUTS} o ON n.dataset = o.dataset AND n.record_key = o.record_key
-        WHERE n.input_hash IS DISTINCT FROM o.input_hash OR n.subject_type IS DISTINCT FROM o.subject_type
-           OR n.subject_id IS DISTINCT FROM o.subject_id""")
+    _changed_rows(con, inputs)
     _droppable(con, as_of, shared)
     referencing = " ".join(
         f"UNION SELECT r.subject_type, r.subject_id FROM ({relation}) r WHERE r.{q(column)} IN "
@@ -169,6 +163,33 @@ def plan_scope(con: duckdb.DuckDBPyConnection, as_of: dt.date, inputs: str, flag
     con.execute("DROP TABLE _ret_scope_parts; DROP TABLE _ret_changed_rows")
     return Plan(False, due=counts.get("due", 0), changed=counts.get("changed", 0), flags=counts.get("flags", 0),
                 subjects=subjects, dropped=dropped)
+
+
+# A record's whole row of INPUTS (dataset, key, subject, inputs hash) as one 64-bit hash. Almost every record is
+# the same as last night: the two sides are first told apart on that one integer (an anti-join on 70 million
+# records at 1,000,000 members: 19 s), and only the rows found on one side only are then matched by key (the
+# full join on two text keys, over all 70 million: 60 s).
+ROW_HASH = "hash(dataset, record_key, subject_type, subject_id, input_hash)"
+
+
+def _changed_rows(con: duckdb.DuckDBPyConnection, inputs: str) -> None:
+    """Temp table `_ret_changed_rows` (dataset, record_key, old_type, old_id, new_type, new_id): the records
+    whose subject or inputs hash differ between tonight's `inputs` and INPUTS, or found on one side only."""
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ret_differing AS
+        SELECT h FROM (SELECT {ROW_HASH} AS h FROM {inputs}) WHERE h NOT IN (SELECT {ROW_HASH} FROM {INPUTS})
+        UNION ALL
+        SELECT h FROM (SELECT {ROW_HASH} AS h FROM {INPUTS}) WHERE h NOT IN (SELECT {ROW_HASH} FROM {inputs})""")
+    side = "(SELECT * FROM {table} WHERE " + ROW_HASH + " IN (SELECT h FROM _ret_differing))"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _ret_changed_rows AS
+        SELECT coalesce(n.dataset, o.dataset) AS dataset, coalesce(n.record_key, o.record_key) AS record_key,
+               o.subject_type AS old_type, o.subject_id AS old_id, n.subject_type AS new_type, n.subject_id AS new_id
+        FROM {side.format(table=inputs)} n FULL JOIN {side.format(table=INPUTS)} o
+             ON n.dataset = o.dataset AND n.record_key = o.record_key
+        WHERE n.input_hash IS DISTINCT FROM o.input_hash OR n.subject_type IS DISTINCT FROM o.subject_type
+           OR n.subject_id IS DISTINCT FROM o.subject_id""")
+    con.execute("DROP TABLE _ret_differing")
 
 
 def _droppable(con: duckdb.DuckDBPyConnection, as_of: dt.date, shared: list[str]) -> None:
